@@ -1,0 +1,235 @@
+//! The TaskRun custom resource, `taskruns.orchestrator.io/v1`, as Rust types. The CRD in
+//! `manifests/` is generated from these (see `crd.rs`); the doc comments become the field
+//! descriptions that `kubectl explain` prints.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A TaskRun asks for one AI agent task to be run as a Kubernetes Job. The task's identity is
+/// (namespace, serviceName, taskId): two live TaskRuns with the same identity are duplicates.
+/// Raising contextVersion (with added markdown files) starts a new run with the new context.
+// Several printcolumn(...) entries repeat keys such as `type_`; clippy mistakes them for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[kube(
+    group = "orchestrator.io",
+    version = "v1",
+    kind = "TaskRun",
+    plural = "taskruns",
+    singular = "taskrun",
+    shortname = "tr",
+    namespaced,
+    status = "TaskRunStatus",
+    doc = "A TaskRun runs one AI agent task as a Kubernetes Job, with its markdown files mounted read-only.",
+    printcolumn(name = "Task", type_ = "integer", json_path = ".spec.taskId"),
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.serviceName"),
+    printcolumn(
+        name = "Version",
+        type_ = "integer",
+        json_path = ".spec.contextVersion"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Job",
+        type_ = "string",
+        json_path = ".status.jobName",
+        priority = "1"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "self.markdownFiles.map(f, size(bytes(f.content)) + size(f.filename)).sum() <= 1000000"
+).message("the markdown files are too large in total: filenames plus contents must stay within 1000000 bytes so they fit in one ConfigMap; move large material elsewhere and reference it").field_path(".markdownFiles").reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunSpec {
+    /// The task's number within its service. At least 1. Immutable: to run another task,
+    /// create another TaskRun.
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("taskId is immutable; create a new TaskRun for another task"))]
+    pub task_id: i64,
+
+    /// The service the task belongs to: a DNS-1123 label (lowercase letters, digits and '-',
+    /// starting and ending with a letter or digit), 1 to 40 characters. Immutable.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("serviceName is immutable; create a new TaskRun for another service"))]
+    pub service_name: String,
+
+    /// The agent that runs the task, if it matters which: a DNS-1123 label when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub agent_name: Option<String>,
+
+    /// The version of the task's context, 1 for the first run. Raise it (and add markdown
+    /// files) to run the task again with more context; it may never go down.
+    #[serde(default = "default_context_version")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("contextVersion may not decrease; raise it to run the task with new context"))]
+    pub context_version: i64,
+
+    /// The markdown files the agent reads, 1 to 64, keyed by filename: server-side apply by
+    /// several managers merges entries instead of replacing the list.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["filename".into()]))]
+    pub markdown_files: Vec<MarkdownFile>,
+}
+
+fn default_context_version() -> i64 {
+    1
+}
+
+/// One markdown file given to the agent, mounted at `$CONTEXT_DIR/<filename>`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.content.trim() != ''").message(Message::Expression(
+    "'markdown file ' + self.filename + ' is empty or only whitespace; give it content or remove it'".into()
+)).field_path(".content").reason(Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase")]
+pub struct MarkdownFile {
+    /// The file's name: letters, digits, '.', '_' and '-', starting with a letter or digit,
+    /// ending in `.md`, at most 128 characters. Unique within the TaskRun.
+    #[schemars(
+        length(min = 4, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*\.md$")
+    )]
+    pub filename: String,
+
+    /// The markdown text. Must contain at least one non-whitespace character.
+    #[schemars(length(max = 1000000))]
+    pub content: String,
+
+    /// What the file is for, so the agent can weigh it: task, design-spec, prompt, context or
+    /// acceptance-criteria.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<FileType>,
+}
+
+/// What a markdown file is for.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileType {
+    /// The task description.
+    Task,
+    /// A design specification.
+    DesignSpec,
+    /// A prompt for the agent.
+    Prompt,
+    /// Added context, typically from a context update.
+    Context,
+    /// What must be true for the task to be done.
+    AcceptanceCriteria,
+}
+
+impl FileType {
+    /// The wire name, as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::Task => "task",
+            FileType::DesignSpec => "design-spec",
+            FileType::Prompt => "prompt",
+            FileType::Context => "context",
+            FileType::AcceptanceCriteria => "acceptance-criteria",
+        }
+    }
+}
+
+/// Where a TaskRun's current version is in its life.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default,
+)]
+pub enum Phase {
+    /// Admitted; the Job for the current version is not running yet.
+    #[default]
+    Pending,
+    /// The Job for the current version has a pod running.
+    Running,
+    /// The Job for the current version completed. Final for that version.
+    Succeeded,
+    /// The Job for the current version failed, or the TaskRun cannot run. Final for that version.
+    Failed,
+}
+
+impl Phase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Succeeded and Failed are final for the version they were reached in.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the controller last saw of the TaskRun. Written only by the controller, through the
+/// status subresource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunStatus {
+    /// Pending, Running, Succeeded or Failed, for the version in observedContextVersion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The Job that runs the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// The ConfigMap that holds the current version's markdown files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
+    /// A human-readable account of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the controller last changed this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Time>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The contextVersion this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_context_version: Option<i64>,
+    /// How many versions have been run (one Job each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// When the current version's Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the current version reached Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Standard conditions: Ready and Succeeded, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl TaskRun {
+    /// The identity of this TaskRun's task: (namespace, serviceName, taskId).
+    pub fn identity(&self) -> crate::Identity {
+        crate::Identity::new(
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            &self.spec.service_name,
+            self.spec.task_id,
+        )
+    }
+}

@@ -1,0 +1,19 @@
+//! Size bounds of the TaskRun API. The CRD schema and the validation functions both read
+//! these, so the API server and the webhook cannot disagree about a limit.
+
+/// `spec.taskId` is at least this.
+pub const MIN_TASK_ID: i64 = 1;
+/// `spec.serviceName` is at most this many characters (it is the prefix of child names).
+pub const MAX_SERVICE_NAME_LEN: usize = 40;
+/// `spec.agentName` is at most this many characters (a DNS-1123 label).
+pub const MAX_AGENT_NAME_LEN: usize = 63;
+/// `spec.markdownFiles` holds at least one and at most this many files.
+pub const MAX_FILES: usize = 64;
+/// `spec.markdownFiles[].filename` is at most this many characters.
+pub const MAX_FILENAME_LEN: usize = 128;
+/// The ConfigMap that carries the files holds at most 1 MiB of keys plus values; this bound,
+/// in UTF-8 bytes over every filename and content, leaves room for nothing else to matter.
+pub const MAX_TOTAL_BYTES: usize = 1_000_000;
+/// A single file's content is at most this many characters (the total bound above still
+/// applies; this one keeps the API server's CEL cost estimate bounded).
+pub const MAX_CONTENT_LEN: usize = MAX_TOTAL_BYTES;

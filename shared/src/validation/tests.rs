@@ -1,0 +1,301 @@
+use super::*;
+use crate::FileType;
+use proptest::prelude::*;
+
+fn file(name: &str, content: &str) -> MarkdownFile {
+    MarkdownFile {
+        filename: name.into(),
+        content: content.into(),
+        file_type: Some(FileType::Task),
+    }
+}
+
+fn valid() -> TaskRunSpec {
+    TaskRunSpec {
+        task_id: 1,
+        service_name: "billing".into(),
+        agent_name: Some("claude".into()),
+        context_version: 1,
+        markdown_files: vec![
+            file("task.md", "# Do the thing"),
+            file("design.md", "details"),
+        ],
+    }
+}
+
+fn fields(violations: &[Violation]) -> Vec<&str> {
+    violations.iter().map(|v| v.field.as_str()).collect()
+}
+
+#[test]
+fn a_valid_spec_has_no_violations() {
+    assert_eq!(validate_create(&valid()), vec![]);
+}
+
+#[test]
+fn task_id_must_be_positive() {
+    let mut s = valid();
+    s.task_id = 0;
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.taskId"]);
+    assert!(v[0].message.contains("at least 1"), "{}", v[0]);
+}
+
+#[test]
+fn service_name_must_be_a_short_dns_label() {
+    for bad in [
+        "",
+        "Billing",
+        "bill_ing",
+        "-billing",
+        "billing-",
+        &"a".repeat(41),
+    ] {
+        let mut s = valid();
+        s.service_name = bad.into();
+        assert_eq!(
+            fields(&validate_create(&s)),
+            ["spec.serviceName"],
+            "{bad:?}"
+        );
+    }
+    let mut s = valid();
+    s.service_name = "a".repeat(40);
+    assert_eq!(validate_create(&s), vec![]);
+}
+
+#[test]
+fn agent_name_must_be_a_dns_label_when_set() {
+    let mut s = valid();
+    s.agent_name = Some("Claude Code".into());
+    assert_eq!(fields(&validate_create(&s)), ["spec.agentName"]);
+    s.agent_name = None;
+    assert_eq!(validate_create(&s), vec![]);
+}
+
+#[test]
+fn context_version_must_be_positive() {
+    let mut s = valid();
+    s.context_version = 0;
+    assert_eq!(fields(&validate_create(&s)), ["spec.contextVersion"]);
+}
+
+#[test]
+fn an_empty_file_list_is_refused_with_a_hint() {
+    let mut s = valid();
+    s.markdown_files.clear();
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles"]);
+    assert_eq!(v[0].reason, Reason::Required);
+    assert!(
+        v[0].message.contains("at least one markdown file"),
+        "{}",
+        v[0]
+    );
+}
+
+#[test]
+fn more_than_64_files_are_refused() {
+    let mut s = valid();
+    s.markdown_files = (0..65).map(|i| file(&format!("f{i}.md"), "x")).collect();
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles"]);
+    assert_eq!(v[0].reason, Reason::TooMany);
+    s.markdown_files.pop();
+    assert_eq!(validate_create(&s), vec![]);
+}
+
+#[test]
+fn a_whitespace_only_file_is_named_in_the_message() {
+    let mut s = valid();
+    s.markdown_files.push(file("notes.md", " \n\t\u{00a0} "));
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles[2].content"]);
+    assert!(v[0].message.contains("\"notes.md\""), "{}", v[0]);
+}
+
+#[test]
+fn bad_filenames_are_refused() {
+    for bad in [
+        "task.txt",
+        ".hidden.md",
+        "../etc.md",
+        "a/b.md",
+        "sp ace.md",
+        ".md",
+        "md",
+        "ü.md",
+    ] {
+        let mut s = valid();
+        s.markdown_files[0].filename = bad.into();
+        assert_eq!(
+            fields(&validate_create(&s)),
+            ["spec.markdownFiles[0].filename"],
+            "{bad:?}"
+        );
+    }
+    let mut s = valid();
+    s.markdown_files[0].filename = format!("{}.md", "a".repeat(126));
+    assert_eq!(
+        fields(&validate_create(&s)),
+        ["spec.markdownFiles[0].filename"]
+    );
+    s.markdown_files[0].filename = format!("{}.md", "a".repeat(125));
+    assert_eq!(validate_create(&s), vec![]);
+}
+
+#[test]
+fn filenames_must_be_unique() {
+    let mut s = valid();
+    s.markdown_files.push(file("task.md", "again"));
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles[2].filename"]);
+    assert_eq!(v[0].reason, Reason::Duplicate);
+}
+
+#[test]
+fn the_total_size_must_fit_a_config_map() {
+    let mut s = valid();
+    s.markdown_files = vec![
+        file("a.md", &"x".repeat(600_000)),
+        file("b.md", &"y".repeat(600_000)),
+    ];
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles"]);
+    assert_eq!(v[0].reason, Reason::TooLong);
+    // Bytes, not characters: 'é' takes two bytes in a ConfigMap.
+    s.markdown_files = vec![file("a.md", &"é".repeat(500_000))];
+    assert_eq!(fields(&validate_create(&s)), ["spec.markdownFiles"]);
+    s.markdown_files = vec![file("a.md", &"x".repeat(MAX_TOTAL_BYTES - 4))];
+    assert_eq!(validate_create(&s), vec![]);
+}
+
+#[test]
+fn every_violation_is_reported_at_once() {
+    let s = TaskRunSpec {
+        task_id: 0,
+        service_name: "Bad".into(),
+        agent_name: None,
+        context_version: 0,
+        markdown_files: vec![file("x.txt", "")],
+    };
+    assert_eq!(
+        fields(&validate_create(&s)),
+        [
+            "spec.taskId",
+            "spec.serviceName",
+            "spec.contextVersion",
+            "spec.markdownFiles[0].filename",
+            "spec.markdownFiles[0].content"
+        ]
+    );
+}
+
+#[test]
+fn an_unchanged_update_is_valid() {
+    assert_eq!(validate_update(&valid(), &valid()), vec![]);
+}
+
+#[test]
+fn task_id_is_immutable() {
+    let mut new = valid();
+    new.task_id = 2;
+    let v = validate_update(&valid(), &new);
+    assert_eq!(fields(&v), ["spec.taskId"]);
+    assert_eq!(v[0].reason, Reason::Forbidden);
+    assert!(v[0].message.contains("was 1, now 2"), "{}", v[0]);
+}
+
+#[test]
+fn service_name_is_immutable() {
+    let mut new = valid();
+    new.service_name = "payments".into();
+    assert_eq!(
+        fields(&validate_update(&valid(), &new)),
+        ["spec.serviceName"]
+    );
+}
+
+#[test]
+fn context_version_may_grow_but_never_shrink() {
+    let mut old = valid();
+    old.context_version = 3;
+    let mut new = old.clone();
+    new.context_version = 4;
+    assert_eq!(validate_update(&old, &new), vec![]);
+    new.context_version = 2;
+    let v = validate_update(&old, &new);
+    assert_eq!(fields(&v), ["spec.contextVersion"]);
+    assert!(v[0].message.contains("may not decrease"), "{}", v[0]);
+}
+
+#[test]
+fn an_update_may_not_empty_the_file_list() {
+    let mut new = valid();
+    new.markdown_files.clear();
+    assert_eq!(
+        fields(&validate_update(&valid(), &new)),
+        ["spec.markdownFiles"]
+    );
+}
+
+#[test]
+fn a_changed_immutable_field_is_reported_once() {
+    let mut new = valid();
+    new.service_name = "Not-A-Label".into();
+    assert_eq!(
+        fields(&validate_update(&valid(), &new)),
+        ["spec.serviceName"]
+    );
+}
+
+#[test]
+fn hostile_values_are_cut_short_in_messages() {
+    let mut s = valid();
+    s.service_name = "X".repeat(10_000);
+    let v = validate_create(&s);
+    assert!(v[0].message.len() < 200, "{}", v[0].message.len());
+    s.service_name = "Ü".repeat(30);
+    let v = validate_create(&s);
+    assert!(v[0].message.len() < 300, "{}", v[0].message);
+}
+
+proptest! {
+    #[test]
+    fn filenames_matching_the_pattern_are_valid(stem in "[A-Za-z0-9][A-Za-z0-9._-]{0,124}") {
+        let name = format!("{stem}.md");
+        prop_assert!(is_valid_filename(&name));
+    }
+
+    #[test]
+    fn valid_filenames_stay_inside_the_mount(name in "\\PC{0,140}") {
+        if is_valid_filename(&name) {
+            prop_assert!(!name.contains('/') && !name.starts_with('.') && name.len() <= MAX_FILENAME_LEN);
+            prop_assert!(name.ends_with(".md"));
+        }
+    }
+
+    #[test]
+    fn content_with_a_visible_character_is_kept(pre in "\\s{0,8}", mid in "[!-~]", post in "\\s{0,8}") {
+        let content = format!("{pre}{mid}{post}");
+        prop_assert!(has_content(&content));
+    }
+
+    #[test]
+    fn whitespace_only_content_is_refused(ws in "[ \t\n\r\u{000b}\u{000c}\u{0085}\u{00a0}\u{2000}-\u{200a}\u{2028}\u{3000}]{0,32}") {
+        prop_assert!(!has_content(&ws));
+    }
+
+    #[test]
+    fn validation_never_panics(
+        task_id in any::<i64>(), version in any::<i64>(), service in "\\PC{0,50}",
+        files in proptest::collection::vec(("\\PC{0,20}", "\\PC{0,20}"), 0..5),
+    ) {
+        let spec = TaskRunSpec {
+            task_id, service_name: service, agent_name: None, context_version: version,
+            markdown_files: files.into_iter().map(|(n, c)| file(&n, &c)).collect(),
+        };
+        let _ = validate_create(&spec);
+        let _ = validate_update(&valid(), &spec);
+    }
+}

@@ -1,0 +1,164 @@
+//! The committed CRD is what the Rust types generate, and it carries the schema rules that
+//! DESIGN section 3 puts in the API server.
+
+use serde_json::Value;
+
+fn generated() -> Value {
+    serde_json::to_value(taskrun::crd::definition()).expect("the CRD serializes")
+}
+
+fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    v.pointer(path)
+        .unwrap_or_else(|| panic!("{path} missing from the CRD"))
+}
+
+const SPEC: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+
+#[test]
+fn committed_crd_is_up_to_date() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/crd/taskruns.orchestrator.io.yaml"
+    );
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let fresh = taskrun::crd::yaml().expect("the CRD renders");
+    assert!(
+        committed == fresh,
+        "{} is stale or missing: run `make crd` and commit the result",
+        taskrun::crd::CRD_PATH
+    );
+}
+
+#[test]
+fn markdown_files_is_a_list_map_keyed_by_filename() {
+    let crd = generated();
+    let files = at(&crd, &format!("{SPEC}/properties/markdownFiles"));
+    assert_eq!(files["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        files["x-kubernetes-list-map-keys"],
+        serde_json::json!(["filename"])
+    );
+    assert_eq!(files["minItems"], 1);
+    assert_eq!(files["maxItems"], 64);
+    let filename = &files["items"]["properties"]["filename"];
+    assert_eq!(filename["pattern"], r"^[A-Za-z0-9][A-Za-z0-9._-]*\.md$");
+    assert_eq!(filename["maxLength"], 128);
+}
+
+fn rules(v: &Value) -> Vec<String> {
+    v["x-kubernetes-validations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn task_id_and_service_name_are_immutable_by_transition_rules() {
+    let crd = generated();
+    for field in ["taskId", "serviceName"] {
+        let schema = at(&crd, &format!("{SPEC}/properties/{field}"));
+        assert_eq!(rules(schema), ["self == oldSelf"], "{field}");
+    }
+}
+
+#[test]
+fn context_version_never_goes_down_and_defaults_to_one() {
+    let crd = generated();
+    let schema = at(&crd, &format!("{SPEC}/properties/contextVersion"));
+    assert_eq!(rules(schema), ["self >= oldSelf"]);
+    assert_eq!(schema["default"], 1);
+    assert_eq!(schema["minimum"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn content_must_have_a_visible_character_and_the_message_names_the_file() {
+    let crd = generated();
+    let item = at(&crd, &format!("{SPEC}/properties/markdownFiles/items"));
+    let rule = &item["x-kubernetes-validations"][0];
+    assert_eq!(rule["rule"], "self.content.trim() != ''");
+    assert!(
+        rule["messageExpression"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("self.filename")
+    );
+    assert_eq!(rule["fieldPath"], ".content");
+}
+
+#[test]
+fn the_total_size_is_bounded_so_the_config_map_fits() {
+    let crd = generated();
+    let spec = at(&crd, SPEC);
+    let total = rules(spec);
+    assert_eq!(total.len(), 1);
+    assert!(
+        total[0].contains(&taskrun::limits::MAX_TOTAL_BYTES.to_string()),
+        "{total:?}"
+    );
+    assert!(
+        total[0].contains("size(bytes(f.content))"),
+        "counts bytes: {total:?}"
+    );
+}
+
+#[test]
+fn names_subresource_and_columns() {
+    let crd = generated();
+    assert_eq!(
+        crd["spec"]["names"]["shortNames"],
+        serde_json::json!(["tr"])
+    );
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(
+        crd["spec"]["versions"][0]["subresources"]["status"],
+        serde_json::json!({})
+    );
+    let columns: Vec<(String, i64)> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["priority"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected = [
+        ("Task", 0),
+        ("Service", 0),
+        ("Version", 0),
+        ("Phase", 0),
+        ("Age", 0),
+        ("Job", 1),
+    ];
+    assert_eq!(columns, expected.map(|(n, p)| (n.to_owned(), p)));
+}
+
+#[test]
+fn every_spec_field_is_documented() {
+    let crd = generated();
+    let props = at(&crd, &format!("{SPEC}/properties"))
+        .as_object()
+        .expect("properties");
+    for (name, schema) in props {
+        assert!(
+            schema["description"].is_string(),
+            "spec.{name} has no description"
+        );
+    }
+    let item = at(
+        &crd,
+        &format!("{SPEC}/properties/markdownFiles/items/properties"),
+    );
+    for (name, schema) in item.as_object().expect("item properties") {
+        assert!(
+            schema["description"].is_string(),
+            "markdownFiles[].{name} has no description"
+        );
+    }
+}
