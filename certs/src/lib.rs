@@ -1,0 +1,197 @@
+//! Certificates for development and tests: a private CA that signs serving certificates
+//! (the webhook, the test API server) and client certificates (kubeconfig users, where the
+//! common name is the user and the organizations are the groups). Production clusters use
+//! cert-manager instead (manifests/overlays/cert-manager).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// What can go wrong making or writing a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0:?} is neither an IP address nor a DNS name")]
+    BadHost(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pair {
+    /// Writes `<stem>.crt` and `<stem>.key` into `dir` (the key readable by the owner only).
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), Error> {
+        write_file(&dir.join(format!("{stem}.crt")), &self.cert_pem, 0o644)?;
+        write_file(&dir.join(format!("{stem}.key")), &self.key_pem, 0o600)
+    }
+}
+
+/// A certificate authority that signs the other certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pair: Pair,
+}
+
+impl Ca {
+    /// A new self-signed CA, valid for ten years.
+    pub fn new(common_name: &str) -> Result<Self, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, &[]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 3650);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let pair = Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pair,
+        })
+    }
+
+    /// The CA certificate (a caBundle or `--client-ca-file`) and key.
+    pub fn pair(&self) -> &Pair {
+        &self.pair
+    }
+
+    /// A serving certificate for these hosts (DNS names or IP addresses), valid for a year.
+    pub fn serving(&self, hosts: &[&str]) -> Result<Pair, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(hosts.first().copied().unwrap_or("localhost"), &[]);
+        params.subject_alt_names = hosts.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        validity(&mut params, 365);
+        self.sign(params)
+    }
+
+    /// A client certificate for user `user` in `groups`, as the API server reads them.
+    pub fn client(&self, user: &str, groups: &[&str]) -> Result<Pair, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(user, groups);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        validity(&mut params, 365);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<Pair, Error> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A key pair for signing service-account tokens (`--service-account-signing-key-file`),
+/// as a PKCS#8 PEM private key.
+pub fn signing_key_pem() -> Result<String, Error> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
+fn name(common_name: &str, organizations: &[&str]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    for org in organizations {
+        dn.push(DnType::OrganizationName, *org);
+    }
+    dn
+}
+
+fn san(host: &str) -> Result<SanType, Error> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let dns_name = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+        });
+    if !dns_name {
+        return Err(Error::BadHost(host.to_owned()));
+    }
+    host.try_into()
+        .map(SanType::DnsName)
+        .map_err(|_| Error::BadHost(host.to_owned()))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| Error::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_and_client_certificates_are_pem() {
+        let ca = Ca::new("test-ca").expect("ca");
+        let serving = ca.serving(&["localhost", "127.0.0.1"]).expect("serving");
+        let client = ca.client("alice", &["system:masters"]).expect("client");
+        for pair in [ca.pair(), &serving, &client] {
+            assert!(pair.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+            assert!(pair.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        }
+        assert_ne!(serving.cert_pem, client.cert_pem);
+    }
+
+    #[test]
+    fn a_host_that_is_no_name_is_refused() {
+        let ca = Ca::new("test-ca").expect("ca");
+        assert!(matches!(
+            ca.serving(&["not a host!"]),
+            Err(Error::BadHost(_))
+        ));
+    }
+}
