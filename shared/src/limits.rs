@@ -15,5 +15,6 @@ pub const MAX_FILENAME_LEN: usize = 128;
 /// in UTF-8 bytes over every filename and content, leaves room for nothing else to matter.
 pub const MAX_TOTAL_BYTES: usize = 1_000_000;
 /// A single file's content is at most this many characters (the total bound above still
-/// applies; this one keeps the API server's CEL cost estimate bounded).
-pub const MAX_CONTENT_LEN: usize = MAX_TOTAL_BYTES;
+/// applies; this one keeps the API server's CEL cost estimate within its budget: 64 files at
+/// the bound must stay under 10M estimated cost units per rule).
+pub const MAX_CONTENT_LEN: usize = 256 * 1024;

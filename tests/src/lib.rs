@@ -1,1 +1,37 @@
+//! The test harness: a real control plane (etcd, kube-apiserver, kube-controller-manager built
+//! from the Kubernetes Go modules, see `tests/cluster/`), child processes that never outlive
+//! the test binary, and polling helpers. The integration tests live in `tests/tests/`.
 
+pub mod cluster;
+mod process;
+mod wait;
+
+use std::path::PathBuf;
+
+pub use cluster::ControlPlane;
+#[doc(hidden)]
+pub use process::use_work_dir;
+pub use process::{ChildGuard, spawn_logged, work_dir};
+pub use wait::wait_for;
+
+/// Path of a workspace binary built by `cargo build --workspace --bins`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // A test binary runs as <target>/debug/deps/<test>-<hash>; the binaries sit in <target>/debug.
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)));
+    match path {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "binary {name} not found next to the test binary: run `cargo build --workspace --bins` first (make test does)"
+        ),
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
