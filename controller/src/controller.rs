@@ -1,0 +1,225 @@
+//! Wiring: the kube-runtime Controller over TaskRuns (owning Jobs and ConfigMaps), run only
+//! while this replica leads, stopped gracefully on SIGTERM or when leadership is lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use kube::runtime::controller::{Config, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use taskrun::{TaskRun, labels};
+use tokio::sync::watch;
+
+use crate::config::Args;
+use crate::leader::{LeaderError, Leadership, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, FIELD_MANAGER};
+use crate::template::JobTemplate;
+
+/// State the HTTP server reads.
+#[derive(Default)]
+pub struct Shared {
+    pub ready: AtomicBool,
+    pub metrics: Metrics,
+    /// The leader's TaskRun cache (for the per-phase gauge).
+    pub store: RwLock<Option<Store<TaskRun>>>,
+}
+
+/// What every reconcile gets.
+pub struct Ctx {
+    pub client: Client,
+    pub template: JobTemplate,
+    pub recorder: Recorder,
+    pub shared: Arc<Shared>,
+    pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs until SIGTERM/SIGINT: serves probes, competes for the Lease and, while leading,
+/// reconciles TaskRuns.
+pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<(), Error> {
+    let shared = Arc::new(Shared::default());
+    let listener = crate::http::bind(args.http_addr)
+        .await
+        .map_err(|source| Error::Http {
+            addr: args.http_addr,
+            source,
+        })?;
+    tracing::info!(addr = %args.http_addr, "serving /healthz, /readyz and /metrics");
+    let http = tokio::spawn(crate::http::serve(listener, shared.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signal)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let identity = args.identity();
+    let leadership = if args.leader_elect {
+        Leadership::elect(
+            client.clone(),
+            LeaseConfig {
+                name: args.lease_name.clone(),
+                namespace: args.lease_namespace.clone(),
+                identity: identity.clone(),
+                duration_seconds: args.lease_duration_seconds,
+                grace_seconds: args.lease_grace_seconds,
+            },
+        )
+        .await?
+    } else {
+        Leadership::always()
+    };
+    shared.ready.store(true, Ordering::Relaxed);
+    let (backoff_base, backoff_max) = args.backoff();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        template,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        shared: shared.clone(),
+        failures: Mutex::new(HashMap::new()),
+        backoff_base,
+        backoff_max,
+    });
+
+    let mut leading = leadership.subscribe();
+    let mut stop = stop_rx.clone();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if !*leading.borrow_and_update() {
+            tracing::info!(%identity, "standing by: another replica holds the Lease");
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { break },
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
+        tracing::info!(%identity, "leading: starting the controller");
+        run_controller(
+            &args,
+            ctx.clone(),
+            &shared,
+            leading.clone(),
+            stop_rx.clone(),
+        )
+        .await;
+        *shared.store.write().unwrap_or_else(|e| e.into_inner()) = None;
+        if *stop.borrow() {
+            break;
+        }
+        tracing::warn!(%identity, "lost the Lease: stopped acting");
+    }
+    leadership.release().await;
+    http.abort();
+    Ok(())
+}
+
+/// One term of leadership: the Controller runs until the Lease is lost or a signal comes,
+/// then finishes the reconciles in flight and returns.
+async fn run_controller(
+    args: &Args,
+    ctx: Arc<Ctx>,
+    shared: &Shared,
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = ctx.client.clone();
+    let (taskruns, jobs, config_maps): (Api<TaskRun>, Api<Job>, Api<ConfigMap>) =
+        match &args.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        };
+    let (reader, writer) = reflector::store();
+    *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
+    // managedFields and the last-applied annotation are never read here but can be larger
+    // than the rest of the object: keep them out of the cache.
+    let stream = watcher(taskruns, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|tr: &mut TaskRun| {
+            tr.managed_fields_mut().clear();
+            tr.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer)
+        .applied_objects();
+    // Children are watched as metadata only, narrowed by the project's label; the owner
+    // reference (not the label) maps each back to its TaskRun.
+    let children = watcher::Config::default()
+        .labels(&format!(
+            "{}={}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE
+        ))
+        .any_semantic();
+
+    let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() || !*leading.borrow() { break },
+                _ = stop.changed() => break,
+            }
+        }
+        let _ = done_tx.send(());
+    });
+
+    Controller::for_stream(stream, reader)
+        .owns(jobs, children.clone())
+        .owns(config_maps, children)
+        .with_config(Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(async move {
+            let _ = done_rx.await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(taskrun = %obj.name, namespace = obj.namespace.as_deref().unwrap_or_default(), "reconciled"),
+                Err(error) => tracing::debug!(%error, "controller event"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,463 @@
+//! One reconcile of one TaskRun: finalizer, children of the current version, status.
+//! The decisions are pure functions elsewhere (`job`, `status`); this file does the I/O.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus, labels};
+
+use crate::controller::Ctx;
+use crate::status::{self, Observed, Outcome};
+use crate::{backoff, job};
+
+pub const FIELD_MANAGER: &str = "taskrun-controller";
+/// How often a running TaskRun is looked at without any event (a safety net: Job changes
+/// trigger a reconcile on their own).
+const RESYNC: Duration = Duration::from_secs(600);
+/// How soon to look again while a child name is held by a TaskRun that is going away.
+const WAIT_FOR_PREVIOUS_OWNER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("TaskRun has no {0}")]
+    MissingField(&'static str),
+}
+
+pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_taskrun(&tr, &ctx).await;
+    ctx.shared
+        .metrics
+        .observe(started.elapsed(), result.is_err());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(&*tr));
+    }
+    result
+}
+
+/// Per-object exponential backoff: the count of consecutive failures is kept per object and
+/// cleared by the next success (in `reconcile`).
+pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let failures = match ctx.failures.lock() {
+        Ok(mut map) => {
+            let n = map.entry(ObjectRef::from_obj(&*tr)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff::delay(failures, ctx.backoff_base, ctx.backoff_max);
+    tracing::warn!(
+        taskrun = %tr.name_any(),
+        namespace = tr.namespace().unwrap_or_default(),
+        %error,
+        failures,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+fn now() -> Time {
+    // Whole seconds: the API server stores times at that precision, and a status compared
+    // with what was written must not differ by the nanoseconds.
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
+    let ns = tr
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = tr.finalizers().iter().any(|f| f == FINALIZER);
+    if tr.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            cleanup(tr, ctx, &ns).await?;
+            set_finalizer(&api, tr, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        set_finalizer(&api, tr, true).await?;
+    }
+
+    let prev = tr.status.clone().unwrap_or_default();
+    let version = tr.spec.context_version;
+    // A finished version stays finished: decided from the status alone, before any child is
+    // looked at, so a Job removed by its TTL or by hand is never created again.
+    if status::is_final_for(tr.status.as_ref(), version) {
+        if prev.observed_generation != tr.meta().generation {
+            let mut next = prev.clone();
+            next.observed_generation = tr.meta().generation;
+            for c in &mut next.conditions {
+                c.observed_generation = tr.meta().generation;
+            }
+            write_status(&api, tr, ctx, &prev, &next).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    if prev.observed_context_version.is_some_and(|v| v < version) {
+        stop_superseded(tr, ctx, &jobs).await?;
+    }
+
+    // Versions that ran before this one; this one counts once its Job exists.
+    let counted_here = prev.observed_context_version == Some(version) && prev.job_name.is_some();
+    let ran_before = prev.attempts.unwrap_or(0) - i64::from(counted_here);
+    let mut seen = Observed {
+        generation: tr.meta().generation,
+        context_version: version,
+        job_name: None,
+        config_map_name: None,
+        attempts: ran_before,
+        started_at: None,
+    };
+    let (job_name, cm_name) = job::child_names(tr);
+
+    match claim(&config_maps, &api, tr, job::config_map(tr, owner.clone())).await? {
+        Claim::Ours(_) => seen.config_map_name = Some(cm_name),
+        other => return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await,
+    }
+    let built = job::job(tr, owner, &ctx.template);
+    let job = match claim(&jobs, &api, tr, built).await {
+        Ok(Claim::Ours(job)) => job,
+        Ok(other) => return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await,
+        // The API server refused the Job itself: the template does not fit this cluster.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+            let o = Outcome::new(
+                Phase::Failed,
+                "InvalidTemplate",
+                format!("the Job for this TaskRun was refused: {}", s.message),
+            );
+            let next = status::next_status(&prev, &seen, &o, &now());
+            write_status(&api, tr, ctx, &prev, &next).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    seen.job_name = Some(job_name.clone());
+    seen.attempts = ran_before + 1;
+    seen.started_at = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .or_else(|| job.metadata.creation_timestamp.clone());
+    let outcome = status::job_outcome(&job_name, job.status.as_ref());
+    let next = status::next_status(&prev, &seen, &outcome, &now());
+    write_status(&api, tr, ctx, &prev, &next).await?;
+    Ok(if outcome.phase.is_final() {
+        Action::await_change()
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// Who holds a child's deterministic name.
+enum Claim<K> {
+    /// This TaskRun (created now or before).
+    Ours(K),
+    /// Another live TaskRun: this one is a duplicate that raced past the webhook.
+    Duplicate(String),
+    /// A TaskRun that is being deleted, or one that is gone and whose children the garbage
+    /// collector has yet to remove: wait, then create.
+    Wait(String),
+    /// Something that no TaskRun controls.
+    Taken(String),
+}
+
+/// Gets the child by its name, creating it when missing, and says who controls it.
+async fn claim<K>(
+    api: &Api<K>,
+    taskruns: &Api<TaskRun>,
+    tr: &TaskRun,
+    desired: K,
+) -> Result<Claim<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = desired.name_any();
+    let existing = match api.get_opt(&name).await? {
+        Some(obj) => obj,
+        None => match api.create(&Default::default(), &desired).await {
+            Ok(obj) => return Ok(Claim::Ours(obj)),
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(obj) => obj,
+                None => {
+                    return Ok(Claim::Wait(format!(
+                        "{} {name} was just deleted",
+                        K::kind(&())
+                    )));
+                }
+            },
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let kind = K::kind(&());
+    let controller = existing
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .cloned();
+    match controller {
+        Some(o) if Some(&o.uid) == tr.meta().uid.as_ref() => Ok(Claim::Ours(existing)),
+        Some(o) if o.kind == "TaskRun" && o.api_version.starts_with("orchestrator.io/") => {
+            match taskruns.get_opt(&o.name).await? {
+                Some(other) if other.meta().uid.as_deref() == Some(o.uid.as_str()) => {
+                    if other.meta().deletion_timestamp.is_some() {
+                        Ok(Claim::Wait(format!(
+                            "{kind} {name} still belongs to TaskRun {} which is being deleted",
+                            o.name
+                        )))
+                    } else {
+                        Ok(Claim::Duplicate(o.name))
+                    }
+                }
+                _ => Ok(Claim::Wait(format!(
+                    "{kind} {name} belonged to a deleted TaskRun {} and is being garbage-collected",
+                    o.name
+                ))),
+            }
+        }
+        _ if existing.meta().deletion_timestamp.is_some() => {
+            Ok(Claim::Wait(format!("{kind} {name} is being deleted")))
+        }
+        _ => Ok(Claim::Taken(format!(
+            "{kind} {name} already exists and is not controlled by a TaskRun; remove or rename it"
+        ))),
+    }
+}
+
+/// The status when a child's name is held by someone else.
+async fn settle_unclaimed<K>(
+    api: &Api<TaskRun>,
+    tr: &TaskRun,
+    ctx: &Ctx,
+    prev: &TaskRunStatus,
+    seen: &Observed,
+    claim: Claim<K>,
+    kind: &str,
+) -> Result<Action, Error> {
+    let identity = tr.identity();
+    let (outcome, action) = match claim {
+        Claim::Ours(_) => return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER)),
+        Claim::Duplicate(other) => (
+            Outcome::new(
+                Phase::Failed,
+                "Duplicate",
+                format!(
+                    "TaskRun {other} already runs {identity} (it owns the {kind} of this version); \
+                     delete this TaskRun, or add context to {other} with a higher contextVersion"
+                ),
+            ),
+            Action::await_change(),
+        ),
+        Claim::Wait(message) => (
+            Outcome::new(Phase::Pending, "WaitingForPreviousOwner", message),
+            Action::requeue(WAIT_FOR_PREVIOUS_OWNER),
+        ),
+        Claim::Taken(message) => (
+            Outcome::new(Phase::Failed, "NameConflict", message),
+            Action::await_change(),
+        ),
+    };
+    let next = status::next_status(prev, seen, &outcome, &now());
+    write_status(api, tr, ctx, prev, &next).await?;
+    Ok(action)
+}
+
+/// Writes the status through the status subresource (server-side apply, own field
+/// manager) when it changed, and records an Event when the phase or version changed.
+async fn write_status(
+    api: &Api<TaskRun>,
+    tr: &TaskRun,
+    ctx: &Ctx,
+    prev: &TaskRunStatus,
+    next: &TaskRunStatus,
+) -> Result<(), Error> {
+    if !status::differs(prev, next) {
+        return Ok(());
+    }
+    let name = tr.name_any();
+    let body = serde_json::json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "status": next,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    let moved =
+        prev.phase != next.phase || prev.observed_context_version != next.observed_context_version;
+    if moved && let Some(phase) = next.phase {
+        let reason = next
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::SUCCEEDED)
+            .map(|c| c.reason.clone())
+            .unwrap_or_else(|| phase.to_string());
+        tracing::info!(
+            taskrun = %name,
+            namespace = tr.namespace().unwrap_or_default(),
+            version = next.observed_context_version,
+            %phase,
+            %reason,
+            "phase changed"
+        );
+        let event = Event {
+            type_: if phase == Phase::Failed {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason,
+            note: next.message.clone(),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &tr.object_ref(&())).await {
+            tracing::warn!(taskrun = %name, %error, "could not record an Event");
+        }
+    }
+    Ok(())
+}
+
+/// Children of this TaskRun: listed by the project's label, kept only when the TaskRun is
+/// their controlling owner (the label narrows the list; the owner reference decides).
+async fn owned<K>(api: &Api<K>, tr: &TaskRun) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+    let uid = tr
+        .meta()
+        .uid
+        .clone()
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let list = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+        })
+        .collect())
+}
+
+/// Deletes the Jobs of older versions that are still running (background propagation: their
+/// pods go too). Deleting rather than suspending frees the pods at once and leaves nothing
+/// for a later version to trip over; the old version's outcome is recorded as an Event.
+async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(), Error> {
+    let current = job::child_names(tr).0;
+    for old in owned(jobs, tr).await? {
+        let name = old.name_any();
+        let finished = status::job_outcome(&name, old.status.as_ref())
+            .phase
+            .is_final();
+        if name == current || finished || old.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        match jobs.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Superseded".into(),
+            note: Some(format!(
+                "stopped Job {name}: contextVersion {} replaces it",
+                tr.spec.context_version
+            )),
+            action: "StopJob".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &tr.object_ref(&())).await {
+            tracing::warn!(%error, "could not record an Event");
+        }
+    }
+    Ok(())
+}
+
+/// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
+async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for j in owned(&jobs, tr).await? {
+        delete_ignoring_missing(&jobs, &j.name_any()).await?;
+    }
+    for cm in owned(&config_maps, tr).await? {
+        delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
+    }
+    tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
+    Ok(())
+}
+
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Adds or removes the finalizer. The patch carries the resourceVersion it was computed
+/// from, so a concurrent change to the list makes it fail (and retry) instead of losing it.
+async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = tr
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": tr.resource_version(),
+        }
+    });
+    match api
+        .patch(
+            &tr.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to finalize.
+        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

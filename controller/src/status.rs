@@ -1,0 +1,455 @@
+//! What a TaskRun's status should say: the Job's status mapped to a phase and reason, and the
+//! next TaskRunStatus built from it. Pure: the reconciler feeds in what it saw and the time.
+
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use taskrun::{Phase, TaskRunStatus};
+
+pub const READY: &str = "Ready";
+pub const SUCCEEDED: &str = "Succeeded";
+
+/// Where one version of a TaskRun stands, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub phase: Phase,
+    /// A CamelCase reason for the conditions and Events.
+    pub reason: String,
+    pub message: String,
+    /// When the version ended, if the source of the outcome says.
+    pub finished_at: Option<Time>,
+}
+
+impl Outcome {
+    pub fn new(phase: Phase, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            phase,
+            reason: reason.to_owned(),
+            message: message.into(),
+            finished_at: None,
+        }
+    }
+}
+
+/// Failure reasons the Job controller sets that are passed through as they are.
+const JOB_FAILURE_REASONS: [&str; 4] = [
+    "BackoffLimitExceeded",
+    "DeadlineExceeded",
+    "PodFailurePolicy",
+    "MaxFailedIndexesExceeded",
+];
+
+fn is_true(c: &JobCondition, type_: &str) -> bool {
+    c.type_ == type_ && c.status == "True"
+}
+
+/// The outcome of a Job, read from its conditions first (Complete / SuccessCriteriaMet,
+/// Failed / FailureTarget, Suspended) and its pod counts after.
+pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
+    let empty = JobStatus::default();
+    let status = status.unwrap_or(&empty);
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let find = |types: &[&str]| {
+        types
+            .iter()
+            .find_map(|t| conditions.iter().find(|c| is_true(c, t)))
+    };
+    if let Some(c) = find(&["Complete", "SuccessCriteriaMet"]) {
+        return Outcome {
+            finished_at: status
+                .completion_time
+                .clone()
+                .or_else(|| c.last_transition_time.clone()),
+            ..Outcome::new(
+                Phase::Succeeded,
+                "Completed",
+                format!("Job {job_name} completed"),
+            )
+        };
+    }
+    if let Some(c) = find(&["Failed", "FailureTarget"]) {
+        let reason = c
+            .reason
+            .as_deref()
+            .filter(|r| JOB_FAILURE_REASONS.contains(r))
+            .unwrap_or("JobFailed");
+        let detail = c.message.as_deref().filter(|m| !m.is_empty());
+        let message = match detail {
+            Some(m) => format!("Job {job_name} failed: {m}"),
+            None => format!("Job {job_name} failed ({reason})"),
+        };
+        return Outcome {
+            finished_at: c.last_transition_time.clone(),
+            ..Outcome::new(Phase::Failed, reason, message)
+        };
+    }
+    if find(&["Suspended"]).is_some() {
+        return Outcome::new(
+            Phase::Pending,
+            "Suspended",
+            format!("Job {job_name} is suspended"),
+        );
+    }
+    if status.active.unwrap_or(0) > 0 || status.ready.unwrap_or(0) > 0 {
+        return Outcome::new(
+            Phase::Running,
+            "Running",
+            format!("Job {job_name} has a pod running"),
+        );
+    }
+    let failed = status.failed.unwrap_or(0);
+    if failed > 0 {
+        return Outcome::new(
+            Phase::Pending,
+            "Retrying",
+            format!("Job {job_name} has {failed} failed pod(s) and is starting another"),
+        );
+    }
+    Outcome::new(
+        Phase::Pending,
+        "JobCreated",
+        format!("Job {job_name} created, waiting for its pod"),
+    )
+}
+
+/// What the reconciler knows about the current version, besides its outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub context_version: i64,
+    pub job_name: Option<String>,
+    pub config_map_name: Option<String>,
+    pub attempts: i64,
+    /// When the version's Job started (its status.startTime, or its creation).
+    pub started_at: Option<Time>,
+}
+
+/// The conditions for a phase: Succeeded is Unknown while the version runs and True/False at
+/// its end; Ready is True only when the version succeeded. A condition keeps its
+/// lastTransitionTime while its status stays the same.
+pub fn conditions(
+    prev: &[Condition],
+    o: &Outcome,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let (succeeded, ready) = match o.phase {
+        Phase::Pending | Phase::Running => ("Unknown", "False"),
+        Phase::Succeeded => ("True", "True"),
+        Phase::Failed => ("False", "False"),
+    };
+    [(READY, ready), (SUCCEEDED, succeeded)]
+        .into_iter()
+        .map(|(type_, status)| {
+            let since = prev
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: o.reason.clone(),
+                message: o.message.clone(),
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// The status to write for this observation. Times already recorded for the same version
+/// are kept, so an unchanged world gives an unchanged status (and no write).
+pub fn next_status(
+    prev: &TaskRunStatus,
+    seen: &Observed,
+    o: &Outcome,
+    now: &Time,
+) -> TaskRunStatus {
+    let same_version = prev.observed_context_version == Some(seen.context_version);
+    let keep = |t: &Option<Time>| if same_version { t.clone() } else { None };
+    let start_time = keep(&prev.start_time).or_else(|| seen.started_at.clone());
+    let completion_time = if o.phase.is_final() {
+        keep(&prev.completion_time)
+            .or_else(|| o.finished_at.clone())
+            .or_else(|| Some(now.clone()))
+    } else {
+        None
+    };
+    TaskRunStatus {
+        phase: Some(o.phase),
+        job_name: seen.job_name.clone(),
+        config_map_name: seen.config_map_name.clone(),
+        message: Some(o.message.clone()),
+        last_updated: Some(now.clone()),
+        observed_generation: seen.generation,
+        observed_context_version: Some(seen.context_version),
+        attempts: Some(seen.attempts),
+        start_time,
+        completion_time,
+        conditions: conditions(&prev.conditions, o, seen.generation, now),
+    }
+}
+
+/// Whether writing `next` would change anything but lastUpdated.
+pub fn differs(prev: &TaskRunStatus, next: &TaskRunStatus) -> bool {
+    let strip = |s: &TaskRunStatus| TaskRunStatus {
+        last_updated: None,
+        ..s.clone()
+    };
+    strip(prev) != strip(next)
+}
+
+/// Whether the status records a final phase for this context version: then nothing about
+/// that version is ever looked at or changed again (its Job may be gone by TTL or by hand).
+pub fn is_final_for(status: Option<&TaskRunStatus>, context_version: i64) -> bool {
+    status.is_some_and(|s| {
+        s.observed_context_version == Some(context_version) && s.phase.is_some_and(Phase::is_final)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("valid time"))
+    }
+
+    fn cond(type_: &str, status: &str, reason: Option<&str>) -> JobCondition {
+        JobCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(Into::into),
+            message: Some("details".into()),
+            last_transition_time: Some(t(200)),
+            ..Default::default()
+        }
+    }
+
+    fn with(conditions: Vec<JobCondition>) -> JobStatus {
+        JobStatus {
+            conditions: Some(conditions),
+            ..Default::default()
+        }
+    }
+
+    fn outcome(s: &JobStatus) -> Outcome {
+        job_outcome("j", Some(s))
+    }
+
+    #[test]
+    fn no_status_yet_is_pending_job_created() {
+        let o = job_outcome("j", None);
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "JobCreated"));
+        let o = outcome(&JobStatus::default());
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "JobCreated"));
+    }
+
+    #[test]
+    fn active_or_ready_pods_are_running() {
+        for s in [
+            JobStatus {
+                active: Some(1),
+                ..Default::default()
+            },
+            JobStatus {
+                ready: Some(1),
+                ..Default::default()
+            },
+            JobStatus {
+                active: Some(1),
+                failed: Some(1),
+                ..Default::default()
+            },
+        ] {
+            let o = outcome(&s);
+            assert_eq!(
+                (o.phase, o.reason.as_str()),
+                (Phase::Running, "Running"),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_pods_without_active_ones_are_a_retry() {
+        let o = outcome(&JobStatus {
+            failed: Some(1),
+            ..Default::default()
+        });
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
+    }
+
+    #[test]
+    fn complete_and_success_criteria_met_are_succeeded() {
+        for c in ["Complete", "SuccessCriteriaMet"] {
+            let mut s = with(vec![cond(c, "True", None)]);
+            s.active = Some(1); // a terminating pod does not make it Running again
+            let o = outcome(&s);
+            assert_eq!(
+                (o.phase, o.reason.as_str()),
+                (Phase::Succeeded, "Completed"),
+                "{c}"
+            );
+            assert_eq!(o.finished_at, Some(t(200)));
+        }
+        let mut s = with(vec![cond("Complete", "True", None)]);
+        s.completion_time = Some(t(300));
+        assert_eq!(outcome(&s).finished_at, Some(t(300)));
+    }
+
+    #[test]
+    fn failure_reasons_are_passed_through() {
+        for reason in JOB_FAILURE_REASONS {
+            for c in ["Failed", "FailureTarget"] {
+                let o = outcome(&with(vec![cond(c, "True", Some(reason))]));
+                assert_eq!((o.phase, o.reason.as_str()), (Phase::Failed, reason), "{c}");
+                assert!(o.message.contains("details"), "{}", o.message);
+                assert_eq!(o.finished_at, Some(t(200)));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_or_missing_failure_reasons_become_job_failed() {
+        for reason in [None, Some("SomethingNew"), Some("")] {
+            let o = outcome(&with(vec![cond("Failed", "True", reason)]));
+            assert_eq!(
+                (o.phase, o.reason.as_str()),
+                (Phase::Failed, "JobFailed"),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn false_conditions_are_ignored() {
+        for c in [
+            "Complete",
+            "SuccessCriteriaMet",
+            "Failed",
+            "FailureTarget",
+            "Suspended",
+        ] {
+            let mut s = with(vec![cond(c, "False", Some("BackoffLimitExceeded"))]);
+            s.active = Some(1);
+            assert_eq!(outcome(&s).phase, Phase::Running, "{c}");
+        }
+    }
+
+    #[test]
+    fn success_wins_over_a_failure_target_and_suspended_is_pending() {
+        let o = outcome(&with(vec![
+            cond("FailureTarget", "True", Some("DeadlineExceeded")),
+            cond("SuccessCriteriaMet", "True", None),
+        ]));
+        assert_eq!(o.phase, Phase::Succeeded);
+        let o = outcome(&with(vec![cond("Suspended", "True", None)]));
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Suspended"));
+    }
+
+    fn seen(version: i64) -> Observed {
+        Observed {
+            generation: Some(3),
+            context_version: version,
+            job_name: Some(format!("s-1-v{version}")),
+            config_map_name: Some(format!("s-1-v{version}-files")),
+            attempts: version,
+            started_at: Some(t(100)),
+        }
+    }
+
+    fn cond_of<'a>(s: &'a TaskRunStatus, type_: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    #[test]
+    fn conditions_follow_the_phase() {
+        let cases = [
+            (Phase::Pending, "False", "Unknown"),
+            (Phase::Running, "False", "Unknown"),
+            (Phase::Succeeded, "True", "True"),
+            (Phase::Failed, "False", "False"),
+        ];
+        for (phase, ready, succeeded) in cases {
+            let o = Outcome::new(phase, "Why", "what");
+            let s = next_status(&TaskRunStatus::default(), &seen(1), &o, &t(150));
+            assert_eq!(cond_of(&s, READY).status, ready, "{phase}");
+            assert_eq!(cond_of(&s, SUCCEEDED).status, succeeded, "{phase}");
+            assert_eq!(cond_of(&s, SUCCEEDED).reason, "Why");
+            assert_eq!(cond_of(&s, SUCCEEDED).observed_generation, Some(3));
+            assert_eq!(s.completion_time.is_some(), phase.is_final(), "{phase}");
+        }
+    }
+
+    #[test]
+    fn an_unchanged_world_gives_an_unchanged_status() {
+        let o = Outcome::new(Phase::Running, "Running", "r");
+        let first = next_status(&TaskRunStatus::default(), &seen(1), &o, &t(150));
+        let again = next_status(&first, &seen(1), &o, &t(900));
+        assert!(!differs(&first, &again), "{first:?}\n{again:?}");
+        assert_eq!(cond_of(&again, READY).last_transition_time, t(150));
+    }
+
+    #[test]
+    fn a_transition_moves_only_the_conditions_that_changed() {
+        let running = next_status(
+            &TaskRunStatus::default(),
+            &seen(1),
+            &Outcome::new(Phase::Running, "Running", "r"),
+            &t(150),
+        );
+        let done = Outcome {
+            finished_at: Some(t(190)),
+            ..Outcome::new(Phase::Succeeded, "Completed", "c")
+        };
+        let s = next_status(&running, &seen(1), &done, &t(200));
+        assert!(differs(&running, &s));
+        assert_eq!(cond_of(&s, SUCCEEDED).last_transition_time, t(200));
+        assert_eq!(s.completion_time, Some(t(190)));
+        assert_eq!(s.start_time, Some(t(100)));
+    }
+
+    #[test]
+    fn a_new_version_restarts_times() {
+        let done = Outcome::new(Phase::Succeeded, "Completed", "c");
+        let v1 = next_status(&TaskRunStatus::default(), &seen(1), &done, &t(150));
+        let mut v2seen = seen(2);
+        v2seen.started_at = None;
+        let v2 = next_status(
+            &v1,
+            &v2seen,
+            &Outcome::new(Phase::Pending, "JobCreated", "p"),
+            &t(300),
+        );
+        assert_eq!(v2.completion_time, None);
+        assert_eq!(v2.start_time, None);
+        assert_eq!(v2.observed_context_version, Some(2));
+        assert_eq!(v2.attempts, Some(2));
+        assert_eq!(v2.phase, Some(Phase::Pending));
+    }
+
+    #[test]
+    fn finality_is_per_version() {
+        let done = next_status(
+            &TaskRunStatus::default(),
+            &seen(1),
+            &Outcome::new(Phase::Failed, "Duplicate", "d"),
+            &t(1),
+        );
+        assert!(is_final_for(Some(&done), 1));
+        assert!(!is_final_for(Some(&done), 2));
+        assert!(!is_final_for(None, 1));
+        let running = next_status(
+            &TaskRunStatus::default(),
+            &seen(1),
+            &Outcome::new(Phase::Running, "Running", "r"),
+            &t(1),
+        );
+        assert!(!is_final_for(Some(&running), 1));
+    }
+}
