@@ -1,1 +1,9 @@
+//! `taskrun-webhook`: the validating and mutating admission webhook for TaskRuns.
+
+mod admission;
+mod config;
+mod index;
+mod metrics;
+mod mutate;
+
 fn main() {}

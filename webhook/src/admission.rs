@@ -1,0 +1,343 @@
+//! Admission reviews in, admission reviews out: parsing, the TaskRun rules and the answer.
+//! Pure apart from the duplicate lookup (an in-memory read), so every branch is unit-tested
+//! without a server or a cluster.
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
+use kube::core::{DynamicObject, Status};
+use serde_json::Value;
+use taskrun::validation::Reason;
+use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
+
+use crate::metrics::Outcome;
+use crate::mutate::label_patch;
+
+const GROUP: &str = "orchestrator.io";
+const RESOURCE: &str = "taskruns";
+const VERSION: &str = "v1";
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Which webhook was called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Validate,
+    Mutate,
+}
+
+/// The one thing admission needs from the outside world: who else holds an identity.
+pub trait Duplicates {
+    /// A live TaskRun other than `name` holding `identity`, if any.
+    fn duplicate_of(&self, identity: &Identity, name: &str) -> Option<String>;
+}
+
+impl Duplicates for crate::index::Index {
+    fn duplicate_of(&self, identity: &Identity, name: &str) -> Option<String> {
+        crate::index::Index::duplicate_of(self, identity, name)
+    }
+}
+
+/// The HTTP answer to one admission call, plus what is worth logging and counting.
+#[derive(Debug)]
+pub struct Answer {
+    /// 200 for every AdmissionReview answer (allowed or not); 400 when the body was not one.
+    pub http_status: u16,
+    pub body: Vec<u8>,
+    pub outcome: Outcome,
+    pub operation: &'static str,
+    pub uid: String,
+    /// `namespace/name` of the object, when known.
+    pub object: String,
+    pub dry_run: bool,
+    /// The denial or error message; empty when allowed.
+    pub message: String,
+}
+
+/// Answers the body of an admission call to `hook`. Never panics on any input.
+pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(format!(
+                "the request body is not an {REVIEW_API_VERSION} AdmissionReview: {e}"
+            ));
+        }
+    };
+    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != "AdmissionReview" {
+        return bad_request(format!(
+            "expected apiVersion {REVIEW_API_VERSION}, kind AdmissionReview; got apiVersion {:?}, kind {:?} (set admissionReviewVersions to [v1])",
+            cut(&review.types.api_version),
+            cut(&review.types.kind)
+        ));
+    }
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(req) => req,
+        Err(_) => return bad_request("the AdmissionReview has no request".into()),
+    };
+    let mut answer = Answer {
+        http_status: 200,
+        body: Vec::new(),
+        outcome: Outcome::allowed,
+        operation: operation_name(&req.operation),
+        uid: req.uid.clone(),
+        object: match &req.namespace {
+            Some(ns) => format!("{ns}/{}", req.name),
+            None => req.name.clone(),
+        },
+        dry_run: req.dry_run,
+        message: String::new(),
+    };
+    let response = decide(hook, req, index);
+    if !response.allowed {
+        answer.outcome = if response.result.code == 400 {
+            Outcome::error
+        } else {
+            Outcome::denied
+        };
+        answer.message = response.result.message.clone();
+    }
+    // Serializing these plain types cannot fail; an empty body would be answered as an error.
+    answer.body = serde_json::to_vec(&response.into_review()).unwrap_or_default();
+    answer
+}
+
+fn decide(
+    hook: Hook,
+    mut req: AdmissionRequest<DynamicObject>,
+    index: &dyn Duplicates,
+) -> AdmissionResponse {
+    let allow = AdmissionResponse::from(&req);
+    let r = &req.resource;
+    if r.group != GROUP || r.resource != RESOURCE || r.version != VERSION {
+        return refuse(
+            allow,
+            format!(
+                "this webhook admits only {RESOURCE}.{GROUP}/{VERSION}, but was sent {}.{}/{}: fix the rules of the webhook configuration",
+                cut(&r.resource),
+                cut(&r.group),
+                cut(&r.version)
+            ),
+        );
+    }
+    // Status writes, deletes and connects are not ours to judge (and not registered).
+    if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty())
+        || !matches!(req.operation, Operation::Create | Operation::Update)
+    {
+        return allow;
+    }
+    let Some(object) = req.object.as_mut() else {
+        return refuse(allow, "the admission request has no object".into());
+    };
+    let spec = take_spec(object);
+    let name = match object.metadata.name.as_deref() {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => req.name.clone(),
+    };
+    let namespace = object
+        .metadata
+        .namespace
+        .clone()
+        .or_else(|| req.namespace.clone())
+        .unwrap_or_default();
+    match hook {
+        Hook::Mutate => {
+            // A spec that cannot be read is the schema's to refuse, with its own message.
+            let Ok(spec) = spec else { return allow };
+            let ops = label_patch(object.metadata.labels.as_ref(), &spec);
+            if ops.is_empty() {
+                return allow;
+            }
+            match allow.clone().with_patch(json_patch::Patch(ops)) {
+                Ok(patched) => patched,
+                Err(e) => refuse(allow, format!("cannot encode the label patch: {e}")),
+            }
+        }
+        Hook::Validate => {
+            let spec = match spec {
+                Ok(spec) => spec,
+                Err(e) => {
+                    let v = Violation {
+                        field: "spec".into(),
+                        reason: Reason::Invalid,
+                        message: format!("the spec cannot be read as a TaskRun spec: {e}"),
+                    };
+                    return deny(allow, &namespace, &name, None, &[v]);
+                }
+            };
+            match req.operation {
+                Operation::Create => {
+                    let violations = validate_create(&spec);
+                    let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
+                    let existing = index.duplicate_of(&identity, &name);
+                    if violations.is_empty() && existing.is_none() {
+                        return allow;
+                    }
+                    let dup = existing.map(|e| (identity, e));
+                    deny(allow, &namespace, &name, dup.as_ref(), &violations)
+                }
+                _ => {
+                    let old = req.old_object.as_mut().map(take_spec);
+                    let violations = match &old {
+                        // An unchanged spec is always allowed (re-applies, metadata edits,
+                        // finalizers), even if a rule was added since it was created.
+                        Some(Ok(old)) if *old == spec => return allow,
+                        Some(Ok(old)) => validate_update(old, &spec),
+                        _ => validate_create(&spec),
+                    };
+                    if !violations.is_empty() {
+                        return deny(allow, &namespace, &name, None, &violations);
+                    }
+                    let mut allow = allow;
+                    if let Some(Ok(old)) = &old {
+                        let warnings = update_warnings(old, &spec);
+                        if !warnings.is_empty() {
+                            allow.warnings = Some(warnings);
+                        }
+                    }
+                    allow
+                }
+            }
+        }
+    }
+}
+
+/// Moves the spec out of the object (no copy of the markdown contents) and reads it.
+fn take_spec(object: &mut DynamicObject) -> Result<TaskRunSpec, serde_json::Error> {
+    let spec = object
+        .data
+        .get_mut("spec")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    serde_json::from_value(spec)
+}
+
+/// A denial listing every problem: 409 Conflict when the identity is taken, 422 otherwise.
+fn deny(
+    response: AdmissionResponse,
+    namespace: &str,
+    name: &str,
+    duplicate: Option<&(Identity, String)>,
+    violations: &[Violation],
+) -> AdmissionResponse {
+    let mut parts = Vec::with_capacity(violations.len() + 1);
+    let mut causes = Vec::with_capacity(violations.len() + 1);
+    if let Some((identity, existing)) = duplicate {
+        let message = format!(
+            "TaskRun {namespace}/{existing} already holds {identity}; add context to it with \
+             \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete it \
+             first with \"kubectl delete taskrun {existing} -n {namespace}\""
+        );
+        causes.push(StatusCause {
+            reason: "FieldValueDuplicate".into(),
+            message: message.clone(),
+            field: "spec.taskId".into(),
+        });
+        parts.push(message);
+    }
+    for v in violations {
+        parts.push(v.to_string());
+        causes.push(StatusCause {
+            reason: cause_reason(v.reason).into(),
+            message: v.message.clone(),
+            field: v.field.clone(),
+        });
+    }
+    let (code, reason) = if duplicate.is_some() {
+        (409, "Conflict")
+    } else {
+        (422, "Invalid")
+    };
+    let message = parts.join("; ");
+    let mut response = response.deny(&message);
+    response.result = Status::failure(&message, reason)
+        .with_code(code)
+        .with_details(StatusDetails {
+            name: name.to_owned(),
+            group: GROUP.into(),
+            kind: "TaskRun".into(),
+            uid: String::new(),
+            causes,
+            retry_after_seconds: 0,
+        });
+    response
+}
+
+/// Refuses a request that is not something this webhook should be asked (400).
+fn refuse(response: AdmissionResponse, message: String) -> AdmissionResponse {
+    let mut response = response.deny(&message);
+    response.result = Status::failure(&message, "BadRequest").with_code(400);
+    response
+}
+
+/// A body that is not an AdmissionReview at all: a plain `Status`, since there is no uid to
+/// echo.
+fn bad_request(message: String) -> Answer {
+    let status = Status::failure(&message, "BadRequest").with_code(400);
+    let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut body {
+        map.insert("kind".into(), "Status".into());
+        map.insert("apiVersion".into(), "v1".into());
+    }
+    Answer {
+        http_status: 400,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+        outcome: Outcome::error,
+        operation: "",
+        uid: String::new(),
+        object: String::new(),
+        dry_run: false,
+        message,
+    }
+}
+
+/// Hints for updates that are allowed but probably not what was meant.
+fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
+    let same_files = sorted(&old.markdown_files) == sorted(&new.markdown_files);
+    let mut out = Vec::new();
+    if new.context_version > old.context_version && same_files {
+        out.push(format!(
+            "contextVersion raised to {} without new or changed markdown files: the new run gets the same context",
+            new.context_version
+        ));
+    }
+    if new.context_version == old.context_version && !same_files {
+        out.push(format!(
+            "markdownFiles changed but contextVersion is still {}: raise it to run the task with the new files",
+            new.context_version
+        ));
+    }
+    out
+}
+
+fn sorted(files: &[MarkdownFile]) -> Vec<&MarkdownFile> {
+    let mut v: Vec<&MarkdownFile> = files.iter().collect();
+    v.sort_by(|a, b| a.filename.cmp(&b.filename));
+    v
+}
+
+fn cause_reason(r: Reason) -> &'static str {
+    match r {
+        Reason::Required => "FieldValueRequired",
+        Reason::Invalid => "FieldValueInvalid",
+        Reason::TooLong => "FieldValueTooLong",
+        Reason::TooMany => "FieldValueTooMany",
+        Reason::Duplicate => "FieldValueDuplicate",
+        Reason::Forbidden => "FieldValueForbidden",
+    }
+}
+
+fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// A client-supplied string in a message, cut short.
+fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests;

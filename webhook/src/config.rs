@@ -1,0 +1,145 @@
+//! Command-line flags, each with an environment fallback so a Deployment can set either.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "taskrun-webhook",
+    version,
+    about = "Validating and mutating admission webhook for TaskRuns (taskruns.orchestrator.io/v1)"
+)]
+pub struct Config {
+    /// Address of the HTTPS listener (admission, probes, metrics).
+    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain served to clients; re-read when it changes.
+    #[arg(
+        long,
+        env = "WEBHOOK_TLS_CERT",
+        default_value = "/etc/webhook/certs/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of the certificate; re-read when it changes.
+    #[arg(
+        long,
+        env = "WEBHOOK_TLS_KEY",
+        default_value = "/etc/webhook/certs/tls.key"
+    )]
+    pub tls_key: PathBuf,
+
+    /// Address of a plain-HTTP listener for /metrics, /healthz and /readyz (no admission);
+    /// "off" disables it.
+    #[arg(long, env = "WEBHOOK_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_optional_addr)]
+    pub metrics_listen: OptionalAddr,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "info,taskrun_webhook=debug".
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Largest accepted request body in bytes (413 beyond).
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time allowed for a TLS handshake ("10s", "500ms").
+    #[arg(long, env = "WEBHOOK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time allowed for a request's headers to arrive, including idle time between requests on
+    /// an HTTP/1.1 connection.
+    #[arg(long, env = "WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Time allowed for a request's body to arrive (408 beyond).
+    #[arg(long, env = "WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// A connection on which the client sends nothing for this long is closed.
+    #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most connections served at once; further ones wait in the listen backlog.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// How often the certificate files are compared with what is served, in case a change
+    /// notification was missed.
+    #[arg(long, env = "WEBHOOK_CERT_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub cert_poll_interval: Duration,
+
+    /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long, env = "WEBHOOK_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// An address, or none when the listener is switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// "250ms", "10s", "2m" or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s or 2m"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.is_empty() || s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("{s:?} is not an address such as 0.0.0.0:9090: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::try_parse_from(["taskrun-webhook"]).expect("defaults");
+        assert_eq!(c.max_body_bytes, 3 * 1024 * 1024);
+        assert!(c.metrics_listen.0.is_some());
+        let c =
+            Config::try_parse_from(["taskrun-webhook", "--metrics-listen", "off"]).expect("off");
+        assert_eq!(c.metrics_listen, OptionalAddr(None));
+    }
+}
