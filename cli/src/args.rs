@@ -1,0 +1,187 @@
+//! The command line. Every command has `--help`; the connection flags are the ones kubectl
+//! users expect, and are global so they work before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use taskrun::FileType;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime or API failure (cannot connect, TaskRun not found, retries exhausted, ...)
+  2  usage error or invalid input (bad flags, a file that would be rejected, a file that already exists)
+  3  migrate-helm: at least one release could not be migrated or uninstalled (the others were)";
+
+/// kubectl plugin for TaskRuns (taskruns.orchestrator.io): add context to a running task, and
+/// migrate tasks from Helm releases of the legacy `claude-code` chart.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-taskrun", bin_name = "kubectl taskrun", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+
+    /// Log format on stderr (the level comes from RUST_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the API server is, as kubectl takes it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Connection {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The namespace (default: the context's namespace, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Change a TaskRun's context.
+    #[command(subcommand)]
+    Context(ContextCommand),
+
+    /// Migrate tasks from Helm releases of the legacy `claude-code` chart to TaskRuns.
+    ///
+    /// Reads the Helm 3 release Secrets directly (no helm binary needed), builds one TaskRun per
+    /// deployed `{service}-task-{id}` release from its `{service}-task-{id}-files` ConfigMap,
+    /// creates it through the API (the admission webhook judges it like any other client's),
+    /// verifies it and prints a table. Safe to run again: a TaskRun that already matches is left
+    /// alone. Helm releases are only uninstalled with --delete-releases, and only those whose
+    /// TaskRun was verified.
+    #[command(after_help = EXIT_CODES)]
+    MigrateHelm(MigrateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Add markdown files to a TaskRun and raise its contextVersion by one.
+    ///
+    /// Uses server-side apply with the field manager `kubectl-taskrun`: the files are merged into
+    /// spec.markdownFiles by filename, and every other file and field (including those owned by
+    /// other managers, such as a GitOps tool) is left as it is. Concurrent calls never lose an
+    /// update: each apply is conditional on the resourceVersion it read, and retried on conflict.
+    /// Files are checked (name, content, total size) before anything is sent. A file whose name
+    /// the TaskRun already has is refused: context is added, never replaced.
+    #[command(after_help = EXIT_CODES)]
+    Add(ContextAddArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ContextAddArgs {
+    /// The TaskRun's name.
+    pub name: String,
+
+    /// A markdown file to add; its base name becomes the filename. Repeat for several files.
+    #[arg(short = 'f', long = "file", value_name = "FILE.md", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// The fileType the added files get.
+    #[arg(long = "type", value_enum, default_value_t = FileTypeArg::Context)]
+    pub file_type: FileTypeArg,
+}
+
+/// `FileType` as a command-line value (same wire names as in manifests).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FileTypeArg {
+    Task,
+    DesignSpec,
+    Prompt,
+    Context,
+    AcceptanceCriteria,
+}
+
+impl From<FileTypeArg> for FileType {
+    fn from(arg: FileTypeArg) -> Self {
+        match arg {
+            FileTypeArg::Task => FileType::Task,
+            FileTypeArg::DesignSpec => FileType::DesignSpec,
+            FileTypeArg::Prompt => FileType::Prompt,
+            FileTypeArg::Context => FileType::Context,
+            FileTypeArg::AcceptanceCriteria => FileType::AcceptanceCriteria,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Look for releases in every namespace (instead of -n or the context's namespace).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+
+    /// Change nothing: say what would happen (the API server and webhook judge each TaskRun
+    /// with a server-side dry-run create).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// After a release's TaskRun is verified, uninstall the release: delete the resources its
+    /// manifest lists and all its revision Secrets, as `helm uninstall` does. Releases with
+    /// delete hooks are left for `helm uninstall`.
+    #[arg(long)]
+    pub delete_releases: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "kubectl-taskrun",
+            "--context",
+            "dev",
+            "context",
+            "add",
+            "t1",
+            "-f",
+            "a.md",
+            "-n",
+            "ns",
+            "-f",
+            "b.md",
+        ])
+        .expect("parses");
+        assert_eq!(cli.conn.context.as_deref(), Some("dev"));
+        assert_eq!(cli.conn.namespace.as_deref(), Some("ns"));
+        let Command::Context(ContextCommand::Add(add)) = cli.command else {
+            panic!("not context add")
+        };
+        assert_eq!(add.files.len(), 2);
+        assert!(matches!(add.file_type, FileTypeArg::Context));
+    }
+
+    #[test]
+    fn all_namespaces_and_namespace_exclude_each_other() {
+        let err = Cli::try_parse_from(["kubectl-taskrun", "migrate-helm", "-A", "-n", "x"])
+            .expect_err("conflict");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn context_add_needs_a_file() {
+        assert!(Cli::try_parse_from(["kubectl-taskrun", "context", "add", "t1"]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! `kubectl taskrun context add`: read, build the apply patch, apply; on 409 Conflict (someone
+//! else changed the TaskRun since we read it) wait a jittered, growing while and start over.
+
+mod files;
+mod patch;
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use taskrun::{MarkdownFile, TaskRun};
+
+use crate::error::{Error, status_code};
+
+pub use files::load;
+pub use patch::MANAGER;
+
+/// Conflicts only last while other writers are mid-flight; this many rounds outlasts dozens
+/// of concurrent callers (each round lets at least one of them through).
+const MAX_ATTEMPTS: u32 = 60;
+
+/// What a successful `context add` did.
+#[derive(Debug)]
+pub struct Added {
+    pub context_version: i64,
+    pub files: Vec<String>,
+    pub attempts: u32,
+}
+
+/// Adds `new_files` (already read and checked with `load`) to TaskRun `name`.
+pub async fn run(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    new_files: Vec<MarkdownFile>,
+) -> Result<Added, Error> {
+    let api: Api<TaskRun> = Api::namespaced(client, namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let current = api
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::api(format!("reading TaskRun {name}"), e))?
+            .ok_or_else(|| Error::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let body = patch::build(&current, &new_files).map_err(Error::Invalid)?;
+        // force: take contextVersion over from whoever set it last (kubectl, a GitOps tool);
+        // raising it is the point of the command. Files are new or already ours, so force
+        // never takes a file from another manager.
+        match api.patch(name, &params, &Patch::Apply(&body)).await {
+            Ok(applied) => {
+                return Ok(Added {
+                    context_version: applied.spec.context_version,
+                    files: new_files.into_iter().map(|f| f.filename).collect(),
+                    attempts: attempt,
+                });
+            }
+            Err(e) if status_code(&e) == Some(409) => {
+                let wait = backoff(attempt, fastrand::f64());
+                tracing::debug!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "conflict, retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(Error::api(format!("applying to TaskRun {name}"), e)),
+        }
+    }
+    Err(Error::TooManyConflicts {
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// "Full jitter" exponential backoff: a uniform wait in [0, min(cap, base * 2^attempt)), so
+/// callers that collided spread out instead of colliding again in lockstep. `unit` is a
+/// uniform random number in [0, 1).
+pub fn backoff(attempt: u32, unit: f64) -> Duration {
+    const BASE_MS: f64 = 20.0;
+    const CAP_MS: f64 = 1000.0;
+    let ceiling = (BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(CAP_MS);
+    Duration::from_secs_f64(ceiling * unit.clamp(0.0, 1.0) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(40));
+        assert_eq!(backoff(3, 1.0), Duration::from_millis(160));
+        assert_eq!(backoff(10, 1.0), Duration::from_millis(1000));
+        assert_eq!(backoff(u32::MAX, 1.0), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn backoff_is_jittered_down_to_zero() {
+        assert_eq!(backoff(5, 0.0), Duration::ZERO);
+        assert_eq!(backoff(5, 0.5), Duration::from_millis(320));
+        assert_eq!(backoff(5, -3.0), Duration::ZERO);
+    }
+}

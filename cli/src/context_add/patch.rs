@@ -1,0 +1,237 @@
+//! The server-side apply patch of `context add`, decided from the TaskRun as read.
+//!
+//! With server-side apply, a field manager's apply is its whole intent: an entry the manager
+//! applied before and leaves out now is removed. So the patch carries, besides the new files
+//! and the raised contextVersion, every file this manager already owns (as the server has it
+//! now). Files owned by other managers are left out of the patch and so left alone; we do not
+//! become their co-owner, and a GitOps tool that later drops one from git still removes it.
+//! One fixed manager name (not one per call) keeps managedFields from growing with each call.
+//! The patch carries the resourceVersion it was built from: if the TaskRun changed meanwhile
+//! the server answers 409 Conflict and the caller reads again.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::Resource;
+use serde_json::{Value, json};
+use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, validate_update};
+
+/// The field manager of `context add`.
+pub const MANAGER: &str = "kubectl-taskrun";
+
+/// The filenames of the markdownFiles entries that `manager` owns through apply.
+pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<String> {
+    managed
+        .iter()
+        .filter(|e| {
+            e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|e| e.fields_v1.as_ref())
+        .filter_map(|f| f.0.pointer("/f:spec/f:markdownFiles")?.as_object())
+        .flat_map(|entries| entries.keys())
+        // List-map entries are keyed `k:{"filename":"a.md"}`.
+        .filter_map(|key| key.strip_prefix("k:"))
+        .filter_map(|key| serde_json::from_str::<Value>(key).ok())
+        .filter_map(|key| key.get("filename")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The apply patch that adds `new_files` to `current` and raises its contextVersion by one,
+/// or every reason it would be refused (a filename already present, a rule the resulting
+/// TaskRun would break).
+pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec<String>> {
+    let name = current.meta().name.as_deref().unwrap_or_default();
+    let mut problems: Vec<String> = new_files
+        .iter()
+        .filter(|f| current.spec.markdown_files.iter().any(|o| o.filename == f.filename))
+        .map(|f| {
+            format!(
+                "{:?}: TaskRun {name} already has a file with this name; context add only adds files, so give it another name",
+                f.filename
+            )
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let next = TaskRunSpec {
+        context_version: current.spec.context_version.saturating_add(1),
+        markdown_files: [&current.spec.markdown_files[..], new_files].concat(),
+        ..current.spec.clone()
+    };
+    problems.extend(
+        validate_update(&current.spec, &next)
+            .iter()
+            .map(|v| format!("the TaskRun would be refused: {v}")),
+    );
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let managed = current.meta().managed_fields.as_deref().unwrap_or_default();
+    let ours = owned_files(managed, MANAGER);
+    let files: Vec<&MarkdownFile> = current
+        .spec
+        .markdown_files
+        .iter()
+        .filter(|f| ours.contains(&f.filename))
+        .chain(new_files)
+        .collect();
+    Ok(json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "metadata": {
+            "name": name,
+            "namespace": current.meta().namespace,
+            "resourceVersion": current.meta().resource_version,
+        },
+        "spec": {
+            "contextVersion": next.context_version,
+            "markdownFiles": files,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+    use kube::api::ObjectMeta;
+    use taskrun::FileType;
+
+    fn file(name: &str) -> MarkdownFile {
+        MarkdownFile {
+            filename: name.into(),
+            content: format!("# {name}"),
+            file_type: None,
+        }
+    }
+
+    fn entry(manager: &str, operation: &str, files: &[&str]) -> ManagedFieldsEntry {
+        let keys: serde_json::Map<String, Value> = files
+            .iter()
+            .map(|f| {
+                (
+                    format!("k:{{\"filename\":\"{f}\"}}"),
+                    json!({".": {}, "f:content": {}}),
+                )
+            })
+            .collect();
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            fields_v1: Some(FieldsV1(json!({
+                "f:spec": {"f:contextVersion": {}, "f:markdownFiles": keys}
+            }))),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    fn taskrun(files: &[&str], managed: Vec<ManagedFieldsEntry>) -> TaskRun {
+        let mut tr = TaskRun::new(
+            "t1",
+            TaskRunSpec {
+                task_id: 1,
+                service_name: "billing".into(),
+                agent_name: None,
+                context_version: 3,
+                markdown_files: files.iter().map(|f| file(f)).collect(),
+            },
+        );
+        tr.metadata = ObjectMeta {
+            name: Some("t1".into()),
+            namespace: Some("ns".into()),
+            resource_version: Some("42".into()),
+            managed_fields: Some(managed),
+            ..ObjectMeta::default()
+        };
+        tr
+    }
+
+    fn filenames(patch: &Value) -> Vec<&str> {
+        patch["spec"]["markdownFiles"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .filter_map(|f| f["filename"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn owned_files_reads_only_this_managers_apply_entries() {
+        let managed = vec![
+            entry(MANAGER, "Apply", &["ctx-1.md", "ctx-2.md"]),
+            entry("argocd-controller", "Apply", &["task.md"]),
+            entry(MANAGER, "Update", &["odd.md"]),
+        ];
+        let owned = owned_files(&managed, MANAGER);
+        assert_eq!(
+            owned,
+            BTreeSet::from(["ctx-1.md".into(), "ctx-2.md".into()])
+        );
+    }
+
+    #[test]
+    fn owned_files_ignores_malformed_entries() {
+        let mut odd = entry(MANAGER, "Apply", &[]);
+        odd.fields_v1 = Some(FieldsV1(json!({"f:spec": {"f:markdownFiles": {
+            "k:not json": {}, "k:{\"name\":\"x\"}": {}, "v:\"a\"": {}
+        }}})));
+        assert!(owned_files(&[odd], MANAGER).is_empty());
+        let bare = ManagedFieldsEntry {
+            manager: Some(MANAGER.into()),
+            operation: Some("Apply".into()),
+            ..ManagedFieldsEntry::default()
+        };
+        assert!(owned_files(&[bare], MANAGER).is_empty());
+    }
+
+    #[test]
+    fn first_add_sends_only_the_new_files_and_the_next_version() {
+        let tr = taskrun(&["task.md"], vec![entry("kubectl", "Apply", &["task.md"])]);
+        let mut new = file("ctx.md");
+        new.file_type = Some(FileType::Context);
+        let patch = build(&tr, &[new]).expect("patch");
+        assert_eq!(patch["spec"]["contextVersion"], 4);
+        assert_eq!(filenames(&patch), ["ctx.md"]);
+        assert_eq!(patch["spec"]["markdownFiles"][0]["fileType"], "context");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["metadata"]["name"], "t1");
+        assert!(
+            patch["spec"].get("taskId").is_none(),
+            "owned by someone else"
+        );
+    }
+
+    #[test]
+    fn later_adds_resend_the_files_this_manager_owns() {
+        let tr = taskrun(
+            &["task.md", "ctx-1.md", "ctx-2.md"],
+            vec![
+                entry("kubectl", "Apply", &["task.md"]),
+                entry(MANAGER, "Apply", &["ctx-1.md", "ctx-2.md"]),
+            ],
+        );
+        let patch = build(&tr, &[file("ctx-3.md")]).expect("patch");
+        assert_eq!(filenames(&patch), ["ctx-1.md", "ctx-2.md", "ctx-3.md"]);
+        assert_eq!(patch["spec"]["markdownFiles"][0]["content"], "# ctx-1.md");
+    }
+
+    #[test]
+    fn an_existing_filename_is_refused() {
+        let tr = taskrun(&["task.md"], vec![]);
+        let problems = build(&tr, &[file("task.md")]).expect_err("refused");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("already has a file"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_result_the_api_would_refuse_is_refused_here() {
+        let names: Vec<String> = (0..64).map(|i| format!("f{i}.md")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let tr = taskrun(&refs, vec![]);
+        let problems = build(&tr, &[file("one-more.md")]).expect_err("too many");
+        assert!(problems[0].contains("would be refused"), "{problems:?}");
+    }
+}

@@ -1,0 +1,72 @@
+//! The errors a command ends with, and the exit code each maps to (documented in `--help`).
+
+use std::process::ExitCode;
+
+/// Everything went as asked.
+pub const OK: u8 = 0;
+/// The command could not do its job: connection, API or retry failure.
+pub const FAILURE: u8 = 1;
+/// The command line or its input is wrong; nothing was changed.
+pub const INVALID: u8 = 2;
+/// migrate-helm: some releases failed while the others went through.
+pub const PARTIAL: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input, found before anything was changed. One line per problem.
+    #[error("nothing was changed:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+
+    #[error("cannot load the kubeconfig: {0}")]
+    Config(String),
+
+    #[error("TaskRun {name} not found in namespace {namespace}")]
+    NotFound { namespace: String, name: String },
+
+    #[error(
+        "gave up after {attempts} attempts: the TaskRun kept changing under us (409 Conflict each time)"
+    )]
+    TooManyConflicts { attempts: u32 },
+
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn api(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Api {
+            action: action.into(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Error::Invalid(_) => INVALID,
+            _ => FAILURE,
+        })
+    }
+}
+
+/// The API server's HTTP status code for a failed call, if it answered.
+pub fn status_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// A one-line account of an API error: the server's own message when it gave one (that is
+/// where the webhook's reason is), else the client error.
+pub fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => {
+            format!("{} ({})", status.message, status.code)
+        }
+        other => other.to_string(),
+    }
+}

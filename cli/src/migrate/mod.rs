@@ -1,0 +1,231 @@
+//! `kubectl taskrun migrate-helm`: Helm releases of the legacy chart -> TaskRuns.
+//!
+//! Each release goes on its own: a release that cannot be migrated is reported with the
+//! reason and the others continue. Only a verified release (its TaskRun exists, has the
+//! release's spec and was admitted) is ever uninstalled, and only with --delete-releases.
+
+mod plan;
+mod release;
+mod report;
+mod uninstall;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use taskrun::TaskRun;
+
+use crate::args::MigrateArgs;
+use crate::context_add::MANAGER;
+use crate::error::{Error, describe};
+use plan::{LEGACY_CHART, Revision, Verdict};
+use release::Release;
+pub use report::{Helm, Outcome, Row, render};
+
+/// Where a migrated TaskRun came from, for people reading it later.
+const MIGRATED_FROM: &str = "orchestrator.io/migrated-from";
+
+pub async fn run(
+    client: kube::Client,
+    namespace: &str,
+    args: &MigrateArgs,
+) -> Result<Vec<Row>, Error> {
+    let secrets: Api<Secret> = if args.all_namespaces {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), namespace)
+    };
+    let params = ListParams::default()
+        .labels("owner=helm")
+        .fields("type=helm.sh/release.v1");
+    // Metadata only: the labels say which revision to read; only that one is fetched whole.
+    let listed = secrets
+        .list_metadata(&params)
+        .await
+        .map_err(|e| Error::api("listing Helm release Secrets", e))?;
+
+    let mut releases: BTreeMap<(String, String), Vec<Revision>> = BTreeMap::new();
+    for secret in listed.items {
+        let meta = secret.metadata;
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        let (Some(ns), Some(secret_name), Some(name)) =
+            (meta.namespace.clone(), meta.name.clone(), label("name"))
+        else {
+            continue;
+        };
+        if plan::legacy_identity(&name).is_none() {
+            continue;
+        }
+        let Some(version) = label("version").and_then(|v| v.parse().ok()) else {
+            tracing::warn!(namespace = %ns, secret = %secret_name, "Helm release Secret without a numeric version label; ignored");
+            continue;
+        };
+        releases.entry((ns, name)).or_default().push(Revision {
+            secret: secret_name,
+            version,
+            status: label("status").unwrap_or_default(),
+        });
+    }
+
+    let mut rows = Vec::new();
+    for ((ns, name), revisions) in releases {
+        let row = match plan::pick_deployed(&revisions) {
+            Ok(revision) => migrate_one(&client, &ns, &name, revision, args).await,
+            Err(status) => Some(Row {
+                namespace: ns.clone(),
+                release: name.clone(),
+                revision: None,
+                taskrun: "-".into(),
+                outcome: Outcome::Skipped(format!("no deployed revision (the latest is {status})")),
+                helm: Helm::Kept,
+            }),
+        };
+        if let Some(row) = row {
+            tracing::info!(namespace = %row.namespace, release = %row.release, outcome = ?row.outcome, helm = ?row.helm, "release done");
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Migrates one release; `None` when it turns out not to be of the legacy chart.
+async fn migrate_one(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    revision: &Revision,
+    args: &MigrateArgs,
+) -> Option<Row> {
+    let mut row = Row {
+        namespace: ns.to_owned(),
+        release: name.to_owned(),
+        revision: Some(revision.version),
+        taskrun: name.to_owned(),
+        outcome: Outcome::WouldCreate,
+        helm: Helm::Kept,
+    };
+    let release = match read_release(client, ns, &revision.secret).await {
+        Ok(release) if release.chart.metadata.name != LEGACY_CHART => {
+            tracing::debug!(namespace = ns, release = name, chart = %release.chart.metadata.name, "not the legacy chart");
+            return None;
+        }
+        Ok(mut release) => {
+            release.namespace = ns.to_owned();
+            release
+        }
+        Err(why) => {
+            row.outcome = Outcome::Failed(why);
+            return Some(row);
+        }
+    };
+    row.outcome = migrate_release(client, &release, args.dry_run).await;
+    let eligible = row.verified() || (args.dry_run && row.outcome == Outcome::WouldCreate);
+    if args.delete_releases && eligible {
+        row.helm = match uninstall::uninstall(client, &release, args.dry_run).await {
+            Ok(done) if args.dry_run => Helm::WouldUninstall(format!(
+                "would delete {} resource(s) and {} revision(s)",
+                done.resources, done.revisions
+            )),
+            Ok(done) => Helm::Uninstalled(format!(
+                "deleted {} resource(s) and {} revision(s)",
+                done.resources, done.revisions
+            )),
+            Err(why) => Helm::Failed(why),
+        };
+    }
+    Some(row)
+}
+
+async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<Release, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret_obj = api
+        .get(secret)
+        .await
+        .map_err(|e| format!("reading release Secret {secret}: {}", describe(&e)))?;
+    let data = secret_obj
+        .data
+        .as_ref()
+        .and_then(|d| d.get("release"))
+        .ok_or_else(|| format!("release Secret {secret} has no data.release"))?;
+    release::decode(&data.0).map_err(|e| format!("release Secret {secret}: {e}"))
+}
+
+async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool) -> Outcome {
+    let ns = release.namespace.as_str();
+    let name = release.name.as_str();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let files = match config_maps.get_opt(&plan::files_config_map(name)).await {
+        Ok(files) => files,
+        Err(e) => return Outcome::Failed(format!("reading the files ConfigMap: {}", describe(&e))),
+    };
+    let spec = match plan::desired_spec(release, files.as_ref()) {
+        Ok(spec) => spec,
+        Err(problems) => return Outcome::Failed(problems.join("; ")),
+    };
+    let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
+    match taskruns.get_opt(name).await {
+        Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
+        Ok(None) => {}
+        Err(e) => return Outcome::Failed(format!("reading TaskRun {name}: {}", describe(&e))),
+    }
+
+    let mut taskrun = TaskRun::new(name, spec.clone());
+    taskrun.metadata.namespace = Some(ns.to_owned());
+    taskrun.metadata.annotations = Some(BTreeMap::from([(
+        MIGRATED_FROM.to_owned(),
+        format!("helm release {ns}/{name} revision {}", release.version),
+    )]));
+    let params = PostParams {
+        dry_run,
+        field_manager: Some(MANAGER.to_owned()),
+    };
+    let created = taskruns.create(&params, &taskrun).await;
+    if dry_run {
+        return match created {
+            Ok(would_be) if plan::admitted(&would_be) => Outcome::WouldCreate,
+            Ok(_) => Outcome::Failed(not_admitted()),
+            Err(e) => Outcome::Failed(format!("would be refused: {}", describe(&e))),
+        };
+    }
+    if let Err(e) = created {
+        // Someone (another run) may have created it meanwhile: then judge what is there.
+        return match taskruns.get_opt(name).await {
+            Ok(Some(live)) => judge(&spec, &live, Outcome::AlreadyMigrated),
+            _ => Outcome::Failed(format!("refused: {}", describe(&e))),
+        };
+    }
+    // Verify from a fresh read, not the create response.
+    match taskruns.get_opt(name).await {
+        Ok(Some(live)) => judge(&spec, &live, Outcome::Created),
+        Ok(None) => Outcome::Failed("created, but gone when read back".into()),
+        Err(e) => Outcome::Failed(format!(
+            "created, but reading it back failed: {}",
+            describe(&e)
+        )),
+    }
+}
+
+/// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.
+fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome {
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    if live.metadata.deletion_timestamp.is_some() {
+        return Outcome::Failed(format!(
+            "TaskRun {name} exists but is being deleted; run again once it is gone"
+        ));
+    }
+    match plan::compare(desired, &live.spec) {
+        Verdict::Differs(why) => Outcome::Failed(format!(
+            "TaskRun {name} already exists and differs from the release: {why}"
+        )),
+        Verdict::Same | Verdict::MovedOn if !plan::admitted(live) => {
+            Outcome::Failed(not_admitted())
+        }
+        Verdict::Same | Verdict::MovedOn => ok,
+    }
+}
+
+fn not_admitted() -> String {
+    "the TaskRun lacks the labels the mutating webhook stamps: is the taskrun webhook registered?"
+        .into()
+}

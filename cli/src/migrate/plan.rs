@@ -1,0 +1,448 @@
+//! What to migrate and into what: pure decisions over release records, ConfigMaps and
+//! TaskRuns already read from the API.
+//!
+//! Field mapping from the legacy `claude-code` chart (release `{service}-task-{id}`):
+//! - `serviceName`, `taskId` come from the release name; the chart values `serviceName` and
+//!   `taskId` (a string or a number), and the ConfigMap labels `service` and `task-id`, must
+//!   agree with it when present, else the release is reported rather than guessed at.
+//! - `agentName` is the value `agentName` when it is a non-empty string.
+//! - `markdownFiles` are the keys of the ConfigMap `{service}-task-{id}-files`, in key order,
+//!   without a fileType (the legacy layout has none).
+//! - `contextVersion` is 1: the TaskRun starts its own history with everything it was given.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde_json::Value;
+use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, labels, validate_create};
+
+use super::release::Release;
+
+/// The legacy task chart.
+pub const LEGACY_CHART: &str = "claude-code";
+
+/// The (service, task id) a legacy release name `{service}-task-{id}` stands for.
+pub fn legacy_identity(release_name: &str) -> Option<(&str, i64)> {
+    let (service, id) = release_name.rsplit_once("-task-")?;
+    let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0');
+    let task_id = id.parse().ok().filter(|_| valid_id)?;
+    (!service.is_empty()).then_some((service, task_id))
+}
+
+/// The ConfigMap that holds a legacy release's markdown files.
+pub fn files_config_map(release_name: &str) -> String {
+    format!("{release_name}-files")
+}
+
+/// One revision Secret of a release, as its labels describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub secret: String,
+    pub version: i64,
+    pub status: String,
+}
+
+/// The revision to migrate: the newest one Helm marks `deployed`. Otherwise the newest
+/// revision's status, to report why nothing was taken.
+pub fn pick_deployed(revisions: &[Revision]) -> Result<&Revision, String> {
+    revisions
+        .iter()
+        .filter(|r| r.status == "deployed")
+        .max_by_key(|r| r.version)
+        .ok_or_else(|| {
+            revisions
+                .iter()
+                .max_by_key(|r| r.version)
+                .map_or_else(|| "no revisions".to_owned(), |r| r.status.clone())
+        })
+}
+
+/// The TaskRun spec equivalent to a legacy release and its files ConfigMap, or every reason
+/// it cannot be built (each a sentence naming the release or the ConfigMap).
+pub fn desired_spec(
+    release: &Release,
+    files: Option<&ConfigMap>,
+) -> Result<TaskRunSpec, Vec<String>> {
+    let Some((service, task_id)) = legacy_identity(&release.name) else {
+        return Err(vec![format!(
+            "release name {:?} is not of the form {{service}}-task-{{id}}",
+            release.name
+        )]);
+    };
+    let mut problems = Vec::new();
+    let values = release.values();
+    let value_service = values.get("serviceName").and_then(Value::as_str);
+    if let Some(value) = value_service.filter(|v| !v.is_empty() && *v != service) {
+        problems.push(format!(
+            "the release's value serviceName={value:?} disagrees with its name (service {service:?})"
+        ));
+    }
+    let value_task = values.get("taskId").and_then(number_or_string);
+    if let Some(value) = value_task.filter(|v| *v != task_id.to_string()) {
+        problems.push(format!(
+            "the release's value taskId={value} disagrees with its name (task {task_id})"
+        ));
+    }
+    let agent_name = values
+        .get("agentName")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned);
+
+    let cm_name = files_config_map(&release.name);
+    let markdown_files = match files {
+        None => {
+            problems.push(format!(
+                "ConfigMap {cm_name} with the task's files not found"
+            ));
+            Vec::new()
+        }
+        Some(cm) => {
+            problems.extend(config_map_problems(cm, &cm_name, service, task_id));
+            cm.data
+                .iter()
+                .flatten()
+                .map(|(filename, content)| MarkdownFile {
+                    filename: filename.clone(),
+                    content: content.clone(),
+                    file_type: None,
+                })
+                .collect()
+        }
+    };
+    let spec = TaskRunSpec {
+        task_id,
+        service_name: service.to_owned(),
+        agent_name,
+        context_version: 1,
+        markdown_files,
+    };
+    if files.is_some() {
+        problems.extend(
+            validate_create(&spec)
+                .iter()
+                .map(|v| format!("{v} (ConfigMap {cm_name})")),
+        );
+    }
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems)
+    }
+}
+
+fn number_or_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn config_map_problems(cm: &ConfigMap, name: &str, service: &str, task_id: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let empty = BTreeMap::new();
+    let labels = cm.metadata.labels.as_ref().unwrap_or(&empty);
+    if let Some(label) = labels.get("service").filter(|l| *l != service) {
+        problems.push(format!(
+            "ConfigMap {name} is labelled service={label:?}, not {service:?}"
+        ));
+    }
+    if let Some(label) = labels.get("task-id").filter(|l| **l != task_id.to_string()) {
+        problems.push(format!(
+            "ConfigMap {name} is labelled task-id={label:?}, not {task_id}"
+        ));
+    }
+    if let Some(binary) = cm.binary_data.as_ref().filter(|b| !b.is_empty()) {
+        let keys: Vec<&str> = binary.keys().map(String::as_str).collect();
+        problems.push(format!(
+            "ConfigMap {name} holds binary files ({}); TaskRun files are text",
+            keys.join(", ")
+        ));
+    }
+    problems
+}
+
+/// How an existing TaskRun compares to the one a release would become.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its spec is exactly the desired one.
+    Same,
+    /// It is the same task with every migrated file intact, and has since been given more
+    /// context (`context add`): migrated, and moved on.
+    MovedOn,
+    /// Something else: the reason.
+    Differs(String),
+}
+
+pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
+    if desired == live {
+        return Verdict::Same;
+    }
+    if live.task_id != desired.task_id || live.service_name != desired.service_name {
+        return Verdict::Differs(format!(
+            "it is task {} of service {:?}, the release is task {} of service {:?}",
+            live.task_id, live.service_name, desired.task_id, desired.service_name
+        ));
+    }
+    if live.agent_name != desired.agent_name {
+        return Verdict::Differs(format!(
+            "its agentName is {:?}, the release's is {:?}",
+            live.agent_name, desired.agent_name
+        ));
+    }
+    for file in &desired.markdown_files {
+        match live
+            .markdown_files
+            .iter()
+            .find(|f| f.filename == file.filename)
+        {
+            None => return Verdict::Differs(format!("it lacks the file {}", file.filename)),
+            Some(f) if f.content != file.content => {
+                return Verdict::Differs(format!("its file {} has other content", file.filename));
+            }
+            Some(_) => {}
+        }
+    }
+    if live.context_version > desired.context_version {
+        Verdict::MovedOn
+    } else {
+        Verdict::Differs("it has other files or fileTypes".to_owned())
+    }
+}
+
+/// True when the mutating webhook has admitted the TaskRun: it carries the project's labels
+/// for its spec.
+pub fn admitted(taskrun: &TaskRun) -> bool {
+    let live = taskrun.metadata.labels.as_ref();
+    labels::taskrun_labels(&taskrun.spec)
+        .iter()
+        .all(|(key, value)| live.and_then(|l| l.get(*key)) == Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::release::{decode, tests as rel};
+    use kube::api::ObjectMeta;
+    use serde_json::json;
+
+    fn release(config: Value) -> Release {
+        let mut record = rel::record();
+        record["config"] = config;
+        decode(&rel::encode(&record)).expect("decodes")
+    }
+
+    fn config_map(files: &[(&str, &str)], labels: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("billing-task-7-files".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                files
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn good_cm() -> ConfigMap {
+        config_map(
+            &[("task.md", "# Task"), ("design.md", "# Design")],
+            &[
+                ("service", "billing"),
+                ("task-id", "7"),
+                ("managed-by", "orchestrator"),
+            ],
+        )
+    }
+
+    #[test]
+    fn legacy_names_parse() {
+        assert_eq!(legacy_identity("billing-task-7"), Some(("billing", 7)));
+        assert_eq!(legacy_identity("a-task-b-task-12"), Some(("a-task-b", 12)));
+        assert_eq!(legacy_identity("billing-task-"), None);
+        assert_eq!(legacy_identity("billing-task-07"), None);
+        assert_eq!(legacy_identity("billing-task-x"), None);
+        assert_eq!(legacy_identity("-task-3"), None);
+        assert_eq!(legacy_identity("nginx"), None);
+        assert_eq!(legacy_identity("x-task-99999999999999999999"), None);
+    }
+
+    #[test]
+    fn the_newest_deployed_revision_is_taken() {
+        let rev = |v, s: &str| Revision {
+            secret: format!("sh.helm.release.v1.x.v{v}"),
+            version: v,
+            status: s.into(),
+        };
+        let revisions = [
+            rev(1, "superseded"),
+            rev(3, "deployed"),
+            rev(2, "superseded"),
+        ];
+        assert_eq!(pick_deployed(&revisions).map(|r| r.version), Ok(3));
+        let failed = [rev(1, "deployed"), rev(2, "failed")];
+        assert_eq!(pick_deployed(&failed).map(|r| r.version), Ok(1));
+        let none = [rev(1, "superseded"), rev(2, "uninstalling")];
+        assert_eq!(pick_deployed(&none), Err("uninstalling".to_owned()));
+        assert_eq!(pick_deployed(&[]), Err("no revisions".to_owned()));
+    }
+
+    #[test]
+    fn a_release_and_its_files_become_a_spec() {
+        let rel =
+            release(json!({"serviceName": "billing", "taskId": "7", "agentName": "claude-1"}));
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        assert_eq!(spec.service_name, "billing");
+        assert_eq!(spec.task_id, 7);
+        assert_eq!(spec.agent_name.as_deref(), Some("claude-1"));
+        assert_eq!(spec.context_version, 1);
+        let names: Vec<&str> = spec
+            .markdown_files
+            .iter()
+            .map(|f| f.filename.as_str())
+            .collect();
+        assert_eq!(names, ["design.md", "task.md"]);
+        assert_eq!(spec.markdown_files[1].content, "# Task");
+    }
+
+    #[test]
+    fn numeric_task_ids_and_missing_values_are_fine() {
+        let rel = release(json!({"taskId": 7}));
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        assert_eq!(spec.agent_name, None);
+        let rel = release(json!({}));
+        assert!(desired_spec(&rel, Some(&good_cm())).is_ok());
+    }
+
+    #[test]
+    fn disagreeing_values_and_labels_are_reported() {
+        let rel = release(json!({"serviceName": "payments", "taskId": 8}));
+        let cm = config_map(
+            &[("task.md", "x")],
+            &[("service", "payments"), ("task-id", "8")],
+        );
+        let problems = desired_spec(&rel, Some(&cm)).expect_err("disagrees");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.contains("payments") || p.contains('8'))
+        );
+    }
+
+    #[test]
+    fn a_missing_config_map_is_reported() {
+        let problems = desired_spec(&release(json!({})), None).expect_err("no files");
+        assert_eq!(
+            problems,
+            ["ConfigMap billing-task-7-files with the task's files not found"]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_reported_by_name() {
+        let cm = config_map(&[("task.md", "x"), ("notes.md", "  \n")], &[]);
+        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("empty");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("notes.md") && problems[0].contains("empty"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn no_files_and_binary_files_are_reported() {
+        let mut cm = config_map(&[], &[]);
+        cm.binary_data = Some(BTreeMap::from([(
+            "img.png".to_owned(),
+            k8s_openapi::ByteString(vec![1, 2]),
+        )]));
+        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("bad");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("binary") && p.contains("img.png"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("markdownFiles is empty")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_agent_name_is_reported() {
+        let rel = release(json!({"agentName": "Claude Agent"}));
+        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("bad agent");
+        assert!(problems[0].contains("agentName"), "{problems:?}");
+    }
+
+    fn spec() -> TaskRunSpec {
+        desired_spec(&release(json!({})), Some(&good_cm())).expect("spec")
+    }
+
+    #[test]
+    fn compare_tells_same_moved_on_and_different_apart() {
+        let desired = spec();
+        assert_eq!(compare(&desired, &desired), Verdict::Same);
+
+        let mut moved = desired.clone();
+        moved.context_version = 2;
+        moved.markdown_files.push(MarkdownFile {
+            filename: "more.md".into(),
+            content: "more".into(),
+            file_type: None,
+        });
+        assert_eq!(compare(&desired, &moved), Verdict::MovedOn);
+
+        let mut other = desired.clone();
+        other.markdown_files[0].content = "changed".into();
+        assert!(
+            matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("other content"))
+        );
+
+        let mut other = desired.clone();
+        other.task_id = 8;
+        assert!(matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("task 8")));
+
+        let mut other = desired.clone();
+        other.markdown_files.pop();
+        assert!(matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("lacks")));
+
+        let mut other = desired.clone();
+        other.agent_name = Some("x".into());
+        assert!(
+            matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("agentName"))
+        );
+    }
+
+    #[test]
+    fn admitted_means_the_webhooks_labels_are_there() {
+        let mut tr = TaskRun::new("billing-task-7", spec());
+        assert!(!admitted(&tr));
+        tr.metadata.labels = Some(
+            labels::taskrun_labels(&tr.spec)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        );
+        assert!(admitted(&tr));
+        tr.spec.context_version = 2;
+        assert!(
+            !admitted(&tr),
+            "a stale context-version label is not admitted"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The table migrate-helm prints: one row per release, release -> TaskRun -> result.
+
+use std::fmt::Write;
+
+/// What happened to one release's TaskRun.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Created, admitted and verified.
+    Created,
+    /// Already there and verified (matching, or since given more context).
+    AlreadyMigrated,
+    /// --dry-run: the API server and webhook would admit it.
+    WouldCreate,
+    /// Not migrated, with the reason.
+    Failed(String),
+    /// Not a candidate (no deployed revision), with the reason.
+    Skipped(String),
+}
+
+/// What happened to the Helm release itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Helm {
+    Kept,
+    /// Uninstalled: what was deleted.
+    Uninstalled(String),
+    /// --dry-run: what would be deleted.
+    WouldUninstall(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub namespace: String,
+    pub release: String,
+    pub revision: Option<i64>,
+    pub taskrun: String,
+    pub outcome: Outcome,
+    pub helm: Helm,
+}
+
+impl Row {
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome, Outcome::Failed(_)) || matches!(self.helm, Helm::Failed(_))
+    }
+
+    /// True when the TaskRun is verified, so the release may be uninstalled.
+    pub fn verified(&self) -> bool {
+        matches!(self.outcome, Outcome::Created | Outcome::AlreadyMigrated)
+    }
+}
+
+/// The table and a summary line.
+pub fn render(rows: &[Row]) -> String {
+    let header = [
+        "RELEASE",
+        "REVISION",
+        "TASKRUN",
+        "RESULT",
+        "HELM RELEASE",
+        "DETAIL",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|row| {
+            let (result, why) = match &row.outcome {
+                Outcome::Created => ("created", ""),
+                Outcome::AlreadyMigrated => ("exists, matches", ""),
+                Outcome::WouldCreate => ("would create", ""),
+                Outcome::Failed(why) => ("FAILED", why.as_str()),
+                Outcome::Skipped(why) => ("skipped", why.as_str()),
+            };
+            let (helm, helm_why) = match &row.helm {
+                Helm::Kept => ("kept", ""),
+                Helm::Uninstalled(what) => ("uninstalled", what.as_str()),
+                Helm::WouldUninstall(what) => ("would uninstall", what.as_str()),
+                Helm::Failed(why) => ("UNINSTALL FAILED", why.as_str()),
+            };
+            let detail = [why, helm_why]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("; ");
+            [
+                format!("{}/{}", row.namespace, row.release),
+                row.revision
+                    .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                row.taskrun.clone(),
+                result.to_owned(),
+                helm.to_owned(),
+                detail,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: [&str; 6]| {
+        let mut text = String::new();
+        for (i, (col, w)) in cols.iter().zip(widths).enumerate() {
+            if i + 1 == cols.len() {
+                text.push_str(col);
+            } else {
+                let _ = write!(text, "{col:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &cells {
+        line(row.each_ref().map(String::as_str));
+    }
+    out.push_str(&summary(rows));
+    out
+}
+
+fn summary(rows: &[Row]) -> String {
+    let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
+    let created = count(&|r| r.outcome == Outcome::Created);
+    let existing = count(&|r| r.outcome == Outcome::AlreadyMigrated);
+    let would = count(&|r| r.outcome == Outcome::WouldCreate);
+    let failed = count(&|r| matches!(r.outcome, Outcome::Failed(_)));
+    let skipped = count(&|r| matches!(r.outcome, Outcome::Skipped(_)));
+    let uninstalled = count(&|r| matches!(r.helm, Helm::Uninstalled(_)));
+    let would_uninstall = count(&|r| matches!(r.helm, Helm::WouldUninstall(_)));
+    let uninstall_failed = count(&|r| matches!(r.helm, Helm::Failed(_)));
+    let mut parts = vec![format!("{} release(s)", rows.len())];
+    for (n, what) in [
+        (created, "created"),
+        (existing, "already migrated"),
+        (would, "would be created"),
+        (failed, "failed"),
+        (skipped, "skipped"),
+        (uninstalled, "uninstalled"),
+        (would_uninstall, "would be uninstalled"),
+        (uninstall_failed, "failed to uninstall"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!("{}\n", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, outcome: Outcome, helm: Helm) -> Row {
+        Row {
+            namespace: "team-a".into(),
+            release: name.into(),
+            revision: Some(1),
+            taskrun: name.into(),
+            outcome,
+            helm,
+        }
+    }
+
+    #[test]
+    fn the_table_lines_up_and_sums_up() {
+        let rows = [
+            row(
+                "billing-task-1",
+                Outcome::Created,
+                Helm::Uninstalled("deleted 2 resources, 1 revision".into()),
+            ),
+            row(
+                "billing-task-22",
+                Outcome::Failed("file x.md is empty".into()),
+                Helm::Kept,
+            ),
+        ];
+        let text = render(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("RELEASE"));
+        let col = lines[0].find("TASKRUN").expect("header");
+        assert!(lines[1][col..].starts_with("billing-task-1 "), "{text}");
+        assert!(
+            lines[1].ends_with("uninstalled   deleted 2 resources, 1 revision"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("FAILED") && lines[2].ends_with("file x.md is empty"),
+            "{text}"
+        );
+        assert_eq!(lines[3], "2 release(s), 1 created, 1 failed, 1 uninstalled");
+    }
+
+    #[test]
+    fn failures_of_either_kind_count() {
+        assert!(row("a", Outcome::Failed("x".into()), Helm::Kept).failed());
+        assert!(row("a", Outcome::Created, Helm::Failed("x".into())).failed());
+        assert!(!row("a", Outcome::Skipped("x".into()), Helm::Kept).failed());
+        assert!(row("a", Outcome::AlreadyMigrated, Helm::Kept).verified());
+        assert!(!row("a", Outcome::WouldCreate, Helm::Kept).verified());
+    }
+}

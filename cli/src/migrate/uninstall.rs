@@ -1,0 +1,224 @@
+//! Uninstalling a release without the helm binary, as `helm uninstall` does: delete every
+//! resource the release manifest lists (except those annotated
+//! `helm.sh/resource-policy: keep`), then every revision Secret. Releases with pre- or
+//! post-delete hooks are refused: running hooks is Helm's business, so those are left for
+//! `helm uninstall`.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::discovery::{Scope, pinned_kind};
+use serde_json::Value;
+
+use super::release::Release;
+use crate::error::{describe, status_code};
+
+/// One object of a release manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestObject {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// `helm.sh/resource-policy: keep`: Helm leaves it in place on uninstall.
+    pub keep: bool,
+}
+
+/// The objects of a release manifest (multi-document YAML), in manifest order.
+pub fn manifest_objects(manifest: &str) -> Result<Vec<ManifestObject>, String> {
+    let mut objects = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("the release manifest is not valid YAML: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let text = |pointer: &str| {
+            value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (Some(api_version), Some(kind), Some(name)) =
+            (text("/apiVersion"), text("/kind"), text("/metadata/name"))
+        else {
+            return Err(
+                "the release manifest has an object without apiVersion, kind or metadata.name"
+                    .into(),
+            );
+        };
+        let keep =
+            text("/metadata/annotations/helm.sh~1resource-policy").as_deref() == Some("keep");
+        objects.push(ManifestObject {
+            api_version,
+            kind,
+            name,
+            namespace: text("/metadata/namespace"),
+            keep,
+        });
+    }
+    Ok(objects)
+}
+
+/// The names of hooks that `helm uninstall` would run.
+pub fn delete_hooks(release: &Release) -> Vec<&str> {
+    release
+        .hooks
+        .iter()
+        .filter(|h| {
+            h.events
+                .iter()
+                .any(|e| e == "pre-delete" || e == "post-delete")
+        })
+        .map(|h| h.name.as_str())
+        .collect()
+}
+
+/// What an uninstall would do or did: resources deleted and revision Secrets deleted.
+#[derive(Debug, Default)]
+pub struct Uninstalled {
+    pub resources: usize,
+    pub revisions: usize,
+}
+
+/// Uninstalls `release` (or, with `dry_run`, only checks that it could). Resources go first,
+/// so a failure leaves the release records in place for a retry.
+pub async fn uninstall(
+    client: &kube::Client,
+    release: &Release,
+    dry_run: bool,
+) -> Result<Uninstalled, String> {
+    let hooks = delete_hooks(release);
+    if !hooks.is_empty() {
+        return Err(format!(
+            "the release has delete hooks ({}); uninstall it with `helm uninstall`",
+            hooks.join(", ")
+        ));
+    }
+    let objects = manifest_objects(&release.manifest)?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+    let revisions = secrets
+        .list_metadata(&ListParams::default().labels(&format!("owner=helm,name={}", release.name)))
+        .await
+        .map_err(|e| format!("listing the release's revisions: {}", describe(&e)))?;
+    let mut done = Uninstalled {
+        resources: objects.iter().filter(|o| !o.keep).count(),
+        revisions: revisions.items.len(),
+    };
+    if dry_run {
+        return Ok(done);
+    }
+    // Reverse manifest order: dependants are usually rendered after what they use.
+    for object in objects.iter().rev().filter(|o| !o.keep) {
+        delete_object(client, object, &release.namespace).await?;
+    }
+    for secret in revisions
+        .items
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+    {
+        match secrets.delete(secret, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(404) => done.revisions -= 1,
+            Err(e) => {
+                return Err(format!(
+                    "deleting release record {secret}: {}",
+                    describe(&e)
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn delete_object(
+    client: &kube::Client,
+    object: &ManifestObject,
+    release_namespace: &str,
+) -> Result<(), String> {
+    let what = format!("{} {}", object.kind, object.name);
+    let (group, version) = object
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &object.api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &object.kind);
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("looking up {what}: {}", describe(&e)))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            object.namespace.as_deref().unwrap_or(release_namespace),
+            &resource,
+        ),
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    // Background propagation: a Job's pods go with it, as with `helm uninstall`.
+    match api.delete(&object.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(format!("deleting {what}: {}", describe(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::release::{decode, tests as rel};
+    use serde_json::json;
+
+    #[test]
+    fn manifest_objects_are_read_in_order() {
+        let manifest = "---\n# Source: claude-code/templates/configmap.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n---\n# Source: claude-code/templates/job.yaml\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n  namespace: team-a\n  annotations:\n    helm.sh/resource-policy: keep\n---\n";
+        let objects = manifest_objects(manifest).expect("parses");
+        assert_eq!(
+            objects,
+            vec![
+                ManifestObject {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    name: "billing-task-7-files".into(),
+                    namespace: None,
+                    keep: false,
+                },
+                ManifestObject {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: "billing-task-7".into(),
+                    namespace: Some("team-a".into()),
+                    keep: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_manifest_has_no_objects() {
+        assert_eq!(manifest_objects(""), Ok(vec![]));
+        assert_eq!(manifest_objects("---\n# only a comment\n"), Ok(vec![]));
+    }
+
+    #[test]
+    fn bad_manifests_are_reported() {
+        assert!(
+            manifest_objects("a: [")
+                .expect_err("yaml")
+                .contains("not valid YAML")
+        );
+        assert!(
+            manifest_objects("kind: Job\n")
+                .expect_err("no name")
+                .contains("without")
+        );
+    }
+
+    #[test]
+    fn delete_hooks_are_found() {
+        let release = decode(&rel::encode(&rel::record())).expect("decodes");
+        assert_eq!(delete_hooks(&release), ["cleanup"]);
+        let mut record = rel::record();
+        record["hooks"] = json!([{"name": "setup", "events": ["pre-install"]}]);
+        let release = decode(&rel::encode(&record)).expect("decodes");
+        assert!(delete_hooks(&release).is_empty());
+    }
+}
