@@ -232,7 +232,18 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
                 ),
             ));
         }
-        if !has_content(&file.content) {
+        // Characters, as the schema's maxLength counts them.
+        let chars = file.content.chars().count();
+        if chars > MAX_CONTENT_LEN {
+            out.push(Violation::new(
+                format!("{at}.content"),
+                Reason::TooLong,
+                format!(
+                    "markdown file {} has {chars} characters, at most {MAX_CONTENT_LEN} are allowed per file; split it into several files",
+                    shown(&file.filename)
+                ),
+            ));
+        } else if !has_content(&file.content) {
             out.push(Violation::new(
                 format!("{at}.content"),
                 Reason::Required,

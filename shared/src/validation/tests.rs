@@ -154,20 +154,31 @@ fn filenames_must_be_unique() {
 }
 
 #[test]
-fn the_total_size_must_fit_a_config_map() {
+fn a_single_file_has_a_character_bound() {
     let mut s = valid();
-    s.markdown_files = vec![
-        file("a.md", &"x".repeat(600_000)),
-        file("b.md", &"y".repeat(600_000)),
-    ];
+    s.markdown_files = vec![file("a.md", &"é".repeat(MAX_CONTENT_LEN))];
+    assert_eq!(validate_create(&s), vec![]);
+    s.markdown_files = vec![file("a.md", &"é".repeat(MAX_CONTENT_LEN + 1))];
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.markdownFiles[0].content"]);
+    assert_eq!(v[0].reason, Reason::TooLong);
+    assert!(v[0].message.contains("\"a.md\""), "{}", v[0]);
+}
+
+#[test]
+fn the_total_size_must_fit_a_config_map() {
+    let big = |name: &str| file(name, &"x".repeat(MAX_CONTENT_LEN));
+    let mut s = valid();
+    s.markdown_files = vec![big("a.md"), big("b.md"), big("c.md"), big("d.md")];
     let v = validate_create(&s);
     assert_eq!(fields(&v), ["spec.markdownFiles"]);
     assert_eq!(v[0].reason, Reason::TooLong);
-    // Bytes, not characters: 'é' takes two bytes in a ConfigMap.
-    s.markdown_files = vec![file("a.md", &"é".repeat(500_000))];
-    assert_eq!(fields(&validate_create(&s)), ["spec.markdownFiles"]);
-    s.markdown_files = vec![file("a.md", &"x".repeat(MAX_TOTAL_BYTES - 4))];
+    s.markdown_files.pop();
     assert_eq!(validate_create(&s), vec![]);
+    // Bytes, not characters: 'é' takes two bytes in a ConfigMap.
+    let wide = |name: &str| file(name, &"é".repeat(MAX_CONTENT_LEN));
+    s.markdown_files = vec![wide("a.md"), wide("b.md")];
+    assert_eq!(fields(&validate_create(&s)), ["spec.markdownFiles"]);
 }
 
 #[test]
