@@ -3,6 +3,7 @@
 //! the test binary, and polling helpers. The integration tests live in `tests/tests/`.
 
 pub mod cluster;
+pub mod controller;
 mod process;
 mod wait;
 

@@ -1,0 +1,112 @@
+//! The taskrun-controller binary as a child process of a test, against a [`ControlPlane`].
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
+
+/// A running taskrun-controller. Killed when dropped.
+pub struct Controller {
+    child: ChildGuard,
+    args: Vec<String>,
+    kubeconfig: std::path::PathBuf,
+    name: String,
+    http_addr: SocketAddr,
+}
+
+impl Controller {
+    /// Starts the controller with a test image, text logs, a free /metrics port and, unless
+    /// `extra_args` name a Lease, leader election on a Lease of its own (so parallel tests
+    /// never wait on each other). Pass `--namespace=NS` to keep it to one test's namespace.
+    pub fn start(cp: &ControlPlane, extra_args: &[&str]) -> Controller {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let http_addr = free_addr();
+        let given = |flag: &str| extra_args.iter().any(|a| a.starts_with(flag));
+        let mut args = vec![
+            format!("--http-addr={http_addr}"),
+            "--log-format=text".to_owned(),
+            "--backoff-base-ms=200".to_owned(),
+            "--backoff-max-seconds=5".to_owned(),
+        ];
+        let defaults = [
+            ("--image", "registry.example/agent:test".to_owned()),
+            (
+                "--lease-name",
+                format!("taskrun-controller-test-{}-{n}", std::process::id()),
+            ),
+            ("--lease-namespace", "default".to_owned()),
+            ("--lease-duration-seconds", "6".to_owned()),
+            ("--lease-grace-seconds", "2".to_owned()),
+            ("--identity", format!("controller-{n}")),
+        ];
+        for (flag, value) in defaults {
+            if !given(flag) {
+                args.push(format!("{flag}={value}"));
+            }
+        }
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let name = format!("taskrun-controller-{n}");
+        let kubeconfig = cp.kubeconfig().to_path_buf();
+        let child = spawn(&kubeconfig, &args, &name);
+        Controller {
+            child,
+            args,
+            kubeconfig,
+            name,
+            http_addr,
+        }
+    }
+
+    /// SIGKILL: no cleanup, no Lease release.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// SIGTERM and wait (SIGKILL after 10 s).
+    pub fn terminate(&mut self) {
+        self.child.terminate();
+    }
+
+    /// Kills the process and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        self.child = spawn(&self.kubeconfig, &self.args, &self.name);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+
+    /// Where /healthz, /readyz and /metrics are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The identity this replica uses in the Lease.
+    pub fn identity(&self) -> Option<&str> {
+        self.args.iter().find_map(|a| a.strip_prefix("--identity="))
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::log_tail(self.child.log_path(), lines)
+    }
+}
+
+fn spawn(kubeconfig: &std::path::Path, args: &[String], name: &str) -> ChildGuard {
+    let mut cmd = Command::new(workspace_bin("taskrun-controller"));
+    cmd.args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,taskrun_controller=debug")
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE");
+    spawn_logged(cmd, name).unwrap_or_else(|e| panic!("cannot start taskrun-controller: {e}"))
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}

@@ -1,0 +1,647 @@
+//! taskrun-controller against the real control plane (kube-apiserver, etcd and
+//! kube-controller-manager with the Job controller and the garbage collector). No webhook is
+//! registered. There is no kubelet: pods are moved to Succeeded/Failed through the
+//! pods/status subresource, as a kubelet would, and the real Job controller does the rest.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use taskrun::{Phase, TaskRun, labels, names};
+use taskrun_tests::controller::Controller;
+use taskrun_tests::{ControlPlane, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn taskrun(
+    name: &str,
+    service: &str,
+    task_id: i64,
+    version: i64,
+    files: &[(&str, &str)],
+) -> TaskRun {
+    let files: Vec<_> = files
+        .iter()
+        .map(|(f, c)| json!({"filename": f, "content": c}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "metadata": {"name": name},
+        "spec": {
+            "taskId": task_id,
+            "serviceName": service,
+            "agentName": "claude",
+            "contextVersion": version,
+            "markdownFiles": files,
+        }
+    }))
+    .expect("a valid TaskRun")
+}
+
+async fn create(api: &Api<TaskRun>, tr: &TaskRun) -> TaskRun {
+    api.create(&PostParams::default(), tr)
+        .await
+        .unwrap_or_else(|e| panic!("create TaskRun {}: {e}", tr.name_any()))
+}
+
+/// Waits until the TaskRun's status satisfies `ok`, and returns the TaskRun.
+async fn wait_status(
+    api: &Api<TaskRun>,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&TaskRun) -> bool,
+) -> TaskRun {
+    wait_for(what, WAIT, || async {
+        api.get_opt(name).await.ok().flatten().filter(|tr| ok(tr))
+    })
+    .await
+}
+
+fn phase(tr: &TaskRun) -> Option<Phase> {
+    tr.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
+    tr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// The pods of a Job, found by the label the Job controller sets.
+async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// Waits for a live pod of the Job and moves it to `phase` through pods/status.
+async fn finish_pod(client: &Client, ns: &str, job: &str, phase: &str) {
+    let pod = wait_for(&format!("a running pod of Job {job}"), WAIT, || async {
+        pods_of(client, ns, job).await.into_iter().find(|p| {
+            let p = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(p, Some("Succeeded" | "Failed"))
+        })
+    })
+    .await;
+    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "agent", "image": "registry.example/agent:test", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "reason": if exit_code == 0 {"Completed"} else {"Error"},
+                                     "startedAt": now, "finishedAt": now}}
+        }]
+    }});
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set pod {} to {phase}: {e}", pod.name_any()));
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the controller");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
+#[tokio::test]
+async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp
+        .namespace_with_labels(
+            "ctrl-ok",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await;
+    let ctrl = Controller::start(
+        cp,
+        &[
+            &format!("--namespace={ns}"),
+            "--secret-env=API_KEY=agent-secrets:api-key",
+        ],
+    );
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let created = create(
+        &api,
+        &taskrun(
+            "fix-login",
+            "billing",
+            42,
+            1,
+            &[("task.md", "# Fix the login"), ("spec.md", "spec")],
+        ),
+    )
+    .await;
+    let uid = created.uid().expect("uid");
+
+    // Status from the first reconcile, finalizer in place.
+    let tr = wait_status(&api, "fix-login", "a first status", |tr| {
+        phase(tr).is_some()
+    })
+    .await;
+    assert!(tr.finalizers().iter().any(|f| f == taskrun::FINALIZER));
+    let status = tr.status.clone().expect("status");
+    assert_eq!(status.job_name.as_deref(), Some("billing-42-v1"));
+    assert_eq!(
+        status.config_map_name.as_deref(),
+        Some("billing-42-v1-files")
+    );
+    assert_eq!(status.observed_context_version, Some(1));
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(condition(&tr, "Succeeded").map(|c| c.0), Some("Unknown"));
+
+    // Children: names, labels, owner, files, mount, env, security context.
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("billing-42-v1-files")
+        .await
+        .expect("ConfigMap");
+    let data = cm.data.clone().expect("data");
+    assert_eq!(
+        data.get("task.md").map(String::as_str),
+        Some("# Fix the login")
+    );
+    assert_eq!(data.get("spec.md").map(String::as_str), Some("spec"));
+    let job = Api::<Job>::namespaced(client.clone(), &ns)
+        .get("billing-42-v1")
+        .await
+        .expect("Job");
+    for meta in [&cm.metadata, &job.metadata] {
+        let owner = &meta.owner_references.clone().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("TaskRun", uid.as_str(), Some(true))
+        );
+        let l = meta.labels.clone().expect("labels");
+        assert_eq!(l[labels::TASKRUN], "fix-login");
+        assert_eq!(l[labels::TASK_ID], "42");
+        assert_eq!(l[labels::SERVICE_NAME], "billing");
+        assert_eq!(l[labels::CONTEXT_VERSION], "1");
+        assert_eq!(l[labels::MANAGED_BY], "taskrun-controller");
+    }
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    let c = &pod.containers[0];
+    let mount = &c.volume_mounts.clone().expect("mounts")[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/context", Some(true))
+    );
+    let env: std::collections::BTreeMap<_, _> = c
+        .env
+        .clone()
+        .expect("env")
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    for (k, v) in [
+        ("TASK_ID", "42"),
+        ("SERVICE_NAME", "billing"),
+        ("AGENT_NAME", "claude"),
+        ("CONTEXT_VERSION", "1"),
+        ("CONTEXT_DIR", "/context"),
+    ] {
+        assert_eq!(env[k].value.as_deref(), Some(v), "{k}");
+    }
+    assert_eq!(
+        env["API_KEY"].value, None,
+        "secrets are referenced, never copied"
+    );
+    assert!(
+        env["API_KEY"]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .is_some()
+    );
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+
+    // Pod Security admission (enforce=restricted) let the Job controller create the pod.
+    let tr = wait_status(&api, "fix-login", "Running once the pod exists", |tr| {
+        phase(tr) == Some(Phase::Running)
+    })
+    .await;
+    assert_eq!(pods_of(&client, &ns, "billing-42-v1").await.len(), 1);
+    assert!(
+        tr.status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_some()
+    );
+
+    finish_pod(&client, &ns, "billing-42-v1", "Succeeded").await;
+    let out = cp
+        .kubectl()
+        .args([
+            "wait",
+            "-n",
+            &ns,
+            "taskrun/fix-login",
+            "--for=condition=Succeeded",
+            "--timeout=60s",
+        ])
+        .output()
+        .expect("kubectl wait");
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tr = wait_status(&api, "fix-login", "Succeeded", |tr| {
+        phase(tr) == Some(Phase::Succeeded)
+    })
+    .await;
+    assert!(
+        tr.status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref())
+            .is_some()
+    );
+    assert_eq!(condition(&tr, "Succeeded"), Some(("True", "Completed")));
+    assert_eq!(condition(&tr, "Ready"), Some(("True", "Completed")));
+
+    // The Job goes (by hand, as its TTL would do): the TaskRun stays Succeeded, no new Job.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.delete("billing-42-v1", &DeleteParams::background())
+        .await
+        .expect("delete Job");
+    wait_for("the Job to be gone", WAIT, || async {
+        jobs.get_opt("billing-42-v1")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // A spec edit without a new version makes the controller look again (observedGeneration).
+    let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "# Fix the login", }, {"filename": "spec.md", "content": "spec v1b"}]}});
+    let edited = api
+        .patch("fix-login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit spec");
+    let generation = edited.metadata.generation;
+    let tr = wait_status(&api, "fix-login", "the edit to be observed", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await;
+    assert_eq!(phase(&tr), Some(Phase::Succeeded));
+    assert!(
+        jobs.get_opt("billing-42-v1").await.expect("get").is_none(),
+        "a finished version got a new Job"
+    );
+
+    // Probes and metrics.
+    assert!(
+        http_get(ctrl.http_addr(), "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        http_get(ctrl.http_addr(), "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = http_get(ctrl.http_addr(), "/metrics").await;
+    for needle in [
+        "taskrun_controller_reconciles_total",
+        "taskrun_controller_reconcile_duration_seconds_bucket",
+        "taskrun_controller_taskruns{phase=\"Succeeded\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failing_pods_fail_the_taskrun_with_backoff_limit_exceeded() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-fail").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--backoff-limit=0"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "pay", 7, 1, &[("task.md", "x")])).await;
+    finish_pod(&client, &ns, "pay-7-v1", "Failed").await;
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(
+        condition(&tr, "Succeeded"),
+        Some(("False", "BackoffLimitExceeded"))
+    );
+    assert_eq!(condition(&tr, "Ready").map(|c| c.0), Some("False"));
+    assert!(
+        tr.status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref())
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-update").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "search", 3, 1, &[("task.md", "first")])).await;
+    wait_status(&api, "t", "v1 Running", |tr| {
+        phase(tr) == Some(Phase::Running)
+    })
+    .await;
+
+    let patch = json!({"spec": {"contextVersion": 2, "markdownFiles": [
+        {"filename": "task.md", "content": "first"},
+        {"filename": "more.md", "content": "second", "fileType": "context"}]}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("raise contextVersion");
+    let tr = wait_status(&api, "t", "status of version 2", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_context_version) == Some(2)
+    })
+    .await;
+    let status = tr.status.clone().expect("status");
+    assert_eq!(status.attempts, Some(2));
+    assert_eq!(status.job_name.as_deref(), Some("search-3-v2"));
+    assert!(
+        matches!(status.phase, Some(Phase::Pending | Phase::Running)),
+        "{status:?}"
+    );
+    assert_eq!(status.completion_time, None);
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("the v1 Job to be stopped", WAIT, || async {
+        jobs.get_opt("search-3-v1")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(jobs.get_opt("search-3-v2").await.expect("get").is_some());
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("search-3-v2-files")
+        .await
+        .expect("v2 ConfigMap");
+    let keys: BTreeSet<_> = cm.data.unwrap_or_default().into_keys().collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["more.md".to_owned(), "task.md".to_owned()])
+    );
+    wait_status(&api, "t", "v2 Running", |tr| {
+        phase(tr) == Some(Phase::Running)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn of_two_taskruns_with_one_identity_only_one_gets_a_job() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dup").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let (a, b) = (
+        taskrun("a", "dup", 1, 1, &[("task.md", "x")]),
+        taskrun("b", "dup", 1, 1, &[("task.md", "x")]),
+    );
+    // Both exist before the controller looks, as if both raced past the webhook.
+    tokio::join!(create(&api, &a), create(&api, &b));
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let finals = wait_for("one TaskRun Failed as Duplicate", WAIT, || async {
+        let a = api.get("a").await.ok()?;
+        let b = api.get("b").await.ok()?;
+        let dup = |tr: &TaskRun| condition(tr, "Succeeded") == Some(("False", "Duplicate"));
+        let has_status = |tr: &TaskRun| phase(tr).is_some();
+        (has_status(&a) && has_status(&b) && (dup(&a) != dup(&b))).then_some((a, b))
+    })
+    .await;
+    let (winner, loser) = if phase(&finals.0) == Some(Phase::Failed) {
+        (finals.1, finals.0)
+    } else {
+        (finals.0, finals.1)
+    };
+    assert!(
+        loser
+            .status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default()
+            .contains(&winner.name_any())
+    );
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert_eq!(jobs.items.len(), 1);
+    let owner = &jobs.items[0].owner_references()[0];
+    assert_eq!(Some(owner.uid.clone()), winner.uid());
+}
+
+#[tokio::test]
+async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-del").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "gone", 5, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "a Job", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.job_name.as_ref())
+            .is_some()
+    })
+    .await;
+    api.delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("the TaskRun to be gone", WAIT, || async {
+        api.get_opt("t")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    wait_for("no children left", WAIT, || async {
+        let j = jobs.get_opt(&names::job_name("gone", 5, 1)).await.ok()?;
+        let c = cms
+            .get_opt(&names::config_map_name("gone", 5, 1))
+            .await
+            .ok()?;
+        (j.is_none() && c.is_none()).then_some(())
+    })
+    .await;
+
+    // Delete and recreate of the same task works (the old children are gone first).
+    create(&api, &taskrun("t2", "gone", 5, 1, &[("task.md", "again")])).await;
+    let tr = wait_status(&api, "t2", "the recreated task's Job", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.job_name.as_ref())
+            .is_some()
+    })
+    .await;
+    assert_ne!(phase(&tr), Some(Phase::Failed));
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() {
+    const N: i64 = 200;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-kill").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    futures::future::join_all((1..=N).map(|i| {
+        let api = api.clone();
+        async move {
+            create(
+                &api,
+                &taskrun(&format!("t{i}"), "bulk", i, 1, &[("task.md", "x")]),
+            )
+            .await
+        }
+    }))
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--concurrency=8"]);
+    wait_for("the first Jobs", WAIT, || async {
+        let n = jobs.list(&ListParams::default()).await.ok()?.items.len();
+        (n >= 10).then_some(())
+    })
+    .await;
+    ctrl.kill();
+    let before = jobs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    assert!(
+        before < N as usize,
+        "the kill came too late to interrupt anything ({before} Jobs)"
+    );
+    ctrl.restart();
+    let started = Instant::now();
+    wait_for(
+        "every TaskRun to report its Job",
+        Duration::from_secs(180),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|tr| {
+                    tr.status
+                        .as_ref()
+                        .and_then(|s| s.job_name.as_ref())
+                        .is_some()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("restart to all {N} reported: {:?}", started.elapsed());
+    let names: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    let expected: BTreeSet<String> = (1..=N).map(|i| names::job_name("bulk", i, 1)).collect();
+    assert_eq!(names.len(), N as usize, "Jobs: {names:?}");
+    assert_eq!(names.into_iter().collect::<BTreeSet<_>>(), expected);
+    for tr in api.list(&ListParams::default()).await.expect("list").items {
+        let s = tr.status.clone().expect("status");
+        assert_eq!(
+            s.job_name,
+            Some(names::job_name("bulk", tr.spec.task_id, 1))
+        );
+        assert_eq!(s.attempts, Some(1), "{}", tr.name_any());
+    }
+}
+
+#[tokio::test]
+async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-leader").await;
+    let lease = format!("lease-{ns}");
+    let lease_flag = format!("--lease-name={lease}");
+    let ns_flag = format!("--namespace={ns}");
+    let mut a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
+    wait_for("replica-a to lead", WAIT, || async {
+        (holder(leases.get(&lease).await.ok()?)? == "replica-a").then_some(())
+    })
+    .await;
+    let b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
+
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("one", "lead", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "one", "a status", |tr| phase(tr).is_some()).await;
+    let reconciles = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("taskrun_controller_reconciles_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(reconciles(http_get(a.http_addr(), "/metrics").await) > 0.0);
+    assert_eq!(
+        reconciles(http_get(b.http_addr(), "/metrics").await),
+        0.0,
+        "the standby acted:\n{}",
+        b.log_tail(30)
+    );
+
+    // SIGKILL: the Lease is not released; the standby takes it once it expires (6 s).
+    a.kill();
+    let killed = Instant::now();
+    create(&api, &taskrun("two", "lead", 2, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "two", "the successor to reconcile", |tr| {
+        phase(tr).is_some()
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(
+        holder(leases.get(&lease).await.expect("lease")).as_deref(),
+        Some("replica-b")
+    );
+    assert!(took < Duration::from_secs(6 + 10), "handover took {took:?}");
+    eprintln!("handover after SIGKILL: {took:?}");
+}
