@@ -201,8 +201,11 @@ impl ControlPlane {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let runtime = runtime();
-                    runtime.block_on(self.wait_until_ready())
+                    runtime().block_on(async {
+                        self.wait_until_ready().await?;
+                        let client = self.client().await;
+                        components::wait_for_openapi(&client).await
+                    })
                 })
                 .join()
         })

@@ -179,7 +179,7 @@ pub(super) async fn install_crd(kubeconfig: &Path, crd_path: &Path) -> Result<()
     let client = client_for(kubeconfig)
         .await
         .map_err(|e| err("no client", &e))?;
-    let api = kube::Api::<CustomResourceDefinition>::all(client);
+    let api = kube::Api::<CustomResourceDefinition>::all(client.clone());
     api.patch(
         &name,
         &PatchParams::apply("taskrun-tests").force(),
@@ -200,10 +200,33 @@ pub(super) async fn install_crd(kubeconfig: &Path, crd_path: &Path) -> Result<()
             .iter()
             .any(|c| c.type_ == "Established" && c.status == "True");
         if established {
-            return Ok(());
+            break;
         }
         if Instant::now() >= deadline {
             return Err(err("not Established", &format!("after {READY_TIMEOUT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_openapi(&client).await
+}
+
+/// Waits until the API server publishes the TaskRun schema in OpenAPI v3 (asynchronously,
+/// after Established), which `kubectl explain` and client-side validation read.
+pub(super) async fn wait_for_openapi(client: &kube::Client) -> Result<(), StartError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let request = http::Request::get("/openapi/v3")
+            .body(Vec::new())
+            .map_err(|e| StartError(e.to_string()))?;
+        if let Ok(text) = client.request_text(request).await
+            && text.contains("\"apis/orchestrator.io/v1\"")
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError(format!(
+                "the TaskRun schema is not in /openapi/v3 after {READY_TIMEOUT:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
