@@ -319,6 +319,23 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
         "a finished version got a new Job"
     );
 
+    // An Event for every phase the TaskRun went through.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let reasons = wait_for("Events for each phase", WAIT, || async {
+        let reasons: BTreeSet<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
+            .filter_map(|e| e.reason)
+            .collect();
+        reasons.contains("Completed").then_some(reasons)
+    })
+    .await;
+    assert!(reasons.contains("Running"), "{reasons:?}");
+
     // Probes and metrics.
     assert!(
         http_get(ctrl.http_addr(), "/healthz")
@@ -644,4 +661,25 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     );
     assert!(took < Duration::from_secs(6 + 10), "handover took {took:?}");
     eprintln!("handover after SIGKILL: {took:?}");
+}
+
+#[tokio::test]
+async fn a_job_the_api_server_refuses_fails_the_taskrun_as_invalid_template() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-invalid").await;
+    // Passes the controller's own checks; the API server refuses the quantity.
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--memory-limit=lots"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "bad", 1, 1, &[("task.md", "x")])).await;
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(
+        condition(&tr, "Succeeded"),
+        Some(("False", "InvalidTemplate"))
+    );
+    let jobs = Api::<Job>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert!(jobs.items.is_empty());
 }
