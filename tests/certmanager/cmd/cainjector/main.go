@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	kscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -31,23 +30,23 @@ import (
 
 func main() {
 	klog.InitFlags(nil)
-	kubeconfig := flag.String("kubeconfig", "", "path to the kubeconfig of the API server")
 	namespace := flag.String("namespace", "", "watch only this namespace (all when empty)")
 	flag.Parse()
 	ctrl.SetLogger(klog.NewKlogr())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *kubeconfig, *namespace); err != nil {
+	if err := run(ctx, *namespace); err != nil {
 		fmt.Fprintln(os.Stderr, "cainjector:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, kubeconfig, namespace string) error {
-	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+func run(ctx context.Context, namespace string) error {
+	// controller-runtime's own --kubeconfig flag (or $KUBECONFIG, or in-cluster).
+	config, err := ctrl.GetConfig()
 	if err != nil {
-		return fmt.Errorf("loading %s: %w", kubeconfig, err)
+		return fmt.Errorf("loading the kubeconfig: %w", err)
 	}
 	scheme := runtime.NewScheme()
 	if err := kscheme.AddToScheme(scheme); err != nil {
