@@ -1,0 +1,305 @@
+//! One HTTP request in, one response out: routing, method and content-type checks, the body
+//! limit and read timeout, panic recovery, and the per-request metrics and log line.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::admission::{self, Hook};
+use crate::index::Index;
+use crate::metrics::{Metrics, Outcome, RequestLabels, RouteLabels};
+use crate::tls::CertStore;
+
+/// Which listener a request came in on: admission is served over TLS only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Tls,
+    Plain,
+}
+
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    pub index: Arc<Index>,
+    pub certs: Arc<CertStore>,
+    pub shutting_down: AtomicBool,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+type Reply = (Response<Full<Bytes>>, &'static str, Outcome);
+
+impl App {
+    /// Answers one request; never fails and never unwinds into the connection.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        listener: Listener,
+    ) -> Result<Response<Full<Bytes>>, Infallible>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let route = route_name(req.uri().path());
+        let started = Instant::now();
+        let _in_flight = InFlight::new(&self.metrics);
+        let (response, operation, result) = recover(self.clone().route(req, route, listener)).await;
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                operation,
+                result,
+            })
+            .inc();
+        self.metrics
+            .latency
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    async fn route<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        route: &'static str,
+        listener: Listener,
+    ) -> Reply
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match (route, listener) {
+            ("healthz", _) => (text(StatusCode::OK, "ok"), "", Outcome::allowed),
+            ("readyz", _) => self.readyz(),
+            ("metrics", _) => {
+                let body = self.metrics.encode();
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                (r, "", Outcome::allowed)
+            }
+            ("validate", Listener::Tls) => self.admit(req, Hook::Validate).await,
+            ("mutate", Listener::Tls) => self.admit(req, Hook::Mutate).await,
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no route {}", cut(req.uri().path())),
+            ),
+        }
+    }
+
+    fn readyz(&self) -> Reply {
+        let mut missing = Vec::new();
+        if !self.certs.is_loaded() {
+            missing.push("no serving certificate loaded");
+        }
+        if !self.index.is_synced() {
+            missing.push("TaskRun index not synced");
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            missing.push("shutting down");
+        }
+        if missing.is_empty() {
+            (text(StatusCode::OK, "ok"), "", Outcome::allowed)
+        } else {
+            (
+                text(StatusCode::SERVICE_UNAVAILABLE, &missing.join("; ")),
+                "",
+                Outcome::error,
+            )
+        }
+    }
+
+    async fn admit<B>(self: Arc<Self>, req: Request<B>, hook: Hook) -> Reply
+    where
+        B: Body + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("use POST with an AdmissionReview, not {}", req.method()),
+            );
+        }
+        let json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "send the AdmissionReview as Content-Type: application/json".into(),
+            );
+        }
+        let too_long = format!("the request body exceeds {} bytes", self.max_body_bytes);
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                too_long,
+            );
+        }
+        let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
+        let body = match tokio::time::timeout(self.body_read_timeout, body).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    too_long,
+                );
+            }
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("cannot read the request body: {e}"),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    format!(
+                        "the request body did not arrive within {:?}",
+                        self.body_read_timeout
+                    ),
+                );
+            }
+        };
+        if hook == Hook::Validate && !self.index.is_synced() {
+            // Without the index a duplicate would pass unnoticed; the API server retries or
+            // reports the failure per the webhook's failurePolicy.
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the TaskRun index is not synced yet; retry shortly".into(),
+            );
+        }
+        let answer = admission::admit(hook, &body, &*self.index);
+        match answer.outcome {
+            Outcome::allowed => tracing::debug!(
+                hook = ?hook, uid = %answer.uid, operation = answer.operation,
+                object = %answer.object, dry_run = answer.dry_run, "allowed"
+            ),
+            Outcome::denied => tracing::info!(
+                hook = ?hook, uid = %answer.uid, operation = answer.operation,
+                object = %answer.object, dry_run = answer.dry_run, message = %answer.message, "denied"
+            ),
+            Outcome::error => tracing::warn!(
+                hook = ?hook, uid = %answer.uid, operation = answer.operation,
+                object = %answer.object, message = %answer.message, "bad admission request"
+            ),
+        }
+        let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::OK);
+        (
+            json_response(status, answer.body),
+            answer.operation,
+            answer.outcome,
+        )
+    }
+}
+
+/// Runs a handler; a panic becomes a 500 with a JSON Status instead of a dead connection.
+pub async fn recover(handler: impl Future<Output = Reply>) -> Reply {
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "request handler panicked");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "the webhook failed on this request; see its log".into(),
+            )
+        }
+    }
+}
+
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/validate" => "validate",
+        "/mutate" => "mutate",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+/// A `Status` body, as the API server writes its own errors.
+fn error(status: StatusCode, reason: &str, message: String) -> Reply {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": message, "reason": reason, "code": status.as_u16(),
+    });
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    (json_response(status, bytes), "", Outcome::error)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = status;
+    r
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Counts a request as in flight until dropped (also when the client goes away mid-request).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.in_flight.inc();
+        Self(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn app(synced: bool) -> Arc<App> {
+    let index = Index::default();
+    if synced {
+        index.init();
+        index.init_done();
+    }
+    Arc::new(App {
+        metrics: Arc::new(Metrics::default()),
+        index: Arc::new(index),
+        certs: Arc::new(CertStore::new(
+            "/nonexistent/tls.crt".into(),
+            "/nonexistent/tls.key".into(),
+        )),
+        shutting_down: AtomicBool::new(false),
+        max_body_bytes: 1024,
+        body_read_timeout: Duration::from_secs(5),
+    })
+}
+
+fn review() -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1",
+            "kind": {"group": "orchestrator.io", "version": "v1", "kind": "TaskRun"},
+            "resource": {"group": "orchestrator.io", "version": "v1", "resource": "taskruns"},
+            "name": "t", "namespace": "ns", "operation": "CREATE", "userInfo": {},
+            "object": {"metadata": {"name": "t", "namespace": "ns"},
+                       "spec": {"taskId": 1, "serviceName": "s", "markdownFiles": []}},
+        }
+    }))
+    .expect("json")
+}
+
+fn post(path: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Full<Bytes>> {
+    let mut b = Request::post(path);
+    if let Some(ct) = content_type {
+        b = b.header(CONTENT_TYPE, ct);
+    }
+    b.body(Full::new(Bytes::from(body))).expect("request")
+}
+
+async fn call<B>(app: &Arc<App>, req: Request<B>, listener: Listener) -> (StatusCode, Value)
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let response = app.clone().handle(req, listener).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+#[tokio::test]
+async fn admission_is_answered_over_tls_only() {
+    let app = app(true);
+    let (status, body) = call(
+        &app,
+        post("/validate", Some("application/json"), review()),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["uid"], "u1");
+    assert_eq!(body["response"]["status"]["code"], 422);
+    let (status, _) = call(
+        &app,
+        post("/validate", Some("application/json"), review()),
+        Listener::Plain,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let text = app.metrics.encode();
+    assert!(
+        text.contains(r#"taskrun_webhook_requests_total{route="validate",operation="CREATE",result="denied"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("taskrun_webhook_requests_in_flight 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_method_content_type_and_size_are_refused() {
+    let app = app(true);
+    let get = Request::get("/mutate")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        call(&app, get, Listener::Tls).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let (status, body) = call(
+        &app,
+        post("/mutate", Some("text/plain"), review()),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(
+        call(&app, post("/mutate", None, review()), Listener::Tls)
+            .await
+            .0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let ok = post("/mutate", Some("application/json; charset=utf-8"), review());
+    assert_eq!(call(&app, ok, Listener::Tls).await.0, StatusCode::OK);
+
+    // Declared too long: refused before reading.
+    let mut declared = post("/mutate", Some("application/json"), vec![b' '; 10]);
+    declared
+        .headers_mut()
+        .insert(CONTENT_LENGTH, "1000000".parse().expect("header"));
+    assert_eq!(
+        call(&app, declared, Listener::Tls).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Not declared (chunked) and too long: cut at the limit.
+    let (status, body) = call(
+        &app,
+        post("/mutate", Some("application/json"), vec![b' '; 5000]),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exceeds 1024 bytes")),
+        "{body}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_arrives_times_out() {
+    let app = app(true);
+    let never = StreamBody::new(futures::stream::pending::<
+        Result<Frame<Bytes>, std::io::Error>,
+    >());
+    let req = Request::post("/validate")
+        .header(CONTENT_TYPE, "application/json")
+        .body(never)
+        .expect("request");
+    assert_eq!(
+        call(&app, req, Listener::Tls).await.0,
+        StatusCode::REQUEST_TIMEOUT
+    );
+}
+
+#[tokio::test]
+async fn validation_waits_for_the_index() {
+    let app = app(false);
+    let (status, _) = call(
+        &app,
+        post("/validate", Some("application/json"), review()),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Mutation does not need it.
+    let (status, _) = call(
+        &app,
+        post("/mutate", Some("application/json"), review()),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_only_with_a_certificate_and_a_synced_index_and_not_after_sigterm() {
+    let readyz = || {
+        Request::get("/readyz")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let app = app(false);
+    let (status, body) = call(&app, readyz(), Listener::Plain).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.as_str()
+            .is_some_and(|b| b.contains("no serving certificate") && b.contains("not synced")),
+        "{body}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = taskrun_certs::Ca::new("t").expect("ca");
+    ca.serving(&["127.0.0.1"])
+        .expect("cert")
+        .write(dir.path(), "tls")
+        .expect("write");
+    let certs = Arc::new(CertStore::new(
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+    ));
+    certs.reload();
+    let index = Index::default();
+    index.init();
+    index.init_done();
+    let app = Arc::new(App {
+        certs,
+        index: Arc::new(index),
+        metrics: app.metrics.clone(),
+        shutting_down: AtomicBool::new(false),
+        max_body_bytes: 1024,
+        body_read_timeout: Duration::from_secs(1),
+    });
+    assert_eq!(call(&app, readyz(), Listener::Tls).await.0, StatusCode::OK);
+    app.shutting_down.store(true, Ordering::Release);
+    assert_eq!(
+        call(&app, readyz(), Listener::Tls).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let health = Request::get("/healthz")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(call(&app, health, Listener::Tls).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_becomes_a_500() {
+    let (response, _, outcome) = recover(async {
+        if true {
+            panic!("boom");
+        }
+        error(StatusCode::OK, "", String::new())
+    })
+    .await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(outcome, Outcome::error);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let status: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(status["code"], 500);
+}

@@ -1,0 +1,228 @@
+//! The listeners: HTTPS for admission (HTTP/2 or HTTP/1.1 by ALPN), plain HTTP for metrics and
+//! probes; per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::idle::IdleTimeout;
+use crate::index::{self, Index};
+use crate::metrics::Metrics;
+use crate::routes::{App, Listener};
+use crate::tls::{self, CertStore, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Connection settings that every connection task needs.
+struct Limits {
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::default());
+    let certs = Arc::new(CertStore::new(
+        config.tls_cert.clone(),
+        config.tls_key.clone(),
+    ));
+    tokio::spawn(tls::watch(
+        certs.clone(),
+        config.cert_poll_interval,
+        metrics.clone(),
+    ));
+
+    let client = kube::Client::try_default().await?;
+    let index = Arc::new(Index::default());
+    tokio::spawn({
+        let (index, metrics) = (index.clone(), metrics.clone());
+        async move { index::run(client, &index, &metrics).await }
+    });
+
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
+    let listener = bind(config.listen).await?;
+    let plain = match config.metrics_listen.0 {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let app = Arc::new(App {
+        metrics,
+        index,
+        certs,
+        shutting_down: AtomicBool::new(false),
+        max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout,
+    });
+    let limits = Arc::new(Limits {
+        handshake_timeout: config.handshake_timeout,
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+    });
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(shutdown_signal()?);
+    tracing::info!(
+        listen = %config.listen,
+        metrics_listen = ?config.metrics_listen.0,
+        "serving admission over HTTPS"
+    );
+
+    loop {
+        let (stream, listener_kind) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => (accepted, Listener::Tls),
+            accepted = accept(plain.as_ref()) => (accepted, Listener::Plain),
+        };
+        let (stream, peer) = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing the new connection");
+            continue;
+        };
+        let (app, limits, watcher) = (app.clone(), limits.clone(), graceful.watcher());
+        match listener_kind {
+            Listener::Tls => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(serve_tls(app, limits, acceptor, stream, watcher, permit));
+            }
+            Listener::Plain => {
+                tokio::spawn(serve_plain(app, limits, stream, watcher, permit));
+            }
+        }
+    }
+
+    app.shutting_down.store(true, Ordering::Release);
+    drop((listener, plain));
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: finishing in-flight requests"
+    );
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight requests did not finish in time");
+    }
+    Ok(())
+}
+
+async fn serve_tls(
+    app: Arc<App>,
+    limits: Arc<Limits>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    watcher: Watcher,
+    _permit: OwnedSemaphorePermit,
+) {
+    let stream = IdleTimeout::new(stream, limits.idle_timeout);
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let service = service_fn(move |req| app.clone().handle(req, Listener::Tls));
+    let io = TokioIo::new(tls);
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            // Pings keep a healthy idle connection (the API server's) above the idle timeout
+            // and find dead peers.
+            .keep_alive_interval(Some(limits.idle_timeout / 3))
+            .keep_alive_timeout(limits.handshake_timeout)
+            .max_header_list_size(64 * 1024);
+        watcher.watch(builder.serve_connection(io, service)).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        watcher.watch(builder.serve_connection(io, service)).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn serve_plain(
+    app: Arc<App>,
+    limits: Arc<Limits>,
+    stream: TcpStream,
+    watcher: Watcher,
+    _permit: OwnedSemaphorePermit,
+) {
+    let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    let service = service_fn(move |req| app.clone().handle(req, Listener::Plain));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Accepts on the optional listener; never resolves when there is none.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

@@ -1,0 +1,370 @@
+//! The serving certificate: loaded from PEM files, swapped atomically when the files change,
+//! and handed to rustls per handshake, so new connections get the new certificate while
+//! connections already open keep theirs.
+//!
+//! cert-manager (and any Secret volume) replaces the files by swapping a `..data` symlink in
+//! the directory, so the directory is watched, not the files; a periodic comparison catches
+//! anything the notifications miss. A pair that does not load (half-written, key not matching
+//! the certificate) is logged and counted, and the previous pair keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use notify::{RecursiveMode, Watcher};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} is not a PEM certificate chain: {reason}")]
+    BadCertificate { path: String, reason: String },
+    #[error("{path} is not a PEM private key: {reason}")]
+    BadKey { path: String, reason: String },
+    #[error("the key in {key} does not belong to the certificate in {cert}: {reason}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// What a reload attempt found.
+#[derive(Debug)]
+pub enum Reload {
+    /// The files are what is already served (or what already failed).
+    Unchanged,
+    Loaded,
+    Failed(TlsError),
+}
+
+pub struct CertStore {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwapOption<CertifiedKey>,
+    /// The file contents last attempted, so an unchanged (or unchanged bad) pair is not
+    /// re-parsed, re-logged and re-counted at every poll.
+    last_seen: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert_path", &self.cert_path)
+            .field("loaded", &self.is_loaded())
+            .finish()
+    }
+}
+
+impl CertStore {
+    pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Self {
+        Self {
+            cert_path,
+            key_path,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: ArcSwapOption::empty(),
+            last_seen: Mutex::new(None),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Re-reads the files and swaps the served pair if they changed and load.
+    pub fn reload(&self) -> Reload {
+        let cert = match read(&self.cert_path) {
+            Ok(b) => b,
+            Err(e) => return self.failed_once(e),
+        };
+        let key = match read(&self.key_path) {
+            Ok(b) => b,
+            Err(e) => return self.failed_once(e),
+        };
+        let pair = (cert, key);
+        let mut last = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.as_ref() == Some(&pair) {
+            return Reload::Unchanged;
+        }
+        let result = self.parse(&pair.0, &pair.1);
+        *last = Some(pair);
+        match result {
+            Ok(key) => {
+                self.current.store(Some(Arc::new(key)));
+                Reload::Loaded
+            }
+            Err(e) => Reload::Failed(e),
+        }
+    }
+
+    /// A missing or unreadable file counts once until the files can be read again.
+    fn failed_once(&self, e: TlsError) -> Reload {
+        let mut last = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let marker = (Vec::new(), e.to_string().into_bytes());
+        if last.as_ref() == Some(&marker) {
+            return Reload::Unchanged;
+        }
+        *last = Some(marker);
+        Reload::Failed(e)
+    }
+
+    fn parse(&self, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
+        let cert_path = self.cert_path.display().to_string();
+        let key_path = self.key_path.display().to_string();
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadCertificate {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate { path: cert_path });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::BadKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| TlsError::Mismatch {
+            cert: cert_path,
+            key: key_path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reloads, logging and counting the outcome.
+    pub fn reload_logged(&self, metrics: &Metrics) {
+        match self.reload() {
+            Reload::Unchanged => {}
+            Reload::Loaded => {
+                metrics.cert_reloads.inc();
+                tracing::info!(cert = %self.cert_path.display(), "serving certificate loaded");
+            }
+            Reload::Failed(e) => {
+                metrics.cert_reload_failures.inc();
+                if self.is_loaded() {
+                    tracing::error!(error = %e, "new certificate not loaded; the previous one keeps serving");
+                } else {
+                    tracing::error!(error = %e, "no serving certificate yet; not ready");
+                }
+            }
+        }
+    }
+
+    /// The directories holding the files: where a symlink swap shows up.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = [&self.cert_path, &self.key_path]
+            .into_iter()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.dedup();
+        dirs
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // None aborts the handshake: nothing to serve yet.
+        self.current.load_full()
+    }
+}
+
+/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate from `store`.
+pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(store.provider.clone())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Loads the pair now, then again whenever the directory changes or `poll` passes. Runs
+/// until the process ends.
+pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>) {
+    store.reload_logged(&metrics);
+    let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        // A full channel already means "look again".
+        let _ = tx.try_send(());
+    });
+    // Kept alive for the life of the loop; the poll covers whatever it cannot watch.
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for dir in store.dirs() {
+                if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the certificate directory; polling only");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no file notifications; polling the certificate only");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(()) = changed.recv() => {
+                // A rotation writes several entries; let it finish before reading.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changed.try_recv().is_ok() {}
+            }
+            _ = ticker.tick() => {}
+        }
+        store.reload_logged(&metrics);
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskrun_certs::Ca;
+
+    fn served(store: &CertStore) -> Vec<u8> {
+        store
+            .current
+            .load_full()
+            .map(|k| k.cert[0].to_vec())
+            .unwrap_or_default()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .expect("pem")
+            .to_vec()
+    }
+
+    #[test]
+    fn a_pair_is_loaded_once_and_replaced_when_it_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        let first = ca.serving(&["127.0.0.1"]).expect("cert");
+        first.write(dir.path(), "tls").expect("write");
+        let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        assert!(!store.is_loaded());
+        assert!(matches!(store.reload(), Reload::Loaded));
+        assert!(matches!(store.reload(), Reload::Unchanged));
+        assert_eq!(served(&store), der(&first.cert_pem));
+
+        let second = ca.serving(&["127.0.0.1"]).expect("cert");
+        second.write(dir.path(), "tls").expect("write");
+        assert!(matches!(store.reload(), Reload::Loaded));
+        assert_eq!(served(&store), der(&second.cert_pem));
+    }
+
+    #[test]
+    fn a_bad_pair_keeps_the_old_one_serving_and_fails_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        let good = ca.serving(&["127.0.0.1"]).expect("cert");
+        good.write(dir.path(), "tls").expect("write");
+        let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        assert!(matches!(store.reload(), Reload::Loaded));
+
+        // A certificate with somebody else's key.
+        let other = ca.serving(&["127.0.0.1"]).expect("cert");
+        std::fs::write(dir.path().join("tls.key"), &other.key_pem).expect("write");
+        let failed = store.reload();
+        assert!(
+            matches!(&failed, Reload::Failed(TlsError::Mismatch { .. })),
+            "{failed:?}"
+        );
+        assert!(matches!(store.reload(), Reload::Unchanged), "counted once");
+        assert_eq!(served(&store), der(&good.cert_pem));
+
+        std::fs::write(dir.path().join("tls.crt"), "garbage").expect("write");
+        assert!(matches!(
+            store.reload(),
+            Reload::Failed(TlsError::NoCertificate { .. })
+        ));
+        std::fs::remove_file(dir.path().join("tls.crt")).expect("rm");
+        assert!(matches!(
+            store.reload(),
+            Reload::Failed(TlsError::Read { .. })
+        ));
+        assert!(matches!(store.reload(), Reload::Unchanged));
+        assert_eq!(served(&store), der(&good.cert_pem));
+
+        // Fixed: the matching pair loads again.
+        other.write(dir.path(), "tls").expect("write");
+        assert!(matches!(store.reload(), Reload::Loaded));
+        assert_eq!(served(&store), der(&other.cert_pem));
+    }
+
+    #[tokio::test]
+    async fn a_symlink_swap_in_the_directory_is_picked_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        // The Secret-volume layout: tls.crt -> ..data/tls.crt, ..data -> ..v1
+        let v1 = dir.path().join("..v1");
+        std::fs::create_dir(&v1).expect("mkdir");
+        let first = ca.serving(&["127.0.0.1"]).expect("cert");
+        first.write(&v1, "tls").expect("write");
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).expect("ln");
+        for f in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.path().join(f)).expect("ln");
+        }
+        let store = Arc::new(CertStore::new(
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        // A long poll: only the notification can make this test pass in time.
+        let task = tokio::spawn(watch(
+            store.clone(),
+            Duration::from_secs(3600),
+            metrics.clone(),
+        ));
+        while !store.is_loaded() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let v2 = dir.path().join("..v2");
+        std::fs::create_dir(&v2).expect("mkdir");
+        let second = ca.serving(&["127.0.0.1"]).expect("cert");
+        second.write(&v2, "tls").expect("write");
+        std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).expect("ln");
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("mv");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while served(&store) != der(&second.cert_pem) {
+            assert!(std::time::Instant::now() < deadline, "rotation not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.cert_reloads.get(), 2);
+        task.abort();
+    }
+}
