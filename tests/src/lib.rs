@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod controller;
 mod process;
 mod wait;
+pub mod webhook;
 
 use std::path::PathBuf;
 
