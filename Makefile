@@ -40,8 +40,17 @@ control-plane: ## build (once per machine) and cache kube-apiserver, etcd, kube-
 crd: ## regenerate the CRD in manifests/ from the Rust types
 	cargo run --quiet --locked -p taskrun --bin crdgen > manifests/crd/taskruns.orchestrator.io.yaml
 
-cluster up down run: ## (filled by the control-plane issue)
-	@echo "make $@: not implemented yet (see the control-plane issue)" >&2; exit 2
+cluster: control-plane ## the control plane alone (etcd, kube-apiserver, kube-controller-manager, CRD), foreground until Ctrl-C
+	@hack/cluster.sh
+
+up: control-plane ## the stack in the background; ready when it returns (source .dev/env; logs in .dev/logs/)
+	@hack/up.sh
+
+down: ## stop everything make up started
+	@hack/down.sh
+
+run: control-plane ## up (or the cluster KUBECONFIG names), apply examples/, stream their status until Ctrl-C, then down
+	@hack/run.sh
 
 bench: ## the benchmarks, printing the figures (filled by the benchmarks issue)
 	@echo "make bench: not implemented yet (see the benchmarks issue)" >&2; exit 2

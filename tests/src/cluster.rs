@@ -213,6 +213,18 @@ impl ControlPlane {
         .unwrap_or_else(|e| panic!("kube-apiserver did not come back: {e}"));
     }
 
+    /// Fails, with its log tail, when a component has exited (a stopped API server counts
+    /// as intended).
+    pub fn check_alive(&self) -> Result<(), StartError> {
+        for child in self.others().iter_mut() {
+            components::check_alive(child)?;
+        }
+        match self.apiserver_slot().as_mut() {
+            Some(apiserver) => components::check_alive(apiserver),
+            None => Ok(()),
+        }
+    }
+
     /// Stops every component (SIGTERM, then SIGKILL), the controller manager first.
     pub fn stop(&self) {
         let mut others = self.others();
@@ -262,12 +274,7 @@ impl ControlPlane {
             if client.request_text(readyz).await.is_ok() {
                 return Ok(());
             }
-            for child in self.others().iter_mut() {
-                components::check_alive(child)?;
-            }
-            if let Some(apiserver) = self.apiserver_slot().as_mut() {
-                components::check_alive(apiserver)?;
-            }
+            self.check_alive()?;
             if std::time::Instant::now() >= deadline {
                 let log = self.work_dir_log("kube-apiserver");
                 return Err(StartError(format!(

@@ -25,30 +25,37 @@ fn main() -> anyhow::Result<()> {
     let ready = dir.join("cluster.ready");
     let _ = std::fs::remove_file(&ready);
     taskrun_tests::use_work_dir(dir.clone());
+    let started = std::time::Instant::now();
     let cp = ControlPlane::start(&dir)?;
     std::fs::write(&ready, cp.server_url())?;
     eprintln!(
-        "control plane ready at {} (KUBECONFIG={}); Ctrl-C stops it",
+        "control plane ready at {} in {:.1}s (KUBECONFIG={}); Ctrl-C stops it",
         cp.server_url(),
+        started.elapsed().as_secs_f64(),
         cp.kubeconfig().display()
     );
-    tokio::runtime::Builder::new_current_thread()
+    let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(stop_signal())?;
+        .block_on(run_until_stopped(&cp));
     let _ = std::fs::remove_file(&ready);
     eprintln!("stopping the control plane");
     cp.stop();
-    Ok(())
+    outcome
 }
 
-async fn stop_signal() -> std::io::Result<()> {
+/// Returns on SIGINT or SIGTERM, or with an error when a component dies: a half-alive
+/// cluster must not pass for a running one (`make up` then starts a new one).
+async fn run_until_stopped(cp: &ControlPlane) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick() => cp.check_alive()?,
+        }
     }
-    Ok(())
 }

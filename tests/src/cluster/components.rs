@@ -76,10 +76,12 @@ pub(super) fn check_alive(child: &mut ChildGuard) -> Result<(), StartError> {
     if child.is_running() {
         return Ok(());
     }
+    let log = child.log_path();
+    let name = log.file_stem().unwrap_or_default().to_string_lossy();
     Err(StartError(format!(
-        "{} exited; last lines of its log:\n{}",
-        child.log_path().display(),
-        process::log_tail(child.log_path(), 30)
+        "{name} exited; last lines of {}:\n{}",
+        log.display(),
+        process::log_tail(log, 30)
     )))
 }
 
