@@ -9,28 +9,20 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use admission::Webhook;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
+use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{ControlPlane, repo_root, wait_for, work_dir, workspace_bin};
-use tokio::sync::OnceCell;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The control plane with the webhook running and registered (once per binary).
 async fn cluster() -> &'static ControlPlane {
-    static WEBHOOK: OnceCell<Webhook> = OnceCell::const_new();
     let cp = ControlPlane::shared();
-    WEBHOOK
-        .get_or_init(|| async {
-            let webhook = Webhook::start(cp);
-            webhook.register(cp).await;
-            webhook
-        })
-        .await;
+    Webhook::shared(cp).await;
     cp
 }
 
@@ -617,117 +609,4 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             .expect("get")
             .is_some()
     );
-}
-
-/// The admission webhook for this binary's control plane: the `taskrun-webhook` binary on a
-/// loopback port with a throwaway CA, registered (validating + mutating) by URL.
-// TODO(lead): switch to the shared `taskrun_tests::webhook` helper once it lands.
-mod admission {
-    use std::time::Duration;
-
-    use k8s_openapi::api::admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-    };
-    use kube::api::{Api, PostParams};
-    use serde_json::json;
-    use taskrun::TaskRun;
-    use taskrun_tests::{
-        ChildGuard, ControlPlane, spawn_logged, wait_for, work_dir, workspace_bin,
-    };
-
-    pub struct Webhook {
-        _child: ChildGuard,
-        port: u16,
-        ca_pem: String,
-    }
-
-    impl Webhook {
-        pub fn start(cp: &ControlPlane) -> Webhook {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let ca = taskrun_certs::Ca::new("cli-test-webhook-ca").expect("CA");
-            let dir = work_dir().join("cli-webhook");
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            ca.serving(&["127.0.0.1", "localhost"])
-                .and_then(|pair| pair.write(&dir, "tls"))
-                .expect("serving certificate");
-            let mut cmd = std::process::Command::new(workspace_bin("taskrun-webhook"));
-            cmd.arg(format!("--listen=127.0.0.1:{port}"))
-                .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
-                .arg(format!("--tls-key={}", dir.join("tls.key").display()))
-                .arg("--metrics-listen=off")
-                .env("KUBECONFIG", cp.kubeconfig());
-            Webhook {
-                _child: spawn_logged(cmd, "taskrun-webhook").expect("webhook starts"),
-                port,
-                ca_pem: ca.pair().cert_pem.clone(),
-            }
-        }
-
-        /// Registers both webhooks and waits until a dry-run create comes back labelled.
-        pub async fn register(&self, cp: &ControlPlane) {
-            let client = cp.client().await;
-            let ca_bundle =
-                serde_json::to_value(k8s_openapi::ByteString(self.ca_pem.clone().into_bytes()))
-                    .expect("base64");
-            let hook = |name: &str, path: &str| {
-                json!({
-                    "name": name,
-                    "admissionReviewVersions": ["v1"],
-                    "sideEffects": "None",
-                    "failurePolicy": "Fail",
-                    "clientConfig": {"url": format!("https://127.0.0.1:{}{path}", self.port), "caBundle": ca_bundle},
-                    "rules": [{
-                        "apiGroups": ["orchestrator.io"], "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"], "resources": ["taskruns"],
-                    }],
-                })
-            };
-            let config =
-                |hook| json!({"metadata": {"name": "taskrun-webhook"}, "webhooks": [hook]});
-            let validating: ValidatingWebhookConfiguration = serde_json::from_value(config(hook(
-                "validate.taskruns.orchestrator.io",
-                "/validate",
-            )))
-            .expect("config");
-            let mutating: MutatingWebhookConfiguration =
-                serde_json::from_value(config(hook("mutate.taskruns.orchestrator.io", "/mutate")))
-                    .expect("config");
-            Api::all(client.clone())
-                .create(&PostParams::default(), &validating)
-                .await
-                .expect("register");
-            Api::all(client.clone())
-                .create(&PostParams::default(), &mutating)
-                .await
-                .expect("register");
-
-            let probe: TaskRun = serde_json::from_value(json!({
-                "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
-                "metadata": {"name": "probe", "namespace": "default"},
-                "spec": {"taskId": 1, "serviceName": "probe", "markdownFiles": [{"filename": "a.md", "content": "a"}]},
-            }))
-            .expect("probe");
-            let api = Api::<TaskRun>::namespaced(client, "default");
-            let dry_run = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            wait_for(
-                "the webhook to admit TaskRuns",
-                Duration::from_secs(60),
-                || async {
-                    let admitted = api.create(&dry_run, &probe).await.ok()?;
-                    admitted
-                        .metadata
-                        .labels
-                        .filter(|l| !l.is_empty())
-                        .map(|_| ())
-                },
-            )
-            .await;
-        }
-    }
 }
