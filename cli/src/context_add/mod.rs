@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use taskrun::{MarkdownFile, TaskRun};
 
-use crate::error::{Error, status_code};
+use crate::error::{Error, describe, status_code};
 
 pub use files::load;
 pub use patch::MANAGER;
@@ -36,6 +36,7 @@ pub async fn run(
 ) -> Result<Added, Error> {
     let api: Api<TaskRun> = Api::namespaced(client, namespace);
     let params = PatchParams::apply(MANAGER).force();
+    let mut last = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let current = api
             .get_opt(name)
@@ -58,6 +59,7 @@ pub async fn run(
                 });
             }
             Err(e) if status_code(&e) == Some(409) => {
+                last = describe(&e);
                 let wait = backoff(attempt, fastrand::f64());
                 tracing::debug!(
                     attempt,
@@ -71,6 +73,7 @@ pub async fn run(
     }
     Err(Error::TooManyConflicts {
         attempts: MAX_ATTEMPTS,
+        last,
     })
 }
 
