@@ -24,9 +24,9 @@ pub enum Error {
     NotFound { namespace: String, name: String },
 
     #[error(
-        "gave up after {attempts} attempts: the TaskRun kept changing under us (409 Conflict each time)"
+        "gave up after {attempts} attempts: the TaskRun kept changing under us; last answer: {last}"
     )]
-    TooManyConflicts { attempts: u32 },
+    TooManyConflicts { attempts: u32, last: String },
 
     #[error("{action}: {source}")]
     Api {
