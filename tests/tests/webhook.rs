@@ -1,0 +1,814 @@
+//! The admission webhook on the real control plane, driven the way users and GitOps tools
+//! drive it: `kubectl apply` (client- and server-side, dry-run), `kubectl label`, `kubectl
+//! diff`; plus certificate rotation under load and hostile clients straight to its port.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use taskrun::TaskRun;
+use taskrun::labels::{AGENT_NAME, CONTEXT_VERSION, SERVICE_NAME, TASK_ID};
+use taskrun_tests::webhook::Webhook;
+use taskrun_tests::{ControlPlane, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const ARGO_LABEL: &str = "app.kubernetes.io/instance";
+
+async fn setup() -> (&'static ControlPlane, &'static Webhook) {
+    let cp = ControlPlane::shared();
+    (cp, Webhook::shared(cp).await)
+}
+
+// ---- kubectl as a user runs it -------------------------------------------------------------
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&Value>) -> Run {
+    let mut cmd: Command = cp.kubectl();
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.to_string().as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl finishes");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `kubectl apply -n NS -f -` with extra flags.
+fn apply(cp: &ControlPlane, ns: &str, manifest: &Value, flags: &[&str]) -> Run {
+    let mut args = vec!["apply", "-n", ns, "-f", "-"];
+    args.extend_from_slice(flags);
+    kubectl(cp, &args, Some(manifest))
+}
+
+fn applied(cp: &ControlPlane, ns: &str, manifest: &Value, flags: &[&str]) -> Run {
+    let run = apply(cp, ns, manifest, flags);
+    assert!(run.ok, "kubectl apply {flags:?} failed: {}", run.stderr);
+    run
+}
+
+fn refused(cp: &ControlPlane, ns: &str, manifest: &Value, flags: &[&str]) -> String {
+    let run = apply(cp, ns, manifest, flags);
+    assert!(
+        !run.ok,
+        "kubectl apply {flags:?} was accepted: {}",
+        run.stdout
+    );
+    run.stderr
+}
+
+fn manifest(name: &str, task_id: i64, service: &str) -> Value {
+    json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "metadata": {"name": name},
+        "spec": {
+            "taskId": task_id,
+            "serviceName": service,
+            "markdownFiles": [
+                {"filename": "task.md", "content": "# Task\nDo the thing.", "fileType": "task"},
+                {"filename": "design.md", "content": "Some design.", "fileType": "design-spec"}
+            ]
+        }
+    })
+}
+
+fn add_file(m: &mut Value, filename: &str, content: &str) {
+    if let Some(files) = m["spec"]["markdownFiles"].as_array_mut() {
+        files.push(json!({"filename": filename, "content": content}));
+    }
+}
+
+async fn labels(cp: &ControlPlane, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, ns);
+    let tr = api.get(name).await.expect("get TaskRun");
+    tr.metadata.labels.unwrap_or_default()
+}
+
+fn project_labels(l: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    l.iter()
+        .filter(|(k, _)| k.starts_with("orchestrator.io/"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+// ---- rejections and acceptance -------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_taskruns_are_rejected_with_the_cause_named() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-reject").await;
+
+    let mut empty = manifest("empty", 1, "billing");
+    empty["spec"]["markdownFiles"] = json!([]);
+    let err = refused(cp, &ns, &empty, &[]);
+    assert!(err.contains("spec.markdownFiles"), "{err}");
+
+    let mut blank = manifest("blank", 2, "billing");
+    add_file(&mut blank, "notes.md", " \n\t ");
+    let err = refused(cp, &ns, &blank, &[]);
+    assert!(
+        err.contains("notes.md") && err.contains("whitespace"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("task.md"),
+        "only the blank file is named: {err}"
+    );
+
+    // A second TaskRun for a task that already has one. The index follows a watch, so wait
+    // until a dry run is refused before the real attempt (the dry run changes nothing).
+    applied(cp, &ns, &manifest("original", 7, "billing"), &[]);
+    let duplicate = manifest("second-try", 7, "billing");
+    wait_for("the index to see the original", TIMEOUT, || async {
+        (!apply(cp, &ns, &duplicate, &["--dry-run=server"]).ok).then_some(())
+    })
+    .await;
+    let err = refused(cp, &ns, &duplicate, &[]);
+    for expected in [
+        "(Conflict)",
+        "admission webhook \"validate.taskruns.orchestrator.io\" denied the request",
+        &format!("TaskRun {ns}/original already holds task 7 of service billing"),
+        &format!("kubectl taskrun context add original -n {ns} -f FILE.md"),
+        "kubectl delete taskrun original",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing in: {err}");
+    }
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    assert!(api.get_opt("second-try").await.expect("get").is_none());
+
+    let moved = manifest("original", 8, "billing");
+    let err = refused(cp, &ns, &moved, &[]);
+    assert!(err.contains("taskId is immutable"), "{err}");
+
+    let mut raised = manifest("original", 7, "billing");
+    raised["spec"]["contextVersion"] = json!(3);
+    add_file(&mut raised, "more.md", "More.");
+    applied(cp, &ns, &raised, &[]);
+    raised["spec"]["contextVersion"] = json!(2);
+    let err = refused(cp, &ns, &raised, &[]);
+    assert!(err.contains("contextVersion may not decrease"), "{err}");
+}
+
+#[tokio::test]
+async fn valid_taskruns_are_accepted_and_labelled() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-accept").await;
+    let other_ns = cp.namespace("wh-accept-other").await;
+
+    let mut first = manifest("first", 11, "billing");
+    first["spec"]["agentName"] = json!("claude");
+    first["metadata"]["labels"] = json!({ARGO_LABEL: "my-app"});
+    applied(cp, &ns, &first, &[]);
+    // The same identity in another namespace, and the same taskId for another service.
+    applied(cp, &other_ns, &manifest("first", 11, "billing"), &[]);
+    applied(cp, &ns, &manifest("payments-11", 11, "payments"), &[]);
+
+    let l = labels(cp, &ns, "first").await;
+    assert_eq!(
+        project_labels(&l),
+        BTreeMap::from([
+            (TASK_ID, "11"),
+            (SERVICE_NAME, "billing"),
+            (CONTEXT_VERSION, "1"),
+            (AGENT_NAME, "claude")
+        ])
+    );
+    assert_eq!(l.get(ARGO_LABEL).map(String::as_str), Some("my-app"));
+    let l = labels(cp, &other_ns, "first").await;
+    assert_eq!(l.get(SERVICE_NAME).map(String::as_str), Some("billing"));
+    assert!(!l.contains_key(AGENT_NAME));
+    let l = labels(cp, &ns, "payments-11").await;
+    assert_eq!(l.get(SERVICE_NAME).map(String::as_str), Some("payments"));
+    assert_eq!(l.get(TASK_ID).map(String::as_str), Some("11"));
+
+    // Selectable with -l, which is what the labels are for.
+    let run = kubectl(
+        cp,
+        &[
+            "get",
+            "taskruns",
+            "-A",
+            "-l",
+            "orchestrator.io/task-id=11",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
+}
+
+// ---- GitOps --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn gitops_reapplies_are_accepted_and_leave_no_diff() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-gitops").await;
+    let mut m = manifest("synced", 21, "billing");
+    m["metadata"]["labels"] = json!({ARGO_LABEL: "argo-app"});
+
+    applied(cp, &ns, &m, &[]);
+    let again = applied(cp, &ns, &m, &[]);
+    assert!(again.stdout.contains("unchanged"), "{}", again.stdout);
+    for manager in ["argocd-controller", "kustomize-controller"] {
+        applied(
+            cp,
+            &ns,
+            &m,
+            &["--server-side", &format!("--field-manager={manager}")],
+        );
+    }
+    applied(cp, &ns, &m, &["--dry-run=server"]);
+    applied(
+        cp,
+        &ns,
+        &m,
+        &[
+            "--server-side",
+            "--field-manager=argocd-controller",
+            "--dry-run=server",
+        ],
+    );
+
+    let diff = kubectl(cp, &["diff", "-n", &ns, "-f", "-"], Some(&m));
+    assert!(
+        diff.ok,
+        "kubectl diff shows a difference:\n{}{}",
+        diff.stdout, diff.stderr
+    );
+    assert!(diff.stdout.is_empty(), "{}", diff.stdout);
+
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    let tr = api.get("synced").await.expect("get");
+    assert_eq!(
+        tr.metadata.generation,
+        Some(1),
+        "re-applies changed the spec"
+    );
+    let l = tr.metadata.labels.unwrap_or_default();
+    assert_eq!(l.get(ARGO_LABEL).map(String::as_str), Some("argo-app"));
+    assert_eq!(l.get(TASK_ID).map(String::as_str), Some("21"));
+}
+
+#[tokio::test]
+async fn stamped_labels_come_back_and_other_labels_are_left_alone() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-labels").await;
+    let mut m = manifest("labelled", 31, "billing");
+    m["spec"]["agentName"] = json!("claude");
+    m["metadata"]["labels"] = json!({ARGO_LABEL: "argo-app"});
+    applied(cp, &ns, &m, &[]);
+    let label = |args: &[&str]| {
+        let mut all = vec!["label", "-n", &ns, "taskrun", "labelled"];
+        all.extend_from_slice(args);
+        let run = kubectl(cp, &all, None);
+        assert!(run.ok, "kubectl label {args:?}: {}", run.stderr);
+    };
+
+    // Removing or changing a stamped label is an update, and the update stamps it again.
+    label(&[&format!("{TASK_ID}-")]);
+    assert_eq!(
+        labels(cp, &ns, "labelled")
+            .await
+            .get(TASK_ID)
+            .map(String::as_str),
+        Some("31")
+    );
+    label(&["--overwrite", &format!("{CONTEXT_VERSION}=99")]);
+    assert_eq!(
+        labels(cp, &ns, "labelled")
+            .await
+            .get(CONTEXT_VERSION)
+            .map(String::as_str),
+        Some("1")
+    );
+
+    // Argo CD's tracking label is the user's: changed and removed as they say.
+    label(&["--overwrite", &format!("{ARGO_LABEL}=other-app")]);
+    assert_eq!(
+        labels(cp, &ns, "labelled")
+            .await
+            .get(ARGO_LABEL)
+            .map(String::as_str),
+        Some("other-app")
+    );
+    label(&[&format!("{ARGO_LABEL}-")]);
+    assert!(!labels(cp, &ns, "labelled").await.contains_key(ARGO_LABEL));
+
+    // Dropping agentName drops its label; raising contextVersion moves its label (and,
+    // with no new file, warns).
+    let mut next = manifest("labelled", 31, "billing");
+    next["spec"]["contextVersion"] = json!(2);
+    let run = applied(cp, &ns, &next, &[]);
+    assert!(
+        run.stderr
+            .contains("Warning: contextVersion raised to 2 without new or changed markdown files"),
+        "{}",
+        run.stderr
+    );
+    let l = labels(cp, &ns, "labelled").await;
+    assert!(!l.contains_key(AGENT_NAME), "{l:?}");
+    assert_eq!(l.get(CONTEXT_VERSION).map(String::as_str), Some("2"));
+}
+
+// ---- certificate rotation ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_load_fails_no_request() {
+    let (cp, webhook) = setup().await;
+    let ns = cp.namespace("wh-rotate").await;
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    let probe: TaskRun =
+        serde_json::from_value(manifest("rotation-probe", 41, "billing")).expect("TaskRun");
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (through_api, direct) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let last_cert = Arc::new(Mutex::new(Vec::<u8>::new()));
+
+    // Through the API server (its own connections to the webhook, both webhooks per call).
+    let api_load = tokio::spawn({
+        let (stop, failures, count) = (stop.clone(), failures.clone(), through_api.clone());
+        async move {
+            let dry_run = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                match api.create(&dry_run, &probe).await {
+                    Ok(tr)
+                        if tr
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .is_some_and(|l| l.contains_key(TASK_ID)) =>
+                    {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => failures.lock().expect("lock").push("not labelled".into()),
+                    Err(e) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("via API server: {e}")),
+                }
+            }
+        }
+    });
+    // Straight to the webhook, a new connection per request, noting the certificate served.
+    let direct_load = tokio::spawn({
+        let (stop, failures, count, last_cert) = (
+            stop.clone(),
+            failures.clone(),
+            direct.clone(),
+            last_cert.clone(),
+        );
+        let body = serde_json::to_vec(&review(
+            "CREATE",
+            "taskruns",
+            manifest("direct", 42, "billing"),
+        ))
+        .expect("json");
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match send(webhook, &post("/validate", "application/json", &body)).await {
+                    Ok(r) if r.status == 200 && r.json()["response"]["allowed"] == true => {
+                        *last_cert.lock().expect("lock") = r.peer_cert;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("direct: {} {}", r.status, r.body)),
+                    Err(e) => failures.lock().expect("lock").push(format!("direct: {e}")),
+                }
+            }
+        }
+    });
+
+    let reloads_before = metric(webhook, "taskrun_webhook_certificate_reloads_total");
+    for round in 1..=3 {
+        let (a, d) = (
+            through_api.load(Ordering::Relaxed),
+            direct.load(Ordering::Relaxed),
+        );
+        wait_for("requests to flow", TIMEOUT, || async {
+            (through_api.load(Ordering::Relaxed) >= a + 5
+                && direct.load(Ordering::Relaxed) >= d + 5)
+                .then_some(())
+        })
+        .await;
+        let old = last_cert.lock().expect("lock").clone();
+        let pair = webhook.rotate();
+        let new = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes())
+            .expect("pem")
+            .to_vec();
+        assert_ne!(old, new);
+        wait_for(
+            &format!("new connections to get certificate #{round}"),
+            TIMEOUT,
+            || async { (*last_cert.lock().expect("lock") == new).then_some(()) },
+        )
+        .await;
+    }
+    let (a, d) = (
+        through_api.load(Ordering::Relaxed),
+        direct.load(Ordering::Relaxed),
+    );
+    wait_for("requests after the last rotation", TIMEOUT, || async {
+        (through_api.load(Ordering::Relaxed) >= a + 5 && direct.load(Ordering::Relaxed) >= d + 5)
+            .then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    api_load.await.expect("api load");
+    direct_load.await.expect("direct load");
+
+    let failures = failures.lock().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(metric(webhook, "taskrun_webhook_certificate_reloads_total") >= reloads_before + 3.0);
+    assert_eq!(
+        metric(webhook, "taskrun_webhook_certificate_reload_failures_total"),
+        0.0
+    );
+    eprintln!(
+        "rotation: {} requests through the API server, {} direct, 0 failed",
+        through_api.load(Ordering::Relaxed),
+        direct.load(Ordering::Relaxed)
+    );
+}
+
+// ---- hostile clients -----------------------------------------------------------------------
+
+/// A webhook of its own with short timeouts and a small body limit (not registered, so its
+/// abuse cannot disturb the other tests).
+async fn hostile_target(cp: &ControlPlane) -> Webhook {
+    Webhook::start_with(
+        cp,
+        &[
+            "--handshake-timeout=2s",
+            "--header-read-timeout=2s",
+            "--body-read-timeout=2s",
+            "--idle-timeout=3s",
+            "--max-body-bytes=65536",
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
+    let cp = ControlPlane::shared();
+    let webhook = hostile_target(cp).await;
+    let w = &webhook;
+
+    let r = send(
+        w,
+        &post("/validate", "application/json", b"this is not json"),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["kind"], "Status");
+    assert!(
+        r.body
+            .contains("not an admission.k8s.io/v1 AdmissionReview"),
+        "{}",
+        r.body
+    );
+
+    let r = send(w, &post("/validate", "application/json", b""))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = send(w, &post("/mutate", "text/plain", b"{}"))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 415, "{}", r.body);
+
+    let pods = serde_json::to_vec(&review(
+        "CREATE",
+        "pods",
+        json!({"metadata": {"name": "p"}}),
+    ))
+    .expect("json");
+    let r = send(w, &post("/validate", "application/json", &pods))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let response = &r.json()["response"];
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["uid"], "test-uid");
+    assert_eq!(response["status"]["code"], 400);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("admits only taskruns")),
+        "{}",
+        r.body
+    );
+
+    let nested = format!(r#"{{"x":{}{}}}"#, "[".repeat(20_000), "]".repeat(20_000));
+    let r = send(w, &post("/validate", "application/json", nested.as_bytes()))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("recursion limit"), "{}", r.body);
+
+    let r = send(
+        w,
+        &post("/mutate", "application/json", &vec![b' '; 200_000]),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    // Far over the limit, declared: answered 413 (or cut off) without reading it all.
+    let mut huge = format!(
+        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        512 * 1024 * 1024
+    )
+    .into_bytes();
+    huge.extend(vec![b'{'; 1024 * 1024]);
+    match send(w, &huge).await {
+        Ok(r) => assert_eq!(r.status, 413, "{}", r.body),
+        Err(e) => eprintln!("huge body cut off: {e}"),
+    }
+    // Over the limit, chunked (no length to refuse up front): cut at the limit.
+    let mut chunked = b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..40 {
+        chunked.extend(format!("{:x}\r\n", 4096).as_bytes());
+        chunked.extend(vec![b' '; 4096]);
+        chunked.extend(b"\r\n");
+    }
+    match send(w, &chunked).await {
+        Ok(r) => assert_eq!(r.status, 413, "{}", r.body),
+        Err(e) => eprintln!("chunked body cut off: {e}"),
+    }
+
+    // A body that stops arriving: 408 after the body timeout.
+    let started = Instant::now();
+    let r = send(
+        w,
+        b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Many slow and idle connections at once.
+    let mut idle_tcp = Vec::new();
+    for _ in 0..200 {
+        idle_tcp.push(
+            TcpStream::connect(("127.0.0.1", w.port()))
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut slow_headers = Vec::new();
+    for _ in 0..20 {
+        let mut s = tls(w, b"http/1.1").await.expect("handshake");
+        s.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        slow_headers.push(s);
+    }
+    let mut silent_h2 = Vec::new();
+    for _ in 0..20 {
+        silent_h2.push(tls(w, b"h2").await.expect("handshake"));
+    }
+    // The server keeps answering while they hang on.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = send(
+            w,
+            b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("readyz");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "readyz took {:?}",
+            started.elapsed()
+        );
+    }
+    // ...and cuts every one of them off after its timeout.
+    let started = Instant::now();
+    for s in &mut idle_tcp {
+        assert_closed(s).await;
+    }
+    for s in &mut slow_headers {
+        assert_closed(s).await;
+    }
+    for s in &mut silent_h2 {
+        assert_closed(s).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    assert!(w.is_running());
+    let r = send(
+        w,
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("readyz");
+    assert_eq!(r.status, 200);
+    assert!(metric(w, "taskrun_webhook_tls_handshake_failures_total") >= 200.0);
+}
+
+/// Reads until the server closes the connection; fails if it stays open past 10 s.
+async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server left an idle connection open");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_then_exits() {
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start_with(cp, &["--body-read-timeout=20s"]).await;
+    let body = serde_json::to_vec(&review(
+        "CREATE",
+        "taskruns",
+        manifest("inflight", 51, "billing"),
+    ))
+    .expect("json");
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = tls(&webhook, b"http/1.1").await.expect("handshake");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(&body[..10]).await.expect("write");
+    s.flush().await.expect("flush");
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(webhook.pid() as libc::pid_t, libc::SIGTERM) };
+    wait_for("the listener to close", TIMEOUT, || async {
+        TcpStream::connect(("127.0.0.1", webhook.port()))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    s.write_all(&body[10..]).await.expect("write the rest");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let r = Response::parse(&raw, Vec::new()).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    wait_for("the webhook to exit", TIMEOUT, || async {
+        (!webhook.is_running()).then_some(())
+    })
+    .await;
+}
+
+// ---- raw HTTPS client ----------------------------------------------------------------------
+
+fn review(operation: &str, resource: &str, object: Value) -> Value {
+    let group = if resource == "taskruns" {
+        "orchestrator.io"
+    } else {
+        ""
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "test-uid",
+            "kind": {"group": group, "version": "v1", "kind": "Whatever"},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "name": object["metadata"]["name"], "namespace": "default",
+            "operation": operation,
+            "userInfo": {"username": "test"},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false
+        }
+    })
+}
+
+fn post(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+struct Response {
+    status: u16,
+    body: String,
+    peer_cert: Vec<u8>,
+}
+
+impl Response {
+    fn parse(raw: &[u8], peer_cert: Vec<u8>) -> Option<Response> {
+        let text = String::from_utf8_lossy(raw);
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_owned();
+        Some(Response {
+            status,
+            body,
+            peer_cert,
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn tls(w: &Webhook, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(w.ca_pem().as_bytes()).map_err(std::io::Error::other)?)
+        .map_err(std::io::Error::other)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", w.port())).await?;
+    let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// One request on a new HTTPS connection (HTTP/1.1); the response and the certificate served.
+async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
+    let mut s = tls(w, b"http/1.1").await?;
+    let peer_cert = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    // A server that refuses early may close before everything is written; read what it said.
+    let written = s.write_all(request).await;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw)).await;
+    match Response::parse(&raw, peer_cert) {
+        Some(r) => Ok(r),
+        None => Err(std::io::Error::other(format!(
+            "no response (write: {written:?}, read: {read:?}, {} bytes)",
+            raw.len()
+        ))),
+    }
+}
+
+fn metric(w: &Webhook, name: &str) -> f64 {
+    w.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
