@@ -229,3 +229,63 @@ fn not_admitted() -> String {
     "the TaskRun lacks the labels the mutating webhook stamps: is the taskrun webhook registered?"
         .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use taskrun::{MarkdownFile, TaskRunSpec, labels};
+
+    fn spec() -> TaskRunSpec {
+        TaskRunSpec {
+            task_id: 7,
+            service_name: "billing".into(),
+            agent_name: None,
+            context_version: 1,
+            markdown_files: vec![MarkdownFile {
+                filename: "task.md".into(),
+                content: "# Task".into(),
+                file_type: None,
+            }],
+        }
+    }
+
+    fn admitted(spec: TaskRunSpec) -> TaskRun {
+        let mut tr = TaskRun::new("billing-task-7", spec);
+        tr.metadata.labels = Some(
+            labels::taskrun_labels(&tr.spec)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        );
+        tr
+    }
+
+    #[test]
+    fn a_matching_admitted_task_run_is_verified() {
+        assert_eq!(
+            judge(&spec(), &admitted(spec()), Outcome::Created),
+            Outcome::Created
+        );
+    }
+
+    #[test]
+    fn an_unlabelled_task_run_is_not_verified() {
+        let tr = TaskRun::new("billing-task-7", spec());
+        let outcome = judge(&spec(), &tr, Outcome::Created);
+        assert!(matches!(outcome, Outcome::Failed(why) if why.contains("webhook")));
+    }
+
+    #[test]
+    fn a_different_or_terminating_task_run_is_not_verified() {
+        let mut other = spec();
+        other.markdown_files[0].content = "else".into();
+        let outcome = judge(&spec(), &admitted(other), Outcome::AlreadyMigrated);
+        assert!(matches!(outcome, Outcome::Failed(why) if why.contains("differs")));
+
+        let mut going = admitted(spec());
+        going.metadata.deletion_timestamp = Some(Time(Default::default()));
+        let outcome = judge(&spec(), &going, Outcome::AlreadyMigrated);
+        assert!(matches!(outcome, Outcome::Failed(why) if why.contains("being deleted")));
+    }
+}

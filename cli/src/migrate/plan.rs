@@ -78,7 +78,7 @@ pub fn desired_spec(
         ));
     }
     let value_task = values.get("taskId").and_then(number_or_string);
-    if let Some(value) = value_task.filter(|v| *v != task_id.to_string()) {
+    if let Some(value) = value_task.filter(|v| !v.is_empty() && *v != task_id.to_string()) {
         problems.push(format!(
             "the release's value taskId={value} disagrees with its name (task {task_id})"
         ));
@@ -323,6 +323,10 @@ mod tests {
         assert_eq!(spec.agent_name, None);
         let rel = release(json!({}));
         assert!(desired_spec(&rel, Some(&good_cm())).is_ok());
+        // The chart's defaults are empty strings: not a disagreement.
+        let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        assert_eq!(spec.agent_name, None);
     }
 
     #[test]
