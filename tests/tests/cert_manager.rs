@@ -256,8 +256,7 @@ impl Procs {
         let mut cmd = Command::new(workspace_bin("taskrun-webhook"));
         cmd.env("KUBECONFIG", cp.kubeconfig())
             .arg(format!("--listen={addr}"))
-            .arg(format!("--tls-cert={}", cert_dir.join("tls.crt").display()))
-            .arg(format!("--tls-key={}", cert_dir.join("tls.key").display()))
+            .arg(format!("--cert-dir={}", cert_dir.display()))
             .arg("--metrics-listen=off")
             .arg("--log-format=text");
         self.spawn(cmd, "taskrun-webhook");
@@ -636,11 +635,14 @@ impl LoopbackTls {
             roots.add(cert).unwrap_or_else(|e| panic!("bad CA: {e}"));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|e| panic!("{e}"))
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // A resumed session reports the certificate of the session it resumes: every
+        // connection makes a full handshake so it sees what is served now.
+        config.resumption = rustls::client::Resumption::disabled();
         LoopbackTls {
             addr,
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
