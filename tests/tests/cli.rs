@@ -491,8 +491,27 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             assert!(row(out, name).contains(" kept "), "{out}");
         }
     };
+    // Named like a task, but of another chart: not a candidate, never touched.
+    let other_chart = work_dir().join("other-chart");
+    write_file(
+        &other_chart,
+        "Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 1.0.0\n",
+    );
+    write_file(
+        &other_chart.join("templates"),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-files\ndata:\n  task.md: x\n",
+    );
+    helm(
+        cp,
+        &ns,
+        &["install", "web-task-6", &other_chart.to_string_lossy()],
+    );
+    let not_ours = |out: &str| assert!(!out.contains("web-task-6"), "{out}");
+
     let releases_before = helm_releases(cp, &ns);
-    assert_eq!(releases_before.len(), 8, "{releases_before:?}");
+    assert_eq!(releases_before.len(), 9, "{releases_before:?}");
     assert_eq!(releases_before["ledger-task-3"], "2");
     let migrated = || async {
         let list = taskruns
@@ -507,8 +526,15 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     };
 
     // --dry-run changes nothing, even with --delete-releases, and says what would happen.
-    let (code, out) = migrate(cp, &ns, &["--dry-run", "--delete-releases"]);
+    // (Across all namespaces: this binary's cluster has releases in this one only.)
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["migrate-helm", "-A", "--dry-run", "--delete-releases"]);
+        cmd
+    });
+    eprintln!("migrate-helm -A --dry-run --delete-releases -> {code}\n{out}{err}");
     assert_eq!(code, 3, "some releases fail");
+    not_ours(&out);
     for name in expected.keys() {
         let line = row(&out, name);
         assert!(
@@ -583,8 +609,11 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
         assert!(row(&out, name).contains("uninstalled"), "{out}");
     }
     assert_failures(&out);
+    not_ours(&out);
     let left = helm_releases(cp, &ns);
-    assert_eq!(left.keys().collect::<Vec<_>>(), failing, "{left:?}");
+    let mut kept = failing.to_vec();
+    kept.push("web-task-6");
+    assert_eq!(left.keys().collect::<Vec<_>>(), kept, "{left:?}");
     for name in expected.keys() {
         wait_for(
             &format!("{name}'s Job and ConfigMap to go"),
