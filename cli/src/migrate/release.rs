@@ -33,7 +33,7 @@ pub enum DecodeError {
 }
 
 /// The parts of a Helm release the migration reads.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 pub struct Release {
     pub name: String,
     #[serde(default)]
@@ -79,8 +79,7 @@ pub struct Hook {
     pub events: Vec<String>,
 }
 
-/// Chart values. They can hold secrets (the legacy chart took an API key), so `Debug` never
-/// shows them.
+/// Chart values. They can hold secrets, so `Debug` never shows them.
 #[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Values(pub Value);
@@ -88,6 +87,21 @@ pub struct Values(pub Value);
 impl fmt::Debug for Values {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Values(<redacted>)")
+    }
+}
+
+/// Values and the rendered manifest can hold secrets (the legacy chart took an API key), so
+/// `Debug` leaves them out.
+impl fmt::Debug for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Release")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("version", &self.version)
+            .field("info", &self.info)
+            .field("chart", &self.chart.metadata)
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -266,7 +280,13 @@ pub mod tests {
     fn debug_never_shows_values() {
         let mut value = record();
         value["config"]["secrets"] = json!({"anthropicApiKey": "sk-secret"});
+        value["manifest"] = json!("kind: Secret\nstringData:\n  key: sk-rendered\n");
         let release = decode(&encode(&value)).expect("decodes");
-        assert!(!format!("{release:?}").contains("sk-secret"));
+        let shown = format!("{release:?}");
+        assert!(
+            !shown.contains("sk-secret") && !shown.contains("sk-rendered"),
+            "{shown}"
+        );
+        assert!(shown.contains("billing-task-7"), "{shown}");
     }
 }
