@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -143,6 +143,19 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
         applied["metadata"]["labels"]["orchestrator.io/task-id"], "1",
         "the mutating webhook stamps the labels: {applied}"
     );
+    // ... and the validating one answers too: a duplicate of that task is denied.
+    let duplicate = kubectl_output(
+        cp,
+        &["apply", "-n", &ns, "-f", "-"],
+        &task_run("applied-again", 1).to_string(),
+    );
+    let stderr = String::from_utf8_lossy(&duplicate.stderr);
+    assert!(
+        !duplicate.status.success()
+            && stderr.contains(r#"admission webhook "validate.taskruns.orchestrator.io" denied"#)
+            && stderr.contains("applied"),
+        "a duplicate is denied by the validating webhook, naming the existing TaskRun: {stderr}"
+    );
 
     // Forced renewal while two clients send admission requests without pause.
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,6 +173,7 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     ));
     both_send_more(&sent, 3).await;
     let revision_before = certificate_revision(client.clone()).await;
+    let triggered = Instant::now();
     force_renewal(client.clone()).await;
     let renewed = wait_for(
         "the renewed serving Secret",
@@ -176,6 +190,12 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     )
     .await;
     let second_cert = first_der(&renewed["tls.crt"]);
+    let secret_renewed = triggered.elapsed();
+    assert_ne!(
+        serial(&first_cert),
+        serial(&second_cert),
+        "the renewed certificate has a new serial"
+    );
     assert_ne!(
         issued["tls.key"], renewed["tls.key"],
         "rotationPolicy: Always gives the renewed certificate a new key"
@@ -192,19 +212,24 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
         },
     )
     .await;
+    let served_renewed = triggered.elapsed();
     both_send_more(&sent, 5).await; // requests on the new certificate, too
     stop.store(true, Ordering::Relaxed);
     let via_apiserver = through_apiserver.await.unwrap_or_else(|e| panic!("{e}"));
     let direct = direct.await.unwrap_or_else(|e| panic!("{e}"));
     projector.stop();
     eprintln!(
-        "rotation: {} admission requests through kube-apiserver, {} on fresh TLS connections \
-         ({} on the old certificate, {} on the new one); revision {revision_before:?} -> {:?}",
+        "rotation: revision {revision_before:?} -> {:?}, serial {} -> {}; Secret renewed after \
+         {secret_renewed:?}, served on new connections after {served_renewed:?}; {} admission \
+         requests through kube-apiserver, {} on fresh TLS connections ({} on the old \
+         certificate, {} on the new one)",
+        certificate_revision(client.clone()).await,
+        hex(&serial(&first_cert)),
+        hex(&serial(&second_cert)),
         via_apiserver.ok,
         direct.ok,
         direct.on_cert(&first_cert),
         direct.on_cert(&second_cert),
-        certificate_revision(client.clone()).await,
     );
     assert!(
         via_apiserver.failures.is_empty() && direct.failures.is_empty(),
@@ -433,6 +458,45 @@ fn first_der(pem: &[u8]) -> Vec<u8> {
         .and_then(Result::ok)
         .map(|c| c.to_vec())
         .unwrap_or_else(|| panic!("no certificate in {}", String::from_utf8_lossy(pem)))
+}
+
+/// The serial number of a DER certificate: Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber INTEGER, ... }, ... }.
+fn serial(der: &[u8]) -> Vec<u8> {
+    /// Splits one DER element off `input`: (tag, contents, rest).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, input) = input.split_first()?;
+        let (&first, mut input) = input.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let (bytes, rest) = input.split_at_checked(n)?;
+            input = rest;
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        };
+        let (contents, rest) = input.split_at_checked(len)?;
+        Some((tag, contents, rest))
+    }
+    let parse = || {
+        let (_, certificate, _) = element(der)?;
+        let (_, tbs, _) = element(certificate)?;
+        let (tag, contents, rest) = element(tbs)?;
+        let (tag, contents) = if tag == 0xa0 {
+            let (tag, contents, _) = element(rest)?;
+            (tag, contents)
+        } else {
+            (tag, contents)
+        };
+        (tag == 0x02).then(|| contents.to_vec())
+    };
+    parse().unwrap_or_else(|| panic!("not a DER certificate"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 // ---- the webhook and its certificate directory ----
@@ -752,6 +816,16 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
 }
 
 fn kubectl_stdin(cp: &ControlPlane, args: &[&str], stdin: &str) -> String {
+    let out = kubectl_output(cp, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl_output(cp: &ControlPlane, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = cp
         .kubectl()
         .args(args)
@@ -765,15 +839,9 @@ fn kubectl_stdin(cp: &ControlPlane, args: &[&str], stdin: &str) -> String {
             .write_all(stdin.as_bytes())
             .unwrap_or_else(|e| panic!("kubectl stdin: {e}"));
     }
-    let out = child
+    child
         .wait_with_output()
-        .unwrap_or_else(|e| panic!("kubectl: {e}"));
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .unwrap_or_else(|e| panic!("kubectl: {e}"))
 }
 
 fn apply_json(cp: &ControlPlane, list: &Value) {
