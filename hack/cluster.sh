@@ -12,5 +12,5 @@ fi
 cargo build --locked --quiet -p taskrun-tests --bin taskrun-devcluster
 BIN_DIR="$(control_plane_bin_dir)"
 echo "in another shell: export KUBECONFIG=$DEV_DIR/kubeconfig PATH=$BIN_DIR:\$PATH"
-echo "component logs: .dev/logs/{etcd,kube-apiserver,kube-controller-manager}.log"
+echo "component logs: $DEV_DIR/logs/{etcd,kube-apiserver,kube-controller-manager}.log"
 TASKRUN_CONTROL_PLANE_BIN="$BIN_DIR" exec "$RUST_BIN_DIR/taskrun-devcluster" --dir "$DEV_DIR"

@@ -1,8 +1,9 @@
-# Shared by hack/*.sh (sourced). The dev stack keeps all its state in .dev/: env, kubeconfig,
-# logs/<name>.log, pids/<name>.pid. Scripts in hack/up.d/ may use start_bg and append_env.
+# Shared by hack/*.sh (sourced). The dev stack keeps all its state in .dev/ (or
+# $TASKRUN_DEV_DIR): env, kubeconfig, logs/<name>.log, pids/<name>.pid. Scripts in hack/up.d/
+# may use start_bg and append_env.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEV_DIR="$REPO_ROOT/.dev"
+DEV_DIR="${TASKRUN_DEV_DIR:-$REPO_ROOT/.dev}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskrun/cargo-target}"
 RUST_BIN_DIR="$CARGO_TARGET_DIR/debug"
 export REPO_ROOT DEV_DIR RUST_BIN_DIR
