@@ -10,6 +10,11 @@ sources="$(cat "$here/main.go" "$here/go.sum" | sha256sum | cut -c1-12)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
 bin="$cache_root/kstatus/cli-utils-$version-$sources/kstatus"
 
+# One build at a time (parallel tests call this); a waiter then finds the result cached.
+mkdir -p "$cache_root/kstatus"
+exec 9>"$cache_root/kstatus/.lock"
+flock 9
+
 if [[ -x "$bin" ]]; then
   echo "$bin"
   exit 0

@@ -25,12 +25,20 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("kstatus-ok").await;
-    let _controller = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &task_run("ok", 1))
         .await
         .unwrap_or_else(|e| panic!("create TaskRun: {e}"));
+    // Before the controller's first status there is no condition and no observedGeneration,
+    // and kstatus takes a resource without known conditions as Current: a health check run
+    // in that moment passes. The controller's first status write closes the window.
+    let unreconciled = read(&kstatus, cp, &ns, "ok");
+    assert_eq!(
+        unreconciled["status"], "Current",
+        "without status: {unreconciled}"
+    );
 
+    let _controller = Controller::start(cp, &[&format!("--namespace={ns}")]);
     wait_phase(&api, "ok", Phase::Running).await;
     let running = read(&kstatus, cp, &ns, "ok");
     assert_eq!(
