@@ -509,9 +509,27 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
         &["install", "web-task-6", &other_chart.to_string_lossy()],
     );
     let not_ours = |out: &str| assert!(!out.contains("web-task-6"), "{out}");
+    // Uninstalled with its history kept: no deployed revision, so skipped (not a failure).
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "gone",
+        2,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    helm(cp, &ns, &["uninstall", "gone-task-2", "--keep-history"]);
+    let skipped = |out: &str| {
+        let gone = row(out, "gone-task-2");
+        assert!(
+            gone.contains("skipped") && gone.contains("the newest is uninstalled"),
+            "{gone}"
+        );
+    };
 
     let releases_before = helm_releases(cp, &ns);
-    assert_eq!(releases_before.len(), 9, "{releases_before:?}");
+    assert_eq!(releases_before.len(), 10, "{releases_before:?}");
     assert_eq!(releases_before["ledger-task-3"], "2");
     let migrated = || async {
         let list = taskruns
@@ -535,6 +553,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     eprintln!("migrate-helm -A --dry-run --delete-releases -> {code}\n{out}{err}");
     assert_eq!(code, 3, "some releases fail");
     not_ours(&out);
+    skipped(&out);
     for name in expected.keys() {
         let line = row(&out, name);
         assert!(
@@ -610,9 +629,11 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     }
     assert_failures(&out);
     not_ours(&out);
+    skipped(&out);
     let left = helm_releases(cp, &ns);
     let mut kept = failing.to_vec();
-    kept.push("web-task-6");
+    kept.extend(["gone-task-2", "web-task-6"]);
+    kept.sort();
     assert_eq!(left.keys().collect::<Vec<_>>(), kept, "{left:?}");
     for name in expected.keys() {
         wait_for(

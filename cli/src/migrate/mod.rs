@@ -72,14 +72,7 @@ pub async fn run(
     for ((ns, name), revisions) in releases {
         let row = match plan::pick_deployed(&revisions) {
             Ok(revision) => migrate_one(&client, &ns, &name, revision, args).await,
-            Err(status) => Some(Row {
-                namespace: ns.clone(),
-                release: name.clone(),
-                revision: None,
-                taskrun: "-".into(),
-                outcome: Outcome::Skipped(format!("no deployed revision (the latest is {status})")),
-                helm: Helm::Kept,
-            }),
+            Err(status) => not_deployed(&client, &ns, &name, &revisions, status).await,
         };
         if let Some(row) = row {
             tracing::info!(namespace = %row.namespace, release = %row.release, outcome = ?row.outcome, helm = ?row.helm, "release done");
@@ -87,6 +80,30 @@ pub async fn run(
         }
     }
     Ok(rows)
+}
+
+/// A row saying why a release of the legacy chart without a deployed revision was skipped;
+/// `None` when its newest revision is of another chart.
+async fn not_deployed(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    revisions: &[Revision],
+    status: String,
+) -> Option<Row> {
+    let newest = revisions.iter().max_by_key(|r| r.version)?;
+    let release = read_release(client, ns, &newest.secret).await;
+    if release.is_ok_and(|r| r.chart.metadata.name != LEGACY_CHART) {
+        return None;
+    }
+    Some(Row {
+        namespace: ns.to_owned(),
+        release: name.to_owned(),
+        revision: Some(newest.version),
+        taskrun: "-".into(),
+        outcome: Outcome::Skipped(format!("no deployed revision (the newest is {status})")),
+        helm: Helm::Kept,
+    })
 }
 
 /// Migrates one release; `None` when it turns out not to be of the legacy chart.
