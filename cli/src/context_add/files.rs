@@ -21,6 +21,17 @@ pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<Markd
             problems.push(format!("{}: not a file name", path.display()));
             continue;
         };
+        // Do not read a file that cannot fit anyway.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.len() > MAX_TOTAL_BYTES as u64
+        {
+            problems.push(format!(
+                "{}: {} bytes; a TaskRun's files may take at most {MAX_TOTAL_BYTES} in total",
+                path.display(),
+                meta.len()
+            ));
+            continue;
+        }
         match std::fs::read(path) {
             Err(e) => problems.push(format!("{}: cannot read: {e}", path.display())),
             Ok(bytes) => match String::from_utf8(bytes) {
@@ -145,5 +156,17 @@ mod tests {
                 .any(|p| p.contains("missing.md") && p.contains("cannot read"))
         );
         assert!(problems.iter().any(|p| p.contains("empty.md")));
+    }
+
+    #[test]
+    fn a_file_too_large_to_fit_is_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.md");
+        std::fs::write(&big, vec![b'x'; MAX_TOTAL_BYTES + 1]).expect("write");
+        let Err(Error::Invalid(problems)) = load(&[&big], FileType::Context) else {
+            panic!("expected invalid input")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("big.md") && problems[0].contains("at most"));
     }
 }
