@@ -14,6 +14,15 @@ if [[ -x "$bin" ]]; then
   exit 0
 fi
 
+# One build at a time (`make helm` and a test may race); a waiter then finds the result cached.
+mkdir -p "$cache_root/helm"
+exec 9>"$cache_root/helm/.lock"
+flock 9
+if [[ -x "$bin" ]]; then
+  echo "$bin"
+  exit 0
+fi
+
 echo "building helm $version into $bin (once per machine; a few minutes cold)" >&2
 mkdir -p "$(dirname "$bin")"
 cd "$here"
