@@ -30,7 +30,7 @@ start_bg() {
   # execs in place and $! is the command's own pid.
   setsid "$@" >>"$DEV_DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DEV_DIR/pids/$name.pid"
-  echo "  started $name (pid $!, log .dev/logs/$name.log)"
+  echo "  started $name (pid $!, log $DEV_DIR/logs/$name.log)"
 }
 
 # append_env 'export X=...': adds a line to .dev/env (once).
@@ -41,7 +41,7 @@ append_env() {
 
 # log_tail NAME [LINES]: the end of .dev/logs/NAME.log, for error messages.
 log_tail() {
-  echo "--- last lines of .dev/logs/$1.log ---" >&2
+  echo "--- last lines of $DEV_DIR/logs/$1.log ---" >&2
   tail -n "${2:-30}" "$DEV_DIR/logs/$1.log" >&2 2>/dev/null || true
 }
 

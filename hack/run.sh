@@ -15,6 +15,9 @@ source "$DEV_DIR/env"
 
 kubectl apply -f examples/
 kubectl get taskruns -o wide
-echo "streaming TaskRun status; Ctrl-C stops everything"
-# kubectl ends on Ctrl-C; the EXIT trap then runs make down.
-kubectl get taskruns -o wide --watch-only || true
+echo "streaming TaskRun status; Ctrl-C stops everything."
+echo "(no kubelet runs here: finish a pod as one would, e.g."
+echo "  kubectl patch pod NAME --subresource=status --type=merge -p '{\"status\":{\"phase\":\"Succeeded\"}}')"
+# --watch lists first: a change between the get above and the watch is not lost. kubectl
+# ends on Ctrl-C; the EXIT trap then runs make down.
+kubectl get taskruns -o wide --watch || true
