@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use taskrun::TaskRun;
-use taskrun_tests::{ControlPlane, wait_for};
+use taskrun_tests::{ControlPlane, spawn_logged, wait_for};
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -339,7 +339,8 @@ async fn the_job_controller_completes_a_job_whose_pod_succeeded() {
     assert_eq!(done, Some(1));
 }
 
-#[tokio::test]
+// Multi-thread flavor on purpose: the harness must start from either kind of runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_owner_removes_what_it_owns() {
     let (_gate, cp) = cluster().await;
     let ns = cp.namespace("gc").await;
@@ -444,4 +445,39 @@ async fn the_apiserver_restarts_on_the_same_port_with_its_data() {
         .await
         .expect("the TaskRun is still there");
     assert_eq!(back.spec.task_id, 7);
+}
+
+#[test]
+fn spawned_children_log_and_stop() {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done",
+    ]);
+    let mut child = spawn_logged(cmd, "harness-self-test").expect("spawn");
+    assert!(child.is_running());
+    let log = child.log_path().to_path_buf();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing logged to {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.terminate();
+    assert!(!child.is_running());
+    assert!(std::fs::read_to_string(&log).expect("log").contains("bye"));
+}
+
+#[tokio::test]
+#[should_panic(expected = "timed out after 300ms waiting for the impossible")]
+async fn wait_for_names_what_it_waited_for() {
+    wait_for("the impossible", Duration::from_millis(300), || async {
+        None::<()>
+    })
+    .await;
 }
