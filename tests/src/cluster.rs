@@ -27,7 +27,7 @@ use pki::Pki;
 #[error("{0}")]
 pub struct StartError(String);
 
-/// A running control plane. See the crate docs.
+/// A running control plane: etcd, kube-apiserver, kube-controller-manager, the TaskRun CRD.
 pub struct ControlPlane {
     bin_dir: PathBuf,
     work_dir: PathBuf,
@@ -103,22 +103,27 @@ impl ControlPlane {
         })
     }
 
+    /// The admin kubeconfig (client certificate in group `system:masters`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
 
+    /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> &str {
         &self.server_url
     }
 
+    /// The CA that signed the API server's serving certificate and every client certificate.
     pub fn ca_path(&self) -> &Path {
         &self.ca_path
     }
 
+    /// Where kube-apiserver, kube-controller-manager, etcd and kubectl are.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
     }
 
+    /// This control plane's directory (`logs/` inside), removed at exit for tests.
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
     }
@@ -157,6 +162,7 @@ impl ControlPlane {
         self.namespace_with_labels(prefix, &[]).await
     }
 
+    /// Like [`ControlPlane::namespace`], with these labels (e.g. Pod Security levels).
     pub async fn namespace_with_labels(&self, prefix: &str, labels: &[(&str, &str)]) -> String {
         let name = self.namespace_name(prefix);
         let ns = Namespace {
