@@ -17,21 +17,17 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
-    /// PEM certificate chain served to clients; re-read when it changes.
-    #[arg(
-        long,
-        env = "WEBHOOK_TLS_CERT",
-        default_value = "/etc/webhook/certs/tls.crt"
-    )]
-    pub tls_cert: PathBuf,
+    /// Directory holding tls.crt and tls.key (a Secret volume); watched for changes.
+    #[arg(long, env = "WEBHOOK_CERT_DIR", default_value = "/certs")]
+    pub cert_dir: PathBuf,
 
-    /// PEM private key of the certificate; re-read when it changes.
-    #[arg(
-        long,
-        env = "WEBHOOK_TLS_KEY",
-        default_value = "/etc/webhook/certs/tls.key"
-    )]
-    pub tls_key: PathBuf,
+    /// PEM certificate chain served to clients, if not <cert-dir>/tls.crt.
+    #[arg(long, env = "WEBHOOK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate, if not <cert-dir>/tls.key.
+    #[arg(long, env = "WEBHOOK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 
     /// Address of a plain-HTTP listener for /metrics, /healthz and /readyz (no admission);
     /// "off" disables it.
@@ -79,6 +75,20 @@ pub struct Config {
     /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, env = "WEBHOOK_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The certificate and key files to serve.
+    pub fn cert_paths(&self) -> (PathBuf, PathBuf) {
+        (
+            self.tls_cert
+                .clone()
+                .unwrap_or_else(|| self.cert_dir.join("tls.crt")),
+            self.tls_key
+                .clone()
+                .unwrap_or_else(|| self.cert_dir.join("tls.key")),
+        )
+    }
 }
 
 /// An address, or none when the listener is switched off.
@@ -141,5 +151,8 @@ mod tests {
         let c =
             Config::try_parse_from(["taskrun-webhook", "--metrics-listen", "off"]).expect("off");
         assert_eq!(c.metrics_listen, OptionalAddr(None));
+        let c = Config::try_parse_from(["taskrun-webhook", "--cert-dir", "/x", "--tls-key", "/k"])
+            .expect("paths");
+        assert_eq!(c.cert_paths(), ("/x/tls.crt".into(), "/k".into()));
     }
 }

@@ -145,7 +145,7 @@ impl Index {
 /// in practice: the watcher retries with backoff, logging each error).
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {
     let api: Api<SlimTaskRun> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default().page_size(100)).default_backoff();
     let mut stream = std::pin::pin!(stream);
     loop {
         match stream.try_next().await {

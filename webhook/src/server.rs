@@ -44,10 +44,8 @@ struct Limits {
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
-    let certs = Arc::new(CertStore::new(
-        config.tls_cert.clone(),
-        config.tls_key.clone(),
-    ));
+    let (cert, key) = config.cert_paths();
+    let certs = Arc::new(CertStore::new(cert, key));
     tokio::spawn(tls::watch(
         certs.clone(),
         config.cert_poll_interval,
