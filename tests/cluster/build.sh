@@ -11,13 +11,24 @@ etcd_version="$(cd "$here" && go list -m -f '{{.Version}}' go.etcd.io/etcd/serve
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
 bin_dir="$cache_root/control-plane/$k8s_version-etcd-$etcd_version/bin"
 
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" \
-      && -x "$bin_dir/kubectl" && -x "$bin_dir/etcd" ]]; then
+built() {
+  [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" \
+     && -x "$bin_dir/kubectl" && -x "$bin_dir/etcd" ]]
+}
+if built; then
+  echo "$bin_dir"
+  exit 0
+fi
+# Test binaries started in parallel on a fresh machine: one builds, the others wait for it.
+mkdir -p "$cache_root/control-plane"
+exec 9>"$cache_root/control-plane/.lock"
+flock 9
+if built; then
   echo "$bin_dir"
   exit 0
 fi
 
-echo "building Kubernetes $k8s_version and etcd $etcd_version into $bin_dir (once per machine; ~15-30 min cold on 2 cores)" >&2
+echo "building Kubernetes $k8s_version and etcd $etcd_version into $bin_dir (once per machine; ~8-10 min cold on 2 cores)" >&2
 mkdir -p "$bin_dir.partial"
 minor="${k8s_version#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w"
