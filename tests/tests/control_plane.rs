@@ -445,6 +445,8 @@ async fn the_apiserver_restarts_on_the_same_port_with_its_data() {
         .await
         .expect("the TaskRun is still there");
     assert_eq!(back.spec.task_id, 7);
+    cp.check_alive()
+        .expect("etcd and kube-controller-manager outlive the outage");
 }
 
 #[test]
