@@ -162,3 +162,14 @@ fn every_spec_field_is_documented() {
         );
     }
 }
+
+#[test]
+fn descriptions_have_no_hard_line_breaks() {
+    let yaml = taskrun::crd::yaml().expect("the CRD renders");
+    let crd: Value = serde_yaml_ng::from_str(&yaml).expect("the CRD parses");
+    let description = at(&crd, &format!("{SPEC}/properties/taskId/description"));
+    assert!(
+        !description.as_str().unwrap_or_default().contains('\n'),
+        "{description}"
+    );
+}
