@@ -9,12 +9,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::{Config, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
@@ -37,7 +37,9 @@ pub struct Shared {
 pub struct Ctx {
     pub client: Client,
     pub template: JobTemplate,
-    pub recorder: Recorder,
+    /// Who records Events. A Recorder is made per Event: its dedup cache would otherwise
+    /// keep every Event of every TaskRun for minutes (we record only phase changes anyway).
+    pub reporter: Reporter,
     pub shared: Arc<Shared>,
     pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
     pub backoff_base: Duration,
@@ -103,13 +105,10 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         template,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        reporter: Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.clone()),
+        },
         shared: shared.clone(),
         failures: Mutex::new(HashMap::new()),
         backoff_base,
@@ -175,15 +174,9 @@ async fn run_controller(
         };
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
-    // managedFields and the last-applied annotation are never read here but can be larger
-    // than the rest of the object: keep them out of the cache.
     let stream = watcher(taskruns, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|tr: &mut TaskRun| {
-            tr.managed_fields_mut().clear();
-            tr.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
+        .modify(trim)
         .reflect(writer)
         .applied_objects();
     // Children are watched as metadata only, narrowed by the project's label; the owner
@@ -222,4 +215,15 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+/// Drops what the reconciler never reads from cached TaskRuns: managedFields and annotations
+/// (the last-applied annotation repeats the whole spec) can outweigh the rest of the object.
+/// The cache is only read; nothing trimmed here is ever written back.
+fn trim(tr: &mut TaskRun) {
+    let meta = &mut tr.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
 }

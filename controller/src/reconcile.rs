@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -337,7 +337,7 @@ async fn write_status(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &tr.object_ref(&())).await {
+        if let Err(error) = record(ctx, tr, &event).await {
             tracing::warn!(taskrun = %name, %error, "could not record an Event");
         }
     }
@@ -397,7 +397,7 @@ async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(),
             action: "StopJob".into(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &tr.object_ref(&())).await {
+        if let Err(error) = record(ctx, tr, &event).await {
             tracing::warn!(%error, "could not record an Event");
         }
     }
@@ -460,4 +460,10 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
         Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+async fn record(ctx: &Ctx, tr: &TaskRun, event: &Event) -> Result<(), kube::Error> {
+    Recorder::new(ctx.client.clone(), ctx.reporter.clone())
+        .publish(event, &tr.object_ref(&()))
+        .await
 }

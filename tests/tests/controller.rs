@@ -627,7 +627,7 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
         (holder(leases.get(&lease).await.ok()?)? == "replica-a").then_some(())
     })
     .await;
-    let b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
+    let mut b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
 
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("one", "lead", 1, 1, &[("task.md", "x")])).await;
@@ -661,6 +661,16 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     );
     assert!(took < Duration::from_secs(6 + 10), "handover took {took:?}");
     eprintln!("handover after SIGKILL: {took:?}");
+
+    // SIGTERM: a graceful exit gives the Lease up instead of leaving it to expire.
+    b.terminate();
+    assert!(!b.is_running());
+    let released = leases.get(&lease).await.expect("lease");
+    assert!(
+        holder(released).is_none_or(|h| h.is_empty()),
+        "the Lease was not released:\n{}",
+        b.log_tail(20)
+    );
 }
 
 #[tokio::test]
