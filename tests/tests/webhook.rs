@@ -617,7 +617,7 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
         .expect("readyz");
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(5),
             "readyz took {:?}",
             started.elapsed()
         );

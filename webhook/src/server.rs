@@ -165,6 +165,7 @@ async fn serve_tls(
             // Pings keep a healthy idle connection (the API server's) above the idle timeout
             // and find dead peers.
             .keep_alive_interval(Some(limits.idle_timeout / 3))
+            // A peer that cannot answer a ping in the time allowed for a handshake is gone.
             .keep_alive_timeout(limits.handshake_timeout)
             .max_header_list_size(64 * 1024);
         watcher.watch(builder.serve_connection(io, service)).await
