@@ -222,6 +222,39 @@ async fn valid_taskruns_are_accepted_and_labelled() {
     assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
 }
 
+/// A TaskRun near the size limits (JSON inflates newlines and quotes) is admitted on create
+/// and on update, when the review carries both the object and the old one.
+#[tokio::test]
+async fn a_large_taskrun_is_admitted_on_create_and_update() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-large").await;
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    let mut m = manifest("large", 61, "billing");
+    let chunk = "line \"quoted\"\n".repeat(15_000); // 225 KB, about 280 KB as JSON
+    m["spec"]["markdownFiles"] = json!([]);
+    for i in 0..4 {
+        add_file(&mut m, &format!("part-{i}.md"), &chunk);
+    }
+    let tr: TaskRun = serde_json::from_value(m).expect("TaskRun");
+    let created = api
+        .create(&PostParams::default(), &tr)
+        .await
+        .expect("create");
+    let mut next = created.clone();
+    next.spec.context_version = 2;
+    next.spec.markdown_files.push(taskrun::MarkdownFile {
+        filename: "more.md".into(),
+        content: "More context.".into(),
+        file_type: None,
+    });
+    let updated = api
+        .replace("large", &PostParams::default(), &next)
+        .await
+        .expect("update");
+    let labels = updated.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get(CONTEXT_VERSION).map(String::as_str), Some("2"));
+}
+
 // ---- GitOps --------------------------------------------------------------------------------
 
 #[tokio::test]

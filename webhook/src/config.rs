@@ -43,7 +43,10 @@ pub struct Config {
     pub log_level: String,
 
     /// Largest accepted request body in bytes (413 beyond).
-    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    ///
+    /// An UPDATE review carries the object and the old object, each up to etcd's 1.5 MiB, so
+    /// the default leaves room for the largest legitimate TaskRun.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
     /// Time allowed for a TLS handshake ("10s", "500ms").
@@ -146,7 +149,7 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let c = Config::try_parse_from(["taskrun-webhook"]).expect("defaults");
-        assert_eq!(c.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
         assert!(c.metrics_listen.0.is_some());
         let c =
             Config::try_parse_from(["taskrun-webhook", "--metrics-listen", "off"]).expect("off");
