@@ -222,6 +222,48 @@ async fn valid_taskruns_are_accepted_and_labelled() {
     assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
 }
 
+/// A task can be deleted and created again under another name: a TaskRun being deleted (held
+/// here by a finalizer) no longer holds its identity.
+#[tokio::test]
+async fn a_terminating_taskrun_does_not_block_recreation() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-recreate").await;
+    let mut old = manifest("old-name", 71, "billing");
+    old["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    applied(cp, &ns, &old, &[]);
+    let new = manifest("new-name", 71, "billing");
+    wait_for("the index to see old-name", TIMEOUT, || async {
+        (!apply(cp, &ns, &new, &["--dry-run=server"]).ok).then_some(())
+    })
+    .await;
+    let run = kubectl(
+        cp,
+        &["delete", "taskrun", "old-name", "-n", &ns, "--wait=false"],
+        None,
+    );
+    assert!(run.ok, "{}", run.stderr);
+    wait_for("the index to see old-name terminating", TIMEOUT, || async {
+        apply(cp, &ns, &new, &["--dry-run=server"]).ok.then_some(())
+    })
+    .await;
+    applied(cp, &ns, &new, &[]);
+    let run = kubectl(
+        cp,
+        &[
+            "patch",
+            "taskrun",
+            "old-name",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
+    assert!(run.ok, "{}", run.stderr);
+}
+
 /// A TaskRun near the size limits (JSON inflates newlines and quotes) is admitted on create
 /// and on update, when the review carries both the object and the old one.
 #[tokio::test]
