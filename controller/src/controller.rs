@@ -144,7 +144,14 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
         }
         tracing::warn!(%identity, "lost the Lease: stopped acting");
     }
-    leadership.release().await;
+    // The Lease task lets go once every receiver is gone.
+    drop(leading);
+    if tokio::time::timeout(Duration::from_secs(5), leadership.release())
+        .await
+        .is_err()
+    {
+        tracing::warn!("timed out releasing the Lease; it will expire");
+    }
     http.abort();
     Ok(())
 }

@@ -138,6 +138,14 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         Claim::Ours(_) => seen.config_map_name = Some(cm_name),
         other => return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await,
     }
+    // The cache can lag behind this controller's own status write. Before a Job is created,
+    // make sure the version has not already finished (its Job may be gone by a TTL of 0).
+    if jobs.get_opt(&job_name).await?.is_none() {
+        let fresh = api.get(&tr.name_any()).await?;
+        if status::is_final_for(fresh.status.as_ref(), version) {
+            return Ok(Action::await_change());
+        }
+    }
     let built = job::job(tr, owner, &ctx.template);
     let job = match claim(&jobs, &api, tr, built).await {
         Ok(Claim::Ours(job)) => job,

@@ -693,3 +693,51 @@ async fn a_job_the_api_server_refuses_fails_the_taskrun_as_invalid_template() {
         .expect("list");
     assert!(jobs.items.is_empty());
 }
+
+#[tokio::test]
+async fn a_job_removed_by_its_ttl_is_not_run_again() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-ttl").await;
+    let _ctrl = Controller::start(
+        cp,
+        &[
+            &format!("--namespace={ns}"),
+            "--ttl-seconds-after-finished=0",
+        ],
+    );
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "ttl", 1, 1, &[("task.md", "x")])).await;
+    finish_pod(&client, &ns, "ttl-1-v1", "Succeeded").await;
+    wait_status(&api, "t", "Succeeded", |tr| {
+        phase(tr) == Some(Phase::Succeeded)
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("the TTL controller to remove the Job", WAIT, || async {
+        jobs.get_opt("ttl-1-v1")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Make the controller look again, and wait until it has.
+    let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "y"}]}});
+    let generation = api
+        .patch("t", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit spec")
+        .metadata
+        .generation;
+    let tr = wait_status(&api, "t", "the edit to be observed", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await;
+    assert_eq!(phase(&tr), Some(Phase::Succeeded));
+    assert!(
+        jobs.get_opt("ttl-1-v1").await.expect("get").is_none(),
+        "the finished version ran again"
+    );
+}
