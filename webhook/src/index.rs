@@ -109,6 +109,10 @@ impl Index {
             .len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn apply(&self, e: Entry) {
         self.write_lock().live.upsert(e);
     }

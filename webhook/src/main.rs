@@ -1,18 +1,8 @@
 //! `taskrun-webhook`: the validating and mutating admission webhook for TaskRuns (DESIGN
 //! section 4). Flags: `taskrun-webhook --help`.
 
-mod admission;
-mod config;
-mod idle;
-mod index;
-mod metrics;
-mod mutate;
-mod routes;
-mod server;
-mod telemetry;
-mod tls;
-
 use clap::Parser;
+use taskrun_webhook::{config, server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

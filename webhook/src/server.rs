@@ -42,8 +42,25 @@ struct Limits {
     idle_timeout: Duration,
 }
 
+/// Serves admission with a duplicate index fed by a watch on every namespace's TaskRuns.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
+    let client = kube::Client::try_default().await?;
+    let index = Arc::new(Index::default());
+    tokio::spawn({
+        let (index, metrics) = (index.clone(), metrics.clone());
+        async move { index::run(client, &index, &metrics).await }
+    });
+    serve(config, index, metrics).await
+}
+
+/// Serves admission with `index` as the duplicate index, however it is fed (by the watch in
+/// [`run`]; the benchmarks fill one in-process), until SIGTERM or SIGINT.
+pub async fn serve(
+    config: Config,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ServerError> {
     let (cert, key) = config.cert_paths();
     let certs = Arc::new(CertStore::new(cert, key));
     tokio::spawn(tls::watch(
@@ -51,13 +68,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config.cert_poll_interval,
         metrics.clone(),
     ));
-
-    let client = kube::Client::try_default().await?;
-    let index = Arc::new(Index::default());
-    tokio::spawn({
-        let (index, metrics) = (index.clone(), metrics.clone());
-        async move { index::run(client, &index, &metrics).await }
-    });
 
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
     let listener = bind(config.listen).await?;

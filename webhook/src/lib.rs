@@ -1,0 +1,14 @@
+//! `taskrun-webhook`: the validating and mutating admission webhook for TaskRuns (DESIGN
+//! section 4). The binary is `main.rs`; the library lets the fuzz targets and the benchmarks
+//! drive the same admission code.
+
+pub mod admission;
+pub mod config;
+mod idle;
+pub mod index;
+pub mod metrics;
+pub mod mutate;
+mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
