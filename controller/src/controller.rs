@@ -122,7 +122,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
             break;
         }
         if !*leading.borrow_and_update() {
-            tracing::info!(%identity, "standing by: another replica holds the Lease");
+            tracing::info!(%identity, "standing by until this replica holds the Lease");
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() { break },
                 _ = stop.changed() => break,
