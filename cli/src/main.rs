@@ -1,16 +1,11 @@
 //! `kubectl-taskrun`: a kubectl plugin for TaskRuns. See `kubectl taskrun --help`.
 
-mod args;
-mod connect;
-mod context_add;
-mod error;
-mod migrate;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command, ContextCommand, LogFormat};
+use kubectl_taskrun::args::{Cli, Command, ContextCommand, LogFormat};
+use kubectl_taskrun::{connect, context_add, error, migrate};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 //! release's spec and was admitted) is ever uninstalled, and only with --delete-releases.
 
 mod plan;
-mod release;
+pub mod release;
 mod report;
 mod uninstall;
 
