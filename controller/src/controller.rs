@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, FIELD_MANAGER};
 use crate::template::JobTemplate;
 
+/// How long queued reconciles may still run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// State the HTTP server reads.
 #[derive(Default)]
 pub struct Shared {
@@ -196,18 +199,30 @@ async fn run_controller(
         ))
         .any_semantic();
 
+    // Graceful shutdown lets the reconciles in flight finish, but the Controller would also
+    // work through everything already queued (after a restart: every TaskRun). So: on SIGTERM
+    // the queue gets SHUTDOWN_GRACE, and a lost Lease stops it at once, since another replica
+    // may already act. An interrupted reconcile is safe: each one starts from scratch.
     let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+    let (halt_tx, halt_rx) = tokio::sync::oneshot::channel::<Duration>();
     tokio::spawn(async move {
-        loop {
+        let grace = loop {
             tokio::select! {
-                changed = leading.changed() => if changed.is_err() || !*leading.borrow() { break },
-                _ = stop.changed() => break,
+                changed = leading.changed() => if changed.is_err() || !*leading.borrow() { break Duration::ZERO },
+                _ = stop.changed() => break SHUTDOWN_GRACE,
             }
-        }
+        };
         let _ = done_tx.send(());
+        let _ = halt_tx.send(grace);
     });
+    let halt = async move {
+        match halt_rx.await {
+            Ok(grace) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
 
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader)
         .owns(jobs, children.clone())
         .owns(config_maps, children)
         .with_config(Config::default().concurrency(args.concurrency))
@@ -220,8 +235,11 @@ async fn run_controller(
                 Ok((obj, _)) => tracing::debug!(taskrun = %obj.name, namespace = obj.namespace.as_deref().unwrap_or_default(), "reconciled"),
                 Err(error) => tracing::debug!(%error, "controller event"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = controller => {}
+        _ = halt => tracing::info!("stopped with reconciles still queued; the next leader picks them up"),
+    }
 }
 
 /// Drops what the reconciler never reads from cached TaskRuns: managedFields and annotations
