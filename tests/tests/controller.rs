@@ -347,11 +347,17 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
             .await
             .starts_with("HTTP/1.1 200")
     );
-    let metrics = http_get(ctrl.http_addr(), "/metrics").await;
+    // The per-phase gauge reads the controller's cache, which may trail the API by a moment.
+    let metrics = wait_for("the Succeeded TaskRun in /metrics", WAIT, || async {
+        let text = http_get(ctrl.http_addr(), "/metrics").await;
+        text.contains("taskrun_controller_taskruns{phase=\"Succeeded\"} 1")
+            .then_some(text)
+    })
+    .await;
     for needle in [
         "taskrun_controller_reconciles_total",
+        "taskrun_controller_reconcile_errors_total",
         "taskrun_controller_reconcile_duration_seconds_bucket",
-        "taskrun_controller_taskruns{phase=\"Succeeded\"} 1",
     ] {
         assert!(
             metrics.contains(needle),
@@ -638,7 +644,11 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    assert!(reconciles(http_get(a.http_addr(), "/metrics").await) > 0.0);
+    // The counter moves when the reconcile returns, just after its status write.
+    wait_for("the leader to count its reconciles", WAIT, || async {
+        (reconciles(http_get(a.http_addr(), "/metrics").await) > 0.0).then_some(())
+    })
+    .await;
     assert_eq!(
         reconciles(http_get(b.http_addr(), "/metrics").await),
         0.0,
