@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskrun/cargo-target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test lint fmt clippy build control-plane crd cluster up down run bench
+.PHONY: help test lint fmt clippy build control-plane crd cluster up down run bench helm fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,3 +57,13 @@ bench: ## the benchmarks, printing the figures (filled by the benchmarks issue)
 
 helm: ## build (once per machine) and cache the pinned helm CLI the migrate-helm tests install releases with
 	@tests/helm/build.sh >/dev/null
+
+FUZZ_SECONDS ?= 30
+fuzz: ## run every cargo-fuzz target for FUZZ_SECONDS each (needs cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@cd fuzz && for target in validation admission helm_release; do \
+	  mkdir -p corpus/$$target; seeds=; [ -d seeds/$$target ] && seeds=seeds/$$target; \
+	  echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|==[0-9]+== ERROR|SUMMARY)' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
