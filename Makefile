@@ -7,13 +7,16 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskrun/cargo-target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help test lint fmt clippy build control-plane crd cluster up down run bench helm fuzz
+.PHONY: help deps test lint fmt clippy build control-plane crd cluster up down run bench helm fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-test: control-plane lint build ## everything from a fresh clone: build, lint, unit and integration tests
+test: deps control-plane lint build ## everything from a fresh clone: build, lint, unit and integration tests
 	cargo test --workspace --all-targets --locked
+
+deps: ## system packages the tests need (lua5.1), installed with apt-get when missing
+	@hack/install-deps.sh
 
 lint: fmt clippy ## rustfmt and clippy; says so loudly when a component is missing
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# System packages the tests need beyond Rust and Go: lua5.1 (tests/tests/deploy.rs runs the
+# Argo CD health check's Lua tests with it; Argo CD's gopher-lua is Lua 5.1). Idempotent: does
+# nothing when everything is there. Installs with apt-get as root (CI), or via sudo.
+set -euo pipefail
+
+missing=()
+command -v lua5.1 >/dev/null 2>&1 || missing+=(lua5.1)
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "hack/install-deps.sh: please install ${missing[*]} (no apt-get on this machine)" >&2
+  exit 1
+fi
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null 2>&1 || {
+    echo "hack/install-deps.sh: run as root or install ${missing[*]}" >&2
+    exit 1
+  }
+  sudo=(sudo)
+fi
+echo "hack/install-deps.sh: installing ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
