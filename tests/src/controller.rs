@@ -4,7 +4,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::identity::{self, CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE};
 use crate::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
+
+/// Where the controllers of the tests hold their Leases: the operator's namespace, the only
+/// one where manifests/base lets the controller's ServiceAccount use Leases.
+pub const LEASE_NAMESPACE: &str = SYSTEM_NAMESPACE;
 
 /// A running taskrun-controller. Killed when dropped.
 pub struct Controller {
@@ -36,7 +41,7 @@ impl Controller {
                 "--lease-name",
                 format!("taskrun-controller-test-{}-{n}", std::process::id()),
             ),
-            ("--lease-namespace", "default".to_owned()),
+            ("--lease-namespace", LEASE_NAMESPACE.to_owned()),
             ("--lease-duration-seconds", "6".to_owned()),
             ("--lease-grace-seconds", "2".to_owned()),
             ("--identity", format!("controller-{n}")),
@@ -48,7 +53,8 @@ impl Controller {
         }
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let name = format!("taskrun-controller-{n}");
-        let kubeconfig = cp.kubeconfig().to_path_buf();
+        // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
+        let kubeconfig = identity::kubeconfig_as(cp, CONTROLLER_SERVICE_ACCOUNT);
         let child = spawn(&kubeconfig, &args, &name);
         Controller {
             child,

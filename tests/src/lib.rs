@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod identity;
 mod process;
 mod wait;
 pub mod webhook;

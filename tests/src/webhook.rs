@@ -22,6 +22,7 @@ use serde_json::json;
 use taskrun_certs::{Ca, Pair};
 use tokio::sync::OnceCell;
 
+use crate::identity;
 use crate::process::log_tail;
 use crate::{ChildGuard, ControlPlane, spawn_logged, wait_for, work_dir, workspace_bin};
 
@@ -89,7 +90,11 @@ impl Webhook {
                 "--log-level=info,taskrun_webhook=debug",
             ])
             .args(extra_args)
-            .env("KUBECONFIG", cp.kubeconfig());
+            // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
+            .env(
+                "KUBECONFIG",
+                identity::kubeconfig_as(cp, identity::WEBHOOK_SERVICE_ACCOUNT),
+            );
         let child = spawn_logged(cmd, &name).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let webhook = Webhook {
             child: Mutex::new(child),

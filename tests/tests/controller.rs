@@ -627,7 +627,8 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     let lease_flag = format!("--lease-name={lease}");
     let ns_flag = format!("--namespace={ns}");
     let mut a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> =
+        Api::namespaced(client.clone(), taskrun_tests::controller::LEASE_NAMESPACE);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
     wait_for("replica-a to lead", WAIT, || async {
         (holder(leases.get(&lease).await.ok()?)? == "replica-a").then_some(())

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use taskrun_tests::{ChildGuard, ControlPlane, repo_root, spawn_logged, workspace_bin};
+use taskrun_tests::{ChildGuard, ControlPlane, identity, repo_root, spawn_logged, workspace_bin};
 
 use crate::{SERVING, SYSTEM_NS, kubectl, path_str};
 
@@ -36,7 +36,9 @@ impl Procs {
 
     pub(crate) fn start_webhook(&mut self, cp: &ControlPlane, addr: SocketAddr, cert_dir: &Path) {
         let mut cmd = Command::new(workspace_bin("taskrun-webhook"));
-        cmd.env("KUBECONFIG", cp.kubeconfig())
+        // Its ServiceAccount with the RBAC of manifests/base, as in a cluster.
+        let kubeconfig = identity::kubeconfig_as(cp, identity::WEBHOOK_SERVICE_ACCOUNT);
+        cmd.env("KUBECONFIG", kubeconfig)
             .arg(format!("--listen={addr}"))
             .arg(format!("--cert-dir={}", cert_dir.display()))
             .arg("--metrics-listen=off")
