@@ -744,6 +744,16 @@ async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
 async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let cp = ControlPlane::shared();
     let webhook = Webhook::start_with(cp, &["--body-read-timeout=20s"]).await;
+    let in_flight = || {
+        webhook
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("taskrun_webhook_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    // A scrape may count itself.
+    let idle = in_flight();
     let body = serde_json::to_vec(&review(
         "CREATE",
         "taskruns",
@@ -758,6 +768,12 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     s.write_all(head.as_bytes()).await.expect("write");
     s.write_all(&body[..10]).await.expect("write");
     s.flush().await.expect("flush");
+    // Only a request the server has begun is in flight: on a loaded machine the headers may
+    // not have been read yet when SIGTERM arrives, and an idle connection is closed at once.
+    wait_for("the request to be in flight", TIMEOUT, || async {
+        (in_flight() > idle).then_some(())
+    })
+    .await;
 
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(webhook.pid() as libc::pid_t, libc::SIGTERM) };
