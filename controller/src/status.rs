@@ -7,6 +7,7 @@ use taskrun::{Phase, TaskRunStatus};
 
 pub const READY: &str = "Ready";
 pub const SUCCEEDED: &str = "Succeeded";
+pub const STALLED: &str = "Stalled";
 
 /// Where one version of a TaskRun stands, and why.
 #[derive(Clone, Debug, PartialEq)]
@@ -124,7 +125,8 @@ pub struct Observed {
 }
 
 /// The conditions for a phase: Succeeded is Unknown while the version runs and True/False at
-/// its end; Ready is True only when the version succeeded. A condition keeps its
+/// its end; Ready is True only when the version succeeded; Stalled=True only when it failed.
+/// A condition keeps its
 /// lastTransitionTime while its status stays the same.
 pub fn conditions(
     prev: &[Condition],
@@ -137,8 +139,12 @@ pub fn conditions(
         Phase::Succeeded => ("True", "True"),
         Phase::Failed => ("False", "False"),
     };
+    // Stalled is an "abnormal-true" condition, present only when the version failed: kstatus
+    // (Flux's health checks) reads Stalled=True as Failed instead of waiting for a timeout.
+    let stalled = (o.phase == Phase::Failed).then_some((STALLED, "True"));
     [(READY, ready), (SUCCEEDED, succeeded)]
         .into_iter()
+        .chain(stalled)
         .map(|(type_, status)| {
             let since = prev
                 .iter()
@@ -383,6 +389,12 @@ mod tests {
             assert_eq!(cond_of(&s, SUCCEEDED).reason, "Why");
             assert_eq!(cond_of(&s, SUCCEEDED).observed_generation, Some(3));
             assert_eq!(s.completion_time.is_some(), phase.is_final(), "{phase}");
+            let stalled = s.conditions.iter().find(|c| c.type_ == STALLED);
+            assert_eq!(
+                stalled.map(|c| c.status.as_str()),
+                (phase == Phase::Failed).then_some("True"),
+                "{phase}"
+            );
         }
     }
 

@@ -82,13 +82,12 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
     assert_eq!(done["status"], "Current", "once v2 succeeded: {done}");
 }
 
-/// kstatus has no rule for TaskRuns, so it reads the generic `Ready` condition: False means
-/// InProgress. Without a `Stalled=True` condition a failed TaskRun never reads as Failed, so
-/// a Flux Kustomization with health checks waits for its timeout instead of failing at once.
-/// This pins today's answer; when the controller adds `Stalled` on failure it becomes
-/// "Failed" and this test must change with it.
+/// kstatus has no rule for TaskRuns, so it reads the generic conditions: `Ready=False` alone
+/// means InProgress, and only `Stalled=True` means Failed. The controller sets Stalled on a
+/// failed version, so a Flux Kustomization health check fails at once instead of waiting for
+/// its timeout.
 #[tokio::test]
-async fn a_failed_taskrun_reads_in_progress_because_it_has_no_stalled_condition() {
+async fn a_failed_taskrun_reads_failed() {
     let kstatus = build_kstatus();
     let cp = ControlPlane::shared();
     let client = cp.client().await;
@@ -101,7 +100,7 @@ async fn a_failed_taskrun_reads_in_progress_because_it_has_no_stalled_condition(
     finish_pod(&client, &ns, "kstatus-2-v1", "Failed").await;
     wait_phase(&api, "bad", Phase::Failed).await;
     let failed = read(&kstatus, cp, &ns, "bad");
-    assert_eq!(failed["status"], "InProgress", "a failed TaskRun: {failed}");
+    assert_eq!(failed["status"], "Failed", "a failed TaskRun: {failed}");
 }
 
 /// Runs `tests/kstatus/build.sh` (returns at once when cached): the path of the CLI.
