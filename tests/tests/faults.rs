@@ -1,0 +1,748 @@
+//! Faults on the real control plane with the real webhook and controller: the API server
+//! stopped and restarted, the webhook killed under a stream of creates, create/delete churn
+//! (memory and orphans), and the API server refusing the controller with 429s through its own
+//! API Priority and Fairness. The tests take turns (one lock): each disturbs the shared control
+//! plane or the registered webhook.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use taskrun::{Phase, TaskRun, labels, names};
+use taskrun_tests::controller::Controller;
+use taskrun_tests::webhook::Webhook;
+use taskrun_tests::{ControlPlane, spawn_logged, wait_for, workspace_bin};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn taskrun(name: &str, service: &str, task_id: i64) -> TaskRun {
+    serde_json::from_value(json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "metadata": {"name": name},
+        "spec": {
+            "taskId": task_id,
+            "serviceName": service,
+            "markdownFiles": [{"filename": "task.md", "content": "# Do it"}],
+        }
+    }))
+    .expect("a valid TaskRun")
+}
+
+fn phase(tr: &TaskRun) -> Option<Phase> {
+    tr.status.as_ref().and_then(|s| s.phase)
+}
+
+fn job_name_of(tr: &TaskRun) -> Option<&str> {
+    tr.status.as_ref().and_then(|s| s.job_name.as_deref())
+}
+
+async fn list<K>(api: &Api<K>) -> Vec<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// Moves the live pod of a Job to `phase` through pods/status, as a kubelet would.
+async fn finish_pod(client: &Client, ns: &str, job: &str, phase: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    let pod = wait_for(&format!("a live pod of Job {job}"), WAIT, || async {
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|p| {
+                let p = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(p, Some("Succeeded" | "Failed"))
+            })
+    })
+    .await;
+    let code = if phase == "Succeeded" { 0 } else { 1 };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "agent", "image": "registry.example/agent:test", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": "Done",
+                                     "startedAt": now, "finishedAt": now}}
+        }]
+    }});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("set pod {} to {phase}: {e}", pod.name_any()));
+}
+
+/// Every TaskRun has exactly one Job, the one its status names, and the namespace holds no
+/// other Job.
+async fn assert_one_job_each(client: &Client, ns: &str) {
+    let trs = list(&Api::<TaskRun>::namespaced(client.clone(), ns)).await;
+    let jobs: BTreeSet<String> = list(&Api::<Job>::namespaced(client.clone(), ns))
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    let expected: BTreeSet<String> = trs
+        .iter()
+        .map(|tr| names::job_name(&tr.spec.service_name, tr.spec.task_id, 1))
+        .collect();
+    assert_eq!(jobs, expected, "Jobs against TaskRuns");
+    for tr in &trs {
+        let s = tr.status.clone().unwrap_or_default();
+        assert_eq!(s.attempts, Some(1), "{} ran more than once", tr.name_any());
+        assert_eq!(
+            s.job_name.as_deref(),
+            Some(names::job_name(&tr.spec.service_name, tr.spec.task_id, 1).as_str())
+        );
+    }
+}
+
+// ---- the API server stopped and restarted --------------------------------------------------
+
+#[tokio::test]
+async fn an_api_server_restart_loses_and_doubles_nothing() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-restart").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--backoff-limit=0"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let create = |name: String, id: i64| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &taskrun(&name, "restart", id))
+                .await
+                .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        }
+    };
+
+    // Batch A is created, then the API server goes away before the controller is done with it.
+    futures::future::join_all((1..=10).map(|i| create(format!("a{i}"), i))).await;
+    cp.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(3)).await; // a real outage, not a blip
+    cp.start_apiserver();
+    let client = cp.client().await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+
+    // Batch B after the restart; its pods finish, as do A's (odd succeed, even fail).
+    futures::future::join_all((11..=20).map(|i| create(format!("b{i}"), i))).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("every TaskRun to report its Job", WAIT, || async {
+        let trs = list(&api).await;
+        let made = list(&jobs).await.len();
+        (trs.iter().filter(|t| job_name_of(t).is_some()).count() == 20 && made == 20).then_some(())
+    })
+    .await;
+    for i in 1..=20 {
+        let outcome = if i % 2 == 1 { "Succeeded" } else { "Failed" };
+        finish_pod(&client, &ns, &names::job_name("restart", i, 1), outcome).await;
+    }
+    let all_final = wait_for("every TaskRun to reach its phase", WAIT, || async {
+        let trs = list(&api).await;
+        (trs.len() == 20
+            && trs
+                .iter()
+                .all(|t| matches!(phase(t), Some(Phase::Succeeded | Phase::Failed))))
+        .then_some(trs)
+    })
+    .await;
+    for tr in &all_final {
+        let want = if tr.spec.task_id % 2 == 1 {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        };
+        assert_eq!(phase(tr), Some(want), "{}", tr.name_any());
+    }
+    assert_one_job_each(&client, &ns).await;
+
+    // The webhook's index followed the restart: a duplicate of a TaskRun created after it is
+    // refused, and its labels were stamped.
+    let dup = api
+        .create(&PostParams::default(), &taskrun("b15-again", "restart", 15))
+        .await;
+    let err = dup.expect_err("a duplicate created after the restart was admitted");
+    assert!(err.to_string().contains("b15"), "{err}");
+    let b15 = api.get("b15").await.expect("b15");
+    assert_eq!(
+        b15.labels().get(labels::TASK_ID).map(String::as_str),
+        Some("15")
+    );
+    assert!(webhook.is_running());
+}
+
+// ---- the webhook killed under a stream of creates ------------------------------------------
+
+#[derive(Default)]
+struct Tally {
+    admitted: Vec<TaskRun>,
+    refused_duplicates: usize,
+    unreachable: usize,
+    other_errors: Vec<String>,
+    duplicates_admitted: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_webhook_lets_nothing_in_unvalidated() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-webhook").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let first = Webhook::start(cp).await;
+    first.register(cp).await;
+
+    // One stream: every third create repeats the identity of the create before it (a duplicate
+    // only the webhook can catch: different names, same serviceName and taskId).
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = tokio::spawn({
+        let (api, attempts, stop) = (api.clone(), attempts.clone(), stop.clone());
+        async move {
+            let mut tally = Tally::default();
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let duplicate = i % 3 == 0;
+                let id = if duplicate { i - 1 } else { i };
+                let result = api
+                    .create(
+                        &PostParams::default(),
+                        &taskrun(&format!("s{i}"), "stream", id),
+                    )
+                    .await;
+                attempts.fetch_add(1, Ordering::Relaxed);
+                match result {
+                    Ok(tr) if duplicate => {
+                        // Allowed only if the original failed to get in.
+                        tally.duplicates_admitted.push(tr.name_any());
+                        tally.admitted.push(tr);
+                    }
+                    Ok(tr) => tally.admitted.push(tr),
+                    Err(kube::Error::Api(e)) if duplicate && e.code == 409 => {
+                        tally.refused_duplicates += 1
+                    }
+                    Err(e) if e.to_string().contains("failed calling webhook") => {
+                        tally.unreachable += 1
+                    }
+                    Err(e) => tally.other_errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tally
+        }
+    });
+    let reach = |n: usize| {
+        let attempts = attempts.clone();
+        async move {
+            wait_for(&format!("{n} creates"), WAIT, || async {
+                (attempts.load(Ordering::Relaxed) >= n).then_some(())
+            })
+            .await
+        }
+    };
+    reach(30).await;
+    first.kill();
+    let killed_at = attempts.load(Ordering::Relaxed);
+    reach(killed_at + 20).await;
+    let second = Webhook::start(cp).await;
+    second.register(cp).await;
+    let back_at = attempts.load(Ordering::Relaxed);
+    reach(back_at + 30).await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = stream.await.expect("the stream");
+    drop(first);
+    drop(second);
+    // Later tests find the shared webhook registered again.
+    Webhook::shared(cp).await.register(cp).await;
+
+    assert!(
+        tally.other_errors.is_empty(),
+        "{} unexpected errors, the first: {}",
+        tally.other_errors.len(),
+        tally.other_errors[0]
+    );
+    assert!(
+        tally.unreachable >= 20,
+        "creates while the webhook was down must fail visibly: {} did",
+        tally.unreachable
+    );
+    assert!(
+        tally.refused_duplicates >= 10,
+        "{}",
+        tally.refused_duplicates
+    );
+    // Every admitted TaskRun went through the mutating webhook...
+    for tr in &tally.admitted {
+        assert_eq!(
+            tr.labels().get(labels::TASK_ID),
+            Some(&tr.spec.task_id.to_string()),
+            "{} was admitted without its labels",
+            tr.name_any()
+        );
+    }
+    // ...and the validating one: no identity is held twice, and nothing else got in.
+    let stored = list(&api).await;
+    let mut identities = BTreeMap::new();
+    for tr in &stored {
+        if let Some(other) = identities.insert(tr.spec.task_id, tr.name_any()) {
+            panic!(
+                "{} and {other} share task {}",
+                tr.name_any(),
+                tr.spec.task_id
+            );
+        }
+    }
+    assert_eq!(stored.len(), tally.admitted.len());
+    eprintln!(
+        "stream: {} admitted, {} duplicates refused, {} failed while the webhook was down, duplicates admitted after a failed original: {:?}",
+        tally.admitted.len(),
+        tally.refused_duplicates,
+        tally.unreachable,
+        tally.duplicates_admitted
+    );
+}
+
+// ---- churn: memory and orphans -------------------------------------------------------------
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The pid of the child process started with this argument.
+fn pid_with_arg(arg: &str) -> u32 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .unwrap_or_else(|| panic!("no process with argument {arg}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
+    let count = env_usize("TASKRUN_CHURN_COUNT", 200);
+    let cycles = env_usize("TASKRUN_CHURN_CYCLES", 3).max(2);
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-churn").await;
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let ctrl_pid = pid_with_arg(&format!("--http-addr={}", ctrl.http_addr()));
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let (jobs, cms) = (
+        Api::<Job>::namespaced(client.clone(), &ns),
+        Api::<ConfigMap>::namespaced(client.clone(), &ns),
+    );
+    let mut figures = Vec::new();
+    for cycle in 0..cycles {
+        let started = Instant::now();
+        let failures = futures::stream::iter(1..=count as i64)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    api.create(
+                        &PostParams::default(),
+                        &taskrun(&format!("c{i}"), "churn", i),
+                    )
+                    .await
+                    .err()
+                }
+            })
+            .buffer_unordered(16)
+            .filter_map(|e| async move { e })
+            .collect::<Vec<_>>()
+            .await;
+        assert!(failures.is_empty(), "cycle {cycle}: {:?}", &failures[..1]);
+        wait_for(
+            "every TaskRun to report its Job",
+            Duration::from_secs(600),
+            || async {
+                let trs = list(&api).await;
+                (trs.len() == count && trs.iter().all(|t| job_name_of(t).is_some())).then_some(())
+            },
+        )
+        .await;
+        let created = started.elapsed();
+        let peak = (rss_kib(ctrl_pid), rss_kib(webhook.pid()));
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .expect("delete the TaskRuns");
+        wait_for(
+            "the TaskRuns and their children to go",
+            Duration::from_secs(600),
+            || async {
+                let left = list(&api).await.len()
+                    + list(&jobs).await.len()
+                    + list(&cms)
+                        .await
+                        .iter()
+                        .filter(|c| c.name_any() != "kube-root-ca.crt")
+                        .count();
+                (left == 0).then_some(())
+            },
+        )
+        .await;
+        // Let the caches and allocators settle before sampling the steady level.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let settled = (rss_kib(ctrl_pid), rss_kib(webhook.pid()));
+        eprintln!(
+            "cycle {cycle}: {count} TaskRuns created and reconciled in {created:?}, all gone after {:?}; RSS KiB at peak controller {} webhook {}, settled controller {} webhook {}",
+            started.elapsed(),
+            peak.0,
+            peak.1,
+            settled.0,
+            settled.1
+        );
+        figures.push(settled);
+    }
+    // No leak: after the first cycle has warmed the caches up, the settled level stays put.
+    let (first, last) = (figures[0], figures[figures.len() - 1]);
+    let bound = |base: u64| base + base / 4 + 8 * 1024;
+    assert!(
+        last.0 <= bound(first.0),
+        "controller RSS grew {} -> {} KiB over {cycles} cycles",
+        first.0,
+        last.0
+    );
+    assert!(
+        last.1 <= bound(first.1),
+        "webhook RSS grew {} -> {} KiB over {cycles} cycles",
+        first.1,
+        last.1
+    );
+    // Nothing orphaned: the Job controller's pods went with their Jobs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_for("the pods to be garbage-collected", WAIT, || async {
+        list(&pods).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+// ---- 429s and 503s in front of the API server -----------------------------------------------
+
+// The harness runs kube-apiserver with API Priority and Fairness off (one client, nothing to
+// protect), so its own 429s cannot be provoked here. Instead a TLS-terminating proxy sits in
+// front of the real API server: it forwards bytes as they are (watches included) and, during a
+// window, cuts every connection and answers each request with 429 or 503 itself, counting them.
+
+/// PEM files of a TLS identity.
+fn pem_certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn pem_key(path: &std::path::Path) -> rustls::pki_types::PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+struct FaultProxy {
+    kubeconfig: std::path::PathBuf,
+    refusing: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy to `cp`'s API server that authenticates as `user`; returns it with a kubeconfig
+    /// that points at it.
+    async fn start(cp: &ControlPlane, user: &str) -> FaultProxy {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let dir = taskrun_tests::work_dir().join(format!("fault-proxy-{user}"));
+        std::fs::create_dir_all(&dir).expect("proxy dir");
+        // Upstream: the cluster CA, the user's client certificate.
+        let upstream: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cp.kubeconfig_for(user, &[])).expect("kubeconfig"),
+        )
+        .expect("kubeconfig JSON");
+        let file = |v: &serde_json::Value| std::path::PathBuf::from(v.as_str().unwrap_or_default());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(cp.ca_path()) {
+            roots.add(cert).expect("CA");
+        }
+        let identity = &upstream["users"][0]["user"];
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                pem_certs(&file(&identity["client-certificate"])),
+                pem_key(&file(&identity["client-key"])),
+            )
+            .expect("client identity");
+        // Downstream: a serving certificate of its own CA, HTTP/1.1 only (one request a
+        // connection at a time, so every request in the window can be seen and answered).
+        let ca = taskrun_certs::Ca::new("fault-proxy-ca").expect("CA");
+        ca.pair().write(&dir, "ca").expect("write CA");
+        ca.serving(&["127.0.0.1"])
+            .expect("serving")
+            .write(&dir, "tls")
+            .expect("write");
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                pem_certs(&dir.join("tls.crt")),
+                pem_key(&dir.join("tls.key")),
+            )
+            .expect("server config");
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let kubeconfig = dir.join("kubeconfig");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "proxy", "cluster": {
+                "server": format!("https://127.0.0.1:{port}"),
+                "certificate-authority": dir.join("ca.crt"),
+            }}],
+            "users": [{"name": "proxy", "user": {}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+            "current-context": "proxy",
+        });
+        std::fs::write(&kubeconfig, config.to_string()).expect("write kubeconfig");
+
+        let upstream_addr = cp.server_url().trim_start_matches("https://").to_owned();
+        let (refusing, refused) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let task = tokio::spawn({
+            let (refusing, refused, cut) = (refusing.clone(), refused.clone(), cut.clone());
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, connector) = (acceptor.clone(), connector.clone());
+                    let (refusing, refused) = (refusing.clone(), refused.clone());
+                    let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut down) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        if refusing.load(Ordering::Relaxed) {
+                            refuse(&mut down, &refused).await;
+                            return;
+                        }
+                        let Ok(tcp) = tokio::net::TcpStream::connect(&upstream_addr).await else {
+                            return;
+                        };
+                        let name =
+                            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+                        let Ok(mut up) = connector.connect(name, tcp).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        FaultProxy {
+            kubeconfig,
+            refusing,
+            refused,
+            cut,
+            task,
+        }
+    }
+
+    /// From now on every request is answered 429 or 503; open connections are cut.
+    fn open_window(&self) {
+        self.refusing.store(true, Ordering::Relaxed);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn close_window(&self) {
+        self.refusing.store(false, Ordering::Relaxed);
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request head and answers 429 (even requests) or 503 (odd), then closes.
+async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    refused: &AtomicUsize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let n = refused.fetch_add(1, Ordering::Relaxed);
+    let (code, reason, text) = if n.is_multiple_of(2) {
+        (429, "TooManyRequests", "Too Many Requests")
+    } else {
+        (503, "ServiceUnavailable", "Service Unavailable")
+    };
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                      "message": "fault injected by the test proxy", "reason": reason, "code": code})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 {code} {text}\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(response.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_for_a_while_bring_backoff_not_a_hot_loop_then_recovery() {
+    const WINDOW: Duration = Duration::from_secs(20);
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-429").await;
+    let proxy = FaultProxy::start(cp, "faulted-controller").await;
+    // The controller runs as cluster-admin behind the proxy (RBAC is not what is tested here).
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+        .patch(
+            "taskrun-test-faulted-controller",
+            &PatchParams::apply("taskrun-tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "taskrun-test-faulted-controller"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "faulted-controller"}],
+            })),
+        )
+        .await
+        .expect("bind");
+    let mut cmd = Command::new(workspace_bin("taskrun-controller"));
+    cmd.args([
+        "--http-addr=127.0.0.1:0",
+        "--log-format=text",
+        "--image=registry.example/agent:test",
+        "--lease-namespace=default",
+        "--lease-name=taskrun-test-faulted-controller",
+        "--lease-duration-seconds=6",
+        "--lease-grace-seconds=2",
+        &format!("--namespace={ns}"),
+    ])
+    .env("KUBECONFIG", &proxy.kubeconfig)
+    .env("RUST_LOG", "info,taskrun_controller=debug");
+    let ctrl = spawn_logged(cmd, "faulted-controller").expect("start the controller");
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &taskrun("before", "faulted", 1))
+        .await
+        .expect("create");
+    wait_for("the controller to run the first TaskRun", WAIT, || async {
+        api.get("before")
+            .await
+            .ok()
+            .filter(|t| job_name_of(t).is_some())
+    })
+    .await;
+
+    proxy.open_window();
+    // Work arrives during the window: the controller cannot act on it.
+    api.create(&PostParams::default(), &taskrun("during", "faulted", 2))
+        .await
+        .expect("create");
+    tokio::time::sleep(WINDOW).await;
+    let during = proxy.refused();
+    let acted = job_name_of(&api.get("during").await.expect("get")).is_some();
+    proxy.close_window();
+    let ended = Instant::now();
+
+    // Recovery: the TaskRun that arrived during the window gets its Job, and new work runs.
+    api.create(&PostParams::default(), &taskrun("after", "faulted", 3))
+        .await
+        .expect("create");
+    for name in ["during", "after"] {
+        wait_for(&format!("{name} to get its Job"), WAIT, || async {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|t| job_name_of(t).is_some())
+        })
+        .await;
+    }
+    let recovered = ended.elapsed();
+    assert_one_job_each(&client, &ns).await;
+    eprintln!(
+        "429/503 window {WINDOW:?}: {during} controller requests refused; recovered {recovered:?} after it"
+    );
+    let log = || std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
+    assert!(
+        !acted,
+        "the controller acted during the window: it bypassed the proxy"
+    );
+    assert!(
+        during >= 3,
+        "the controller sent {during} requests during the window: did it notice?"
+    );
+    // No hot loop: backoff keeps the refused requests to a few a second (watch re-lists, the
+    // Lease, the reconcile of the new TaskRun, each with its own backoff).
+    assert!(
+        during as f64 <= 5.0 * WINDOW.as_secs_f64(),
+        "{during} requests in {WINDOW:?}: a hot loop. Log tail:\n{}",
+        log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+}
