@@ -55,8 +55,9 @@ down: ## stop everything make up started
 run: control-plane ## up (or the cluster KUBECONFIG names), apply examples/, stream their status until Ctrl-C, then down
 	@hack/run.sh
 
-bench: ## the benchmarks, printing the figures (filled by the benchmarks issue)
-	@echo "make bench: not implemented yet (see the benchmarks issue)" >&2; exit 2
+bench: control-plane helm ## the benchmarks against the ceiling and Helm: a table, and .dev/bench/summary.json (docs/benchmarks.md)
+	cargo build --release --locked -p taskrun-webhook -p taskrun-controller -p taskrun-bench
+	$(CARGO_TARGET_DIR)/release/taskrun-bench
 
 helm: ## build (once per machine) and cache the pinned helm CLI the migrate-helm tests install releases with
 	@tests/helm/build.sh >/dev/null

@@ -137,15 +137,16 @@ pub async fn open_loop(
     let total = (rate * duration.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (tx, rx) = async_channel::<(usize, Instant)>(total);
-    let start = Instant::now() + Duration::from_millis(50);
+    // Every connection is up (TLS handshakes done) before the schedule starts.
+    let senders = futures::future::try_join_all((0..connections).map(|_| connect(target))).await?;
+    let start = Instant::now() + Duration::from_millis(10);
     let mut workers = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for mut sender in senders {
         let target = target.clone();
         let rx = rx.clone();
         workers.push(tokio::spawn(async move {
             let mut latency = histogram();
             let mut errors = 0u64;
-            let mut sender = connect(&target).await?;
             while let Ok((i, scheduled)) = rx.recv().await {
                 let body = target.bodies[i % target.bodies.len()].clone();
                 match send(&mut sender, &target, body).await {
@@ -209,4 +210,22 @@ impl<T> SharedReceiver<T> {
     async fn recv(&self) -> Result<T, ()> {
         self.0.lock().await.recv().await.ok_or(())
     }
+}
+
+/// Sends the first `count` bodies once, in turn, on one connection; returns the mean size of
+/// the response bodies (what the ceiling server's canned answer is sized to).
+pub async fn mean_response_bytes(target: &Target, count: usize) -> anyhow::Result<usize> {
+    let mut sender = connect(target).await?;
+    let mut total = 0;
+    let count = count.clamp(1, target.bodies.len());
+    for body in target.bodies.iter().take(count) {
+        sender.ready().await?;
+        let request = hyper::Request::post(&target.path)
+            .header("content-type", "application/json")
+            .header("host", &target.server_name)
+            .body(Full::new(body.clone()))?;
+        let response = sender.send_request(request).await?;
+        total += response.into_body().collect().await?.to_bytes().len();
+    }
+    Ok(total / count)
 }

@@ -39,6 +39,8 @@ pub struct ControlPlane {
     apiserver: Mutex<Option<ChildGuard>>,
     others: Mutex<Vec<ChildGuard>>,
     counter: AtomicU64,
+    /// False for [`ControlPlane::start_without_controller_manager`].
+    controller_manager: bool,
 }
 
 impl ControlPlane {
@@ -60,18 +62,32 @@ impl ControlPlane {
     /// data in `etcd/`, logs in the process work dir's `logs/`, admin kubeconfig at
     /// `kubeconfig`). Retries with other ports when one was taken in the meantime.
     pub fn start(work_dir: &Path) -> Result<ControlPlane, StartError> {
+        Self::start_with(work_dir, true)
+    }
+
+    /// Like [`ControlPlane::start`] but without kube-controller-manager (no Job, garbage or
+    /// namespace controller): the benchmarks measure the TaskRun controller's own API work.
+    pub fn start_without_controller_manager(work_dir: &Path) -> Result<ControlPlane, StartError> {
+        Self::start_with(work_dir, false)
+    }
+
+    fn start_with(work_dir: &Path, controller_manager: bool) -> Result<ControlPlane, StartError> {
         let bin_dir = components::locate_binaries()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(&bin_dir, work_dir) {
+            match Self::start_once(&bin_dir, work_dir, controller_manager) {
                 Err(e) if attempt < 3 && e.0.contains("address already in use") => continue,
                 other => return other,
             }
         }
     }
 
-    fn start_once(bin_dir: &Path, work_dir: &Path) -> Result<ControlPlane, StartError> {
+    fn start_once(
+        bin_dir: &Path,
+        work_dir: &Path,
+        controller_manager: bool,
+    ) -> Result<ControlPlane, StartError> {
         let ports = Ports::pick().map_err(|e| StartError(format!("no free port: {e}")))?;
         let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
         let pki = Pki::create(work_dir, &server_url)?;
@@ -89,12 +105,16 @@ impl ControlPlane {
             apiserver: Mutex::new(Some(apiserver)),
             others: Mutex::new(vec![etcd]),
             counter: AtomicU64::new(0),
+            controller_manager,
         };
         let kubeconfig = cp.kubeconfig().to_path_buf();
         let crd = crate::repo_root().join(taskrun::crd::CRD_PATH);
         on_own_runtime(async move {
             cp.wait_until_ready().await?;
             components::install_crd(&kubeconfig, &crd).await?;
+            if !cp.controller_manager {
+                return Ok(cp);
+            }
             // After the CRD: the garbage collector's first discovery then sees TaskRuns.
             let kcm_args = components::controller_manager_args(&kubeconfig);
             let kcm = components::spawn(&cp.bin_dir, "kube-controller-manager", &kcm_args)?;
@@ -234,7 +254,9 @@ impl ControlPlane {
     /// Stops every component (SIGTERM, then SIGKILL), the controller manager first.
     pub fn stop(&self) {
         let mut others = self.others();
-        if let Some(mut kcm) = others.pop() {
+        if self.controller_manager
+            && let Some(mut kcm) = others.pop()
+        {
             kcm.terminate();
         }
         self.stop_apiserver();

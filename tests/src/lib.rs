@@ -20,9 +20,14 @@ pub use wait::wait_for;
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn workspace_bin(name: &str) -> PathBuf {
     // A test binary runs as <target>/debug/deps/<test>-<hash>; the binaries sit in <target>/debug.
-    let path = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)));
+    // A binary (the benchmarks, <target>/release/taskrun-bench) finds its siblings.
+    let path = std::env::current_exe().ok().and_then(|exe| {
+        let sibling = exe.parent()?.join(name);
+        if sibling.is_file() {
+            return Some(sibling);
+        }
+        Some(exe.parent()?.parent()?.join(name))
+    });
     match path {
         Some(path) if path.is_file() => path,
         _ => panic!(

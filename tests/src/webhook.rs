@@ -85,11 +85,12 @@ impl Webhook {
         cmd.arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"))
             .arg(format!("--cert-dir={}", cert_dir.display()))
-            .args([
-                "--log-format=text",
-                "--log-level=info,taskrun_webhook=debug",
-            ])
-            .args(extra_args)
+            .arg("--log-format=text");
+        // Debug logs for tests, unless the caller picks a level (the benchmarks use info).
+        if !extra_args.iter().any(|a| a.starts_with("--log-level")) {
+            cmd.arg("--log-level=info,taskrun_webhook=debug");
+        }
+        cmd.args(extra_args)
             // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
             .env(
                 "KUBECONFIG",

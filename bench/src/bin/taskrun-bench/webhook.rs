@@ -1,0 +1,247 @@
+//! The webhook figures: throughput against the ceiling server (alternating runs), open-loop
+//! p99 with the watch-fed index, memory, and the in-process 100k vs 1k index comparison.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use taskrun::Identity;
+use taskrun_bench::load::{self, Report, Target};
+use taskrun_bench::{cluster, review, tls};
+use taskrun_tests::webhook::Webhook;
+use taskrun_tests::{spawn_logged, workspace_bin};
+use taskrun_webhook::index::{Entry, Index};
+use taskrun_webhook::metrics::Metrics;
+
+use crate::settings::Settings;
+use crate::summary::Summary;
+
+/// Distinct review bodies cycled through by every run.
+const BODIES: u64 = 2_000;
+/// Open-loop connections: enough that 2,000 req/s never wait for a free one.
+const OPEN_LOOP_CONNECTIONS: usize = 32;
+
+fn target(addr: SocketAddr, ca: &Path, bodies: Arc<Vec<bytes::Bytes>>) -> anyhow::Result<Target> {
+    Ok(Target {
+        addr,
+        server_name: "localhost".into(),
+        path: "/validate".into(),
+        tls: tls::client_config(ca)?,
+        bodies,
+    })
+}
+
+fn describe(what: &str, r: &Report) {
+    eprintln!(
+        "  {what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors",
+        r.rps(),
+        r.percentile_ms(0.5),
+        r.percentile_ms(0.99),
+        r.percentile_ms(0.999),
+        r.errors
+    );
+}
+
+fn check(r: &Report, what: &str) -> anyhow::Result<()> {
+    if r.errors > r.requests / 100 {
+        bail!("{what}: {} errors in {} requests", r.errors, r.requests);
+    }
+    Ok(())
+}
+
+/// Throughput vs ceiling, p99 at the fixed rate, RSS: the real webhook process, whose index
+/// its own watch filled with the TaskRuns of `namespace` (tasks `0..indexed`).
+pub async fn against_real(
+    s: &Settings,
+    summary: &mut Summary,
+    webhook: &Webhook,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let bodies = Arc::new(review::bodies(namespace, s.indexed, BODIES));
+    let mean_request = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+    let addr: SocketAddr = format!("127.0.0.1:{}", webhook.port()).parse()?;
+    let hook = target(addr, webhook.ca_path(), bodies.clone())?;
+    let response_bytes = load::mean_response_bytes(&hook, 100).await?;
+    summary.detail("review_request_bytes_mean", mean_request);
+    summary.detail("review_response_bytes_mean", response_bytes);
+    summary.detail(
+        "webhook_rss_mib_10k_after_sync",
+        crate::summary::round(cluster::rss_mib(webhook.pid())?),
+    );
+
+    // The ceiling: same certificate and key files, same load generator and client config.
+    let ceiling_addr = cluster::free_addr()?;
+    let mut cmd = Command::new(workspace_bin("ceiling"));
+    cmd.arg(format!("--listen={ceiling_addr}"))
+        .arg(format!(
+            "--cert={}",
+            webhook.cert_dir().join("tls.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            webhook.cert_dir().join("tls.key").display()
+        ))
+        .arg(format!("--response-bytes={response_bytes}"));
+    let _ceiling = spawn_logged(cmd, "ceiling")?;
+    let ceiling = target(ceiling_addr, webhook.ca_path(), bodies.clone())?;
+    wait_answering(&ceiling).await?;
+
+    eprintln!(
+        "webhook throughput vs ceiling: {} rounds of {:?} each, {} connections",
+        s.rounds, s.seconds, s.concurrency
+    );
+    let (mut hook_total, mut ceiling_total) = ((0u64, 0f64), (0u64, 0f64));
+    for round in 0..s.rounds {
+        // Alternate which goes first, so neither always runs on a warmer (or busier) machine.
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_hook in order {
+            let (t, what) = if is_hook {
+                (&hook, "webhook")
+            } else {
+                (&ceiling, "ceiling")
+            };
+            let r = load::closed_loop(t, s.concurrency, s.seconds).await?;
+            describe(&format!("round {round} {what}"), &r);
+            check(&r, what)?;
+            let total = if is_hook {
+                &mut hook_total
+            } else {
+                &mut ceiling_total
+            };
+            total.0 += r.requests;
+            total.1 += r.elapsed.as_secs_f64();
+        }
+    }
+    let hook_rps = hook_total.0 as f64 / hook_total.1;
+    let ceiling_rps = ceiling_total.0 as f64 / ceiling_total.1;
+    summary.figure("webhook_throughput_vs_ceiling", hook_rps / ceiling_rps);
+    summary.detail("webhook_rps", hook_rps.round());
+    summary.detail("ceiling_rps", ceiling_rps.round());
+
+    eprintln!("webhook open loop at {} req/s for {:?}", s.rate, s.seconds);
+    let r = load::open_loop(&hook, s.rate, s.seconds, OPEN_LOOP_CONNECTIONS).await?;
+    describe("webhook (watch-fed index)", &r);
+    check(&r, "open loop")?;
+    summary.figure("webhook_p99_ms", r.percentile_ms(0.99));
+    summary.detail("webhook_p50_ms", r.percentile_ms(0.5));
+    summary.detail("webhook_p999_ms", r.percentile_ms(0.999));
+    summary.detail("webhook_open_loop_achieved_rps", r.rps().round());
+    summary.figure("webhook_rss_mib_10k", cluster::rss_mib(webhook.pid())?);
+    Ok(())
+}
+
+async fn wait_answering(t: &Target) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match load::mean_response_bytes(t, 1).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.context("server never answered")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn entry(namespace: &str, i: u64) -> Entry {
+    let (service, id) = review::identity(i);
+    Entry {
+        identity: Identity::new(namespace, &service, id),
+        name: review::name(i),
+        terminating: false,
+    }
+}
+
+/// p99 at the fixed rate with 100,000 identities indexed over p99 with 1,000: one in-process
+/// server (`taskrun_webhook::server::serve`) whose index is filled and emptied in place,
+/// runs alternating 1k, 100k, 1k, 100k.
+pub async fn index_size_ratio(
+    s: &Settings,
+    summary: &mut Summary,
+    cert_dir: &Path,
+    ca: &Path,
+) -> anyhow::Result<()> {
+    const SMALL: u64 = 1_000;
+    const LARGE: u64 = 100_000;
+    let namespace = "bench-inprocess";
+    let index = Arc::new(Index::default());
+    index.init();
+    for i in 0..SMALL {
+        index.init_apply(entry(namespace, i));
+    }
+    index.init_done();
+
+    let addr = cluster::free_addr()?;
+    let config = taskrun_webhook::config::Config::try_parse_from([
+        "taskrun-webhook".to_owned(),
+        format!("--listen={addr}"),
+        format!("--cert-dir={}", cert_dir.display()),
+        "--metrics-listen=off".to_owned(),
+    ])
+    .context("webhook flags")?;
+    // Its own runtime (2 workers, like the process), dropped when this function returns.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    server.spawn({
+        let index = index.clone();
+        async move {
+            if let Err(e) =
+                taskrun_webhook::server::serve(config, index, Arc::new(Metrics::default())).await
+            {
+                eprintln!("in-process webhook: {e}");
+            }
+        }
+    });
+    let bodies = Arc::new(review::bodies(namespace, SMALL, BODIES));
+    let t = target(addr, ca, bodies)?;
+    wait_answering(&t).await?;
+
+    eprintln!(
+        "in-process webhook, 1k vs 100k identities, {} req/s for {:?} each",
+        s.rate, s.seconds
+    );
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        for size in [SMALL, LARGE] {
+            if size == LARGE {
+                for i in SMALL..LARGE {
+                    index.apply(entry(namespace, i));
+                }
+            } else {
+                for i in SMALL..LARGE {
+                    index.delete(&entry(namespace, i));
+                }
+            }
+            if index.len() as u64 != size {
+                bail!("index holds {} identities, expected {size}", index.len());
+            }
+            let r = load::open_loop(&t, s.rate, s.seconds, OPEN_LOOP_CONNECTIONS).await?;
+            describe(&format!("round {round}, {size} indexed"), &r);
+            check(&r, "in-process open loop")?;
+            let p99 = r.percentile_ms(0.99);
+            if size == SMALL {
+                small.push(p99)
+            } else {
+                large.push(p99)
+            }
+        }
+    }
+    server.shutdown_background();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    summary.figure("webhook_p99_ratio_100k_vs_1k", mean(&large) / mean(&small));
+    summary.detail("inprocess_p99_ms_1k", mean(&small));
+    summary.detail("inprocess_p99_ms_100k", mean(&large));
+    summary.detail(
+        "inprocess_note",
+        "100k vs 1k: index filled in-process through taskrun_webhook::server::serve, same TLS and load generator",
+    );
+    Ok(())
+}

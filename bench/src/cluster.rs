@@ -1,0 +1,318 @@
+//! The benchmark's work against the real API server: creating TaskRuns, watching them reach
+//! a status that names their Job, the minimal write loop the controller is compared with,
+//! the controller process, webhook (de)registration, and resident memory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use taskrun::{FINALIZER, TaskRun, labels, names};
+use taskrun_tests::webhook::CONFIGURATION_NAME;
+use taskrun_tests::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
+
+use crate::review;
+
+/// Creates tasks `range` in `namespace` with `concurrency` requests in flight; returns each
+/// create's latency.
+pub async fn create_taskruns(
+    client: &Client,
+    namespace: &str,
+    range: std::ops::Range<u64>,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), namespace);
+    stream::iter(range)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let tr: TaskRun = serde_json::from_value(review::taskrun(namespace, i))?;
+                let started = Instant::now();
+                api.create(&PostParams::default(), &tr)
+                    .await
+                    .with_context(|| format!("creating TaskRun {i}"))?;
+                anyhow::Ok(started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Resolves when `expected` TaskRuns of `namespace` have a status naming their Job (seen
+/// through a watch, so the moment is not rounded to a polling interval).
+pub async fn all_have_jobs(
+    client: &Client,
+    namespace: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), namespace);
+    let mut done = HashSet::new();
+    let mut events = std::pin::pin!(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    while done.len() < expected {
+        let next = tokio::time::timeout_at(deadline, events.try_next()).await;
+        match next {
+            Err(_) => bail!(
+                "only {} of {expected} TaskRuns in {namespace} named their Job within {timeout:?}",
+                done.len()
+            ),
+            Ok(Err(e)) => bail!("watching TaskRuns: {e}"),
+            Ok(Ok(None)) => bail!("the TaskRun watch ended"),
+            Ok(Ok(Some(tr))) => {
+                if tr.status.as_ref().is_some_and(|s| s.job_name.is_some()) {
+                    done.insert(tr.name_any());
+                }
+            }
+        }
+    }
+    Ok(Instant::now())
+}
+
+/// The least a controller must do for each TaskRun, with the same client and concurrency:
+/// the writes the controller issues (finalizer, ConfigMap, Job, status), none of its reads.
+pub async fn minimal_loop(
+    client: &Client,
+    namespace: &str,
+    image: &str,
+    concurrency: usize,
+) -> anyhow::Result<usize> {
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default()).await?;
+    let count = list.items.len();
+    stream::iter(list.items)
+        .map(|tr| {
+            let (api, jobs, config_maps) = (&api, &jobs, &config_maps);
+            async move {
+                let name = tr.name_any();
+                let finalizer = json!({"metadata": {
+                    "finalizers": [FINALIZER], "resourceVersion": tr.resource_version()}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
+                    .await?;
+                let (cm, job) = children(&tr, namespace, image)?;
+                let pp = PostParams::default();
+                config_maps.create(&pp, &cm).await?;
+                jobs.create(&pp, &job).await?;
+                let status = json!({
+                    "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+                    "status": {
+                        "phase": "Pending",
+                        "jobName": job.metadata.name,
+                        "configMapName": cm.metadata.name,
+                        "observedGeneration": tr.metadata.generation,
+                        "observedContextVersion": tr.spec.context_version,
+                        "attempts": 1,
+                    },
+                });
+                api.patch_status(
+                    &name,
+                    &PatchParams::apply("taskrun-bench").force(),
+                    &Patch::Apply(&status),
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    Ok(count)
+}
+
+/// A ConfigMap and Job shaped like the controller's (labels, owner, files, a mounted
+/// context), so the API server stores objects of a similar size.
+fn children(tr: &TaskRun, namespace: &str, image: &str) -> anyhow::Result<(ConfigMap, Job)> {
+    let s = &tr.spec;
+    let owner = OwnerReference {
+        api_version: "orchestrator.io/v1".into(),
+        kind: "TaskRun".into(),
+        name: tr.name_any(),
+        uid: tr.uid().context("TaskRun without uid")?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let meta = |name: String| ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels::child_labels(&tr.name_any(), s)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let cm_name = names::config_map_name(&s.service_name, s.task_id, s.context_version);
+    let job_name = names::job_name(&s.service_name, s.task_id, s.context_version);
+    let data: BTreeMap<String, String> = s
+        .markdown_files
+        .iter()
+        .map(|f| (f.filename.clone(), f.content.clone()))
+        .collect();
+    let cm = ConfigMap {
+        metadata: meta(cm_name.clone()),
+        data: Some(data),
+        immutable: Some(true),
+        ..ConfigMap::default()
+    };
+    let job = Job {
+        metadata: meta(job_name),
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels::child_labels(&tr.name_any(), s)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![Container {
+                        name: "agent".into(),
+                        image: Some(image.to_owned()),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "context".into(),
+                            mount_path: "/workspace/context".into(),
+                            read_only: Some(true),
+                            ..VolumeMount::default()
+                        }]),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "context".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: cm_name,
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    };
+    Ok((cm, job))
+}
+
+/// A release `taskrun-controller` watching one namespace, with production logging (info).
+pub struct Controller {
+    pub child: ChildGuard,
+    pub http_addr: SocketAddr,
+}
+
+pub const IMAGE: &str = "registry.example/agent:bench";
+
+impl Controller {
+    pub fn start(cp: &ControlPlane, namespace: &str) -> anyhow::Result<Controller> {
+        let http_addr = free_addr()?;
+        let mut cmd = Command::new(workspace_bin("taskrun-controller"));
+        cmd.args([
+            format!("--http-addr={http_addr}"),
+            "--log-format=text".into(),
+            format!("--image={IMAGE}"),
+            format!("--namespace={namespace}"),
+            format!("--lease-name=bench-{namespace}"),
+            "--lease-namespace=default".into(),
+            format!("--identity=bench-{namespace}"),
+        ])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("RUST_LOG", "info")
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE");
+        let child = spawn_logged(cmd, &format!("taskrun-controller-{namespace}"))?;
+        Ok(Controller { child, http_addr })
+    }
+
+    /// Waits until /readyz answers 200 (leader, caches synced).
+    pub async fn ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.child.is_running() {
+                bail!(
+                    "taskrun-controller exited; see {}",
+                    self.child.log_path().display()
+                );
+            }
+            if http_status(self.http_addr, "/readyz").await == Some(200) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("taskrun-controller not ready within {timeout:?}")
+    }
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// VmRSS of `pid` in MiB, from /proc/<pid>/status.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")?;
+    Ok(kib / 1024.0)
+}
+
+/// Removes both webhook configurations and waits until a dry-run create is no longer
+/// mutated (the API server has dropped them).
+pub async fn unregister_webhooks(client: &Client) -> anyhow::Result<()> {
+    let dp = DeleteParams::default();
+    let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION_NAME, &dp)
+        .await;
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION_NAME, &dp)
+        .await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), "default");
+    let probe: TaskRun = serde_json::from_value(review::taskrun("default", 0))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(created) = api.create(&dry_run, &probe).await
+            && !created.labels().contains_key(taskrun::labels::TASK_ID)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the API server still calls the webhooks a minute after they were removed")
+}
