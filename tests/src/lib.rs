@@ -5,7 +5,9 @@
 pub mod cluster;
 pub mod controller;
 pub mod identity;
+pub mod kubelet;
 mod process;
+pub mod tools;
 mod wait;
 pub mod webhook;
 

@@ -291,17 +291,7 @@ async fn twenty_concurrent_context_adds_lose_no_update() {
 /// The pinned helm CLI (built once per machine by tests/helm/build.sh).
 fn helm_bin() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new(repo_root().join("tests/helm/build.sh"))
-            .output()
-            .expect("tests/helm/build.sh runs");
-        assert!(
-            out.status.success(),
-            "building helm failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    HELM.get_or_init(|| taskrun_tests::tools::build("helm"))
 }
 
 fn helm(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {

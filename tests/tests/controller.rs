@@ -14,6 +14,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
+use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::{ControlPlane, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,36 +85,6 @@ async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
         .await
         .map(|l| l.items)
         .unwrap_or_default()
-}
-
-/// Waits for a live pod of the Job and moves it to `phase` through pods/status.
-async fn finish_pod(client: &Client, ns: &str, job: &str, phase: &str) {
-    let pod = wait_for(&format!("a running pod of Job {job}"), WAIT, || async {
-        pods_of(client, ns, job).await.into_iter().find(|p| {
-            let p = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(p, Some("Succeeded" | "Failed"))
-        })
-    })
-    .await;
-    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": phase,
-        "containerStatuses": [{
-            "name": "agent", "image": "registry.example/agent:test", "imageID": "",
-            "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": exit_code, "reason": if exit_code == 0 {"Completed"} else {"Error"},
-                                     "startedAt": now, "finishedAt": now}}
-        }]
-    }});
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("set pod {} to {phase}: {e}", pod.name_any()));
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -257,7 +228,7 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
             .is_some()
     );
 
-    finish_pod(&client, &ns, "billing-42-v1", "Succeeded").await;
+    finish_pod(&client, &ns, "billing-42-v1", PodEnd::Succeeded).await;
     let out = cp
         .kubectl()
         .args([
@@ -374,7 +345,7 @@ async fn failing_pods_fail_the_taskrun_with_backoff_limit_exceeded() {
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--backoff-limit=0"]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "pay", 7, 1, &[("task.md", "x")])).await;
-    finish_pod(&client, &ns, "pay-7-v1", "Failed").await;
+    finish_pod(&client, &ns, "pay-7-v1", PodEnd::Failed).await;
     let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
     assert_eq!(
         condition(&tr, "Succeeded"),
@@ -719,7 +690,7 @@ async fn a_job_removed_by_its_ttl_is_not_run_again() {
     );
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "ttl", 1, 1, &[("task.md", "x")])).await;
-    finish_pod(&client, &ns, "ttl-1-v1", "Succeeded").await;
+    finish_pod(&client, &ns, "ttl-1-v1", PodEnd::Succeeded).await;
     wait_status(&api, "t", "Succeeded", |tr| {
         phase(tr) == Some(Phase::Succeeded)
     })

@@ -6,22 +6,21 @@
 //! rest.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use taskrun::{Phase, TaskRun};
 use taskrun_tests::controller::Controller;
-use taskrun_tests::{ControlPlane, repo_root, wait_for};
+use taskrun_tests::kubelet::{PodEnd, finish_pod};
+use taskrun_tests::{ControlPlane, tools, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
-    let kstatus = build_kstatus();
+    let kstatus = tools::build("kstatus");
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("kstatus-ok").await;
@@ -46,7 +45,7 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
         "while the Job runs: {running}"
     );
 
-    finish_pod(&client, &ns, "kstatus-1-v1", "Succeeded").await;
+    finish_pod(&client, &ns, "kstatus-1-v1", PodEnd::Succeeded).await;
     wait_phase(&api, "ok", Phase::Succeeded).await;
     let done = read(&kstatus, cp, &ns, "ok");
     assert_eq!(done["status"], "Current", "once the pod succeeded: {done}");
@@ -71,7 +70,7 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
         updating["status"], "InProgress",
         "while v2 runs: {updating}"
     );
-    finish_pod(&client, &ns, "kstatus-1-v2", "Succeeded").await;
+    finish_pod(&client, &ns, "kstatus-1-v2", PodEnd::Succeeded).await;
     wait_for("v2 to succeed", WAIT, || async {
         let status = api.get("ok").await.ok()?.status?;
         (status.observed_context_version == Some(2) && status.phase == Some(Phase::Succeeded))
@@ -88,7 +87,7 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
 /// its timeout.
 #[tokio::test]
 async fn a_failed_taskrun_reads_failed() {
-    let kstatus = build_kstatus();
+    let kstatus = tools::build("kstatus");
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("kstatus-fail").await;
@@ -97,21 +96,10 @@ async fn a_failed_taskrun_reads_failed() {
     api.create(&PostParams::default(), &task_run("bad", 2))
         .await
         .unwrap_or_else(|e| panic!("create TaskRun: {e}"));
-    finish_pod(&client, &ns, "kstatus-2-v1", "Failed").await;
+    finish_pod(&client, &ns, "kstatus-2-v1", PodEnd::Failed).await;
     wait_phase(&api, "bad", Phase::Failed).await;
     let failed = read(&kstatus, cp, &ns, "bad");
     assert_eq!(failed["status"], "Failed", "a failed TaskRun: {failed}");
-}
-
-/// Runs `tests/kstatus/build.sh` (returns at once when cached): the path of the CLI.
-fn build_kstatus() -> PathBuf {
-    let script = repo_root().join("tests/kstatus/build.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// `kstatus -n NS taskrun NAME`: {"status": ..., "message": ...}.
@@ -155,49 +143,4 @@ async fn wait_phase(api: &Api<TaskRun>, name: &str, phase: Phase) {
         (api.get(name).await.ok()?.status?.phase? == phase).then_some(())
     })
     .await;
-}
-
-/// Moves the Job's live pod to `phase` through pods/status, as the kubelet would.
-async fn finish_pod(client: &kube::Client, ns: &str, job: &str, phase: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("batch.kubernetes.io/job-name={job}");
-    let pod = wait_for(&format!("a pod of Job {job}"), WAIT, || async {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?;
-        list.items.into_iter().find(|p| {
-            let p = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(p, Some("Succeeded" | "Failed"))
-        })
-    })
-    .await;
-    let (exit_code, reason) = if phase == "Succeeded" {
-        (0, "Completed")
-    } else {
-        (1, "Error")
-    };
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-        .unwrap_or_default();
-    let status = json!({"status": {
-        "phase": phase,
-        "containerStatuses": [{
-            "name": container.0, "image": container.1, "imageID": "",
-            "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": exit_code, "reason": reason,
-                                     "startedAt": now, "finishedAt": now}},
-        }],
-    }});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("set pod {} to {phase}: {e}", pod.name_any()));
 }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams, PostParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use taskrun::{Phase, TaskRun};
 use taskrun_tests::controller::Controller;
+use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{ControlPlane, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,7 +294,7 @@ async fn a_secret_value_appears_in_no_log_and_no_object() {
         .await
         .expect("create");
     let job_name = taskrun::names::job_name("secure", 1, 1);
-    finish_pod(&client, &ns, &job_name).await;
+    finish_pod(&client, &ns, &job_name, PodEnd::Succeeded).await;
     wait_for("the TaskRun to succeed", WAIT, || async {
         api.get("run")
             .await
@@ -346,33 +346,6 @@ fn rand_suffix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-async fn finish_pod(client: &Client, ns: &str, job: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("batch.kubernetes.io/job-name={job}");
-    let pod = wait_for(&format!("a pod of Job {job}"), WAIT, || async {
-        pods.list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{
-        "name": "agent", "image": "registry.example/agent:test", "imageID": "",
-        "ready": false, "restartCount": 0,
-        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}
-    }]}});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .expect("finish the pod");
 }
 
 // ---- other resources and kinds ---------------------------------------------------------------

@@ -3,23 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use taskrun_tests::{ChildGuard, ControlPlane, identity, repo_root, spawn_logged, workspace_bin};
 
 use crate::{SERVING, SYSTEM_NS, kubectl, path_str};
 
-/// Runs `tests/certmanager/build.sh` (returns at once when cached) and returns its cache
-/// directory: `bin/` and `crds/`.
+/// The cert-manager build's cache directory: `bin/` and `crds/`.
 pub(crate) fn build_cert_manager() -> PathBuf {
-    let script = repo_root().join("tests/certmanager/build.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    taskrun_tests::tools::build("certmanager")
 }
 
 /// The processes this test starts; a wait fails at once, with the log tail, when one died.
