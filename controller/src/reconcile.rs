@@ -358,7 +358,16 @@ async fn owned<K>(api: &Api<K>, tr: &TaskRun) -> Result<Vec<K>, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+    // The label narrows the list to this TaskRun's children (a list of every child in the
+    // namespace made deleting thousands of TaskRuns quadratic and cost gigabytes); the owner
+    // reference decides.
+    let selector = format!(
+        "{}={},{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE,
+        labels::TASKRUN,
+        labels::owner_label_value(&tr.name_any())
+    );
     let uid = tr
         .meta()
         .uid

@@ -39,14 +39,15 @@ pub fn child_labels(taskrun_name: &str, spec: &TaskRunSpec) -> BTreeMap<String, 
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    labels.insert(TASKRUN.to_owned(), label_value(taskrun_name));
+    labels.insert(TASKRUN.to_owned(), owner_label_value(taskrun_name));
     labels.insert(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned());
     labels
 }
 
-/// A label value is at most 63 characters; object names can be 253. Longer names are cut
-/// (the owner reference, not this label, is what ties a child to its TaskRun).
-fn label_value(name: &str) -> String {
+/// The value of the `orchestrator.io/taskrun` label for an owner named `name`. A label value
+/// is at most 63 characters; object names can be 253. Longer names are cut, so the label only
+/// narrows a search: the owner reference, not this label, is what ties a child to its TaskRun.
+pub fn owner_label_value(name: &str) -> String {
     let cut: String = name.chars().take(63).collect();
     cut.trim_end_matches(['-', '.', '_']).to_owned()
 }
