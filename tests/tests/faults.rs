@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
+use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{ControlPlane, spawn_logged, wait_for, workspace_bin};
 
@@ -55,42 +56,6 @@ where
         .await
         .map(|l| l.items)
         .unwrap_or_default()
-}
-
-/// Moves the live pod of a Job to `phase` through pods/status, as a kubelet would.
-async fn finish_pod(client: &Client, ns: &str, job: &str, phase: &str) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("batch.kubernetes.io/job-name={job}");
-    let pod = wait_for(&format!("a live pod of Job {job}"), WAIT, || async {
-        pods.list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|p| {
-                let p = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                !matches!(p, Some("Succeeded" | "Failed"))
-            })
-    })
-    .await;
-    let code = if phase == "Succeeded" { 0 } else { 1 };
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": phase,
-        "containerStatuses": [{
-            "name": "agent", "image": "registry.example/agent:test", "imageID": "",
-            "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": code, "reason": "Done",
-                                     "startedAt": now, "finishedAt": now}}
-        }]
-    }});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("set pod {} to {phase}: {e}", pod.name_any()));
 }
 
 /// Every TaskRun has exactly one Job, the one its status names, and the namespace holds no
@@ -155,7 +120,11 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
     })
     .await;
     for i in 1..=20 {
-        let outcome = if i % 2 == 1 { "Succeeded" } else { "Failed" };
+        let outcome = if i % 2 == 1 {
+            PodEnd::Succeeded
+        } else {
+            PodEnd::Failed
+        };
         finish_pod(&client, &ns, &names::job_name("restart", i, 1), outcome).await;
     }
     let all_final = wait_for("every TaskRun to reach its phase", WAIT, || async {
