@@ -17,7 +17,7 @@ pub use cluster::ControlPlane;
 #[doc(hidden)]
 pub use process::use_work_dir;
 pub use process::{ChildGuard, spawn_logged, work_dir};
-pub use wait::wait_for;
+pub use wait::{wait_for, wait_gone};
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn workspace_bin(name: &str) -> PathBuf {

@@ -23,3 +23,14 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// Waits until `name` is gone from `api` (a 404; an API error counts as not gone yet).
+pub async fn wait_gone<K>(what: &str, timeout: Duration, api: &kube::Api<K>, name: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(what, timeout, || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+}

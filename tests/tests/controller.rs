@@ -15,7 +15,7 @@ use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
-use taskrun_tests::{ControlPlane, wait_for};
+use taskrun_tests::{ControlPlane, wait_for, wait_gone};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -264,15 +264,7 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
     jobs.delete("billing-42-v1", &DeleteParams::background())
         .await
         .expect("delete Job");
-    wait_for("the Job to be gone", WAIT, || async {
-        jobs.get_opt("billing-42-v1")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the Job to be gone", WAIT, &jobs, "billing-42-v1").await;
     // A spec edit without a new version makes the controller look again (observedGeneration).
     let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "# Fix the login", }, {"filename": "spec.md", "content": "spec v1b"}]}});
     let edited = api
@@ -393,15 +385,7 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     assert_eq!(status.completion_time, None);
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    wait_for("the v1 Job to be stopped", WAIT, || async {
-        jobs.get_opt("search-3-v1")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the v1 Job to be stopped", WAIT, &jobs, "search-3-v1").await;
     assert!(jobs.get_opt("search-3-v2").await.expect("get").is_some());
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("search-3-v2-files")
@@ -479,15 +463,7 @@ async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     api.delete("t", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_for("the TaskRun to be gone", WAIT, || async {
-        api.get_opt("t")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the TaskRun to be gone", WAIT, &api, "t").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     wait_for("no children left", WAIT, || async {
@@ -696,14 +672,12 @@ async fn a_job_removed_by_its_ttl_is_not_run_again() {
     })
     .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    wait_for("the TTL controller to remove the Job", WAIT, || async {
-        jobs.get_opt("ttl-1-v1")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
+    wait_gone(
+        "the TTL controller to remove the Job",
+        WAIT,
+        &jobs,
+        "ttl-1-v1",
+    )
     .await;
     // Make the controller look again, and wait until it has.
     let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "y"}]}});
