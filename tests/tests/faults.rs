@@ -146,8 +146,24 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
     }
     assert_one_job_each(&client, &ns).await;
 
-    // The webhook's index followed the restart: a duplicate of a TaskRun created after it is
-    // refused, and its labels were stamped.
+    // The webhook's index followed the restart: once its watch has caught up with every
+    // TaskRun (it re-watches with backoff, so it may lag the restart by a moment), a duplicate
+    // of a TaskRun created after the restart is refused, and its labels were stamped.
+    let all: Api<TaskRun> = Api::all(client.clone());
+    wait_for(
+        "the webhook's index to hold every TaskRun",
+        WAIT,
+        || async {
+            let live = all.list(&ListParams::default()).await.ok()?.items.len();
+            let indexed = webhook
+                .metrics()
+                .lines()
+                .find_map(|l| l.strip_prefix("taskrun_webhook_index_taskruns "))
+                .and_then(|v| v.trim().parse::<f64>().ok())?;
+            (indexed as usize >= live).then_some(())
+        },
+    )
+    .await;
     let dup = api
         .create(&PostParams::default(), &taskrun("b15-again", "restart", 15))
         .await;
