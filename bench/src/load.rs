@@ -38,6 +38,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// Open loop: the most a request was handed to a connection after its scheduled time
+    /// (the load generator's own lateness; zero in closed loop).
+    pub max_send_lag: Duration,
 }
 
 impl Report {
@@ -128,6 +131,10 @@ pub async fn closed_loop(
 
 /// Requests scheduled at `rate` per second for `duration`, spread over up to `connections`
 /// keep-alive connections; latency counts from each request's scheduled time.
+///
+/// The schedule is kept by a dedicated OS thread sleeping with `nanosleep` (tens of
+/// microseconds of slack), not by tokio's timer, whose 1 ms ticks would make every request up
+/// to a millisecond late and count that lateness as server latency.
 pub async fn open_loop(
     target: &Target,
     rate: f64,
@@ -161,15 +168,27 @@ pub async fn open_loop(
         }));
     }
     drop(rx);
-    for i in 0..total {
-        let scheduled = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        if tx.send((i, scheduled)).await.is_err() {
-            bail!("every load worker failed");
-        }
-    }
-    drop(tx);
-    collect(workers, start).await
+    let pacer = std::thread::Builder::new()
+        .name("open-loop-pacer".into())
+        .spawn(move || {
+            let mut late = Duration::ZERO;
+            for i in 0..total {
+                let scheduled = start + interval.mul_f64(i as f64);
+                if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                late = late.max(scheduled.elapsed());
+                if tx.blocking_send((i, scheduled)).is_err() {
+                    break;
+                }
+            }
+            late
+        })?;
+    let mut report = collect(workers, start).await?;
+    report.max_send_lag = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the open-loop pacer panicked"))?;
+    Ok(report)
 }
 
 type Worker = tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, u64)>>;
@@ -187,6 +206,7 @@ async fn collect(workers: Vec<Worker>, start: Instant) -> anyhow::Result<Report>
         errors,
         elapsed: start.elapsed(),
         latency,
+        max_send_lag: Duration::ZERO,
     })
 }
 

@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cp: &ControlPlane, out_dir: &std::path::Path, started: Instant) -> anyhow::Result<()> {
     let s = Settings::from_env();
+    s.check()?;
     let mut summary = Summary::default();
     let client = cp.client().await;
     summary.detail(
@@ -57,24 +58,38 @@ async fn run(cp: &ControlPlane, out_dir: &std::path::Path, started: Instant) -> 
     // The release webhook, its index fed by its own watch on every namespace.
     let webhook = Webhook::start_with(cp, &["--log-level=info"]).await;
     let ns_index = cp.namespace("bench-index").await;
-    eprintln!(
-        "creating {} TaskRuns (no webhook registered yet)",
-        s.indexed
-    );
-    let t = Instant::now();
-    cluster::create_taskruns(&client, &ns_index, 0..s.indexed, s.api_concurrency).await?;
-    let secs = t.elapsed().as_secs_f64();
-    eprintln!("  {secs:.1} s ({:.0}/s)", s.indexed as f64 / secs);
-    summary.detail("create_taskruns_per_s", round(s.indexed as f64 / secs));
-    wait_indexed(&webhook, s.indexed).await?;
+    if s.runs("webhook") || s.runs("memory") {
+        eprintln!(
+            "creating {} TaskRuns (no webhook registered yet)",
+            s.indexed
+        );
+        let t = Instant::now();
+        cluster::create_taskruns(&client, &ns_index, 0..s.indexed, s.api_concurrency).await?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("  {secs:.1} s ({:.0}/s)", s.indexed as f64 / secs);
+        summary.detail("create_taskruns_per_s", round(s.indexed as f64 / secs));
+        wait_indexed(&webhook, s.indexed).await?;
+    }
 
-    webhook::against_real(&s, &mut summary, &webhook, &ns_index).await?;
-    admission_added(cp, &client, &webhook, &s, &mut summary).await?;
-    webhook::index_size_ratio(&s, &mut summary, webhook.cert_dir(), webhook.ca_path()).await?;
-    controller::versus_minimal_loop(cp, &client, &s, &mut summary).await?;
-    controller::versus_helm(cp, &client, &webhook, &s, &mut summary).await?;
+    if s.runs("webhook") {
+        webhook::against_real(&s, &mut summary, &webhook, &ns_index).await?;
+    }
+    if s.runs("admission") {
+        admission_added(cp, &client, &webhook, &s, &mut summary).await?;
+    }
+    if s.runs("index") {
+        webhook::index_size_ratio(&s, &mut summary, webhook.cert_dir(), webhook.ca_path()).await?;
+    }
+    if s.runs("controller") {
+        controller::versus_minimal_loop(cp, &client, &s, &mut summary).await?;
+    }
+    if s.runs("helm") {
+        controller::versus_helm(cp, &client, &webhook, &s, &mut summary).await?;
+    }
     webhook.stop();
-    controller::memory(cp, &client, &ns_index, &s, &mut summary).await?;
+    if s.runs("memory") {
+        controller::memory(cp, &client, &ns_index, &s, &mut summary).await?;
+    }
 
     summary.detail("loadavg_end", loadavg());
     summary.detail("total_seconds", started.elapsed().as_secs());

@@ -1,4 +1,5 @@
-//! Counts and durations, each overridable from the environment (`make bench BENCH_X=...`).
+//! Counts, durations and the phases to run, each overridable from the environment
+//! (`make bench BENCH_X=...`).
 
 use std::time::Duration;
 
@@ -21,7 +22,19 @@ pub struct Settings {
     pub rate: f64,
     /// Concurrency of the API clients (creating TaskRuns, the minimal loop).
     pub api_concurrency: usize,
+    /// `BENCH_ONLY`: the phases to run (comma-separated, from [`PHASES`]); all when unset.
+    only: Option<Vec<String>>,
 }
+
+/// The phases, in the order they run.
+pub const PHASES: [&str; 6] = [
+    "webhook",
+    "admission",
+    "index",
+    "controller",
+    "helm",
+    "memory",
+];
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -42,6 +55,28 @@ impl Settings {
             concurrency: env("BENCH_CONCURRENCY", 16),
             rate: env("BENCH_RATE", 2_000.0),
             api_concurrency: env("BENCH_API_CONCURRENCY", 16),
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .map(|v| v.split(',').map(|p| p.trim().to_owned()).collect()),
         }
+    }
+
+    /// Whether `phase` is to run; an unknown name in `BENCH_ONLY` is an error.
+    pub fn runs(&self, phase: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+
+    /// Refuses a `BENCH_ONLY` that names no known phase.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for p in self.only.iter().flatten() {
+            anyhow::ensure!(
+                PHASES.contains(&p.as_str()),
+                "BENCH_ONLY: unknown phase {p:?}; the phases are {}",
+                PHASES.join(", ")
+            );
+        }
+        Ok(())
     }
 }

@@ -18,7 +18,7 @@ use taskrun_webhook::index::{Entry, Index};
 use taskrun_webhook::metrics::Metrics;
 
 use crate::settings::Settings;
-use crate::summary::Summary;
+use crate::summary::{Summary, round};
 
 /// Distinct review bodies cycled through by every run.
 const BODIES: u64 = 2_000;
@@ -36,8 +36,16 @@ fn target(addr: SocketAddr, ca: &Path, bodies: Arc<Vec<bytes::Bytes>>) -> anyhow
 }
 
 fn describe(what: &str, r: &Report) {
+    let lag = if r.max_send_lag.is_zero() {
+        String::new()
+    } else {
+        format!(
+            ", sent at most {:.3} ms late",
+            r.max_send_lag.as_secs_f64() * 1e3
+        )
+    };
     eprintln!(
-        "  {what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors",
+        "  {what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors{lag}",
         r.rps(),
         r.percentile_ms(0.5),
         r.percentile_ms(0.99),
@@ -86,7 +94,7 @@ pub async fn against_real(
             webhook.cert_dir().join("tls.key").display()
         ))
         .arg(format!("--response-bytes={response_bytes}"));
-    let _ceiling = spawn_logged(cmd, "ceiling")?;
+    let ceiling_process = spawn_logged(cmd, "ceiling")?;
     let ceiling = target(ceiling_addr, webhook.ca_path(), bodies.clone())?;
     wait_answering(&ceiling).await?;
 
@@ -94,7 +102,8 @@ pub async fn against_real(
         "webhook throughput vs ceiling: {} rounds of {:?} each, {} connections",
         s.rounds, s.seconds, s.concurrency
     );
-    let (mut hook_total, mut ceiling_total) = ((0u64, 0f64), (0u64, 0f64));
+    // (requests, seconds, server CPU time)
+    let (mut hook_total, mut ceiling_total) = ((0u64, 0f64, 0f64), (0u64, 0f64, 0f64));
     for round in 0..s.rounds {
         // Alternate which goes first, so neither always runs on a warmer (or busier) machine.
         let order = if round % 2 == 0 {
@@ -103,13 +112,19 @@ pub async fn against_real(
             [false, true]
         };
         for is_hook in order {
-            let (t, what) = if is_hook {
-                (&hook, "webhook")
+            let (t, what, pid) = if is_hook {
+                (&hook, "webhook", webhook.pid())
             } else {
-                (&ceiling, "ceiling")
+                (&ceiling, "ceiling", ceiling_process.pid())
             };
+            let cpu_before = cluster::cpu_time(pid)?;
             let r = load::closed_loop(t, s.concurrency, s.seconds).await?;
+            let cpu = (cluster::cpu_time(pid)? - cpu_before).as_secs_f64();
             describe(&format!("round {round} {what}"), &r);
+            eprintln!(
+                "    server CPU {:.1} µs per request",
+                cpu * 1e6 / r.requests.max(1) as f64
+            );
             check(&r, what)?;
             let total = if is_hook {
                 &mut hook_total
@@ -118,6 +133,7 @@ pub async fn against_real(
             };
             total.0 += r.requests;
             total.1 += r.elapsed.as_secs_f64();
+            total.2 += cpu;
         }
     }
     let hook_rps = hook_total.0 as f64 / hook_total.1;
@@ -125,6 +141,9 @@ pub async fn against_real(
     summary.figure("webhook_throughput_vs_ceiling", hook_rps / ceiling_rps);
     summary.detail("webhook_rps", hook_rps.round());
     summary.detail("ceiling_rps", ceiling_rps.round());
+    let per_request_us = |t: (u64, f64, f64)| round(t.2 * 1e6 / t.0.max(1) as f64);
+    summary.detail("webhook_cpu_us_per_request", per_request_us(hook_total));
+    summary.detail("ceiling_cpu_us_per_request", per_request_us(ceiling_total));
 
     eprintln!("webhook open loop at {} req/s for {:?}", s.rate, s.seconds);
     let r = load::open_loop(&hook, s.rate, s.seconds, OPEN_LOOP_CONNECTIONS).await?;
