@@ -2,9 +2,9 @@
 //! Pure apart from the duplicate lookup (an in-memory read), so every branch is unit-tested
 //! without a server or a cluster.
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::Status;
+use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
-use kube::core::{DynamicObject, Status};
 use serde_json::Value;
 use taskrun::validation::Reason;
 use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
@@ -12,10 +12,12 @@ use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, v
 use crate::metrics::Outcome;
 use crate::mutate::label_patch;
 
+mod reviewed;
+use reviewed::{Request, cut};
+
 const GROUP: &str = "orchestrator.io";
 const RESOURCE: &str = "taskruns";
 const VERSION: &str = "v1";
-const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Which webhook was called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,24 +56,9 @@ pub struct Answer {
 
 /// Answers the body of an admission call to `hook`. Never panics on any input.
 pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return bad_request(format!(
-                "the request body is not an {REVIEW_API_VERSION} AdmissionReview: {e}"
-            ));
-        }
-    };
-    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != "AdmissionReview" {
-        return bad_request(format!(
-            "expected apiVersion {REVIEW_API_VERSION}, kind AdmissionReview; got apiVersion {:?}, kind {:?} (set admissionReviewVersions to [v1])",
-            cut(&review.types.api_version),
-            cut(&review.types.kind)
-        ));
-    }
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+    let req = match reviewed::parse(body) {
         Ok(req) => req,
-        Err(_) => return bad_request("the AdmissionReview has no request".into()),
+        Err(e) => return bad_request(e.to_string()),
     };
     let mut answer = Answer {
         http_status: 200,
@@ -100,12 +87,20 @@ pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
     answer
 }
 
-fn decide(
-    hook: Hook,
-    mut req: AdmissionRequest<DynamicObject>,
-    index: &dyn Duplicates,
-) -> AdmissionResponse {
-    let allow = AdmissionResponse::from(&req);
+/// The allowing answer to `req`, which the deciding code may turn into a denial or a patch.
+fn allow(req: &Request) -> AdmissionResponse {
+    // kube's response type is non-exhaustive; `invalid` is its only constructor that needs
+    // no kube request, so start there and make it an allowing answer to this request.
+    let mut response = AdmissionResponse::invalid("");
+    response.types = req.types.clone();
+    response.uid = req.uid.clone();
+    response.allowed = true;
+    response.result = Status::default();
+    response
+}
+
+fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse {
+    let allow = allow(&req);
     let r = &req.resource;
     if r.group != GROUP || r.resource != RESOURCE || r.version != VERSION {
         return refuse(
@@ -124,16 +119,15 @@ fn decide(
     {
         return allow;
     }
-    let Some(object) = req.object.as_mut() else {
+    let Some(object) = req.object.as_ref() else {
         return refuse(allow, "the admission request has no object".into());
     };
-    let spec = take_spec(object);
-    let name = match object.metadata.name.as_deref() {
+    let spec = object.spec.as_ref();
+    let name = match object.name.as_deref() {
         Some(n) if !n.is_empty() => n.to_owned(),
         _ => req.name.clone(),
     };
     let namespace = object
-        .metadata
         .namespace
         .clone()
         .or_else(|| req.namespace.clone())
@@ -142,7 +136,7 @@ fn decide(
         Hook::Mutate => {
             // A spec that cannot be read is the schema's to refuse, with its own message.
             let Ok(spec) = spec else { return allow };
-            let ops = label_patch(object.metadata.labels.as_ref(), &spec);
+            let ops = label_patch(object.labels.as_ref(), spec);
             if ops.is_empty() {
                 return allow;
             }
@@ -165,7 +159,7 @@ fn decide(
             };
             match req.operation {
                 Operation::Create => {
-                    let violations = validate_create(&spec);
+                    let violations = validate_create(spec);
                     let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
                     let existing = index.duplicate_of(&identity, &name);
                     if violations.is_empty() && existing.is_none() {
@@ -175,20 +169,20 @@ fn decide(
                     deny(allow, &namespace, &name, dup.as_ref(), &violations)
                 }
                 _ => {
-                    let old = req.old_object.as_mut().map(take_spec);
+                    let old = req.old_object.as_ref().map(|o| o.spec.as_ref());
                     let violations = match &old {
                         // An unchanged spec is always allowed (re-applies, metadata edits,
                         // finalizers), even if a rule was added since it was created.
                         Some(Ok(old)) if *old == spec => return allow,
-                        Some(Ok(old)) => validate_update(old, &spec),
-                        _ => validate_create(&spec),
+                        Some(Ok(old)) => validate_update(old, spec),
+                        _ => validate_create(spec),
                     };
                     if !violations.is_empty() {
                         return deny(allow, &namespace, &name, None, &violations);
                     }
                     let mut allow = allow;
                     if let Some(Ok(old)) = &old {
-                        let warnings = update_warnings(old, &spec);
+                        let warnings = update_warnings(old, spec);
                         if !warnings.is_empty() {
                             allow.warnings = Some(warnings);
                         }
@@ -198,16 +192,6 @@ fn decide(
             }
         }
     }
-}
-
-/// Moves the spec out of the object (no copy of the markdown contents) and reads it.
-fn take_spec(object: &mut DynamicObject) -> Result<TaskRunSpec, serde_json::Error> {
-    let spec = object
-        .data
-        .get_mut("spec")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    serde_json::from_value(spec)
 }
 
 /// A denial listing every problem: 409 Conflict when the identity is taken, 422 otherwise.
@@ -332,11 +316,6 @@ fn operation_name(op: &Operation) -> &'static str {
         Operation::Delete => "DELETE",
         Operation::Connect => "CONNECT",
     }
-}
-
-/// A client-supplied string in a message, cut short.
-fn cut(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 #[cfg(test)]

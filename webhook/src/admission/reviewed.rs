@@ -1,0 +1,219 @@
+//! Reading an AdmissionReview body: only what admission decides on, in one pass.
+//!
+//! kube's `AdmissionReview<DynamicObject>` reads the whole object into a `serde_json::Value`
+//! tree (through serde's flatten, which buffers it once more), plus the user info and options
+//! this webhook never looks at. Here the review is read into small types that skip everything
+//! else, and the spec goes straight into `TaskRunSpec`. Only when that fails (a spec of the
+//! wrong shape, or no review at all) is the body read a second time with the spec kept as raw
+//! JSON, so that a bad spec becomes a message for `decide` rather than a failed review.
+
+use std::collections::BTreeMap;
+
+use kube::core::admission::Operation;
+use kube::core::{GroupVersionResource, TypeMeta};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use taskrun::TaskRunSpec;
+
+/// One admission request, as admission reads it.
+#[derive(Debug)]
+pub struct Request {
+    /// The review's apiVersion and kind, echoed in the answer.
+    pub types: TypeMeta,
+    pub uid: String,
+    pub resource: GroupVersionResource,
+    pub sub_resource: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    pub dry_run: bool,
+    pub object: Option<Object>,
+    pub old_object: Option<Object>,
+}
+
+/// The TaskRun in a request: its metadata as far as admission needs it, and its spec.
+#[derive(Debug)]
+pub struct Object {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The spec, or why it cannot be read as a TaskRun spec.
+    pub spec: Result<TaskRunSpec, serde_json::Error>,
+}
+
+/// Why a body is not an admission request.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("the request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    NotAReview(serde_json::Error),
+    #[error(
+        "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got apiVersion {api_version:?}, kind {kind:?} (set admissionReviewVersions to [v1])"
+    )]
+    WrongVersion { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Reads an AdmissionReview body.
+pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
+    if let Ok(review) = serde_json::from_slice::<Review<TaskRunSpec>>(body) {
+        return review.into_request(Ok);
+    }
+    let review = serde_json::from_slice::<Review<Option<Box<RawValue>>>>(body)
+        .map_err(ParseError::NotAReview)?;
+    review.into_request(|raw| serde_json::from_str(raw.as_deref().map_or("null", RawValue::get)))
+}
+
+/// The wire shape, generic over how the spec is read: `TaskRunSpec` (the one-pass read) or
+/// raw JSON (the fallback). Unknown fields are skipped without being kept.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<S> {
+    api_version: String,
+    kind: String,
+    request: Option<WireRequest<S>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest<S> {
+    uid: String,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    dry_run: bool,
+    object: Option<WireObject<S>>,
+    old_object: Option<WireObject<S>>,
+}
+
+#[derive(Deserialize)]
+struct WireObject<S> {
+    #[serde(default)]
+    metadata: WireMeta,
+    spec: S,
+}
+
+#[derive(Default, Deserialize)]
+struct WireMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+impl<S> Review<S> {
+    fn into_request(
+        self,
+        read_spec: impl Fn(S) -> Result<TaskRunSpec, serde_json::Error>,
+    ) -> Result<Request, ParseError> {
+        if self.api_version != REVIEW_API_VERSION || self.kind != "AdmissionReview" {
+            return Err(ParseError::WrongVersion {
+                api_version: cut(&self.api_version),
+                kind: cut(&self.kind),
+            });
+        }
+        let r = self.request.ok_or(ParseError::NoRequest)?;
+        let object = |o: WireObject<S>| Object {
+            name: o.metadata.name,
+            namespace: o.metadata.namespace,
+            labels: o.metadata.labels,
+            spec: read_spec(o.spec),
+        };
+        Ok(Request {
+            types: TypeMeta {
+                api_version: self.api_version,
+                kind: self.kind,
+            },
+            uid: r.uid,
+            resource: r.resource,
+            sub_resource: r.sub_resource,
+            name: r.name,
+            namespace: r.namespace,
+            operation: r.operation,
+            dry_run: r.dry_run,
+            object: r.object.map(object),
+            old_object: r.old_object.map(object),
+        })
+    }
+}
+
+/// A client-supplied string in a message, cut short.
+pub fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn review(spec: Option<Value>) -> Vec<u8> {
+        let mut object = json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {
+                "name": "t", "namespace": "ns", "labels": {"a": "b"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            },
+        });
+        if let Some(spec) = spec {
+            object["spec"] = spec;
+        }
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "operation": "CREATE", "name": "t", "namespace": "ns",
+                "kind": {"group": "orchestrator.io", "version": "v1", "kind": "TaskRun"},
+                "resource": {"group": "orchestrator.io", "version": "v1", "resource": "taskruns"},
+                "userInfo": {"username": "alice", "groups": ["dev"]},
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+                "object": object,
+            },
+        }))
+        .expect("json")
+    }
+
+    fn object(body: &[u8]) -> Object {
+        let req = parse(body).expect("a request");
+        assert_eq!(req.uid, "u-1");
+        assert_eq!(req.operation, Operation::Create);
+        assert_eq!(req.types.api_version, "admission.k8s.io/v1");
+        req.object.expect("an object")
+    }
+
+    #[test]
+    fn a_readable_spec_is_read_with_the_metadata_admission_needs() {
+        let o = object(&review(Some(json!({
+            "taskId": 7, "serviceName": "svc", "contextVersion": 1,
+            "markdownFiles": [{"filename": "a.md", "content": "x"}],
+        }))));
+        assert_eq!(o.name.as_deref(), Some("t"));
+        assert_eq!(o.namespace.as_deref(), Some("ns"));
+        assert_eq!(o.labels, Some(BTreeMap::from([("a".into(), "b".into())])));
+        let spec = o.spec.expect("spec");
+        assert_eq!((spec.task_id, spec.service_name.as_str()), (7, "svc"));
+    }
+
+    #[test]
+    fn a_spec_of_the_wrong_shape_or_none_is_an_error_of_its_own() {
+        let o = object(&review(Some(json!({"taskId": "seven"}))));
+        assert_eq!(o.labels, Some(BTreeMap::from([("a".into(), "b".into())])));
+        let e = o.spec.expect_err("unreadable");
+        assert!(
+            e.to_string().contains("invalid type: string \"seven\""),
+            "{e}"
+        );
+
+        let e = object(&review(None)).spec.expect_err("missing");
+        assert!(e.to_string().contains("null"), "{e}");
+    }
+}
