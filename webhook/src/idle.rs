@@ -1,11 +1,14 @@
 //! A stream that fails with `TimedOut` when the peer sends nothing for a while, so silent
 //! connections (no TLS handshake, no HTTP/2 preface, ignored pings) do not pile up. Only
 //! reads count: a client that is merely slow to read a (small) response is not idle.
+//!
+//! A read only notes the time; the timer is moved when it fires early (the peer was heard
+//! from since it was set), so a busy keep-alive connection costs no timer-wheel work per read.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +17,9 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleTimeout<S> {
     inner: S,
     timeout: Duration,
+    /// When the peer was last heard from.
+    last_read: Instant,
+    /// Fires at or before `last_read + timeout`.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -22,7 +28,20 @@ impl<S> IdleTimeout<S> {
         Self {
             inner,
             timeout,
+            last_read: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Ready once the peer has been silent for `timeout`.
+    fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.deadline.as_mut().poll(cx));
+            let due = self.last_read + self.timeout;
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            self.deadline.as_mut().reset(due);
         }
     }
 }
@@ -38,11 +57,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                    this.last_read = Instant::now();
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+            Poll::Pending => match this.poll_silent(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client sent nothing for too long",

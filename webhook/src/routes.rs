@@ -206,7 +206,9 @@ impl App {
                 hook = ?hook, uid = %answer.uid, operation = answer.operation,
                 object = %answer.object, dry_run = answer.dry_run, "allowed"
             ),
-            Outcome::denied => tracing::info!(
+            // Denials are the user's to read (kubectl prints them, the API server audits
+            // them); at info they would cost a log write per rejected apply.
+            Outcome::denied => tracing::debug!(
                 hook = ?hook, uid = %answer.uid, operation = answer.operation,
                 object = %answer.object, dry_run = answer.dry_run, message = %answer.message, "denied"
             ),

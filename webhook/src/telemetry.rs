@@ -15,8 +15,11 @@ pub enum TelemetryError {
 pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
     let filter =
         EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter(level.to_owned(), e))?;
+    // Colours only for a person at a terminal, not in log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
