@@ -2,6 +2,7 @@
 //! while this replica leads, stopped gracefully on SIGTERM or when leadership is lost.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -10,14 +11,15 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
+use crate::cache::{self, Children, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
@@ -36,7 +38,7 @@ pub struct Shared {
     pub store: RwLock<Option<Store<TaskRun>>>,
 }
 
-/// What every reconcile gets.
+/// What every reconcile gets (made anew for each term of leadership, with that term's caches).
 pub struct Ctx {
     pub client: Client,
     pub template: JobTemplate,
@@ -47,6 +49,18 @@ pub struct Ctx {
     pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    pub children: Children,
+    pub written: WrittenStatus,
+}
+
+/// What lives across terms of leadership, from which each term's `Ctx` is made.
+struct Base {
+    client: Client,
+    template: JobTemplate,
+    reporter: Reporter,
+    shared: Arc<Shared>,
+    backoff_base: Duration,
+    backoff_max: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +119,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
     };
     shared.ready.store(true, Ordering::Relaxed);
     let (backoff_base, backoff_max) = args.backoff();
-    let ctx = Arc::new(Ctx {
+    let base = Base {
         client: client.clone(),
         template,
         reporter: Reporter {
@@ -113,10 +127,9 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
             instance: Some(identity.clone()),
         },
         shared: shared.clone(),
-        failures: Mutex::new(HashMap::new()),
         backoff_base,
         backoff_max,
-    });
+    };
 
     let mut leading = leadership.subscribe();
     let mut stop = stop_rx.clone();
@@ -133,14 +146,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
             continue;
         }
         tracing::info!(%identity, "leading: starting the controller");
-        run_controller(
-            &args,
-            ctx.clone(),
-            &shared,
-            leading.clone(),
-            stop_rx.clone(),
-        )
-        .await;
+        run_controller(&args, &base, leading.clone(), stop_rx.clone()).await;
         *shared.store.write().unwrap_or_else(|e| e.into_inner()) = None;
         if *stop.borrow() {
             break;
@@ -163,13 +169,13 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 /// then finishes the reconciles in flight and returns.
 async fn run_controller(
     args: &Args,
-    ctx: Arc<Ctx>,
-    shared: &Shared,
+    base: &Base,
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = ctx.client.clone();
-    let (taskruns, jobs, config_maps): (Api<TaskRun>, Api<Job>, Api<ConfigMap>) =
+    let shared = &base.shared;
+    let client = base.client.clone();
+    let (taskruns, jobs, config_maps): (Api<TaskRun>, Api<Job>, Api<PartialObjectMeta<ConfigMap>>) =
         match &args.namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -186,11 +192,12 @@ async fn run_controller(
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let stream = watcher(taskruns, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(trim)
+        .modify(cache::trim_taskrun)
         .reflect(writer)
-        .applied_objects();
-    // Children are watched as metadata only, narrowed by the project's label; the owner
-    // reference (not the label) maps each back to its TaskRun.
+        .applied_objects()
+        .predicate_filter(reconcile_trigger, PredicateConfig::default());
+    // Children are watched narrowed by the project's label and cached trimmed (ConfigMaps as
+    // metadata only); the owner reference (not the label) maps each back to its TaskRun.
     let children = watcher::Config::default()
         .labels(&format!(
             "{}={}",
@@ -198,6 +205,32 @@ async fn run_controller(
             labels::MANAGED_BY_VALUE
         ))
         .any_semantic();
+    let (job_reader, job_writer) = reflector::store();
+    let job_stream = watcher(jobs, children.clone())
+        .default_backoff()
+        .modify(cache::trim_job)
+        .reflect(job_writer)
+        .touched_objects();
+    let (cm_reader, cm_writer) = reflector::store();
+    let cm_stream = watcher(config_maps, children)
+        .default_backoff()
+        .modify(cache::trim_config_map)
+        .reflect(cm_writer)
+        .touched_objects();
+    let ctx = Arc::new(Ctx {
+        client: base.client.clone(),
+        template: base.template.clone(),
+        reporter: base.reporter.clone(),
+        shared: base.shared.clone(),
+        failures: Mutex::new(HashMap::new()),
+        backoff_base: base.backoff_base,
+        backoff_max: base.backoff_max,
+        children: Children {
+            jobs: job_reader,
+            config_maps: cm_reader,
+        },
+        written: WrittenStatus::default(),
+    });
 
     // Graceful shutdown lets the reconciles in flight finish, but the Controller would also
     // work through everything already queued (after a restart: every TaskRun). So: on SIGTERM
@@ -223,8 +256,8 @@ async fn run_controller(
     };
 
     let controller = Controller::for_stream(stream, reader)
-        .owns(jobs, children.clone())
-        .owns(config_maps, children)
+        .owns_stream(job_stream)
+        .owns_stream(cm_stream)
         .with_config(Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(async move {
             let _ = done_rx.await;
@@ -242,13 +275,58 @@ async fn run_controller(
     }
 }
 
-/// Drops what the reconciler never reads from cached TaskRuns: managedFields and annotations
-/// (the last-applied annotation repeats the whole spec) can outweigh the rest of the object.
-/// The cache is only read; nothing trimmed here is ever written back.
-fn trim(tr: &mut TaskRun) {
-    let meta = &mut tr.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
+/// What of a TaskRun, when it changes, calls for a reconcile: its spec (the generation), its
+/// deletion, or its being a new object under the same name. Not its status or finalizers:
+/// this controller writes those itself, and reconciling each echo of its own writes (from a
+/// cache that may not show them yet) is wasted work. Its Jobs and ConfigMaps trigger on their
+/// own, and every reconcile reads the whole TaskRun from the cache.
+fn reconcile_trigger(tr: &TaskRun) -> Option<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    let meta = &tr.metadata;
+    (
+        &meta.uid,
+        meta.generation,
+        meta.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use taskrun::{TaskRunSpec, TaskRunStatus};
+
+    #[test]
+    fn only_spec_changes_deletion_and_a_new_object_trigger_a_reconcile() {
+        let spec = TaskRunSpec {
+            task_id: 1,
+            service_name: "svc".into(),
+            agent_name: None,
+            context_version: 1,
+            markdown_files: Vec::new(),
+        };
+        let mut tr = TaskRun::new("t", spec);
+        tr.metadata.uid = Some("u1".into());
+        tr.metadata.generation = Some(1);
+        let base = reconcile_trigger(&tr);
+
+        let mut echo = tr.clone();
+        echo.status = Some(TaskRunStatus::default());
+        echo.metadata.finalizers = Some(vec![taskrun::FINALIZER.into()]);
+        echo.metadata.resource_version = Some("2".into());
+        assert_eq!(reconcile_trigger(&echo), base);
+
+        let mut spec = tr.clone();
+        spec.metadata.generation = Some(2);
+        let mut deleted = tr.clone();
+        deleted.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let mut recreated = tr.clone();
+        recreated.metadata.uid = Some("u2".into());
+        for changed in [spec, deleted, recreated] {
+            assert_ne!(reconcile_trigger(&changed), base);
+        }
+    }
 }

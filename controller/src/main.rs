@@ -1,6 +1,7 @@
 //! taskrun-controller: reconciles TaskRuns into a ConfigMap and a Job per context version.
 
 mod backoff;
+mod cache;
 mod config;
 mod controller;
 mod http;

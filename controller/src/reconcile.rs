@@ -1,6 +1,7 @@
 //! One reconcile of one TaskRun: finalizer, children of the current version, status.
 //! The decisions are pure functions elsewhere (`job`, `status`); this file does the I/O.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus, labels};
 
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome};
-use crate::{backoff, job};
+use crate::{backoff, cache, job};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
 /// How often a running TaskRun is looked at without any event (a safety net: Job changes
@@ -98,11 +99,14 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         set_finalizer(&api, tr, true).await?;
     }
 
-    let prev = tr.status.clone().unwrap_or_default();
+    let uid = tr.meta().uid.as_deref();
+    let prev = ctx
+        .written
+        .latest(uid.unwrap_or_default(), tr.status.as_ref());
     let version = tr.spec.context_version;
     // A finished version stays finished: decided from the status alone, before any child is
     // looked at, so a Job removed by its TTL or by hand is never created again.
-    if status::is_final_for(tr.status.as_ref(), version) {
+    if status::is_final_for(Some(&prev), version) {
         if prev.observed_generation != tr.meta().generation {
             let mut next = prev.clone();
             next.observed_generation = tr.meta().generation;
@@ -133,35 +137,76 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         started_at: None,
     };
     let (job_name, cm_name) = job::child_names(tr);
+    // Children are looked up in the caches first: a reconcile that finds them in place makes
+    // no API call (most reconciles are echoes of this controller's own writes).
+    ctx.children.wait_until_ready().await;
 
-    match claim(&config_maps, &api, tr, job::config_map(tr, owner.clone())).await? {
-        Claim::Ours(_) => seen.config_map_name = Some(cm_name),
-        other => return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await,
-    }
-    // The cache can lag behind this controller's own status write. Before a Job is created,
-    // make sure the version has not already finished (its Job may be gone by a TTL of 0).
-    if jobs.get_opt(&job_name).await?.is_none() {
-        let fresh = api.get(&tr.name_any()).await?;
-        if status::is_final_for(fresh.status.as_ref(), version) {
-            return Ok(Action::await_change());
+    let cached_cm = ctx.children.config_map(&ns, &cm_name);
+    if !cached_cm.is_some_and(|cm| cache::controlled_by(&cm.metadata, uid)) {
+        let Some(source) = with_files(tr, &api).await? else {
+            // The TaskRun moved on while it was read: its own event reconciles it again.
+            return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER));
+        };
+        let desired = job::config_map(&source, owner.clone());
+        match claim(&config_maps, &api, tr, desired).await? {
+            Claim::Ours(_) => {}
+            other => {
+                return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await;
+            }
         }
     }
-    let built = job::job(tr, owner, &ctx.template);
-    let job = match claim(&jobs, &api, tr, built).await {
-        Ok(Claim::Ours(job)) => job,
-        Ok(other) => return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await,
-        // The API server refused the Job itself: the template does not fit this cluster.
-        Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
-            let o = Outcome::new(
-                Phase::Failed,
-                "InvalidTemplate",
-                format!("the Job for this TaskRun was refused: {}", s.message),
-            );
-            let next = status::next_status(&prev, &seen, &o, &now());
-            write_status(&api, tr, ctx, &prev, &next).await?;
-            return Ok(Action::await_change());
+    seen.config_map_name = Some(cm_name);
+
+    let cached_job = ctx
+        .children
+        .job(&ns, &job_name)
+        .filter(|j| cache::controlled_by(&j.metadata, uid));
+    let job = match cached_job {
+        Some(job) => job,
+        None => {
+            let existed = prev.observed_context_version == Some(version)
+                && prev.job_name.as_deref() == Some(job_name.as_str());
+            let found = if existed {
+                // The status names this Job but the cache does not hold it: the cache may lag,
+                // or the Job was removed (a TTL) after finishing, by a final status this
+                // controller's cache does not show yet (say, the previous leader's). A
+                // finished version must not run again: ask the API server, not the cache.
+                match jobs.get_opt(&job_name).await? {
+                    Some(job) => Some(judge(&api, tr, job).await?),
+                    None => {
+                        let fresh = api.get(&tr.name_any()).await?;
+                        if status::is_final_for(fresh.status.as_ref(), version) {
+                            return Ok(Action::await_change());
+                        }
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let claimed = match found {
+                Some(claim) => Ok(claim),
+                None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.template)).await,
+            };
+            match claimed {
+                Ok(Claim::Ours(job)) => Arc::new(job),
+                Ok(other) => {
+                    return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await;
+                }
+                // The API server refused the Job itself: the template does not fit this cluster.
+                Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+                    let o = Outcome::new(
+                        Phase::Failed,
+                        "InvalidTemplate",
+                        format!("the Job for this TaskRun was refused: {}", s.message),
+                    );
+                    let next = status::next_status(&prev, &seen, &o, &now());
+                    write_status(&api, tr, ctx, &prev, &next).await?;
+                    return Ok(Action::await_change());
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Err(e) => return Err(e),
     };
     seen.job_name = Some(job_name.clone());
     seen.attempts = ran_before + 1;
@@ -193,7 +238,8 @@ enum Claim<K> {
     Taken(String),
 }
 
-/// Gets the child by its name, creating it when missing, and says who controls it.
+/// Creates the child (the caches did not show it as this TaskRun's); when its name is taken,
+/// reads it and says who controls it.
 async fn claim<K>(
     api: &Api<K>,
     taskruns: &Api<TaskRun>,
@@ -204,22 +250,25 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let name = desired.name_any();
-    let existing = match api.get_opt(&name).await? {
-        Some(obj) => obj,
-        None => match api.create(&Default::default(), &desired).await {
-            Ok(obj) => return Ok(Claim::Ours(obj)),
-            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
-                Some(obj) => obj,
-                None => {
-                    return Ok(Claim::Wait(format!(
-                        "{} {name} was just deleted",
-                        K::kind(&())
-                    )));
-                }
-            },
-            Err(e) => return Err(e.into()),
+    match api.create(&Default::default(), &desired).await {
+        Ok(obj) => Ok(Claim::Ours(obj)),
+        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+            Some(existing) => judge(taskruns, tr, existing).await,
+            None => Ok(Claim::Wait(format!(
+                "{} {name} was just deleted",
+                K::kind(&())
+            ))),
         },
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Who controls an existing child with the name of one of this TaskRun's.
+async fn judge<K>(taskruns: &Api<TaskRun>, tr: &TaskRun, existing: K) -> Result<Claim<K>, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let name = existing.name_any();
     let kind = K::kind(&());
     let controller = existing
         .owner_references()
@@ -253,6 +302,23 @@ where
             "{kind} {name} already exists and is not controlled by a TaskRun; remove or rename it"
         ))),
     }
+}
+
+/// The TaskRun with its markdown files: the cached one, or a fresh read when the cache has
+/// dropped them (`cache::trim_taskrun`). None when the fresh read is of another version.
+async fn with_files<'a>(
+    tr: &'a TaskRun,
+    api: &Api<TaskRun>,
+) -> Result<Option<Cow<'a, TaskRun>>, Error> {
+    if !cache::files_trimmed(tr) {
+        return Ok(Some(Cow::Borrowed(tr)));
+    }
+    let fresh = api.get(&tr.name_any()).await?;
+    Ok(
+        (fresh.spec.context_version == tr.spec.context_version
+            && fresh.meta().uid == tr.meta().uid)
+            .then_some(Cow::Owned(fresh)),
+    )
 }
 
 /// The status when a child's name is held by someone else.
@@ -317,6 +383,9 @@ async fn write_status(
         &Patch::Apply(&body),
     )
     .await?;
+    if let Some(uid) = tr.meta().uid.as_deref() {
+        ctx.written.record(uid, next.clone());
+    }
     let moved =
         prev.phase != next.phase || prev.observed_context_version != next.observed_context_version;
     if moved && let Some(phase) = next.phase {
@@ -345,9 +414,15 @@ async fn write_status(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = record(ctx, tr, &event).await {
-            tracing::warn!(taskrun = %name, %error, "could not record an Event");
-        }
+        // In the background: an Event is for people, and the TaskRun's progress must not
+        // wait for it.
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        let reference = tr.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(taskrun = %name, %error, "could not record an Event");
+            }
+        });
     }
     Ok(())
 }
@@ -431,6 +506,8 @@ async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
     for cm in owned(&config_maps, tr).await? {
         delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
     }
+    ctx.written
+        .forget(tr.meta().uid.as_deref().unwrap_or_default());
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())
 }
