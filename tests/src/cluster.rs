@@ -148,6 +148,18 @@ impl ControlPlane {
         &self.work_dir
     }
 
+    /// The process ids of the running components (kube-apiserver, etcd, ...), for the
+    /// benchmarks' CPU accounting.
+    pub fn component_pids(&self) -> Vec<u32> {
+        let apiserver = self.apiserver.lock().unwrap_or_else(|e| e.into_inner());
+        let others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        apiserver
+            .iter()
+            .chain(others.iter())
+            .map(|c| c.pid())
+            .collect()
+    }
+
     /// A new admin client on the calling runtime.
     pub async fn client(&self) -> kube::Client {
         client_for(self.kubeconfig())

@@ -40,9 +40,23 @@ pub async fn versus_minimal_loop(
         s.api_concurrency
     );
 
+    let cp_cpu = || -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for pid in cp.component_pids() {
+            total += cluster::cpu_time(pid)?.as_secs_f64();
+        }
+        Ok(total)
+    };
+    let before = cluster::api_requests(client).await?;
+    let (cp_before, own_before) = (cp_cpu()?, cluster::cpu_time(std::process::id())?);
     let started = Instant::now();
     let count = cluster::minimal_loop(client, &ns_loop, cluster::IMAGE, s.api_concurrency).await?;
     let loop_secs = started.elapsed().as_secs_f64();
+    let loop_cp_ms = (cp_cpu()? - cp_before) * 1e3 / n as f64;
+    let loop_client_ms =
+        (cluster::cpu_time(std::process::id())? - own_before).as_secs_f64() * 1e3 / n as f64;
+    let loop_requests =
+        cluster::requests_per(&before, &cluster::api_requests(client).await?, n as f64);
     if count as u64 != n {
         bail!("the minimal loop saw {count} TaskRuns, expected {n}");
     }
@@ -55,6 +69,8 @@ pub async fn versus_minimal_loop(
         let (client, ns) = (client.clone(), ns_ctrl.clone());
         async move { cluster::all_have_jobs(&client, &ns, n as usize, TIMEOUT).await }
     });
+    let before_ctrl = cluster::api_requests(client).await?;
+    let cp_before = cp_cpu()?;
     let started = Instant::now();
     let mut controller = Controller::start(cp, &ns_ctrl)?;
     let done = watch.await??;
@@ -63,7 +79,39 @@ pub async fn versus_minimal_loop(
         "  controller:   {ctrl_secs:.2} s ({:.0} TaskRuns/s)",
         n as f64 / ctrl_secs
     );
+    // The controller's echo reconciles and Events may still be under way; counted until here.
+    let ctrl_requests = cluster::requests_per(
+        &before_ctrl,
+        &cluster::api_requests(client).await?,
+        n as f64,
+    );
+    let ctrl_cp_ms = (cp_cpu()? - cp_before) * 1e3 / n as f64;
+    let ctrl_own_ms = cluster::cpu_time(controller.child.pid())?.as_secs_f64() * 1e3 / n as f64;
+    eprintln!(
+        "  CPU per TaskRun: minimal loop {loop_client_ms:.2} ms + control plane {loop_cp_ms:.2} ms; \
+         controller {ctrl_own_ms:.2} ms + control plane {ctrl_cp_ms:.2} ms"
+    );
+    summary.detail("cpu_ms_per_taskrun_minimal_loop", round(loop_client_ms));
+    summary.detail("cpu_ms_per_taskrun_controller", round(ctrl_own_ms));
+    summary.detail(
+        "control_plane_cpu_ms_per_taskrun_minimal_loop",
+        round(loop_cp_ms),
+    );
+    summary.detail(
+        "control_plane_cpu_ms_per_taskrun_controller",
+        round(ctrl_cp_ms),
+    );
+    eprintln!("  API requests per TaskRun, minimal loop: {loop_requests:?}");
+    eprintln!("  API requests per TaskRun, controller:   {ctrl_requests:?}");
     controller.child.terminate();
+    summary.detail(
+        "api_requests_per_taskrun_minimal_loop",
+        serde_json::to_value(&loop_requests)?,
+    );
+    summary.detail(
+        "api_requests_per_taskrun_controller",
+        serde_json::to_value(&ctrl_requests)?,
+    );
 
     summary.figure("controller_vs_ceiling", loop_secs / ctrl_secs);
     summary.detail("controller_taskruns_per_s", round(n as f64 / ctrl_secs));
@@ -146,10 +194,15 @@ pub async fn versus_helm(
     // Let the watch list the (empty) namespace before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    cluster::create_taskruns(client, &ns_fast, 0..n, 1).await?;
+    let creates = cluster::create_taskruns(client, &ns_fast, 0..n, 1).await?;
+    let created_secs = started.elapsed().as_secs_f64();
     let done = watch.await??;
     let fast_secs = done.duration_since(started).as_secs_f64();
-    eprintln!("  TaskRuns: {fast_secs:.3} s");
+    let create_ms: f64 = creates.iter().map(|d| d.as_secs_f64() * 1e3).sum::<f64>() / n as f64;
+    eprintln!(
+        "  TaskRuns: {fast_secs:.3} s (all created after {created_secs:.3} s, {create_ms:.1} ms per create)"
+    );
+    summary.detail("taskruns_created_seconds", round(created_secs));
     controller.child.terminate();
     cluster::unregister_webhooks(client).await?;
 
