@@ -5,19 +5,33 @@
 //!
 //! The index lags the API server by a watch event, so two creates racing past it can both be
 //! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
+//!
+//! It fails closed while it may be stale. [`Index::is_synced`] (which gates /validate with a
+//! 503 and /readyz) is false from the start of every list until that list has been indexed in
+//! full, and from the moment the watch reports an error (the API server gone, a dropped
+//! connection, a 410 Gone). After an error the stream is dropped and, after a jittered
+//! exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure, at most
+//! 2.5-5 s), a fresh watcher lists every TaskRun again (a most-recent read, not the API
+//! server's cache); the index is synced again at that list's `InitDone`. kube-runtime's own retry would resume the watch from its last
+//! resourceVersion without a list and emit nothing until something changed, so nothing would
+//! tell when it had caught up; creates the API server accepted while the watch was away would
+//! be unknown to the duplicate rule. Each failure is logged once (warn) and counted in
+//! `taskrun_webhook_index_watch_failures_total`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::Deserialize;
 use taskrun::{Existing, Identity, TaskRun, find_duplicate};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -95,7 +109,8 @@ impl Index {
         .map(str::to_owned)
     }
 
-    /// True once the first full list has been indexed.
+    /// True once a full list has been indexed and no watch error came after it: only then
+    /// can a missing identity be trusted to be free.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -121,7 +136,9 @@ impl Index {
         self.write_lock().live.remove(e);
     }
 
+    /// A (re-)list begins: not synced until its [`init_done`](Self::init_done).
     pub fn init(&self) {
+        self.synced.store(false, Ordering::Release);
         self.write_lock().relist = Some(Holders::default());
     }
 
@@ -140,27 +157,116 @@ impl Index {
         self.synced.store(true, Ordering::Release);
     }
 
+    /// The watch failed: creates may now go unseen, so the index is not synced until a new
+    /// list completes. A half-built list is dropped; the live contents stay (unread by
+    /// /validate until then) and are replaced at the next `InitDone`.
+    pub fn watch_failed(&self) {
+        self.synced.store(false, Ordering::Release);
+        self.write_lock().relist = None;
+    }
+
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Keeps `index` in step with the TaskRuns of every namespace until the stream ends (never,
-/// in practice: the watcher retries with backoff, logging each error).
+/// First delay before listing again after a watch failure; doubles per consecutive failure.
+const RELIST_DELAY_MIN: Duration = Duration::from_millis(200);
+/// The most the delay grows to (before jitter).
+const RELIST_DELAY_MAX: Duration = Duration::from_secs(5);
+/// A watch that stayed up this long after its list resets the count of consecutive failures,
+/// so a one-off failure is retried quickly but a watch that keeps breaking is not re-listed
+/// in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Keeps `index` in step with the TaskRuns of every namespace, forever: after each watch
+/// failure a fresh watcher lists them all again (see the module documentation).
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {
     let api: Api<SlimTaskRun> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default().page_size(100)).default_backoff();
+    let config = watcher::Config::default().page_size(100);
+    follow(index, metrics, || watcher(api.clone(), config.clone())).await
+}
+
+/// [`run`] with the watcher as a parameter: `connect` starts a fresh one, from a full list.
+async fn follow<S>(index: &Index, metrics: &Metrics, mut connect: impl FnMut() -> S)
+where
+    S: Stream<Item = watcher::Result<watcher::Event<SlimTaskRun>>>,
+{
+    let mut failures = 0u32;
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        // The stream (and its connection) is dropped on return, before the delay.
+        let (error, synced_at) = index_until_failure(index, metrics, connect(), &mut lost_at).await;
+        index.watch_failed();
+        metrics.index_watch_failures.inc();
+        lost_at.get_or_insert_with(Instant::now);
+        let stable = synced_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER);
+        failures = if stable {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
+        let delay = relist_delay(failures, jitter());
+        tracing::warn!(
+            %error, attempt = failures, retry_in = ?delay,
+            "TaskRun watch failed; refusing validation until the index is listed again"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Applies one watcher's events until it fails; returns the error and when its list was
+/// indexed, if it got that far.
+async fn index_until_failure<S>(
+    index: &Index,
+    metrics: &Metrics,
+    stream: S,
+    lost_at: &mut Option<Instant>,
+) -> (String, Option<Instant>)
+where
+    S: Stream<Item = watcher::Result<watcher::Event<SlimTaskRun>>>,
+{
     let mut stream = std::pin::pin!(stream);
+    let mut synced_at = None;
     loop {
         match stream.try_next().await {
             Ok(Some(event)) => {
+                let done = matches!(event, watcher::Event::InitDone);
                 apply_event(index, event);
                 metrics.index_size.set(index.len() as i64);
+                if done {
+                    synced_at = Some(Instant::now());
+                    match lost_at.take() {
+                        None => tracing::info!(taskruns = index.len(), "TaskRun index synced"),
+                        Some(t) => tracing::info!(
+                            taskruns = index.len(), unsynced_for = ?t.elapsed(),
+                            "TaskRun index synced again; validating"
+                        ),
+                    }
+                }
             }
-            Ok(None) => break,
-            Err(e) => tracing::warn!(error = %e, "TaskRun watch failed; retrying"),
+            // A watcher never ends; should one, it is treated like a failure.
+            Ok(None) => return ("the watch stream ended".to_owned(), synced_at),
+            Err(e) => return (e.to_string(), synced_at),
         }
     }
+}
+
+/// The wait before the list after the `failures`-th consecutive watch failure (from 1):
+/// [`RELIST_DELAY_MIN`] doubled per failure up to [`RELIST_DELAY_MAX`], then scaled by
+/// `jitter` in [0, 1) to between half and all of that, so that replicas do not list in step.
+fn relist_delay(failures: u32, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let nominal = RELIST_DELAY_MIN
+        .saturating_mul(1 << doublings)
+        .min(RELIST_DELAY_MAX);
+    nominal.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A number in [0, 1) from the process's random hasher keys (no RNG dependency for this).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(0u8) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn apply_event(index: &Index, event: watcher::Event<SlimTaskRun>) {
@@ -168,10 +274,7 @@ fn apply_event(index: &Index, event: watcher::Event<SlimTaskRun>) {
     match event {
         Event::Init => index.init(),
         Event::InitApply(o) => o.entry().into_iter().for_each(|e| index.init_apply(e)),
-        Event::InitDone => {
-            index.init_done();
-            tracing::info!(taskruns = index.len(), "TaskRun index synced");
-        }
+        Event::InitDone => index.init_done(),
         Event::Apply(o) => o.entry().into_iter().for_each(|e| index.apply(e)),
         Event::Delete(o) => o.entry().iter().for_each(|e| index.delete(e)),
     }
@@ -316,6 +419,141 @@ mod tests {
         index.init_done();
         assert_eq!(index.duplicate_of(&id("a", 1), "x"), None);
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_watch_failure_unsyncs_the_index_until_a_new_list_is_done() {
+        let index = Index::default();
+        assert!(!index.is_synced(), "not before the first list");
+        index.init();
+        index.init_apply(entry("a", "first", 1, false));
+        index.init_done();
+        assert!(index.is_synced());
+
+        index.watch_failed();
+        assert!(!index.is_synced(), "a failed watch may have missed creates");
+        // Watch events alone (a resumed watch) do not make it trustworthy again...
+        index.apply(entry("a", "second", 2, false));
+        assert!(!index.is_synced());
+        // ...nor a list still under way, nor one cut short by another failure...
+        index.init();
+        index.init_apply(entry("a", "lost", 3, false));
+        index.watch_failed();
+        index.init();
+        index.init_apply(entry("a", "first", 1, false));
+        index.init_apply(entry("a", "second", 2, false));
+        assert!(!index.is_synced());
+        // ...only a list indexed in full.
+        index.init_done();
+        assert!(index.is_synced());
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.duplicate_of(&id("a", 3), "x"), None);
+        assert_eq!(
+            index.duplicate_of(&id("a", 2), "x").as_deref(),
+            Some("second")
+        );
+    }
+
+    #[test]
+    fn relists_back_off_from_100_200_ms_to_at_most_5_s_with_jitter() {
+        let ms = |failures, jitter| relist_delay(failures, jitter).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 0.999_999)), (100, 199));
+        assert_eq!((ms(2, 0.0), ms(3, 0.0), ms(4, 0.0)), (200, 400, 800));
+        assert_eq!((ms(6, 0.0), ms(6, 0.999_999)), (2500, 4999));
+        assert_eq!((ms(1000, 0.0), ms(u32::MAX, 1.0)), (2500, 5000));
+        assert_eq!(ms(0, 0.0), 100, "0 is treated as the first failure");
+        let draws: Vec<f64> = (0..64).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)), "{draws:?}");
+        assert!(draws.iter().any(|j| *j != draws[0]), "no jitter: {draws:?}");
+    }
+
+    fn slim(ns: &str, name: &str, task: i64) -> SlimTaskRun {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"taskId": task, "serviceName": "billing"}
+        }))
+        .expect("decodes")
+    }
+
+    /// The watch loop against scripted watchers: an error drops the watcher, the index is
+    /// refused until a fresh one has listed everything, and the retry waits its backoff.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_watch_error_only_a_fresh_list_syncs_the_index() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        use tokio::sync::mpsc::unbounded_channel;
+        use watcher::Event;
+
+        let (index, metrics) = (Arc::new(Index::default()), Arc::new(Metrics::default()));
+        let (first_tx, first_rx) = unbounded_channel();
+        let (second_tx, second_rx) = unbounded_channel();
+        let mut watchers = std::collections::VecDeque::from([first_rx, second_rx]);
+        let connects = Arc::new(AtomicUsize::new(0));
+        let connect = {
+            let connects = connects.clone();
+            move || {
+                connects.fetch_add(1, Ordering::SeqCst);
+                let mut rx = watchers.pop_front().expect("no third watcher");
+                futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            }
+        };
+        let follower = tokio::spawn({
+            let (index, metrics) = (index.clone(), metrics.clone());
+            async move { follow(&index, &metrics, connect).await }
+        });
+        // Lets the follower take what was sent (paused time: no real waiting).
+        let settle = || tokio::time::sleep(Duration::from_millis(1));
+        let failures = || metrics.index_watch_failures.get();
+
+        for e in [
+            Event::Init,
+            Event::InitApply(slim("a", "first", 1)),
+            Event::InitDone,
+        ] {
+            first_tx.send(Ok(e)).expect("first watcher");
+        }
+        settle().await;
+        assert!(index.is_synced());
+        assert_eq!((index.len(), failures()), (1, 0));
+
+        first_tx
+            .send(Err(watcher::Error::NoResourceVersion))
+            .expect("first watcher");
+        settle().await;
+        assert!(!index.is_synced(), "synced right after a watch error");
+        assert_eq!(failures(), 1);
+        assert!(first_tx.is_closed(), "the failed watcher is dropped");
+        assert_eq!(
+            connects.load(Ordering::SeqCst),
+            1,
+            "retried before the backoff"
+        );
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            connects.load(Ordering::SeqCst),
+            2,
+            "no new watcher after the backoff"
+        );
+        for e in [
+            Event::Init,
+            Event::InitApply(slim("a", "first", 1)),
+            Event::InitApply(slim("a", "made-meanwhile", 2)),
+        ] {
+            second_tx.send(Ok(e)).expect("second watcher");
+        }
+        settle().await;
+        assert!(!index.is_synced(), "synced before the list was done");
+        second_tx.send(Ok(Event::InitDone)).expect("second watcher");
+        settle().await;
+        assert!(index.is_synced());
+        assert_eq!(index.len(), 2);
+        assert_eq!(
+            index.duplicate_of(&id("a", 2), "dup").as_deref(),
+            Some("made-meanwhile")
+        );
+        assert!(!follower.is_finished());
+        follower.abort();
     }
 
     #[test]

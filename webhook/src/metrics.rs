@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by route, operation and result, latency, in-flight requests,
-//! index size and certificate reloads.
+//! index size and watch failures, certificate reloads.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +35,7 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub in_flight: Gauge,
     pub index_size: Gauge,
+    pub index_watch_failures: Counter,
     pub cert_reloads: Counter,
     pub cert_reload_failures: Counter,
     pub tls_handshake_failures: Counter,
@@ -50,6 +51,7 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         let index_size = Gauge::default();
+        let index_watch_failures = Counter::default();
         let cert_reloads = Counter::default();
         let cert_reload_failures = Counter::default();
         let tls_handshake_failures = Counter::default();
@@ -74,6 +76,11 @@ impl Default for Metrics {
             index_size.clone(),
         );
         registry.register(
+            "index_watch_failures",
+            "TaskRun watch failures; after each, /validate answers 503 until a fresh list is indexed",
+            index_watch_failures.clone(),
+        );
+        registry.register(
             "certificate_reloads",
             "Serving certificates loaded from disk",
             cert_reloads.clone(),
@@ -94,6 +101,7 @@ impl Default for Metrics {
             latency,
             in_flight,
             index_size,
+            index_watch_failures,
             cert_reloads,
             cert_reload_failures,
             tls_handshake_failures,
@@ -135,6 +143,7 @@ mod tests {
             "taskrun_webhook_request_duration_seconds_bucket",
             "taskrun_webhook_requests_in_flight 0",
             "taskrun_webhook_index_taskruns 0",
+            "taskrun_webhook_index_watch_failures_total 0",
             "taskrun_webhook_certificate_reloads_total 1",
             "taskrun_webhook_certificate_reload_failures_total 0",
         ] {
