@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
@@ -19,7 +18,7 @@ use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
-use crate::cache::{self, Children, WrittenStatus};
+use crate::cache::{self, CachedJob, Children, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
@@ -50,7 +49,7 @@ pub struct Ctx {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub children: Children,
-    pub written: WrittenStatus,
+    pub written: Arc<WrittenStatus>,
 }
 
 /// What lives across terms of leadership, from which each term's `Ctx` is made.
@@ -175,24 +174,34 @@ async fn run_controller(
 ) {
     let shared = &base.shared;
     let client = base.client.clone();
-    let (taskruns, jobs, config_maps): (Api<TaskRun>, Api<Job>, Api<PartialObjectMeta<ConfigMap>>) =
-        match &args.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client),
-            ),
-        };
+    let (taskruns, jobs, config_maps): (
+        Api<TaskRun>,
+        Api<CachedJob>,
+        Api<PartialObjectMeta<ConfigMap>>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
+    let written = Arc::new(WrittenStatus::default());
     let stream = watcher(taskruns, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(cache::trim_taskrun)
+        .modify({
+            let written = written.clone();
+            move |tr| {
+                written.seen(tr);
+                cache::trim_taskrun(tr);
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(reconcile_trigger, PredicateConfig::default());
@@ -229,7 +238,7 @@ async fn run_controller(
             jobs: job_reader,
             config_maps: cm_reader,
         },
-        written: WrittenStatus::default(),
+        written,
     });
 
     // Graceful shutdown lets the reconciles in flight finish, but the Controller would also

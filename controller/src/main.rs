@@ -15,11 +15,6 @@ mod template;
 
 use clap::Parser;
 
-/// mimalloc rather than glibc's malloc: fewer cycles per allocation, no arena lock
-/// contention between worker threads, and freed memory goes back to the OS (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();

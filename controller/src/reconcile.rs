@@ -1,7 +1,6 @@
 //! One reconcile of one TaskRun: finalizer, children of the current version, status.
 //! The decisions are pure functions elsewhere (`job`, `status`); this file does the I/O.
 
-use std::borrow::Cow;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,8 +160,8 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .children
         .job(&ns, &job_name)
         .filter(|j| cache::controlled_by(&j.metadata, uid));
-    let job = match cached_job {
-        Some(job) => job,
+    let (job_status, job_created) = match cached_job {
+        Some(job) => (job.status.clone(), job.metadata.creation_timestamp.clone()),
         None => {
             let existed = prev.observed_context_version == Some(version)
                 && prev.job_name.as_deref() == Some(job_name.as_str());
@@ -189,7 +188,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.template)).await,
             };
             match claimed {
-                Ok(Claim::Ours(job)) => Arc::new(job),
+                Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
                 Ok(other) => {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await;
                 }
@@ -210,12 +209,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     };
     seen.job_name = Some(job_name.clone());
     seen.attempts = ran_before + 1;
-    seen.started_at = job
-        .status
+    seen.started_at = job_status
         .as_ref()
         .and_then(|s| s.start_time.clone())
-        .or_else(|| job.metadata.creation_timestamp.clone());
-    let outcome = status::job_outcome(&job_name, job.status.as_ref());
+        .or(job_created);
+    let outcome = status::job_outcome(&job_name, job_status.as_ref());
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     Ok(if outcome.phase.is_final() {
@@ -304,20 +302,14 @@ where
     }
 }
 
-/// The TaskRun with its markdown files: the cached one, or a fresh read when the cache has
-/// dropped them (`cache::trim_taskrun`). None when the fresh read is of another version.
-async fn with_files<'a>(
-    tr: &'a TaskRun,
-    api: &Api<TaskRun>,
-) -> Result<Option<Cow<'a, TaskRun>>, Error> {
-    if !cache::files_trimmed(tr) {
-        return Ok(Some(Cow::Borrowed(tr)));
-    }
+/// The TaskRun with its markdown files, read from the API server (the cache drops them,
+/// `cache::trim_taskrun`). None when what is read is another object or another version.
+async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>, Error> {
     let fresh = api.get(&tr.name_any()).await?;
     Ok(
         (fresh.spec.context_version == tr.spec.context_version
             && fresh.meta().uid == tr.meta().uid)
-            .then_some(Cow::Owned(fresh)),
+            .then_some(fresh),
     )
 }
 

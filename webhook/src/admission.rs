@@ -28,13 +28,21 @@ pub enum Hook {
 
 /// The one thing admission needs from the outside world: who else holds an identity.
 pub trait Duplicates {
-    /// A live TaskRun other than `name` holding `identity`, if any.
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Option<String>;
+    /// A live TaskRun other than `name` holding `identity`, if any; `NotSynced` while the
+    /// answer cannot be trusted (before the first list, or re-listing after a watch error).
+    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced>;
 }
 
+/// The duplicate index is not in step with the API server.
+#[derive(Debug)]
+pub struct NotSynced;
+
 impl Duplicates for crate::index::Index {
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Option<String> {
-        crate::index::Index::duplicate_of(self, identity, name)
+    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced> {
+        if !self.is_synced() {
+            return Err(NotSynced);
+        }
+        Ok(crate::index::Index::duplicate_of(self, identity, name))
     }
 }
 
@@ -74,6 +82,17 @@ pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
         message: String::new(),
     };
     let response = decide(hook, req, index);
+    if response.result.code == 503 {
+        // Not an answer but a failure to answer (see `not_synced`): a plain Status.
+        let message = response.result.message;
+        return Answer {
+            http_status: 503,
+            body: status_body(&Status::failure(&message, "ServiceUnavailable").with_code(503)),
+            outcome: Outcome::error,
+            message,
+            ..answer
+        };
+    }
     if !response.allowed {
         answer.outcome = if response.result.code == 400 {
             Outcome::error
@@ -161,7 +180,9 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
                 Operation::Create => {
                     let violations = validate_create(spec);
                     let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
-                    let existing = index.duplicate_of(&identity, &name);
+                    let Ok(existing) = index.duplicate_of(&identity, &name) else {
+                        return not_synced(allow);
+                    };
                     if violations.is_empty() && existing.is_none() {
                         return allow;
                     }
@@ -252,18 +273,33 @@ fn refuse(response: AdmissionResponse, message: String) -> AdmissionResponse {
     response
 }
 
-/// A body that is not an AdmissionReview at all: a plain `Status`, since there is no uid to
-/// echo.
-fn bad_request(message: String) -> Answer {
-    let status = Status::failure(&message, "BadRequest").with_code(400);
-    let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
+/// Only a create asks the index, and without it a duplicate would pass unnoticed: such a
+/// request fails (HTTP 503) rather than being answered, and the API server reports it under
+/// failurePolicy Fail; the client retries. Updates never wait for the index.
+fn not_synced(response: AdmissionResponse) -> AdmissionResponse {
+    let message = "the TaskRun index is not synced with the API server yet; retry shortly";
+    let mut response = response.deny(message);
+    response.result = Status::failure(message, "ServiceUnavailable").with_code(503);
+    response
+}
+
+/// A `Status` as the API server writes its own errors.
+fn status_body(status: &Status) -> Vec<u8> {
+    let mut body = serde_json::to_value(status).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         map.insert("kind".into(), "Status".into());
         map.insert("apiVersion".into(), "v1".into());
     }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A body that is not an AdmissionReview at all: a plain `Status`, since there is no uid to
+/// echo.
+fn bad_request(message: String) -> Answer {
+    let status = Status::failure(&message, "BadRequest").with_code(400);
     Answer {
         http_status: 400,
-        body: serde_json::to_vec(&body).unwrap_or_default(),
+        body: status_body(&status),
         outcome: Outcome::error,
         operation: "",
         uid: String::new(),

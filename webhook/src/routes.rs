@@ -191,15 +191,6 @@ impl App {
                 );
             }
         };
-        if hook == Hook::Validate && !self.index.is_synced() {
-            // Without the index a duplicate would pass unnoticed; the API server retries or
-            // reports the failure per the webhook's failurePolicy.
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the TaskRun index is not synced yet; retry shortly".into(),
-            );
-        }
         let answer = admission::admit(hook, &body, &*self.index);
         match answer.outcome {
             Outcome::allowed => tracing::debug!(

@@ -17,16 +17,18 @@ impl Fake {
 }
 
 impl Duplicates for Fake {
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Option<String> {
-        let holders = self.0.get(identity)?;
-        taskrun::find_duplicate(
+    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced> {
+        let Some(holders) = self.0.get(identity) else {
+            return Ok(None);
+        };
+        Ok(taskrun::find_duplicate(
             name,
             holders.iter().map(|(n, t)| taskrun::Existing {
                 name: n,
                 terminating: *t,
             }),
         )
-        .map(str::to_owned)
+        .map(str::to_owned))
     }
 }
 

@@ -175,6 +175,23 @@ async fn validation_waits_for_the_index() {
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Only a create asks the index: an update (the controller's finalizer, a user's edit)
+    // is answered while it re-syncs.
+    let mut update: Value = serde_json::from_slice(&review()).expect("json");
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = update["request"]["object"].clone();
+    let (status, body) = call(
+        &app,
+        post(
+            "/validate",
+            Some("application/json"),
+            serde_json::to_vec(&update).expect("json"),
+        ),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], true);
     // Mutation does not need it.
     let (status, _) = call(
         &app,
