@@ -18,6 +18,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use taskrun::{TaskRun, TaskRunStatus};
+use tokio::sync::watch;
 
 use crate::status;
 
@@ -25,17 +26,36 @@ use crate::status;
 /// ConfigMaps as metadata only).
 #[derive(Clone)]
 pub struct Children {
-    pub jobs: Store<CachedJob>,
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    jobs: Store<CachedJob>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    ready: watch::Receiver<bool>,
 }
 
 impl Children {
+    /// The caches of two watches that something else drives (the Controller, through its
+    /// owned streams).
+    pub fn new(jobs: Store<CachedJob>, config_maps: Store<PartialObjectMeta<ConfigMap>>) -> Self {
+        // kube-runtime's `Store::wait_until_ready` wakes only the last of several concurrent
+        // waiters (one oneshot receiver), so one task waits there and tells everyone else.
+        let (tx, ready) = watch::channel(false);
+        let (j, c) = (jobs.clone(), config_maps.clone());
+        tokio::spawn(async move {
+            // An error means the watch is gone with its writer (the controller is stopping).
+            let _ = j.wait_until_ready().await;
+            let _ = c.wait_until_ready().await;
+            let _ = tx.send(true);
+        });
+        Self {
+            jobs,
+            config_maps,
+            ready,
+        }
+    }
+
     /// Waits until both watches have listed once (at once, after the first time), so a
     /// reconcile at start-up does not take a child it has not seen yet for a missing one.
     pub async fn wait_until_ready(&self) {
-        // An error means the watch is gone with its writer (the controller is stopping).
-        let _ = self.jobs.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
+        let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
 
     pub fn job(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
@@ -49,6 +69,23 @@ impl Children {
     ) -> Option<Arc<PartialObjectMeta<ConfigMap>>> {
         self.config_maps
             .get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+impl Children {
+    /// The cached Jobs the TaskRun `uid` controls. A child created a moment ago may not be
+    /// cached yet; what a deletion misses, the garbage collector removes by owner reference.
+    pub fn jobs_of(&self, uid: &str) -> Vec<Arc<CachedJob>> {
+        let mut jobs = self.jobs.state();
+        jobs.retain(|j| controlled_by(&j.metadata, Some(uid)));
+        jobs
+    }
+
+    /// The cached ConfigMaps the TaskRun `uid` controls (see [`Children::jobs_of`]).
+    pub fn config_maps_of(&self, uid: &str) -> Vec<Arc<PartialObjectMeta<ConfigMap>>> {
+        let mut cms = self.config_maps.state();
+        cms.retain(|c| controlled_by(&c.metadata, Some(uid)));
+        cms
     }
 }
 

@@ -234,10 +234,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         backoff_base: base.backoff_base,
         backoff_max: base.backoff_max,
-        children: Children {
-            jobs: job_reader,
-            config_maps: cm_reader,
-        },
+        children: Children::new(job_reader, cm_reader),
         written,
     });
 

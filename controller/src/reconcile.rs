@@ -9,14 +9,14 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus, labels};
+use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus};
 
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome};
@@ -419,45 +419,13 @@ async fn write_status(
     Ok(())
 }
 
-/// Children of this TaskRun: listed by the project's label, kept only when the TaskRun is
-/// their controlling owner (the label narrows the list; the owner reference decides).
-async fn owned<K>(api: &Api<K>, tr: &TaskRun) -> Result<Vec<K>, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    // The label narrows the list to this TaskRun's children (a list of every child in the
-    // namespace made deleting thousands of TaskRuns quadratic and cost gigabytes); the owner
-    // reference decides.
-    let selector = format!(
-        "{}={},{}={}",
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_VALUE,
-        labels::TASKRUN,
-        labels::owner_label_value(&tr.name_any())
-    );
-    let uid = tr
-        .meta()
-        .uid
-        .clone()
-        .ok_or(Error::MissingField("metadata.uid"))?;
-    let list = api.list(&ListParams::default().labels(&selector)).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
-        .collect())
-}
-
 /// Deletes the Jobs of older versions that are still running (background propagation: their
 /// pods go too). Deleting rather than suspending frees the pods at once and leaves nothing
 /// for a later version to trip over; the old version's outcome is recorded as an Event.
 async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(), Error> {
     let current = job::child_names(tr).0;
-    for old in owned(jobs, tr).await? {
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    for old in ctx.children.jobs_of(uid) {
         let name = old.name_any();
         let finished = status::job_outcome(&name, old.status.as_ref())
             .phase
@@ -489,17 +457,20 @@ async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(),
 }
 
 /// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
+/// They are found in the caches: a list per deletion (even narrowed by label, the API server
+/// reads the whole namespace from etcd for it) made deleting thousands of TaskRuns quadratic.
 async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    for j in owned(&jobs, tr).await? {
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    ctx.children.wait_until_ready().await;
+    for j in ctx.children.jobs_of(uid) {
         delete_ignoring_missing(&jobs, &j.name_any()).await?;
     }
-    for cm in owned(&config_maps, tr).await? {
+    for cm in ctx.children.config_maps_of(uid) {
         delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
     }
-    ctx.written
-        .forget(tr.meta().uid.as_deref().unwrap_or_default());
+    ctx.written.forget(uid);
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())
 }
