@@ -38,9 +38,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
-    /// Open loop: the most a request was handed to a connection after its scheduled time
-    /// (the load generator's own lateness; zero in closed loop).
-    pub max_send_lag: Duration,
+    /// Open loop: how late (µs) the pacer thread, which does nothing but sleep until each
+    /// request's time, handed requests on: the machine's own scheduling delay, a floor under
+    /// any latency measured here. Empty in closed loop.
+    pub send_lag: Histogram<u64>,
 }
 
 impl Report {
@@ -171,13 +172,13 @@ pub async fn open_loop(
     let pacer = std::thread::Builder::new()
         .name("open-loop-pacer".into())
         .spawn(move || {
-            let mut late = Duration::ZERO;
+            let mut late = histogram();
             for i in 0..total {
                 let scheduled = start + interval.mul_f64(i as f64);
                 if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                late = late.max(scheduled.elapsed());
+                let _ = late.record(scheduled.elapsed().as_micros() as u64);
                 if tx.blocking_send((i, scheduled)).is_err() {
                     break;
                 }
@@ -185,7 +186,7 @@ pub async fn open_loop(
             late
         })?;
     let mut report = collect(workers, start).await?;
-    report.max_send_lag = pacer
+    report.send_lag = pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the open-loop pacer panicked"))?;
     Ok(report)
@@ -206,7 +207,7 @@ async fn collect(workers: Vec<Worker>, start: Instant) -> anyhow::Result<Report>
         errors,
         elapsed: start.elapsed(),
         latency,
-        max_send_lag: Duration::ZERO,
+        send_lag: histogram(),
     })
 }
 

@@ -153,6 +153,10 @@ pub async fn against_real(
     summary.detail("webhook_p50_ms", r.percentile_ms(0.5));
     summary.detail("webhook_p999_ms", r.percentile_ms(0.999));
     summary.detail("webhook_open_loop_achieved_rps", r.rps().round());
+    summary.detail(
+        "open_loop_pacer_late_p99_ms",
+        r.send_lag.value_at_quantile(0.99) as f64 / 1e3,
+    );
     summary.figure("webhook_rss_mib_10k", cluster::rss_mib(webhook.pid())?);
     Ok(())
 }
