@@ -36,12 +36,14 @@ fn target(addr: SocketAddr, ca: &Path, bodies: Arc<Vec<bytes::Bytes>>) -> anyhow
 }
 
 fn describe(what: &str, r: &Report) {
-    let lag = if r.max_send_lag.is_zero() {
+    let lag = if r.send_lag.is_empty() {
         String::new()
     } else {
+        let ms = |q: f64| r.send_lag.value_at_quantile(q) as f64 / 1e3;
         format!(
-            ", sent at most {:.3} ms late",
-            r.max_send_lag.as_secs_f64() * 1e3
+            "; the pacer thread itself ran late by p99 {:.3} ms, max {:.3} ms",
+            ms(0.99),
+            ms(1.0)
         )
     };
     eprintln!(
