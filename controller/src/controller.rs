@@ -14,6 +14,8 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
@@ -194,7 +196,7 @@ async fn run_controller(
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
     let stream = watcher(taskruns, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify({
             let written = written.clone();
             move |tr| {
@@ -216,13 +218,13 @@ async fn run_controller(
         .any_semantic();
     let (job_reader, job_writer) = reflector::store();
     let job_stream = watcher(jobs, children.clone())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(cache::trim_job)
         .reflect(job_writer)
         .touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
     let cm_stream = watcher(config_maps, children)
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(cache::trim_config_map)
         .reflect(cm_writer)
         .touched_objects();
@@ -279,6 +281,20 @@ async fn run_controller(
         _ = controller => {}
         _ = halt => tracing::info!("stopped with reconciles still queued; the next leader picks them up"),
     }
+}
+
+/// How a failed watch is retried: after 100 ms, doubling with jitter, never more than 5 s
+/// apart, reset after 2 minutes of health. kube-runtime's default grows to 30 s, which an API
+/// server outage reaches, so TaskRuns created right after the API server came back waited up
+/// to that long for their first reconcile.
+fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(120))
 }
 
 /// What of a TaskRun, when it changes, calls for a reconcile: its spec (the generation), its
