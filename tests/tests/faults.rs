@@ -26,6 +26,21 @@ const WAIT: Duration = Duration::from_secs(90);
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs `call` for each item, 16 at a time; the errors it returned.
+async fn sixteen_at_a_time<I, F, Fut>(items: I, call: F) -> Vec<kube::Error>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Option<kube::Error>>,
+{
+    futures::stream::iter(items)
+        .map(call)
+        .buffer_unordered(16)
+        .filter_map(|e| async move { e })
+        .collect()
+        .await
+}
+
 fn taskrun(name: &str, service: &str, task_id: i64) -> TaskRun {
     serde_json::from_value(json!({
         "apiVersion": "orchestrator.io/v1",
@@ -502,22 +517,18 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
     let mut figures = Vec::new();
     for cycle in 0..cycles {
         let started = Instant::now();
-        let failures = futures::stream::iter(1..=count as i64)
-            .map(|i| {
-                let api = api.clone();
-                async move {
-                    api.create(
-                        &PostParams::default(),
-                        &taskrun(&format!("c{i}"), "churn", i),
-                    )
-                    .await
-                    .err()
-                }
-            })
-            .buffer_unordered(16)
-            .filter_map(|e| async move { e })
-            .collect::<Vec<_>>()
-            .await;
+        let failures = sixteen_at_a_time(1..=count as i64, |i| {
+            let api = api.clone();
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &taskrun(&format!("c{i}"), "churn", i),
+                )
+                .await
+                .err()
+            }
+        })
+        .await;
         assert!(failures.is_empty(), "cycle {cycle}: {:?}", &failures[..1]);
         wait_for("a Job for every TaskRun", budget, || async {
             (count_of(&jobs).await == count).then_some(())
@@ -536,19 +547,15 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
         );
         // One by one (16 at a time): a delete-collection of thousands outlives the API
         // server's request timeout.
-        let failures = futures::stream::iter(1..=count)
-            .map(|i| {
-                let api = api.clone();
-                async move {
-                    api.delete(&format!("c{i}"), &DeleteParams::default())
-                        .await
-                        .err()
-                }
-            })
-            .buffer_unordered(16)
-            .filter_map(|e| async move { e })
-            .collect::<Vec<_>>()
-            .await;
+        let failures = sixteen_at_a_time(1..=count, |i| {
+            let api = api.clone();
+            async move {
+                api.delete(&format!("c{i}"), &DeleteParams::default())
+                    .await
+                    .err()
+            }
+        })
+        .await;
         assert!(failures.is_empty(), "cycle {cycle}: {:?}", &failures[..1]);
         wait_for("the TaskRuns and their children to go", budget, || async {
             let left = count_of(&api)

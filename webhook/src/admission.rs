@@ -284,7 +284,7 @@ fn not_synced(response: AdmissionResponse) -> AdmissionResponse {
 }
 
 /// A `Status` as the API server writes its own errors.
-fn status_body(status: &Status) -> Vec<u8> {
+pub(crate) fn status_body(status: &Status) -> Vec<u8> {
     let mut body = serde_json::to_value(status).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         map.insert("kind".into(), "Status".into());

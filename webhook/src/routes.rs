@@ -18,6 +18,7 @@ use crate::admission::{self, Hook};
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, RequestLabels, RouteLabels};
 use crate::tls::CertStore;
+use kube::core::Status;
 
 /// Which listener a request came in on: admission is served over TLS only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,12 +251,9 @@ fn route_name(path: &str) -> &'static str {
 
 /// A `Status` body, as the API server writes its own errors.
 fn error(status: StatusCode, reason: &str, message: String) -> Reply {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "message": message, "reason": reason, "code": status.as_u16(),
-    });
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    (json_response(status, bytes), "", Outcome::error)
+    let body =
+        admission::status_body(&Status::failure(&message, reason).with_code(status.as_u16()));
+    (json_response(status, body), "", Outcome::error)
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
