@@ -14,12 +14,11 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::ResetTimerBackoff;
-use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
+use crate::backoff::{self, NoPause};
 use crate::cache::{self, CachedJob, Children, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
@@ -196,7 +195,7 @@ async fn run_controller(
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
     let stream = watcher(taskruns, watcher::Config::default().any_semantic())
-        .backoff(watch_backoff())
+        .backoff(backoff::watch())
         .modify({
             let written = written.clone();
             move |tr| {
@@ -218,13 +217,13 @@ async fn run_controller(
         .any_semantic();
     let (job_reader, job_writer) = reflector::store();
     let job_stream = watcher(jobs, children.clone())
-        .backoff(watch_backoff())
+        .backoff(backoff::watch())
         .modify(cache::trim_job)
         .reflect(job_writer)
         .touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
     let cm_stream = watcher(config_maps, children)
-        .backoff(watch_backoff())
+        .backoff(backoff::watch())
         .modify(cache::trim_config_map)
         .reflect(cm_writer)
         .touched_objects();
@@ -266,6 +265,7 @@ async fn run_controller(
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(job_stream)
         .owns_stream(cm_stream)
+        .trigger_backoff(NoPause)
         .with_config(Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(async move {
             let _ = done_rx.await;
@@ -281,20 +281,6 @@ async fn run_controller(
         _ = controller => {}
         _ = halt => tracing::info!("stopped with reconciles still queued; the next leader picks them up"),
     }
-}
-
-/// How a failed watch is retried: after 100 ms, doubling with jitter, never more than 5 s
-/// apart, reset after 2 minutes of health. kube-runtime's default grows to 30 s, which an API
-/// server outage reaches, so TaskRuns created right after the API server came back waited up
-/// to that long for their first reconcile.
-fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
-    let exponential = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times();
-    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(120))
 }
 
 /// What of a TaskRun, when it changes, calls for a reconcile: its spec (the generation), its
