@@ -213,16 +213,21 @@ pub fn trim_config_map(cm: &mut PartialObjectMeta<ConfigMap>) {
     trim_meta(&mut cm.metadata);
 }
 
+/// A child is found by its name and judged by its controller reference and status; its own
+/// uid and resourceVersion are never read, and each is kept twice (in the object and in the
+/// cache's key), so they go too: about 300 bytes per TaskRun with its Job and ConfigMap.
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
+    meta.uid = None;
+    meta.resource_version = None;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
     use taskrun::{MarkdownFile, TaskRunSpec};
 
@@ -261,6 +266,45 @@ mod tests {
         assert!(tr.spec.markdown_files.is_empty());
         assert!(tr.metadata.managed_fields.is_none());
         assert_eq!(tr.spec.context_version, 1);
+    }
+
+    #[test]
+    fn a_cached_child_keeps_its_name_controller_and_age_only() {
+        let owner = OwnerReference {
+            api_version: "orchestrator.io/v1".into(),
+            kind: "TaskRun".into(),
+            name: "t".into(),
+            uid: "owner".into(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let created = Time(Timestamp::UNIX_EPOCH);
+        let mut job = CachedJob {
+            metadata: ObjectMeta {
+                name: Some("j".into()),
+                namespace: Some("ns".into()),
+                uid: Some("child".into()),
+                resource_version: Some("42".into()),
+                labels: Some([("a".to_owned(), "b".to_owned())].into()),
+                owner_references: Some(vec![owner]),
+                creation_timestamp: Some(created.clone()),
+                ..Default::default()
+            },
+            status: None,
+        };
+        trim_job(&mut job);
+        let m = &job.metadata;
+        assert_eq!(
+            (m.uid.as_deref(), m.resource_version.as_deref()),
+            (None, None)
+        );
+        assert!(m.labels.is_none());
+        assert_eq!(m.name.as_deref(), Some("j"));
+        assert_eq!(m.creation_timestamp, Some(created));
+        assert!(controlled_by(m, Some("owner")));
+        // kube-runtime maps a child to its TaskRun by this reference: it stays whole.
+        let kept = &m.owner_references.as_ref().expect("owner reference")[0];
+        assert_eq!((kept.kind.as_str(), kept.name.as_str()), ("TaskRun", "t"));
     }
 
     #[test]
