@@ -222,10 +222,12 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/job-template.example.yaml");
+        // From cargo at run time (see taskrun_tests::repo_root).
+        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+        let path = format!("{dir}/job-template.example.yaml");
         let a = parse(&[
             "--job-template",
-            path,
+            &path,
             "--image=other:1",
             "--backoff-limit=5",
         ]);

@@ -16,11 +16,11 @@ const SPEC: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
 
 #[test]
 fn committed_crd_is_up_to_date() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/crd/taskruns.orchestrator.io.yaml"
-    );
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    // The crate's directory from cargo at run time, not compiled in: cargo may reuse this
+    // binary from a checkout at another path (one target dir per machine).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let path = format!("{dir}/../{}", taskrun::crd::CRD_PATH);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
     let fresh = taskrun::crd::yaml().expect("the CRD renders");
     assert!(
         committed == fresh,

@@ -38,9 +38,12 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
 }
 
-/// The repository root.
+/// The repository root. Taken from cargo at run time when cargo runs the tests: with one
+/// target dir per machine, cargo may reuse a test binary built in a checkout at another path,
+/// and the path compiled into it would be that checkout's.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".."))
