@@ -4,10 +4,9 @@
 //! that finds everything in place makes no API call at all. The caches are only read; nothing
 //! trimmed here is ever written back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-
-use std::borrow::Cow;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
@@ -52,41 +51,46 @@ impl Children {
         }
     }
 
-    /// Waits until both watches have listed once (at once, after the first time), so a
-    /// reconcile at start-up does not take a child it has not seen yet for a missing one.
-    pub async fn wait_until_ready(&self) {
+    /// Waits until both watches have listed once (at once, after the first time), so that no
+    /// read below takes a child it has not seen yet for a missing one (at start-up: a Job
+    /// created again, a superseded Job left running).
+    async fn ready(&self) {
         let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
 
-    pub fn job(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+    pub async fn job(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+        self.ready().await;
         self.jobs.get(&ObjectRef::new(name).within(namespace))
     }
 
-    pub fn config_map(
+    pub async fn config_map(
         &self,
         namespace: &str,
         name: &str,
     ) -> Option<Arc<PartialObjectMeta<ConfigMap>>> {
+        self.ready().await;
         self.config_maps
             .get(&ObjectRef::new(name).within(namespace))
     }
-}
 
-impl Children {
     /// The cached Jobs the TaskRun `uid` controls. A child created a moment ago may not be
     /// cached yet; what a deletion misses, the garbage collector removes by owner reference.
-    pub fn jobs_of(&self, uid: &str) -> Vec<Arc<CachedJob>> {
-        let mut jobs = self.jobs.state();
-        jobs.retain(|j| controlled_by(&j.metadata, Some(uid)));
-        jobs
+    pub async fn jobs_of(&self, uid: &str) -> Vec<Arc<CachedJob>> {
+        self.ready().await;
+        controlled(&self.jobs, uid)
     }
 
     /// The cached ConfigMaps the TaskRun `uid` controls (see [`Children::jobs_of`]).
-    pub fn config_maps_of(&self, uid: &str) -> Vec<Arc<PartialObjectMeta<ConfigMap>>> {
-        let mut cms = self.config_maps.state();
-        cms.retain(|c| controlled_by(&c.metadata, Some(uid)));
-        cms
+    pub async fn config_maps_of(&self, uid: &str) -> Vec<Arc<PartialObjectMeta<ConfigMap>>> {
+        self.ready().await;
+        controlled(&self.config_maps, uid)
     }
+}
+
+fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
+    let mut children = store.state();
+    children.retain(|c| controlled_by(c.meta(), Some(uid)));
+    children
 }
 
 /// A Job as the reconciler reads it: who controls it, whether it is going away, and its
@@ -197,31 +201,33 @@ impl WrittenStatus {
 /// reconciler reads the TaskRun from the API server (`reconcile::with_files`). Kept, they
 /// would make 10,000 TaskRuns cost some 35 MB more.
 pub fn trim_taskrun(tr: &mut TaskRun) {
-    let meta = &mut tr.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
+    trim_unread(&mut tr.metadata);
+    tr.metadata.owner_references = None;
     tr.spec.markdown_files = Vec::new();
 }
 
 pub fn trim_job(job: &mut CachedJob) {
-    trim_meta(&mut job.metadata);
+    trim_child(&mut job.metadata);
 }
 
 pub fn trim_config_map(cm: &mut PartialObjectMeta<ConfigMap>) {
-    trim_meta(&mut cm.metadata);
+    trim_child(&mut cm.metadata);
 }
 
 /// A child is found by its name and judged by its controller reference and status; its own
 /// uid and resourceVersion are never read, and each is kept twice (in the object and in the
 /// cache's key), so they go too: about 300 bytes per TaskRun with its Job and ConfigMap.
-fn trim_meta(meta: &mut ObjectMeta) {
+fn trim_child(meta: &mut ObjectMeta) {
+    trim_unread(meta);
+    meta.uid = None;
+    meta.resource_version = None;
+}
+
+/// What no reconcile reads of any cached object.
+fn trim_unread(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
-    meta.uid = None;
-    meta.resource_version = None;
 }
 
 #[cfg(test)]

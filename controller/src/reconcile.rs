@@ -135,9 +135,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let (job_name, cm_name) = job::child_names(tr);
     // Children are looked up in the caches first: a reconcile that finds them in place makes
     // no API call (most reconciles are echoes of this controller's own writes).
-    ctx.children.wait_until_ready().await;
-
-    let cached_cm = ctx.children.config_map(&ns, &cm_name);
+    let cached_cm = ctx.children.config_map(&ns, &cm_name).await;
     if !cached_cm.is_some_and(|cm| cache::controlled_by(&cm.metadata, uid)) {
         let Some(source) = with_files(tr, &api).await? else {
             // The TaskRun moved on while it was read: its own event reconciles it again.
@@ -156,6 +154,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let cached_job = ctx
         .children
         .job(&ns, &job_name)
+        .await
         .filter(|j| cache::controlled_by(&j.metadata, uid));
     let (job_status, job_created) = match cached_job {
         Some(job) => (job.status.clone(), job.metadata.creation_timestamp.clone()),
@@ -403,15 +402,7 @@ async fn write_status(
             action: "Reconcile".into(),
             secondary: None,
         };
-        // In the background: an Event is for people, and the TaskRun's progress must not
-        // wait for it.
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        let reference = tr.object_ref(&());
-        tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::warn!(taskrun = %name, %error, "could not record an Event");
-            }
-        });
+        record(ctx, tr, event);
     }
     Ok(())
 }
@@ -422,7 +413,7 @@ async fn write_status(
 async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    for old in ctx.children.jobs_of(uid) {
+    for old in ctx.children.jobs_of(uid).await {
         let name = old.name_any();
         let finished = status::job_outcome(&name, old.status.as_ref())
             .phase
@@ -446,9 +437,7 @@ async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(),
             action: "StopJob".into(),
             secondary: None,
         };
-        if let Err(error) = record(ctx, tr, &event).await {
-            tracing::warn!(%error, "could not record an Event");
-        }
+        record(ctx, tr, event);
     }
     Ok(())
 }
@@ -460,11 +449,10 @@ async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    ctx.children.wait_until_ready().await;
-    for j in ctx.children.jobs_of(uid) {
+    for j in ctx.children.jobs_of(uid).await {
         delete_ignoring_missing(&jobs, &j.name_any()).await?;
     }
-    for cm in ctx.children.config_maps_of(uid) {
+    for cm in ctx.children.config_maps_of(uid).await {
         delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
     }
     ctx.written.forget(uid);
@@ -516,8 +504,14 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
     }
 }
 
-async fn record(ctx: &Ctx, tr: &TaskRun, event: &Event) -> Result<(), kube::Error> {
-    Recorder::new(ctx.client.clone(), ctx.reporter.clone())
-        .publish(event, &tr.object_ref(&()))
-        .await
+/// Records an Event on the TaskRun in the background: an Event is for people, and the
+/// TaskRun's progress must not wait for it.
+fn record(ctx: &Ctx, tr: &TaskRun, event: Event) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let (reference, name) = (tr.object_ref(&()), tr.name_any());
+    tokio::spawn(async move {
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::warn!(taskrun = %name, %error, "could not record an Event");
+        }
+    });
 }
