@@ -81,18 +81,19 @@ pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
         dry_run: req.dry_run,
         message: String::new(),
     };
-    let response = decide(hook, req, index);
-    if response.result.code == 503 {
-        // Not an answer but a failure to answer (see `not_synced`): a plain Status.
-        let message = response.result.message;
+    let Ok(response) = decide(hook, req, index) else {
+        // Only a create asks the index, and without it a duplicate would pass unnoticed: such
+        // a request fails (HTTP 503, a plain Status) rather than being answered, and the API
+        // server reports it under failurePolicy Fail; the client retries. Updates never wait.
+        let message = "the TaskRun index is not synced with the API server yet; retry shortly";
         return Answer {
             http_status: 503,
-            body: status_body(&Status::failure(&message, "ServiceUnavailable").with_code(503)),
+            body: status_body(&Status::failure(message, "ServiceUnavailable").with_code(503)),
             outcome: Outcome::error,
-            message,
+            message: message.to_owned(),
             ..answer
         };
-    }
+    };
     if !response.allowed {
         answer.outcome = if response.result.code == 400 {
             Outcome::error
@@ -118,11 +119,17 @@ fn allow(req: &Request) -> AdmissionResponse {
     response
 }
 
-fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse {
+/// The answer to `req`, or `NotSynced` when it needs the index and the index cannot be
+/// trusted.
+fn decide(
+    hook: Hook,
+    req: Request,
+    index: &dyn Duplicates,
+) -> Result<AdmissionResponse, NotSynced> {
     let allow = allow(&req);
     let r = &req.resource;
     if r.group != GROUP || r.resource != RESOURCE || r.version != VERSION {
-        return refuse(
+        return Ok(refuse(
             allow,
             format!(
                 "this webhook admits only {RESOURCE}.{GROUP}/{VERSION}, but was sent {}.{}/{}: fix the rules of the webhook configuration",
@@ -130,16 +137,16 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
                 cut(&r.group),
                 cut(&r.version)
             ),
-        );
+        ));
     }
     // Status writes, deletes and connects are not ours to judge (and not registered).
     if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty())
         || !matches!(req.operation, Operation::Create | Operation::Update)
     {
-        return allow;
+        return Ok(allow);
     }
     let Some(object) = req.object.as_ref() else {
-        return refuse(allow, "the admission request has no object".into());
+        return Ok(refuse(allow, "the admission request has no object".into()));
     };
     let spec = object.spec.as_ref();
     let name = match object.name.as_deref() {
@@ -151,13 +158,13 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
         .clone()
         .or_else(|| req.namespace.clone())
         .unwrap_or_default();
-    match hook {
+    Ok(match hook {
         Hook::Mutate => {
             // A spec that cannot be read is the schema's to refuse, with its own message.
-            let Ok(spec) = spec else { return allow };
+            let Ok(spec) = spec else { return Ok(allow) };
             let ops = label_patch(object.labels.as_ref(), spec);
             if ops.is_empty() {
-                return allow;
+                return Ok(allow);
             }
             match allow.clone().with_patch(json_patch::Patch(ops)) {
                 Ok(patched) => patched,
@@ -173,18 +180,16 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
                         reason: Reason::Invalid,
                         message: format!("the spec cannot be read as a TaskRun spec: {e}"),
                     };
-                    return deny(allow, &namespace, &name, None, &[v]);
+                    return Ok(deny(allow, &namespace, &name, None, &[v]));
                 }
             };
             match req.operation {
                 Operation::Create => {
                     let violations = validate_create(spec);
                     let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
-                    let Ok(existing) = index.duplicate_of(&identity, &name) else {
-                        return not_synced(allow);
-                    };
+                    let existing = index.duplicate_of(&identity, &name)?;
                     if violations.is_empty() && existing.is_none() {
-                        return allow;
+                        return Ok(allow);
                     }
                     let dup = existing.map(|e| (identity, e));
                     deny(allow, &namespace, &name, dup.as_ref(), &violations)
@@ -194,12 +199,12 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
                     let violations = match &old {
                         // An unchanged spec is always allowed (re-applies, metadata edits,
                         // finalizers), even if a rule was added since it was created.
-                        Some(Ok(old)) if *old == spec => return allow,
+                        Some(Ok(old)) if *old == spec => return Ok(allow),
                         Some(Ok(old)) => validate_update(old, spec),
                         _ => validate_create(spec),
                     };
                     if !violations.is_empty() {
-                        return deny(allow, &namespace, &name, None, &violations);
+                        return Ok(deny(allow, &namespace, &name, None, &violations));
                     }
                     let mut allow = allow;
                     if let Some(Ok(old)) = &old {
@@ -212,7 +217,7 @@ fn decide(hook: Hook, req: Request, index: &dyn Duplicates) -> AdmissionResponse
                 }
             }
         }
-    }
+    })
 }
 
 /// A denial listing every problem: 409 Conflict when the identity is taken, 422 otherwise.
@@ -270,16 +275,6 @@ fn deny(
 fn refuse(response: AdmissionResponse, message: String) -> AdmissionResponse {
     let mut response = response.deny(&message);
     response.result = Status::failure(&message, "BadRequest").with_code(400);
-    response
-}
-
-/// Only a create asks the index, and without it a duplicate would pass unnoticed: such a
-/// request fails (HTTP 503) rather than being answered, and the API server reports it under
-/// failurePolicy Fail; the client retries. Updates never wait for the index.
-fn not_synced(response: AdmissionResponse) -> AdmissionResponse {
-    let message = "the TaskRun index is not synced with the API server yet; retry shortly";
-    let mut response = response.deny(message);
-    response.result = Status::failure(message, "ServiceUnavailable").with_code(503);
     response
 }
 

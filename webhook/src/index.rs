@@ -7,16 +7,16 @@
 //! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
 //!
 //! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on
-//! /validate with a 503, and /readyz) is false from the start of every list until that list has been indexed in
-//! full, and from the moment the watch reports an error (the API server gone, a dropped
-//! connection, a 410 Gone). After an error the stream is dropped and, after a jittered
-//! exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure, at most
-//! 2.5-5 s), a fresh watcher lists every TaskRun again (a most-recent read, not the API
-//! server's cache); the index is synced again at that list's `InitDone`. kube-runtime's own
-//! retry would resume the watch from its last resourceVersion without a list and emit nothing until something changed, so nothing would
-//! tell when it had caught up; creates the API server accepted while the watch was away would
-//! be unknown to the duplicate rule. Each failure is logged once (warn) and counted in
-//! `taskrun_webhook_index_watch_failures_total`.
+//! /validate with a 503, and /readyz) is false from the start of every list until that list
+//! has been indexed in full, and from the moment the watch reports an error (the API server
+//! gone, a dropped connection, a 410 Gone). After an error the stream is dropped and, after a
+//! jittered exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure,
+//! at most 2.5-5 s), a fresh watcher lists every TaskRun again (a most-recent read, not the
+//! API server's cache); the index is synced again at that list's `InitDone`. kube-runtime's
+//! own retry would resume the watch from its last resourceVersion without a list and emit
+//! nothing until something changed, so nothing would tell when it had caught up; creates the
+//! API server accepted while the watch was away would be unknown to the duplicate rule. Each
+//! failure is logged once (warn) and counted in `taskrun_webhook_index_watch_failures_total`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
