@@ -266,6 +266,14 @@ impl Webhook {
             .unwrap_or_default()
     }
 
+    /// The value of the unlabelled metric `name` (e.g. `taskrun_webhook_index_taskruns`), if
+    /// `/metrics` answered with it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child().pid()
     }

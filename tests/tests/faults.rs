@@ -247,15 +247,10 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
         matches!(webhook.get_plain("/readyz"), Some((200, _))).then_some(())
     })
     .await;
-    let watch_failures = webhook
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("taskrun_webhook_index_watch_failures_total "))
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let watch_failures = webhook.metric("taskrun_webhook_index_watch_failures_total");
     eprintln!(
         "b11 admitted {first_in:?} after its first try ({refused_not_synced} refused as not synced); \
-         webhook ready {:?} after the API server was; index watch failures so far: {watch_failures}",
+         webhook ready {:?} after the API server was; index watch failures so far: {watch_failures:?}",
         back.elapsed()
     );
     match create_answer(&api, &taskrun("b11-again", "restart", 11)).await {

@@ -750,14 +750,7 @@ async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
 async fn sigterm_finishes_the_request_in_flight_then_exits() {
     let cp = ControlPlane::shared();
     let webhook = Webhook::start_with(cp, &["--body-read-timeout=20s"]).await;
-    let in_flight = || {
-        webhook
-            .metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("taskrun_webhook_requests_in_flight "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0)
-    };
+    let in_flight = || metric(&webhook, "taskrun_webhook_requests_in_flight") as i64;
     // A scrape may count itself.
     let idle = in_flight();
     let body = serde_json::to_vec(&review(
@@ -904,8 +897,5 @@ async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
 }
 
 fn metric(w: &Webhook, name: &str) -> f64 {
-    w.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    w.metric(name).unwrap_or(0.0)
 }

@@ -104,12 +104,7 @@ async fn run(cp: &ControlPlane, out_dir: &std::path::Path, started: Instant) -> 
 async fn wait_indexed(webhook: &Webhook, n: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let indexed = webhook.metrics().lines().find_map(|l| {
-            l.strip_prefix("taskrun_webhook_index_taskruns ")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        });
+        let indexed = webhook.metric("taskrun_webhook_index_taskruns");
         if indexed.is_some_and(|v| v as u64 >= n) {
             return Ok(());
         }
