@@ -38,29 +38,25 @@ pub struct Shared {
     pub store: RwLock<Option<Store<TaskRun>>>,
 }
 
-/// What every reconcile gets (made anew for each term of leadership, with that term's caches).
+/// What every reconcile gets: what lives across terms of leadership, and this term's caches
+/// and failure counts (made anew for each term).
 pub struct Ctx {
+    pub base: Arc<Base>,
+    pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
+    pub children: Children,
+    pub written: Arc<WrittenStatus>,
+}
+
+/// What lives across terms of leadership.
+pub struct Base {
     pub client: Client,
     pub template: JobTemplate,
     /// Who records Events. A Recorder is made per Event: its dedup cache would otherwise
     /// keep every Event of every TaskRun for minutes (we record only phase changes anyway).
     pub reporter: Reporter,
     pub shared: Arc<Shared>,
-    pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    pub children: Children,
-    pub written: Arc<WrittenStatus>,
-}
-
-/// What lives across terms of leadership, from which each term's `Ctx` is made.
-struct Base {
-    client: Client,
-    template: JobTemplate,
-    reporter: Reporter,
-    shared: Arc<Shared>,
-    backoff_base: Duration,
-    backoff_max: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +115,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
     };
     shared.ready.store(true, Ordering::Relaxed);
     let (backoff_base, backoff_max) = args.backoff();
-    let base = Base {
+    let base = Arc::new(Base {
         client: client.clone(),
         template,
         reporter: Reporter {
@@ -129,7 +125,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
         shared: shared.clone(),
         backoff_base,
         backoff_max,
-    };
+    });
 
     let mut leading = leadership.subscribe();
     let mut stop = stop_rx.clone();
@@ -169,7 +165,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 /// then finishes the reconciles in flight and returns.
 async fn run_controller(
     args: &Args,
-    base: &Base,
+    base: &Arc<Base>,
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -228,13 +224,8 @@ async fn run_controller(
         .reflect(cm_writer)
         .touched_objects();
     let ctx = Arc::new(Ctx {
-        client: base.client.clone(),
-        template: base.template.clone(),
-        reporter: base.reporter.clone(),
-        shared: base.shared.clone(),
+        base: base.clone(),
         failures: Mutex::new(HashMap::new()),
-        backoff_base: base.backoff_base,
-        backoff_max: base.backoff_max,
         children: Children::new(job_reader, cm_reader),
         written,
     });

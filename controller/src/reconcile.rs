@@ -37,7 +37,8 @@ pub enum Error {
 pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_taskrun(&tr, &ctx).await;
-    ctx.shared
+    ctx.base
+        .shared
         .metrics
         .observe(started.elapsed(), result.is_err());
     if result.is_ok()
@@ -59,7 +60,7 @@ pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
         }
         Err(_) => 1,
     };
-    let delay = backoff::delay(failures, ctx.backoff_base, ctx.backoff_max);
+    let delay = backoff::delay(failures, ctx.base.backoff_base, ctx.base.backoff_max);
     tracing::warn!(
         taskrun = %tr.name_any(),
         namespace = tr.namespace().unwrap_or_default(),
@@ -82,7 +83,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let ns = tr
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<TaskRun> = Api::namespaced(ctx.base.client.clone(), &ns);
     let has_finalizer = tr.finalizers().iter().any(|f| f == FINALIZER);
     if tr.meta().deletion_timestamp.is_some() {
         if has_finalizer {
@@ -115,8 +116,8 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
     if prev.observed_context_version.is_some_and(|v| v < version) {
         stop_superseded(tr, ctx, &jobs).await?;
     }
@@ -181,7 +182,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             };
             let claimed = match found {
                 Some(claim) => Ok(claim),
-                None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.template)).await,
+                None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await,
             };
             match claimed {
                 Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
@@ -446,8 +447,8 @@ async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(),
 /// They are found in the caches: a list per deletion (even narrowed by label, the API server
 /// reads the whole namespace from etcd for it) made deleting thousands of TaskRuns quadratic.
 async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     for j in ctx.children.jobs_of(uid).await {
         delete_ignoring_missing(&jobs, &j.name_any()).await?;
@@ -507,7 +508,7 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
 /// Records an Event on the TaskRun in the background: an Event is for people, and the
 /// TaskRun's progress must not wait for it.
 fn record(ctx: &Ctx, tr: &TaskRun, event: Event) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());
     let (reference, name) = (tr.object_ref(&()), tr.name_any());
     tokio::spawn(async move {
         if let Err(error) = recorder.publish(&event, &reference).await {
