@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -301,8 +301,16 @@ where
 
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
 /// `cache::trim_taskrun`). None when what is read is another object or another version.
+///
+/// Read at the cached resourceVersion ("not older than"): the API server answers from its
+/// own watch cache, which has already seen everything this controller's watch has, instead
+/// of a quorum read from etcd (docs/benchmarks.md).
 async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>, Error> {
-    let fresh = api.get(&tr.name_any()).await?;
+    let params = match tr.meta().resource_version.as_deref() {
+        Some(rv) => GetParams::at(rv),
+        None => GetParams::default(),
+    };
+    let fresh = api.get_with(&tr.name_any(), &params).await?;
     Ok(
         (fresh.spec.context_version == tr.spec.context_version
             && fresh.meta().uid == tr.meta().uid)

@@ -212,10 +212,10 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
     }
     let mut seen = HashSet::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
-        let at = format!("spec.markdownFiles[{i}]");
+        let at = |field: &str| format!("spec.markdownFiles[{i}].{field}");
         if !is_valid_filename(&file.filename) {
             out.push(Violation::new(
-                format!("{at}.filename"),
+                at("filename"),
                 Reason::Invalid,
                 format!(
                     "filename {} is not allowed: use letters, digits, '.', '_' and '-', start with a letter or digit, end in .md, at most {MAX_FILENAME_LEN} characters",
@@ -224,7 +224,7 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
             ));
         } else if !seen.insert(file.filename.as_str()) {
             out.push(Violation::new(
-                format!("{at}.filename"),
+                at("filename"),
                 Reason::Duplicate,
                 format!(
                     "filename {} appears more than once; each file needs its own name",
@@ -232,11 +232,15 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
                 ),
             ));
         }
-        // Characters, as the schema's maxLength counts them.
-        let chars = file.content.chars().count();
+        // Characters, as the schema's maxLength counts them; never more than the bytes, so
+        // only a long content needs counting.
+        let chars = match file.content.len() {
+            n if n <= MAX_CONTENT_LEN => n,
+            _ => file.content.chars().count(),
+        };
         if chars > MAX_CONTENT_LEN {
             out.push(Violation::new(
-                format!("{at}.content"),
+                at("content"),
                 Reason::TooLong,
                 format!(
                     "markdown file {} has {chars} characters, at most {MAX_CONTENT_LEN} are allowed per file; split it into several files",
@@ -245,7 +249,7 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
             ));
         } else if !has_content(&file.content) {
             out.push(Violation::new(
-                format!("{at}.content"),
+                at("content"),
                 Reason::Required,
                 format!(
                     "markdown file {} is empty or only whitespace; give it content or remove it",

@@ -151,7 +151,7 @@ impl App {
                 "send the AdmissionReview as Content-Type: application/json".into(),
             );
         }
-        let too_long = format!("the request body exceeds {} bytes", self.max_body_bytes);
+        let too_long = || format!("the request body exceeds {} bytes", self.max_body_bytes);
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -161,7 +161,7 @@ impl App {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
-                too_long,
+                too_long(),
             );
         }
         let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
@@ -171,7 +171,7 @@ impl App {
                 return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
-                    too_long,
+                    too_long(),
                 );
             }
             Ok(Err(e)) => {

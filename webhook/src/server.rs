@@ -151,6 +151,9 @@ async fn serve_tls(
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
+    // Answers are small and written whole: send them at once rather than waiting for the
+    // peer to acknowledge the previous segment (Nagle).
+    let _ = stream.set_nodelay(true);
     let stream = IdleTimeout::new(stream, limits.idle_timeout);
     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
