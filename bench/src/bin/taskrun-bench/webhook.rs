@@ -159,6 +159,13 @@ pub async fn against_real(
         "open_loop_pacer_late_p99_ms",
         r.send_lag.value_at_quantile(0.99) as f64 / 1e3,
     );
+    // The same schedule against the ceiling: the latency floor of this machine, load
+    // generator and TLS, under which no webhook can answer.
+    let c = load::open_loop(&ceiling, s.rate, s.seconds, OPEN_LOOP_CONNECTIONS).await?;
+    describe("ceiling (same schedule)", &c);
+    check(&c, "ceiling open loop")?;
+    summary.detail("ceiling_open_loop_p50_ms", c.percentile_ms(0.5));
+    summary.detail("ceiling_open_loop_p99_ms", c.percentile_ms(0.99));
     summary.figure("webhook_rss_mib_10k", cluster::rss_mib(webhook.pid())?);
     Ok(())
 }
