@@ -303,8 +303,9 @@ where
 /// `cache::trim_taskrun`). None when what is read is another object or another version.
 ///
 /// Read at the cached resourceVersion ("not older than"): the API server answers from its
-/// own watch cache, which has already seen everything this controller's watch has, instead
-/// of a quorum read from etcd (docs/benchmarks.md).
+/// watch cache once that has caught up with what this controller's watch has shown (at once
+/// when both come from the same API server), instead of a quorum read from etcd
+/// (docs/benchmarks.md).
 async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>, Error> {
     let params = match tr.meta().resource_version.as_deref() {
         Some(rv) => GetParams::at(rv),
