@@ -233,12 +233,11 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
             ));
         }
         // Characters, as the schema's maxLength counts them; never more than the bytes, so
-        // only a long content needs counting.
-        let chars = match file.content.len() {
-            n if n <= MAX_CONTENT_LEN => n,
-            _ => file.content.chars().count(),
-        };
-        if chars > MAX_CONTENT_LEN {
+        // only a content of more bytes than that needs counting.
+        let too_many_chars = (file.content.len() > MAX_CONTENT_LEN)
+            .then(|| file.content.chars().count())
+            .filter(|&chars| chars > MAX_CONTENT_LEN);
+        if let Some(chars) = too_many_chars {
             out.push(Violation::new(
                 at("content"),
                 Reason::TooLong,
