@@ -8,20 +8,23 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use taskrun::{FINALIZER, TaskRun, labels, names};
+use taskrun::{FINALIZER, TaskRun};
+use taskrun_controller::config::Args;
+use taskrun_controller::template::JobTemplate;
+use taskrun_controller::{job, status};
 use taskrun_tests::webhook::CONFIGURATION_NAME;
 use taskrun_tests::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
 
@@ -90,12 +93,14 @@ pub async fn all_have_jobs(
 
 /// The least a controller must do for each TaskRun, with the same client and concurrency:
 /// the writes the controller issues (finalizer, ConfigMap, Job, status), none of its reads.
+/// The objects come from the controller's own builders with the template its flags give
+/// (`CONTROLLER_JOB_FLAGS`), so both sides store the same bytes.
 pub async fn minimal_loop(
     client: &Client,
     namespace: &str,
-    image: &str,
     concurrency: usize,
 ) -> anyhow::Result<usize> {
+    let template = job_template()?;
     let api: Api<TaskRun> = Api::namespaced(client.clone(), namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -103,32 +108,33 @@ pub async fn minimal_loop(
     let count = list.items.len();
     stream::iter(list.items)
         .map(|tr| {
-            let (api, jobs, config_maps) = (&api, &jobs, &config_maps);
+            let (api, jobs, config_maps, template) = (&api, &jobs, &config_maps, &template);
             async move {
                 let name = tr.name_any();
                 let finalizer = json!({"metadata": {
                     "finalizers": [FINALIZER], "resourceVersion": tr.resource_version()}});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
                     .await?;
-                let (cm, job) = children(&tr, namespace, image)?;
+                let owner = job::owner_reference(&tr).context("TaskRun without uid")?;
                 let pp = PostParams::default();
-                config_maps.create(&pp, &cm).await?;
-                jobs.create(&pp, &job).await?;
-                let status = json!({
-                    "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
-                    "status": {
-                        "phase": "Pending",
-                        "jobName": job.metadata.name,
-                        "configMapName": cm.metadata.name,
-                        "observedGeneration": tr.metadata.generation,
-                        "observedContextVersion": tr.spec.context_version,
-                        "attempts": 1,
-                    },
-                });
+                config_maps
+                    .create(&pp, &job::config_map(&tr, owner.clone()))
+                    .await?;
+                let created = jobs.create(&pp, &job::job(&tr, owner, template)).await?;
+                let seen = status::Observed {
+                    generation: tr.metadata.generation,
+                    context_version: tr.spec.context_version,
+                    job_name: created.metadata.name.clone(),
+                    config_map_name: Some(job::child_names(&tr).1),
+                    attempts: 1,
+                    started_at: created.metadata.creation_timestamp.clone(),
+                };
+                let outcome = status::job_outcome(&created.name_any(), None);
+                let next = status::next_status(&Default::default(), &seen, &outcome, &now());
                 api.patch_status(
                     &name,
                     &PatchParams::apply("taskrun-bench").force(),
-                    &Patch::Apply(&status),
+                    &Patch::Apply(status::apply_body(&next)),
                 )
                 .await?;
                 anyhow::Ok(())
@@ -140,76 +146,20 @@ pub async fn minimal_loop(
     Ok(count)
 }
 
-/// A ConfigMap and Job shaped like the controller's (labels, owner, files, a mounted
-/// context), so the API server stores objects of a similar size.
-fn children(tr: &TaskRun, namespace: &str, image: &str) -> anyhow::Result<(ConfigMap, Job)> {
-    let s = &tr.spec;
-    let owner = OwnerReference {
-        api_version: "orchestrator.io/v1".into(),
-        kind: "TaskRun".into(),
-        name: tr.name_any(),
-        uid: tr.uid().context("TaskRun without uid")?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let meta = |name: String| ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace.to_owned()),
-        labels: Some(labels::child_labels(&tr.name_any(), s)),
-        owner_references: Some(vec![owner.clone()]),
-        ..ObjectMeta::default()
-    };
-    let cm_name = names::config_map_name(&s.service_name, s.task_id, s.context_version);
-    let job_name = names::job_name(&s.service_name, s.task_id, s.context_version);
-    let data: BTreeMap<String, String> = s
-        .markdown_files
-        .iter()
-        .map(|f| (f.filename.clone(), f.content.clone()))
-        .collect();
-    let cm = ConfigMap {
-        metadata: meta(cm_name.clone()),
-        data: Some(data),
-        immutable: Some(true),
-        ..ConfigMap::default()
-    };
-    let job = Job {
-        metadata: meta(job_name),
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels::child_labels(&tr.name_any(), s)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    containers: vec![Container {
-                        name: "agent".into(),
-                        image: Some(image.to_owned()),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "context".into(),
-                            mount_path: "/workspace/context".into(),
-                            read_only: Some(true),
-                            ..VolumeMount::default()
-                        }]),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vec![Volume {
-                        name: "context".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: cm_name,
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
-        ..Job::default()
-    };
-    Ok((cm, job))
+/// Now, in whole seconds as the API server stores it (as the controller writes it).
+fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// The flags that shape the benchmarked controller's Jobs.
+const CONTROLLER_JOB_FLAGS: [&str; 1] = ["--image=registry.example/agent:bench"];
+
+/// The Job template the controller builds from `CONTROLLER_JOB_FLAGS`.
+fn job_template() -> anyhow::Result<JobTemplate> {
+    let args =
+        Args::try_parse_from(std::iter::once("taskrun-controller").chain(CONTROLLER_JOB_FLAGS))?;
+    Ok(args.job_template()?)
 }
 
 /// A release `taskrun-controller` watching one namespace, with production logging (info).
@@ -218,8 +168,6 @@ pub struct Controller {
     pub http_addr: SocketAddr,
 }
 
-pub const IMAGE: &str = "registry.example/agent:bench";
-
 impl Controller {
     pub fn start(cp: &ControlPlane, namespace: &str) -> anyhow::Result<Controller> {
         let http_addr = free_addr()?;
@@ -227,12 +175,12 @@ impl Controller {
         cmd.args([
             format!("--http-addr={http_addr}"),
             "--log-format=text".into(),
-            format!("--image={IMAGE}"),
             format!("--namespace={namespace}"),
             format!("--lease-name=bench-{namespace}"),
             "--lease-namespace=default".into(),
             format!("--identity=bench-{namespace}"),
         ])
+        .args(CONTROLLER_JOB_FLAGS)
         .env("KUBECONFIG", cp.kubeconfig())
         .env("RUST_LOG", "info")
         .env_remove("POD_NAME")

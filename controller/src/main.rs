@@ -1,19 +1,7 @@
 //! taskrun-controller: reconciles TaskRuns into a ConfigMap and a Job per context version.
 
-mod backoff;
-mod cache;
-mod config;
-mod controller;
-mod http;
-mod job;
-mod leader;
-mod metrics;
-mod reconcile;
-mod status;
-mod telemetry;
-mod template;
-
 use clap::Parser;
+use taskrun_controller::{config, controller, telemetry};
 
 /// One thread: a reconcile is a few small API calls and waits on the API server, whose CPU
 /// (about ten times the controller's per TaskRun) is what bounds throughput. On two worker

@@ -370,15 +370,10 @@ async fn write_status(
         return Ok(());
     }
     let name = tr.name_any();
-    let body = serde_json::json!({
-        "apiVersion": "orchestrator.io/v1",
-        "kind": "TaskRun",
-        "status": next,
-    });
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
+        &Patch::Apply(status::apply_body(next)),
     )
     .await?;
     if let Some(uid) = tr.meta().uid.as_deref() {

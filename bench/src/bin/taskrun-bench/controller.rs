@@ -50,7 +50,7 @@ pub async fn versus_minimal_loop(
     let before = cluster::api_requests(client).await?;
     let (cp_before, own_before) = (cp_cpu()?, cluster::cpu_time(std::process::id())?);
     let started = Instant::now();
-    let count = cluster::minimal_loop(client, &ns_loop, cluster::IMAGE, s.api_concurrency).await?;
+    let count = cluster::minimal_loop(client, &ns_loop, s.api_concurrency).await?;
     let loop_secs = started.elapsed().as_secs_f64();
     let loop_cp_ms = (cp_cpu()? - cp_before) * 1e3 / n as f64;
     let loop_client_ms =

@@ -1,0 +1,17 @@
+//! taskrun-controller: reconciles TaskRuns into a ConfigMap and a Job per context version.
+//!
+//! A library so that the binary's `main` stays a few lines and the benchmark's minimal write
+//! loop (`make bench`) writes the very objects the controller writes, from the same builders.
+
+mod backoff;
+mod cache;
+pub mod config;
+pub mod controller;
+mod http;
+pub mod job;
+mod leader;
+mod metrics;
+mod reconcile;
+pub mod status;
+pub mod telemetry;
+pub mod template;
