@@ -24,7 +24,7 @@ use serde_json::json;
 use taskrun::{FINALIZER, TaskRun};
 use taskrun_controller::config::Args;
 use taskrun_controller::template::JobTemplate;
-use taskrun_controller::{job, status};
+use taskrun_controller::{job, status, writes};
 use taskrun_tests::webhook::CONFIGURATION_NAME;
 use taskrun_tests::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
 
@@ -94,7 +94,8 @@ pub async fn all_have_jobs(
 /// The least a controller must do for each TaskRun, with the same client and concurrency:
 /// the writes the controller issues (finalizer, ConfigMap, Job, status), none of its reads.
 /// The objects come from the controller's own builders with the template its flags give
-/// (`CONTROLLER_JOB_FLAGS`), so both sides store the same bytes.
+/// (`CONTROLLER_JOB_FLAGS`), so both sides store the same bytes, and go through the same
+/// requests (`taskrun_controller::writes`: answered with metadata only).
 pub async fn minimal_loop(
     client: &Client,
     namespace: &str,
@@ -113,30 +114,23 @@ pub async fn minimal_loop(
                 let name = tr.name_any();
                 let finalizer = json!({"metadata": {
                     "finalizers": [FINALIZER], "resourceVersion": tr.resource_version()}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
+                api.patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&finalizer))
                     .await?;
                 let owner = job::owner_reference(&tr).context("TaskRun without uid")?;
-                let pp = PostParams::default();
-                config_maps
-                    .create(&pp, &job::config_map(&tr, owner.clone()))
-                    .await?;
-                let created = jobs.create(&pp, &job::job(&tr, owner, template)).await?;
+                writes::create(config_maps, &job::config_map(&tr, owner.clone())).await?;
+                let (job_name, cm_name) = job::child_names(&tr);
+                let created = writes::create(jobs, &job::job(&tr, owner, template)).await?;
                 let seen = status::Observed {
                     generation: tr.metadata.generation,
                     context_version: tr.spec.context_version,
-                    job_name: created.metadata.name.clone(),
-                    config_map_name: Some(job::child_names(&tr).1),
+                    job_name: Some(job_name.clone()),
+                    config_map_name: Some(cm_name),
                     attempts: 1,
-                    started_at: created.metadata.creation_timestamp.clone(),
+                    started_at: created.creation_timestamp,
                 };
-                let outcome = status::job_outcome(&created.name_any(), None);
+                let outcome = status::job_outcome(&job_name, None);
                 let next = status::next_status(&Default::default(), &seen, &outcome, &now());
-                api.patch_status(
-                    &name,
-                    &PatchParams::apply("taskrun-bench").force(),
-                    &Patch::Apply(status::apply_body(&next)),
-                )
-                .await?;
+                writes::apply_status(api, &name, "taskrun-bench", &next).await?;
                 anyhow::Ok(())
             }
         })

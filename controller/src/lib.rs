@@ -15,3 +15,4 @@ mod reconcile;
 pub mod status;
 pub mod telemetry;
 pub mod template;
+pub mod writes;

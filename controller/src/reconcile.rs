@@ -20,7 +20,7 @@ use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus};
 
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome};
-use crate::{backoff, cache, job};
+use crate::{backoff, cache, job, writes};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
 /// How soon to look again while a child name is held by a TaskRun that is going away.
@@ -144,7 +144,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         };
         let desired = job::config_map(&source, owner.clone());
         match claim(&config_maps, &api, tr, desired).await? {
-            Claim::Ours(_) => {}
+            Claim::Created(_) | Claim::Ours(_) => {}
             other => {
                 return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await;
             }
@@ -185,6 +185,8 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await,
             };
             match claimed {
+                // A Job just created has no status yet.
+                Ok(Claim::Created(at)) => (None, at),
                 Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
                 Ok(other) => {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await;
@@ -222,7 +224,10 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
 
 /// Who holds a child's deterministic name.
 enum Claim<K> {
-    /// This TaskRun (created now or before).
+    /// This TaskRun, which has just created it (at the time given, as the API server's
+    /// metadata-only answer says).
+    Created(Option<Time>),
+    /// This TaskRun, which created it before.
     Ours(K),
     /// Another live TaskRun: this one is a duplicate that raced past the webhook.
     Duplicate(String),
@@ -245,8 +250,8 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let name = desired.name_any();
-    match api.create(&Default::default(), &desired).await {
-        Ok(obj) => Ok(Claim::Ours(obj)),
+    match writes::create(api, &desired).await {
+        Ok(meta) => Ok(Claim::Created(meta.creation_timestamp)),
         Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
             Some(existing) => judge(taskruns, tr, existing).await,
             None => Ok(Claim::Wait(format!(
@@ -331,7 +336,9 @@ async fn settle_unclaimed<K>(
 ) -> Result<Action, Error> {
     let identity = tr.identity();
     let (outcome, action) = match claim {
-        Claim::Ours(_) => return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER)),
+        Claim::Created(_) | Claim::Ours(_) => {
+            return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER));
+        }
         Claim::Duplicate(other) => (
             Outcome::new(
                 Phase::Failed,
@@ -370,12 +377,7 @@ async fn write_status(
         return Ok(());
     }
     let name = tr.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(status::apply_body(next)),
-    )
-    .await?;
+    writes::apply_status(api, &name, FIELD_MANAGER, next).await?;
     if let Some(uid) = tr.meta().uid.as_deref() {
         ctx.written.record(uid, next.clone());
     }
@@ -495,7 +497,7 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
         }
     });
     match api
-        .patch(
+        .patch_metadata(
             &tr.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
