@@ -15,8 +15,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -129,7 +127,8 @@ pub async fn minimal_loop(
                     started_at: created.creation_timestamp,
                 };
                 let outcome = status::job_outcome(&job_name, None);
-                let next = status::next_status(&Default::default(), &seen, &outcome, &now());
+                let next =
+                    status::next_status(&Default::default(), &seen, &outcome, &status::now());
                 writes::apply_status(api, &name, "taskrun-bench", &next).await?;
                 anyhow::Ok(())
             }
@@ -138,12 +137,6 @@ pub async fn minimal_loop(
         .try_collect::<()>()
         .await?;
     Ok(count)
-}
-
-/// Now, in whole seconds as the API server stores it (as the controller writes it).
-fn now() -> Time {
-    let secs = Timestamp::now().as_second();
-    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// The flags that shape the benchmarked controller's Jobs.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -19,7 +18,7 @@ use serde::de::DeserializeOwned;
 use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus};
 
 use crate::controller::Ctx;
-use crate::status::{self, Observed, Outcome};
+use crate::status::{self, Observed, Outcome, now};
 use crate::{backoff, cache, job, writes};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
@@ -70,13 +69,6 @@ pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
         "reconcile failed"
     );
     Action::requeue(delay)
-}
-
-fn now() -> Time {
-    // Whole seconds: the API server stores times at that precision, and a status compared
-    // with what was written must not differ by the nanoseconds.
-    let secs = Timestamp::now().as_second();
-    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {

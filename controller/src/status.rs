@@ -1,8 +1,10 @@
 //! What a TaskRun's status should say: the Job's status mapped to a phase and reason, and the
-//! next TaskRunStatus built from it. Pure: the reconciler feeds in what it saw and the time.
+//! next TaskRunStatus built from it. Pure but for `now`: the reconciler feeds in what it saw
+//! and the time.
 
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use taskrun::{Phase, TaskRunStatus};
 
 pub const READY: &str = "Ready";
@@ -110,6 +112,13 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
         "JobCreated",
         format!("Job {job_name} created, waiting for its pod"),
     )
+}
+
+/// The time to build a status with, in whole seconds: the API server stores times at that
+/// precision, and a status compared with what was written must not differ by the nanoseconds.
+pub fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// What the reconciler knows about the current version, besides its outcome.
@@ -225,7 +234,6 @@ pub fn is_final_for(status: Option<&TaskRunStatus>, context_version: i64) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::jiff::Timestamp;
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid time"))
