@@ -18,16 +18,14 @@ use crate::status;
 
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
+type HttpRequest = hyper::Request<Vec<u8>>;
+
 /// Creates `object` in the scope of `api`; returns the stored object's metadata.
 pub async fn create<K>(api: &Api<K>, object: &K) -> Result<ObjectMeta, Error>
 where
     K: Resource + Serialize + Clone + DeserializeOwned,
 {
-    let body = serde_json::to_vec(object).map_err(Error::SerdeError)?;
-    let request = Request::new(api.resource_url())
-        .create(&PostParams::default(), body)
-        .map_err(Error::BuildRequest)?;
-    metadata_answer(api, request).await
+    send(api, create_request(api.resource_url(), object)?).await
 }
 
 /// Writes `next` as the TaskRun's status: server-side apply on the status subresource,
@@ -38,7 +36,28 @@ pub async fn apply_status(
     manager: &str,
     next: &TaskRunStatus,
 ) -> Result<ObjectMeta, Error> {
-    let request = Request::new(api.resource_url())
+    send(
+        api,
+        apply_status_request(api.resource_url(), name, manager, next)?,
+    )
+    .await
+}
+
+fn create_request<K: Serialize>(url: &str, object: &K) -> Result<HttpRequest, Error> {
+    let body = serde_json::to_vec(object).map_err(Error::SerdeError)?;
+    let request = Request::new(url)
+        .create(&PostParams::default(), body)
+        .map_err(Error::BuildRequest)?;
+    Ok(metadata_only(request))
+}
+
+fn apply_status_request(
+    url: &str,
+    name: &str,
+    manager: &str,
+    next: &TaskRunStatus,
+) -> Result<HttpRequest, Error> {
+    let request = Request::new(url)
         .patch_subresource(
             "status",
             name,
@@ -46,19 +65,79 @@ pub async fn apply_status(
             &Patch::Apply(status::apply_body(next)),
         )
         .map_err(Error::BuildRequest)?;
-    metadata_answer(api, request).await
+    Ok(metadata_only(request))
 }
 
-async fn metadata_answer<K>(
-    api: &Api<K>,
-    mut request: hyper::Request<Vec<u8>>,
-) -> Result<ObjectMeta, Error>
-where
-    K: Resource + Clone + DeserializeOwned,
-{
+fn metadata_only(mut request: HttpRequest) -> HttpRequest {
     request
         .headers_mut()
         .insert(ACCEPT, HeaderValue::from_static(METADATA_ONLY));
+    request
+}
+
+async fn send<K>(api: &Api<K>, request: HttpRequest) -> Result<ObjectMeta, Error>
+where
+    K: Resource + Clone + DeserializeOwned,
+{
     let answer: PartialObjectMeta<K> = api.clone().into_client().request(request).await?;
     Ok(answer.metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use taskrun::Phase;
+
+    const URL: &str = "/apis/orchestrator.io/v1/namespaces/ns/taskruns";
+
+    fn accept(r: &HttpRequest) -> &str {
+        r.headers()
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_create_posts_the_object_and_asks_for_metadata_back() {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("c".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = create_request("/api/v1/namespaces/ns/configmaps", &cm).expect("request");
+        assert_eq!(r.method(), "POST");
+        assert!(r.uri().path().ends_with("/namespaces/ns/configmaps"));
+        assert_eq!(accept(&r), METADATA_ONLY);
+        let sent: ConfigMap = serde_json::from_slice(r.body()).expect("the ConfigMap");
+        assert_eq!(sent, cm);
+    }
+
+    #[test]
+    fn a_status_write_is_a_forced_apply_on_the_subresource_answered_with_metadata() {
+        let next = TaskRunStatus {
+            phase: Some(Phase::Pending),
+            job_name: Some("j".into()),
+            ..Default::default()
+        };
+        let r = apply_status_request(URL, "t", "mgr", &next).expect("request");
+        assert_eq!(r.method(), "PATCH");
+        assert_eq!(r.uri().path(), format!("{URL}/t/status"));
+        let query = r.uri().query().unwrap_or_default();
+        assert!(query.contains("fieldManager=mgr") && query.contains("force=true"));
+        assert_eq!(
+            r.headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/apply-patch+yaml")
+        );
+        assert_eq!(accept(&r), METADATA_ONLY);
+        let body: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
+        assert_eq!(body["kind"], "TaskRun");
+        assert_eq!(body["apiVersion"], "orchestrator.io/v1");
+        assert_eq!(body["status"]["jobName"], "j");
+        assert_eq!(body["status"]["phase"], "Pending");
+    }
 }
