@@ -205,15 +205,6 @@ pub fn next_status(
     }
 }
 
-/// The server-side apply body that sets the status through the status subresource.
-pub fn apply_body(status: &TaskRunStatus) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "orchestrator.io/v1",
-        "kind": "TaskRun",
-        "status": status,
-    })
-}
-
 /// Whether writing `next` would change anything but lastUpdated.
 pub fn differs(prev: &TaskRunStatus, next: &TaskRunStatus) -> bool {
     let strip = |s: &TaskRunStatus| TaskRunStatus {

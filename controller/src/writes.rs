@@ -14,8 +14,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taskrun::{TaskRun, TaskRunStatus};
 
-use crate::status;
-
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 type HttpRequest = hyper::Request<Vec<u8>>;
@@ -62,10 +60,19 @@ fn apply_status_request(
             "status",
             name,
             &PatchParams::apply(manager).force(),
-            &Patch::Apply(status::apply_body(next)),
+            &Patch::Apply(apply_body(next)),
         )
         .map_err(Error::BuildRequest)?;
     Ok(metadata_only(request, "patch_status"))
+}
+
+/// The server-side apply body that sets the status through the status subresource.
+fn apply_body(status: &TaskRunStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "status": status,
+    })
 }
 
 /// Asks for the metadata-only answer; `verb` names the request in kube's trace spans, as
