@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use taskrun::Identity;
+use taskrun_webhook::index::Entry;
 
 /// Services the generated tasks belong to.
 const SERVICES: u64 = 20;
@@ -30,6 +32,16 @@ fn markdown(i: u64) -> (String, String) {
             .repeat(20)
     );
     (task, context)
+}
+
+/// The webhook's index entry for generated task `i` in `namespace`, as its watch would make it.
+pub fn index_entry(namespace: &str, i: u64) -> Entry {
+    let (service, id) = identity(i);
+    Entry {
+        identity: Identity::new(namespace, &service, id),
+        name: name(i),
+        terminating: false,
+    }
 }
 
 /// A valid TaskRun for task `i` in `namespace`.

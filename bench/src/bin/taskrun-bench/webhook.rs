@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use taskrun::Identity;
 use taskrun_bench::load::{self, Report, Target};
 use taskrun_bench::{cluster, review, tls};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{spawn_logged, workspace_bin};
-use taskrun_webhook::index::{Entry, Index};
+use taskrun_webhook::index::Index;
 use taskrun_webhook::metrics::Metrics;
 
 use crate::settings::Settings;
@@ -146,6 +145,14 @@ pub async fn against_real(
     let per_request_us = |t: (u64, f64, f64)| round(t.2 * 1e6 / t.0.max(1) as f64);
     summary.detail("webhook_cpu_us_per_request", per_request_us(hook_total));
     summary.detail("ceiling_cpu_us_per_request", per_request_us(ceiling_total));
+    let (admit_us, scan_us) = admission_cost(namespace, s.indexed)?;
+    eprintln!(
+        "  admit() in-process: {admit_us:.2} µs per review (serde_json scanning it: {scan_us:.2} µs); \
+         0.8 of the ceiling's rate leaves the webhook's one thread {:.1} µs per request",
+        1e6 / (0.8 * ceiling_rps)
+    );
+    summary.detail("admit_us_per_review", round(admit_us));
+    summary.detail("json_scan_us_per_review", round(scan_us));
 
     eprintln!("webhook open loop at {} req/s for {:?}", s.rate, s.seconds);
     let r = load::open_loop(&hook, s.rate, s.seconds, OPEN_LOOP_CONNECTIONS).await?;
@@ -170,6 +177,30 @@ pub async fn against_real(
     Ok(())
 }
 
+/// What admission costs per review apart from HTTP and TLS, and what scanning the JSON alone
+/// costs (bench/src/bin/admit-cost.rs), in µs.
+fn admission_cost(namespace: &str, indexed: u64) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new(workspace_bin("admit-cost"))
+        .arg(format!("--namespace={namespace}"))
+        .arg(format!("--indexed={indexed}"))
+        .output()
+        .context("running admit-cost")?;
+    if !out.status.success() {
+        bail!(
+            "admit-cost failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let cost: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("admit-cost's answer")?;
+    let field = |k: &str| {
+        cost[k]
+            .as_f64()
+            .with_context(|| format!("admit-cost gave no {k}"))
+    };
+    Ok((field("admit_us")?, field("json_scan_us")?))
+}
+
 async fn wait_answering(t: &Target) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -178,15 +209,6 @@ async fn wait_answering(t: &Target) -> anyhow::Result<()> {
             Err(e) if Instant::now() > deadline => return Err(e.context("server never answered")),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-    }
-}
-
-fn entry(namespace: &str, i: u64) -> Entry {
-    let (service, id) = review::identity(i);
-    Entry {
-        identity: Identity::new(namespace, &service, id),
-        name: review::name(i),
-        terminating: false,
     }
 }
 
@@ -205,7 +227,7 @@ pub async fn index_size_ratio(
     let index = Arc::new(Index::default());
     index.init();
     for i in 0..SMALL {
-        index.init_apply(entry(namespace, i));
+        index.init_apply(review::index_entry(namespace, i));
     }
     index.init_done();
 
@@ -245,11 +267,11 @@ pub async fn index_size_ratio(
         for size in [SMALL, LARGE] {
             if size == LARGE {
                 for i in SMALL..LARGE {
-                    index.apply(entry(namespace, i));
+                    index.apply(review::index_entry(namespace, i));
                 }
             } else {
                 for i in SMALL..LARGE {
-                    index.delete(&entry(namespace, i));
+                    index.delete(&review::index_entry(namespace, i));
                 }
             }
             if index.len() as u64 != size {
