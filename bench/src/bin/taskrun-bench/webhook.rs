@@ -239,19 +239,27 @@ pub async fn index_size_ratio(
         "--metrics-listen=off".to_owned(),
     ])
     .context("webhook flags")?;
-    // Its own runtime (2 workers, like the process), dropped when this function returns.
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    server.spawn({
+    // On a thread of its own with a single-threaded runtime, like the process
+    // (webhook/src/main.rs); stopped when the runs are done.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn({
         let index = index.clone();
-        async move {
-            if let Err(e) =
-                taskrun_webhook::server::serve(config, index, Arc::new(Metrics::default())).await
-            {
-                eprintln!("in-process webhook: {e}");
-            }
+        move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let metrics = Arc::new(Metrics::default());
+                tokio::select! {
+                    served = taskrun_webhook::server::serve(config, index, metrics) => {
+                        // Said at once: the runs would only time out waiting for it.
+                        served
+                            .context("in-process webhook")
+                            .inspect_err(|e| eprintln!("{e:#}"))
+                    }
+                    _ = stopped => Ok(()),
+                }
+            })
         }
     });
     let bodies = Arc::new(review::bodies(namespace, SMALL, BODIES));
@@ -288,7 +296,10 @@ pub async fn index_size_ratio(
             }
         }
     }
-    server.shutdown_background();
+    drop(stop);
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the in-process webhook thread panicked"))??;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     summary.figure("webhook_p99_ratio_100k_vs_1k", mean(&large) / mean(&small));
     summary.detail("inprocess_p99_ms_1k", mean(&small));
