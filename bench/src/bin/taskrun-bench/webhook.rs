@@ -270,8 +270,8 @@ pub async fn index_size_ratio(
     let t = target(addr, ca, bodies)?;
     wait_answering(&t).await?;
 
-    // Many short runs, alternating, pooled per size: a stall of this VM (several ms, now and
-    // then) then lands on both sizes alike instead of deciding one size's p99.
+    // Many short runs, alternating, pooled per size, so that both sizes sample this VM's
+    // stalls (several ms, now and then) over the same stretch of time.
     let run = (s.seconds * 2 / SWAPS).max(Duration::from_secs(1));
     eprintln!(
         "in-process webhook, 1k vs 100k identities, {} req/s, {SWAPS} alternations of {run:?} each",
