@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 use taskrun::Identity;
-use taskrun_webhook::index::Entry;
+use taskrun_webhook::index::{Entry, Index};
 
 /// Services the generated tasks belong to.
 const SERVICES: u64 = 20;
@@ -42,6 +42,17 @@ pub fn index_entry(namespace: &str, i: u64) -> Entry {
         name: name(i),
         terminating: false,
     }
+}
+
+/// A synced index holding tasks `0..count` of `namespace`, as the webhook's watch fills it.
+pub fn index(namespace: &str, count: u64) -> Index {
+    let index = Index::default();
+    index.init();
+    for i in 0..count {
+        index.init_apply(index_entry(namespace, i));
+    }
+    index.init_done();
+    index
 }
 
 /// A valid TaskRun for task `i` in `namespace`.

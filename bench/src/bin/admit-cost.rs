@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use taskrun_bench::review;
 use taskrun_webhook::admission::{Hook, admit};
-use taskrun_webhook::index::Index;
 
 /// The webhook's allocator (webhook/src/main.rs), so allocations cost what they cost there.
 #[global_allocator]
@@ -42,12 +41,7 @@ fn per_body(bodies: &[bytes::Bytes], mut f: impl FnMut(&[u8]) -> usize) -> (Dura
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let index = Index::default();
-    index.init();
-    for i in 0..args.indexed {
-        index.init_apply(review::index_entry(&args.namespace, i));
-    }
-    index.init_done();
+    let index = review::index(&args.namespace, args.indexed);
     let bodies = review::bodies(&args.namespace, args.indexed, args.bodies);
 
     // The answer's length is kept so that no work can be optimised away.

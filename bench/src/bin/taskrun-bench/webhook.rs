@@ -14,7 +14,6 @@ use taskrun_bench::load::{self, Report, Target};
 use taskrun_bench::{cluster, review, tls};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{spawn_logged, workspace_bin};
-use taskrun_webhook::index::Index;
 use taskrun_webhook::metrics::Metrics;
 
 use crate::settings::Settings;
@@ -228,12 +227,7 @@ pub async fn index_size_ratio(
     const SMALL: u64 = 1_000;
     const LARGE: u64 = 100_000;
     let namespace = "bench-inprocess";
-    let index = Arc::new(Index::default());
-    index.init();
-    for i in 0..SMALL {
-        index.init_apply(review::index_entry(namespace, i));
-    }
-    index.init_done();
+    let index = Arc::new(review::index(namespace, SMALL));
 
     let addr = cluster::free_addr()?;
     let config = taskrun_webhook::config::Config::try_parse_from([
