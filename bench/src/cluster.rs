@@ -157,7 +157,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(cp: &ControlPlane, namespace: &str) -> anyhow::Result<Controller> {
-        let http_addr = free_addr()?;
+        let http_addr = taskrun_tests::free_addr();
         let mut cmd = Command::new(workspace_bin("taskrun-controller"));
         cmd.args([
             format!("--http-addr={http_addr}"),
@@ -207,10 +207,6 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// VmRSS of `pid` in MiB, from /proc/<pid>/status.

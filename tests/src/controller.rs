@@ -1,11 +1,11 @@
 //! The taskrun-controller binary as a child process of a test, against a [`ControlPlane`].
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::identity::{self, CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE};
-use crate::{ChildGuard, ControlPlane, spawn_logged, workspace_bin};
+use crate::{ChildGuard, ControlPlane, free_addr, spawn_logged, workspace_bin};
 
 /// Where the controllers of the tests hold their Leases: the operator's namespace, the only
 /// one where manifests/base lets the controller's ServiceAccount use Leases.
@@ -109,10 +109,4 @@ fn spawn(kubeconfig: &std::path::Path, args: &[String], name: &str) -> ChildGuar
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE");
     spawn_logged(cmd, name).unwrap_or_else(|e| panic!("cannot start taskrun-controller: {e}"))
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod controller;
 pub mod identity;
 pub mod kubelet;
+mod ports;
 mod process;
 pub mod tools;
 mod wait;
@@ -14,6 +15,7 @@ pub mod webhook;
 use std::path::PathBuf;
 
 pub use cluster::ControlPlane;
+pub use ports::{free_addr, free_port};
 #[doc(hidden)]
 pub use process::use_work_dir;
 pub use process::{ChildGuard, spawn_logged, work_dir};

@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::identity;
 use crate::process::log_tail;
-use crate::{ChildGuard, ControlPlane, spawn_logged, wait_for, work_dir, workspace_bin};
+use crate::{ChildGuard, ControlPlane, free_port, spawn_logged, wait_for, work_dir, workspace_bin};
 
 /// The names the configurations are registered under (as in `manifests/`).
 pub const CONFIGURATION_NAME: &str = "taskrun-webhook";
@@ -318,13 +318,6 @@ impl Webhook {
     fn ca(&self) -> MutexGuard<'_, Ca> {
         self.ca.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// A minimal HTTP/1.1 GET with a short timeout (probes and metrics, plain listener).

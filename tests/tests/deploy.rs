@@ -376,7 +376,7 @@ fn container_command(
         .map(|a| {
             let mut a = a.as_str().unwrap_or_default().to_owned();
             if let Some((flag, _)) = a.split_once("=0.0.0.0:") {
-                let free = free_port();
+                let free = taskrun_tests::free_port();
                 ports.insert(flag.to_owned(), free);
                 a = format!("{flag}=127.0.0.1:{free}");
             }
@@ -392,13 +392,6 @@ fn container_command(
         })
         .collect();
     (args, ports)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 #[tokio::test]

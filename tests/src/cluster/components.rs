@@ -1,6 +1,5 @@
 //! The control-plane processes: where their binaries are, their flags, and their readiness.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,19 +26,13 @@ pub(super) struct Ports {
 }
 
 impl Ports {
-    /// Three distinct free loopback ports (held open together so they differ).
-    pub fn pick() -> std::io::Result<Self> {
-        let listeners = [
-            TcpListener::bind("127.0.0.1:0")?,
-            TcpListener::bind("127.0.0.1:0")?,
-            TcpListener::bind("127.0.0.1:0")?,
-        ];
-        let port = |i: usize| listeners[i].local_addr().map(|a| a.port());
-        Ok(Ports {
-            etcd_client: port(0)?,
-            etcd_peer: port(1)?,
-            apiserver: port(2)?,
-        })
+    /// Three distinct free loopback ports.
+    pub fn pick() -> Self {
+        Ports {
+            etcd_client: crate::free_port(),
+            etcd_peer: crate::free_port(),
+            apiserver: crate::free_port(),
+        }
     }
 }
 

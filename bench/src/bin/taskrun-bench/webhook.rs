@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use taskrun_bench::load::{self, Report, Target};
 use taskrun_bench::{cluster, review, tls};
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{spawn_logged, workspace_bin};
+use taskrun_tests::{free_addr, spawn_logged, workspace_bin};
 use taskrun_webhook::metrics::Metrics;
 
 use crate::settings::Settings;
@@ -86,7 +86,7 @@ pub async fn against_real(
     );
 
     // The ceiling: same certificate and key files, same load generator and client config.
-    let ceiling_addr = cluster::free_addr()?;
+    let ceiling_addr = free_addr();
     let mut cmd = Command::new(workspace_bin("ceiling"));
     cmd.arg(format!("--listen={ceiling_addr}"))
         .arg(format!(
@@ -229,7 +229,7 @@ pub async fn index_size_ratio(
     let namespace = "bench-inprocess";
     let index = Arc::new(review::index(namespace, SMALL));
 
-    let addr = cluster::free_addr()?;
+    let addr = free_addr();
     let config = taskrun_webhook::config::Config::try_parse_from([
         "taskrun-webhook".to_owned(),
         format!("--listen={addr}"),
