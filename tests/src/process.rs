@@ -91,6 +91,12 @@ impl Drop for ChildGuard {
 /// Spawns `cmd` with stdout and stderr appended to `<work_dir>/logs/<name>.log`; the child is
 /// killed when the returned guard drops, when the process exits, or when it dies.
 pub fn spawn_logged(mut cmd: Command, name: &str) -> io::Result<ChildGuard> {
+    // Failures are reported with the log's last lines. Under RUST_BACKTRACE=1 the backtrace
+    // of a Rust binary's returned error would fill them and push out the error itself; panics
+    // keep their backtraces (RUST_LIB_BACKTRACE only governs captured ones).
+    if !cmd.get_envs().any(|(k, _)| k == "RUST_LIB_BACKTRACE") {
+        cmd.env("RUST_LIB_BACKTRACE", "0");
+    }
     let logs = work_dir().join("logs");
     std::fs::create_dir_all(&logs)?;
     let log_path = logs.join(format!("{name}.log"));

@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use taskrun::TaskRun;
-use taskrun_tests::{ControlPlane, spawn_logged, wait_for};
+use taskrun_tests::{ControlPlane, log_tail, spawn_logged, wait_for, workspace_bin};
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -473,6 +473,30 @@ fn spawned_children_log_and_stop() {
     child.terminate();
     assert!(!child.is_running());
     assert!(std::fs::read_to_string(&log).expect("log").contains("bye"));
+}
+
+/// The harness reports a child that exits with its log's last 30 lines: a Rust binary's
+/// returned error must be among them even when RUST_BACKTRACE=1 asks for backtraces.
+#[test]
+fn a_childs_startup_error_is_in_its_log_tail_under_rust_backtrace() {
+    let mut cmd = std::process::Command::new(workspace_bin("taskrun-webhook"));
+    cmd.env("RUST_BACKTRACE", "1")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut child = spawn_logged(cmd, "harness-startup-error").expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taskrun-webhook kept running without a kubeconfig"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tail = log_tail(child.log_path(), 30);
+    assert!(
+        tail.contains("Error: cannot reach the Kubernetes API"),
+        "the error is not in the last 30 lines:\n{tail}"
+    );
 }
 
 #[tokio::test]
