@@ -207,7 +207,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
 /// Loads the pair now, then again whenever the directory changes or `poll` passes. Runs
 /// until the process ends.
 pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>) {
-    store.reload_logged(&metrics);
+    reload_off_thread(&store, &metrics).await;
     let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
         // A full channel already means "look again".
@@ -239,7 +239,17 @@ pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>)
             }
             _ = ticker.tick() => {}
         }
-        store.reload_logged(&metrics);
+        reload_off_thread(&store, &metrics).await;
+    }
+}
+
+/// Reloads on the blocking pool: admission has one runtime thread, and a read that stalls (a
+/// hung mount, a FIFO in place of a file) must not stall every request with it. Until such a
+/// read returns, no other reload starts; the loaded pair keeps serving.
+async fn reload_off_thread(store: &Arc<CertStore>, metrics: &Arc<Metrics>) {
+    let (store, metrics) = (store.clone(), metrics.clone());
+    if let Err(e) = tokio::task::spawn_blocking(move || store.reload_logged(&metrics)).await {
+        tracing::error!(error = %e, "the certificate reload failed; trying again on the next change");
     }
 }
 
@@ -366,5 +376,48 @@ mod tests {
         }
         assert_eq!(metrics.cert_reloads.get(), 2);
         task.abort();
+    }
+
+    #[test]
+    fn a_certificate_read_that_never_returns_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        ca.serving(&["127.0.0.1"])
+            .expect("cert")
+            .write(dir.path(), "tls")
+            .expect("write");
+        // A FIFO nobody writes to: opening it for reading blocks until the test process ends.
+        let key = dir.path().join("tls.key");
+        std::fs::remove_file(&key).expect("rm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&key)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo failed");
+        let store = Arc::new(CertStore::new(dir.path().join("tls.crt"), key));
+
+        // The webhook's runtime: one thread. Its timers must keep firing while a read hangs.
+        let (ticked, ticks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let metrics = Arc::new(Metrics::default());
+                tokio::spawn(watch(store, Duration::from_millis(10), metrics));
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let _ = ticked.send(());
+                }
+            });
+            runtime.shutdown_background();
+        });
+        for n in 0..20 {
+            assert!(
+                ticks.recv_timeout(Duration::from_secs(5)).is_ok(),
+                "the runtime stalled after {n} timer ticks"
+            );
+        }
     }
 }
