@@ -110,7 +110,10 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
-    if prev.observed_context_version.is_some_and(|v| v < version) {
+    // Until the status records this version, any Job of an older one still running is
+    // stopped, whether or not the status ever named it: a status write lost after a Job was
+    // created leaves no trace of that Job there. (Version 1 has nothing older.)
+    if version > 1 && prev.observed_context_version != Some(version) {
         stop_superseded(tr, ctx, &jobs).await?;
     }
 

@@ -402,6 +402,46 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     .await;
 }
 
+/// A Job of version 1 whose status write was lost (the controller killed right after creating
+/// it, say): when the TaskRun is already at version 2, that Job is still stopped.
+#[tokio::test]
+async fn an_old_versions_job_that_no_status_named_is_still_stopped() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-lost-status").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let tr = create(&api, &taskrun("t", "search", 4, 2, &[("task.md", "x")])).await;
+    let old = names::job_name("search", 4, 1);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": old,
+            "labels": {labels::MANAGED_BY: labels::MANAGED_BY_VALUE},
+            "ownerReferences": [{
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun", "name": "t",
+            "uid": tr.uid().expect("uid"), "controller": true}]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "agent", "image": "registry.example/agent:v1"}]}}}
+    }))
+    .expect("a Job");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("the version 1 Job");
+    assert_eq!(tr.status, None, "no status names the version 1 Job");
+
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    wait_status(&api, "t", "status of version 2", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_context_version) == Some(2)
+    })
+    .await;
+    wait_gone("the version 1 Job to be stopped", WAIT, &jobs, &old).await;
+    assert!(
+        jobs.get_opt(&names::job_name("search", 4, 2))
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
 #[tokio::test]
 async fn of_two_taskruns_with_one_identity_only_one_gets_a_job() {
     let cp = ControlPlane::shared();
