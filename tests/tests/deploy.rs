@@ -312,6 +312,7 @@ fn each_service_account_may_do_what_design_needs_and_no_more() {
             &["get", "list", "watch", "patch"],
         ),
         ("taskruns.orchestrator.io/status", &["patch"]),
+        ("taskruns.orchestrator.io/finalizers", &["update"]),
         ("configmaps", &["get", "list", "watch", "create", "delete"]),
         ("jobs.batch", &["get", "list", "watch", "create", "delete"]),
         ("events.events.k8s.io", &["create", "patch"]),

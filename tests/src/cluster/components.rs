@@ -147,6 +147,9 @@ pub(super) fn apiserver_args(work_dir: &Path, pki: &Pki, ports: &Ports) -> Vec<S
         // No token controller mounts service-account tokens (envtest does the same); the
         // PodSecurity plugin stays on.
         "--disable-admission-plugins=ServiceAccount".to_owned(),
+        // As on hardened clusters (and OpenShift): setting blockOwnerDeletion on a child needs
+        // `update` on the owner's finalizers, so the controller's RBAC is tested for it.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".to_owned(),
         // One client (the tests) and no fairness to protect: skip the APF machinery.
         "--enable-priority-and-fairness=false".to_owned(),
         // On SIGTERM, end open watches after 1 s instead of waiting out the 60 s server
