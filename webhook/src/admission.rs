@@ -187,7 +187,12 @@ fn decide(
                 Operation::Create => {
                     let violations = validate_create(spec);
                     let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
-                    let existing = index.duplicate_of(&identity, &name)?;
+                    // An invalid TaskRun is refused for what is wrong with it even while the
+                    // index cannot say whether it is also a duplicate.
+                    let existing = match index.duplicate_of(&identity, &name) {
+                        Err(NotSynced) if !violations.is_empty() => None,
+                        found => found?,
+                    };
                     if violations.is_empty() && existing.is_none() {
                         return Ok(allow);
                     }

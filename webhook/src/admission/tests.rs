@@ -32,6 +32,15 @@ impl Duplicates for Fake {
     }
 }
 
+/// An index before its first list: it cannot say who holds what.
+struct Unsynced;
+
+impl Duplicates for Unsynced {
+    fn duplicate_of(&self, _: &Identity, _: &str) -> Result<Option<String>, NotSynced> {
+        Err(NotSynced)
+    }
+}
+
 fn taskrun(name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
@@ -104,6 +113,21 @@ fn a_valid_create_is_allowed_and_the_uid_echoed() {
             .expect("json");
     assert_eq!(whole["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(whole["kind"], "AdmissionReview");
+}
+
+#[test]
+fn an_unsynced_index_fails_a_valid_create_but_an_invalid_one_is_told_what_is_wrong() {
+    let (answer, _) = call(Hook::Validate, &create(spec()), &Unsynced);
+    assert_eq!(answer.http_status, 503);
+    assert!(answer.message.contains("not synced"), "{}", answer.message);
+
+    let mut s = spec();
+    s["taskId"] = json!(0);
+    let (answer, r) = call(Hook::Validate, &create(s), &Unsynced);
+    assert_eq!(answer.http_status, 200);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 422);
+    assert!(message(&r).contains("spec.taskId"), "{r}");
 }
 
 #[test]
