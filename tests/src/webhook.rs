@@ -90,6 +90,10 @@ impl Webhook {
         if !extra_args.iter().any(|a| a.starts_with("--log-level")) {
             cmd.arg("--log-level=info,taskrun_webhook=debug");
         }
+        // No endpoints to drain here: stop at once on SIGTERM, unless the test is about that.
+        if !extra_args.iter().any(|a| a.starts_with("--shutdown-delay")) {
+            cmd.arg("--shutdown-delay=0s");
+        }
         cmd.args(extra_args)
             // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
             .env(

@@ -795,6 +795,73 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     .await;
 }
 
+#[tokio::test]
+async fn beyond_max_connections_a_connection_waits_and_probes_still_answer() {
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start_with(cp, &["--max-connections=1"]).await;
+    let first = tls(&webhook, b"http/1.1")
+        .await
+        .expect("the first connection");
+    // The second waits in the listen backlog: connected, but no handshake until a slot frees.
+    let second = tokio::spawn({
+        let (port, ca) = (webhook.port(), webhook.ca_pem());
+        async move { tls_to(port, &ca, b"http/1.1").await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !second.is_finished(),
+        "the second connection was not kept waiting: {:?}",
+        second.await
+    );
+    assert_eq!(
+        webhook.get_plain("/healthz").map(|(code, _)| code),
+        Some(200),
+        "admission connections crowd out the probes"
+    );
+    drop(first);
+    let second = tokio::time::timeout(TIMEOUT, second)
+        .await
+        .expect("the second connection is served once the first closes")
+        .expect("task");
+    second.expect("handshake");
+}
+
+#[tokio::test]
+async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
+    let cp = ControlPlane::shared();
+    // Longer than the test: only the second signal can end it.
+    let webhook = Webhook::start_with(cp, &["--shutdown-delay=600s"]).await;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(webhook.pid() as libc::pid_t, libc::SIGTERM) };
+    wait_for("/readyz to report shutting down", TIMEOUT, || async {
+        webhook
+            .get_plain("/readyz")
+            .filter(|(code, body)| *code == 503 && body.contains("shutting down"))
+    })
+    .await;
+    // The Service still routes here until its endpoints are updated: a new connection is
+    // accepted and its review answered.
+    let body = serde_json::to_vec(&review(
+        "CREATE",
+        "taskruns",
+        manifest("draining", 52, "billing"),
+    ))
+    .expect("json");
+    let r = send(&webhook, &post("/validate", "application/json", &body))
+        .await
+        .expect("an answer while draining");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    assert!(webhook.is_running());
+
+    // SAFETY: as above.
+    unsafe { libc::kill(webhook.pid() as libc::pid_t, libc::SIGTERM) };
+    wait_for("the webhook to exit", TIMEOUT, || async {
+        (!webhook.is_running()).then_some(())
+    })
+    .await;
+}
+
 // ---- raw HTTPS client ----------------------------------------------------------------------
 
 fn review(operation: &str, resource: &str, object: Value) -> Value {
@@ -854,9 +921,14 @@ impl Response {
 }
 
 async fn tls(w: &Webhook, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_to(w.port(), &w.ca_pem(), alpn).await
+}
+
+/// A TLS connection to the webhook on `port`, whose CA is `ca_pem`.
+async fn tls_to(port: u16, ca_pem: &str, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(w.ca_pem().as_bytes()).map_err(std::io::Error::other)?)
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(std::io::Error::other)?)
         .map_err(std::io::Error::other)?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -866,7 +938,7 @@ async fn tls(w: &Webhook, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> 
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(("127.0.0.1", w.port())).await?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
     TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -46,36 +46,43 @@ pub struct Config {
     ///
     /// An UPDATE review carries the object and the old object, each up to etcd's 1.5 MiB, so
     /// the default leaves room for the largest legitimate TaskRun.
-    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = positive_count)]
     pub max_body_bytes: usize,
 
     /// Time allowed for a TLS handshake ("10s", "500ms").
-    #[arg(long, env = "WEBHOOK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
 
     /// Time allowed for a request's headers to arrive, including idle time between requests on
     /// an HTTP/1.1 connection.
-    #[arg(long, env = "WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub header_read_timeout: Duration,
 
     /// Time allowed for a request's body to arrive (408 beyond).
-    #[arg(long, env = "WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub body_read_timeout: Duration,
 
     /// A connection on which the client sends nothing for this long is closed.
-    #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
-    /// Most connections served at once; further ones wait in the listen backlog.
-    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
+    /// Most admission connections served at once; further ones wait in the listen backlog.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = positive_count)]
     pub max_connections: usize,
 
     /// How often the certificate files are compared with what is served, in case a change
     /// notification was missed.
-    #[arg(long, env = "WEBHOOK_CERT_POLL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_CERT_POLL_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub cert_poll_interval: Duration,
 
-    /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
+    /// After SIGTERM, how long to go on accepting and answering, with /readyz failing, before
+    /// the listeners close: the API server calls this pod until the Service's endpoints drop
+    /// it. A second SIGTERM or SIGINT ends the delay at once.
+    #[arg(long, env = "WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Once the listeners close, how long in-flight requests may take before the process exits
+    /// anyway.
     #[arg(long, env = "WEBHOOK_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }
@@ -123,6 +130,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A duration of more than zero: a timeout or interval of zero would end every connection at
+/// once or (the certificate poll) stop the reloads.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?}: must be more than zero")),
+        d => Ok(d),
+    }
+}
+
+/// A count of at least one: a limit of zero would refuse everything.
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a whole number: {e}")),
+    }
+}
+
 fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s.is_empty() || s == "off" {
         return Ok(OptionalAddr(None));
@@ -144,6 +169,28 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn limits_and_timeouts_of_zero_are_refused() {
+        for flag in [
+            "--handshake-timeout=0s",
+            "--header-read-timeout=0",
+            "--body-read-timeout=0ms",
+            "--idle-timeout=0m",
+            "--cert-poll-interval=0s",
+            "--max-body-bytes=0",
+            "--max-connections=0",
+        ] {
+            let e = Config::try_parse_from(["taskrun-webhook", flag]).expect_err(flag);
+            assert!(
+                e.to_string().contains("zero") || e.to_string().contains("at least 1"),
+                "{flag}: {e}"
+            );
+        }
+        let c = Config::try_parse_from(["taskrun-webhook", "--shutdown-timeout=0s"])
+            .expect("no drain at all is a choice");
+        assert_eq!(c.shutdown_timeout, Duration::ZERO);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! probes; per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,7 +11,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -34,6 +37,9 @@ pub enum ServerError {
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
 }
+
+/// Connections served at once on the plain listener: probes and metrics scrapes.
+const PLAIN_CONNECTIONS: usize = 64;
 
 /// Connection settings that every connection task needs.
 struct Limits {
@@ -88,9 +94,15 @@ pub async fn serve(
         header_read_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
     });
-    let connections = Arc::new(Semaphore::new(config.max_connections));
+    // Each listener has its own slots, so that admission connections, however many, never
+    // crowd out the kubelet's probes.
+    let (tls_slots, plain_slots) = (
+        Arc::new(Semaphore::new(config.max_connections)),
+        Arc::new(Semaphore::new(PLAIN_CONNECTIONS)),
+    );
     let graceful = GracefulShutdown::new();
-    let mut stop = std::pin::pin!(shutdown_signal()?);
+    let mut signals = Signals::new()?;
+    let mut drain: Option<Pin<Box<Sleep>>> = None;
     tracing::info!(
         listen = %config.listen,
         metrics_listen = ?config.metrics_listen.0,
@@ -98,23 +110,31 @@ pub async fn serve(
     );
 
     loop {
-        let (stream, listener_kind) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => (accepted, Listener::Tls),
-            accepted = accept(plain.as_ref()) => (accepted, Listener::Plain),
+        let (accepted, permit, listener_kind) = tokio::select! {
+            () = signals.recv() => {
+                if drain.is_some() {
+                    break;
+                }
+                // The API server goes on calling this pod until the Service's endpoints drop
+                // it, seconds after the signal: refusing those calls would fail the user's
+                // apply (failurePolicy Fail). So: report not ready, keep answering, then close.
+                app.shutting_down.store(true, Ordering::Release);
+                tracing::info!(delay = ?config.shutdown_delay, "not ready; answering on until the delay ends or a second signal");
+                drain = Some(Box::pin(tokio::time::sleep(config.shutdown_delay)));
+                continue;
+            }
+            () = until(&mut drain) => break,
+            (accepted, permit) = accept(Some(&listener), &tls_slots) => (accepted, permit, Listener::Tls),
+            (accepted, permit) = accept(plain.as_ref(), &plain_slots) => (accepted, permit, Listener::Plain),
         };
-        let (stream, peer) = match stream {
-            Ok(s) => s,
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing the new connection");
-            continue;
         };
         let (app, limits, watcher) = (app.clone(), limits.clone(), graceful.watcher());
         match listener_kind {
@@ -218,23 +238,52 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Accepts on the optional listener; never resolves when there is none.
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
+/// Waits for a free slot, then accepts on the optional listener (never resolves when there is
+/// none). With every slot taken, new connections wait in the listen backlog.
+async fn accept(
+    listener: Option<&TcpListener>,
+    slots: &Arc<Semaphore>,
+) -> (
+    std::io::Result<(TcpStream, SocketAddr)>,
+    OwnedSemaphorePermit,
+) {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    // The semaphores are never closed.
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return std::future::pending().await;
+    };
+    (listener.accept().await, permit)
+}
+
+/// Resolves when the sleep, once there is one, is over.
+async fn until(sleep: &mut Option<Pin<Box<Sleep>>>) {
+    match sleep {
+        Some(s) => s.as_mut().await,
         None => std::future::pending().await,
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
-    Ok(async move {
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, ServerError> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(ServerError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(ServerError::Signal)?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
-    })
+    }
 }
