@@ -169,7 +169,23 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                         if status::is_final_for(fresh.status.as_ref(), version) {
                             return Ok(Action::await_change());
                         }
-                        None
+                        // Gone before its end was seen: deleted by hand, or finished and
+                        // removed by a short TTL while no replica was watching. Running it
+                        // again could do the task twice; the version ends here instead.
+                        seen.job_name = Some(job_name.clone());
+                        seen.attempts = ran_before + 1;
+                        let o = Outcome::new(
+                            Phase::Failed,
+                            "JobLost",
+                            format!(
+                                "Job {job_name} was removed before its end was seen (deleted, or \
+                                 finished and removed by its ttlSecondsAfterFinished); this version \
+                                 is not run again: raise contextVersion to run the task again"
+                            ),
+                        );
+                        let next = status::next_status(&prev, &seen, &o, &now());
+                        write_status(&api, tr, ctx, &prev, &next).await?;
+                        return Ok(Action::await_change());
                     }
                 }
             } else {
@@ -294,7 +310,8 @@ where
             Ok(Claim::Wait(format!("{kind} {name} is being deleted")))
         }
         _ => Ok(Claim::Taken(format!(
-            "{kind} {name} already exists and is not controlled by a TaskRun; remove or rename it"
+            "{kind} {name} already exists and no TaskRun controls it; this version will not run: \
+             remove it and recreate this TaskRun, or raise contextVersion (its children get new names)"
         ))),
     }
 }
@@ -508,7 +525,8 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
 
 /// Records an Event on the TaskRun in the background: an Event is for people, and the
 /// TaskRun's progress must not wait for it.
-fn record(ctx: &Ctx, tr: &TaskRun, event: Event) {
+fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
+    event.note = event.note.map(fit_note);
     let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());
     let (reference, name) = (tr.object_ref(&()), tr.name_any());
     tokio::spawn(async move {
@@ -516,4 +534,37 @@ fn record(ctx: &Ctx, tr: &TaskRun, event: Event) {
             tracing::warn!(taskrun = %name, %error, "could not record an Event");
         }
     });
+}
+
+/// events.k8s.io refuses a note of more than 1 KiB, and a message can quote an API server's
+/// refusal at any length: the note is cut to fit, on a character boundary, marked with '…'.
+fn fit_note(mut note: String) -> String {
+    const MAX_NOTE_BYTES: usize = 1024;
+    if note.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_note;
+
+    #[test]
+    fn an_event_note_is_cut_to_one_kib_on_a_character_boundary() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "x".repeat(1024);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // 'é' is two bytes: 1021 bytes of text do not end on a character boundary.
+        let long = format!("{}{}", "x", "é".repeat(1000));
+        let cut = fit_note(long.clone());
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
 }

@@ -65,6 +65,22 @@ async fn wait_status(
     .await
 }
 
+/// Edits the spec without a new version, which makes the controller look at the TaskRun
+/// again, and waits until it has (observedGeneration); returns the TaskRun as it left it.
+async fn look_again(api: &Api<TaskRun>, name: &str) -> TaskRun {
+    let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "edited"}]}});
+    let generation = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit spec")
+        .metadata
+        .generation;
+    wait_status(api, name, "the edit to be observed", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await
+}
+
 fn phase(tr: &TaskRun) -> Option<Phase> {
     tr.status.as_ref().and_then(|s| s.phase)
 }
@@ -692,6 +708,33 @@ async fn a_job_the_api_server_refuses_fails_the_taskrun_as_invalid_template() {
     assert!(jobs.items.is_empty());
 }
 
+/// A Job removed before its end was seen (by hand here; a short TTL while no replica was
+/// watching does the same) ends its version as Failed, JobLost, and is not created again:
+/// running it twice could do the task twice.
+#[tokio::test]
+async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-lost-job").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "lost", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.delete("lost-1-v1", &DeleteParams::background())
+        .await
+        .expect("delete the Job");
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(condition(&tr, "Succeeded"), Some(("False", "JobLost")));
+
+    let tr = look_again(&api, "t").await;
+    assert_eq!(phase(&tr), Some(Phase::Failed));
+    assert!(
+        jobs.get_opt("lost-1-v1").await.expect("get").is_none(),
+        "the lost Job was created again"
+    );
+}
+
 #[tokio::test]
 async fn a_job_removed_by_its_ttl_is_not_run_again() {
     let cp = ControlPlane::shared();
@@ -719,18 +762,7 @@ async fn a_job_removed_by_its_ttl_is_not_run_again() {
         "ttl-1-v1",
     )
     .await;
-    // Make the controller look again, and wait until it has.
-    let patch = json!({"spec": {"markdownFiles": [{"filename": "task.md", "content": "y"}]}});
-    let generation = api
-        .patch("t", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("edit spec")
-        .metadata
-        .generation;
-    let tr = wait_status(&api, "t", "the edit to be observed", |tr| {
-        tr.status.as_ref().and_then(|s| s.observed_generation) == generation
-    })
-    .await;
+    let tr = look_again(&api, "t").await;
     assert_eq!(phase(&tr), Some(Phase::Succeeded));
     assert!(
         jobs.get_opt("ttl-1-v1").await.expect("get").is_none(),
