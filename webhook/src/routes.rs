@@ -15,6 +15,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::admission::{self, Hook};
+use crate::budget::BodyBudget;
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, RequestLabels, RouteLabels};
 use crate::tls::CertStore;
@@ -29,6 +30,7 @@ pub enum Listener {
 
 pub struct App {
     pub metrics: Arc<Metrics>,
+    pub bodies: BodyBudget,
     pub index: Arc<Index>,
     pub certs: Arc<CertStore>,
     pub shutting_down: AtomicBool,
@@ -164,6 +166,17 @@ impl App {
                 too_long(),
             );
         }
+        // Held until the answer is written: the body and what is read from it.
+        let room = self
+            .bodies
+            .reserve(declared.map_or(self.max_body_bytes, |n| n as usize));
+        let Ok(_room) = tokio::time::timeout(self.body_read_timeout, room).await else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "too many large request bodies are being read at once; retry shortly".into(),
+            );
+        };
         let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
         let body = match tokio::time::timeout(self.body_read_timeout, body).await {
             Ok(Ok(collected)) => collected.to_bytes(),

@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
+use crate::budget::BodyBudget;
 use crate::config::Config;
 use crate::idle::IdleTimeout;
 use crate::index::{self, Index};
@@ -37,6 +38,10 @@ pub enum ServerError {
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
 }
+
+/// Bodies of the largest size held at once (8 MiB each by default, within the pod's 128 MiB
+/// limit with what is read from them); thousands of ordinary reviews of a few KiB fit.
+const BODIES_AT_ONCE: usize = 4;
 
 /// Connections served at once on the plain listener: probes and metrics scrapes.
 const PLAIN_CONNECTIONS: usize = 64;
@@ -83,6 +88,7 @@ pub async fn serve(
     };
     let app = Arc::new(App {
         metrics,
+        bodies: BodyBudget::new(config.max_body_bytes, BODIES_AT_ONCE),
         index,
         certs,
         shutting_down: AtomicBool::new(false),

@@ -14,6 +14,7 @@ fn app(synced: bool) -> Arc<App> {
     }
     Arc::new(App {
         metrics: Arc::new(Metrics::default()),
+        bodies: BodyBudget::new(1024, 4),
         index: Arc::new(index),
         certs: Arc::new(CertStore::new(
             "/nonexistent/tls.crt".into(),
@@ -166,6 +167,46 @@ async fn a_body_that_never_arrives_times_out() {
 }
 
 #[tokio::test]
+async fn bodies_beyond_the_budget_wait_their_turn() {
+    let app = app(true);
+    // Four requests that declare the largest body and never send it take the whole budget.
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let never = StreamBody::new(futures::stream::pending::<
+                Result<Frame<Bytes>, std::io::Error>,
+            >());
+            let req = Request::post("/validate")
+                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_LENGTH, "1024")
+                .body(never)
+                .expect("request");
+            let app = app.clone();
+            tokio::spawn(async move { call(&app, req, Listener::Tls).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = tokio::spawn({
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                post("/validate", Some("application/json"), review()),
+                Listener::Tls,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "a body was read beyond the budget");
+    for h in holders {
+        h.abort();
+    }
+    let (status, body) = next.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], true);
+}
+
+#[tokio::test]
 async fn validation_waits_for_the_index() {
     let app = app(false);
     let (status, _) = call(
@@ -233,6 +274,7 @@ async fn ready_only_with_a_certificate_and_a_synced_index_and_not_after_sigterm(
     index.init();
     index.init_done();
     let app = Arc::new(App {
+        bodies: BodyBudget::new(1024, 4),
         certs,
         index: Arc::new(index),
         metrics: app.metrics.clone(),
