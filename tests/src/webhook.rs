@@ -63,8 +63,16 @@ impl Webhook {
     }
 
     /// Starts a webhook with extra flags (e.g. shorter timeouts) and waits until it is ready
-    /// (certificate loaded, TaskRun index synced).
+    /// (certificate loaded, TaskRun index synced). As in a cluster, it runs as its
+    /// ServiceAccount, with only the RBAC of manifests/base.
     pub async fn start_with(cp: &ControlPlane, extra_args: &[&str]) -> Webhook {
+        let kubeconfig = identity::kubeconfig_as(cp, identity::WEBHOOK_SERVICE_ACCOUNT);
+        Self::start_with_kubeconfig(extra_args, &kubeconfig).await
+    }
+
+    /// Starts a webhook that reaches the API server through `kubeconfig` (a proxy's, say)
+    /// and waits until it is ready.
+    pub async fn start_with_kubeconfig(extra_args: &[&str], kubeconfig: &Path) -> Webhook {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let name = if n == 0 {
@@ -94,12 +102,7 @@ impl Webhook {
         if !extra_args.iter().any(|a| a.starts_with("--shutdown-delay")) {
             cmd.arg("--shutdown-delay=0s");
         }
-        cmd.args(extra_args)
-            // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
-            .env(
-                "KUBECONFIG",
-                identity::kubeconfig_as(cp, identity::WEBHOOK_SERVICE_ACCOUNT),
-            );
+        cmd.args(extra_args).env("KUBECONFIG", kubeconfig);
         let child = spawn_logged(cmd, &name).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let webhook = Webhook {
             child: Mutex::new(child),

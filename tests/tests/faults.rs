@@ -20,7 +20,7 @@ use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{ControlPlane, spawn_logged, wait_for, workspace_bin};
+use taskrun_tests::{ControlPlane, identity, spawn_logged, wait_for, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// How long after the API server is back every TaskRun may take to have its Job.
@@ -608,6 +608,51 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
     );
 }
 
+// ---- a watch connection that goes silently dead ----------------------------------------------
+
+/// The webhook's index follows TaskRuns through one long watch. When its connection goes
+/// silent (no close, no reset), the watcher must notice within about a minute and resume, or
+/// duplicates created meanwhile would pass unnoticed for kube-runtime's default of 290 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_watch_is_replaced_within_about_a_minute() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-dead-watch").await;
+    let user = identity::service_account_user(identity::WEBHOOK_SERVICE_ACCOUNT);
+    let proxy = FaultProxy::start(cp, &user).await;
+    let webhook = Webhook::start_with_kubeconfig(&[], &proxy.kubeconfig).await;
+    let indexed = || {
+        webhook
+            .metric("taskrun_webhook_index_taskruns")
+            .unwrap_or(0.0)
+    };
+    // Ready means listed; give the watch that follows the list a moment to be sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = indexed();
+    proxy.freeze_open_connections();
+
+    let api: Api<TaskRun> = Api::namespaced(client, &ns);
+    api.create(
+        &PostParams::default(),
+        &taskrun("after-freeze", "dead-watch", 1),
+    )
+    .await
+    .expect("create");
+    let frozen_at = Instant::now();
+    wait_for(
+        "the webhook's index to see the TaskRun created after its watch went silent",
+        Duration::from_secs(150),
+        || async { (indexed() > before).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "the silent watch was replaced {:?} after it went silent",
+        frozen_at.elapsed()
+    );
+}
+
 // ---- 429s and 503s in front of the API server -----------------------------------------------
 
 // The harness runs kube-apiserver with API Priority and Fairness off (one client, nothing to
@@ -634,6 +679,7 @@ struct FaultProxy {
     refusing: Arc<AtomicBool>,
     refused: Arc<AtomicUsize>,
     cut: tokio::sync::watch::Sender<u64>,
+    freeze: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -642,7 +688,8 @@ impl FaultProxy {
     /// that points at it.
     async fn start(cp: &ControlPlane, user: &str) -> FaultProxy {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let dir = taskrun_tests::work_dir().join(format!("fault-proxy-{user}"));
+        // No ':' in the path: KUBECONFIG is a ':'-separated list.
+        let dir = taskrun_tests::work_dir().join(format!("fault-proxy-{}", user.replace(':', "-")));
         std::fs::create_dir_all(&dir).expect("proxy dir");
         // Upstream: the cluster CA, the user's client certificate.
         let upstream: serde_json::Value = serde_json::from_slice(
@@ -705,15 +752,18 @@ impl FaultProxy {
             Arc::new(AtomicUsize::new(0)),
         );
         let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (freeze, _) = tokio::sync::watch::channel(0u64);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let task = tokio::spawn({
             let (refusing, refused, cut) = (refusing.clone(), refused.clone(), cut.clone());
+            let freeze = freeze.clone();
             async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     let (acceptor, connector) = (acceptor.clone(), connector.clone());
                     let (refusing, refused) = (refusing.clone(), refused.clone());
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
+                    let mut freeze = freeze.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut down) = acceptor.accept(tcp).await else {
                             return;
@@ -733,6 +783,8 @@ impl FaultProxy {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
                             _ = cut.changed() => {}
+                            // Both ends stay open, and nothing more passes either way.
+                            _ = freeze.changed() => std::future::pending::<()>().await,
                         }
                     });
                 }
@@ -743,6 +795,7 @@ impl FaultProxy {
             refusing,
             refused,
             cut,
+            freeze,
             task,
         }
     }
@@ -751,6 +804,12 @@ impl FaultProxy {
     fn open_window(&self) {
         self.refusing.store(true, Ordering::Relaxed);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Every connection open now goes silent for good, without a close or a reset, as when a
+    /// NAT entry is dropped; new connections pass as before.
+    fn freeze_open_connections(&self) {
+        self.freeze.send_modify(|n| *n += 1);
     }
 
     fn close_window(&self) {

@@ -179,11 +179,19 @@ const RELIST_DELAY_MAX: Duration = Duration::from_secs(5);
 /// in a tight loop.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
+/// How long one watch request lasts. The API server ends it then and the watcher resumes from
+/// where it was, with no list; a connection that went silently dead (a dropped NAT entry, a
+/// peer gone without a reset) is noticed this long plus 5 s after its last event, instead of
+/// after kube-runtime's default of 290 s, during which the index would miss every change.
+const WATCH_TIMEOUT_SECS: u32 = 60;
+
 /// Keeps `index` in step with the TaskRuns of every namespace, forever: after each watch
 /// failure a fresh watcher lists them all again (see the module documentation).
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {
     let api: Api<SlimTaskRun> = Api::all(client);
-    let config = watcher::Config::default().page_size(100);
+    let config = watcher::Config::default()
+        .page_size(100)
+        .timeout(WATCH_TIMEOUT_SECS);
     follow(index, metrics, || watcher(api.clone(), config.clone())).await
 }
 
