@@ -29,6 +29,16 @@ use crate::template::JobTemplate;
 /// How long queued reconciles may still run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long one watch request lasts: the API server ends it then, and the watcher resumes from
+/// where it was, with no list.
+const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// How long a request may hear nothing from the API server: longer than a quiet watch lasts,
+/// far shorter than TCP takes to give up on a connection gone silently dead (a dropped NAT
+/// entry, a peer gone without a reset). The request then fails and is retried on a new one,
+/// and a watch is resumed, instead of the controller missing every change for minutes.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
+
 /// State the HTTP server reads.
 #[derive(Default)]
 pub struct Shared {
@@ -190,7 +200,10 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
-    let stream = watcher(taskruns, watcher::Config::default().any_semantic())
+    let taskrun_watch = watcher::Config::default()
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECS);
+    let stream = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
         .modify({
             let written = written.clone();
@@ -210,7 +223,8 @@ async fn run_controller(
             labels::MANAGED_BY,
             labels::MANAGED_BY_VALUE
         ))
-        .any_semantic();
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECS);
     let (job_reader, job_writer) = reflector::store();
     let job_stream = watcher(jobs, children.clone())
         .backoff(backoff::watch())

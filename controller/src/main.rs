@@ -12,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
     telemetry::init(args.log_format);
     let template = args.job_template()?;
-    let client = kube::Client::try_default().await?;
+    let mut kube_config = kube::Config::infer().await?;
+    kube_config.read_timeout = Some(controller::READ_TIMEOUT);
+    let client = kube::Client::try_from(kube_config)?;
     controller::run(args, template, client).await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{ControlPlane, identity, spawn_logged, wait_for, workspace_bin};
+use taskrun_tests::{ChildGuard, ControlPlane, identity, spawn_logged, wait_for, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// How long after the API server is back every TaskRun may take to have its Job.
@@ -653,6 +653,63 @@ async fn a_silently_dead_watch_is_replaced_within_about_a_minute() {
     );
 }
 
+/// The same for the controller: its three watches and its pooled connections go silent
+/// behind the proxy. Within about a minute its watches resume and its requests give up on the
+/// dead connections, and a TaskRun created meanwhile gets its Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-silent-ctrl").await;
+    identity::apply_rbac(cp);
+    let user = identity::service_account_user(identity::CONTROLLER_SERVICE_ACCOUNT);
+    let proxy = FaultProxy::start(cp, &user).await;
+    let _ctrl = proxy.controller("silenced-controller", &ns, &["--leader-elect=false"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let has_job = |name: &'static str| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                api.get(name)
+                    .await
+                    .ok()
+                    .filter(|t| job_name_of(t).is_some())
+            }
+        }
+    };
+    api.create(&PostParams::default(), &taskrun("before", "silenced", 1))
+        .await
+        .expect("create");
+    wait_for(
+        "the controller to run the first TaskRun",
+        WAIT,
+        has_job("before"),
+    )
+    .await;
+    // Let the echoes of its own writes arrive, then silence every connection it has open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.freeze_open_connections();
+
+    api.create(&PostParams::default(), &taskrun("after", "silenced", 2))
+        .await
+        .expect("create");
+    let frozen_at = Instant::now();
+    wait_for(
+        "the TaskRun created after the silence to get its Job",
+        Duration::from_secs(150),
+        has_job("after"),
+    )
+    .await;
+    eprintln!(
+        "the controller resumed {:?} after its connections went silent",
+        frozen_at.elapsed()
+    );
+    assert_one_job_each(&client, &ns).await;
+}
+
 // ---- 429s and 503s in front of the API server -----------------------------------------------
 
 // The harness runs kube-apiserver with API Priority and Fairness off (one client, nothing to
@@ -806,6 +863,21 @@ impl FaultProxy {
         self.cut.send_modify(|n| *n += 1);
     }
 
+    /// A release controller for `ns` that reaches the API server through this proxy.
+    fn controller(&self, name: &str, ns: &str, extra_args: &[&str]) -> ChildGuard {
+        let mut cmd = Command::new(workspace_bin("taskrun-controller"));
+        cmd.args([
+            "--http-addr=127.0.0.1:0",
+            "--log-format=text",
+            "--image=registry.example/agent:test",
+            &format!("--namespace={ns}"),
+        ])
+        .args(extra_args)
+        .env("KUBECONFIG", &self.kubeconfig)
+        .env("RUST_LOG", "info,taskrun_controller=debug");
+        spawn_logged(cmd, name).expect("start the controller")
+    }
+
     /// Every connection open now goes silent for good, without a close or a reset, as when a
     /// NAT entry is dropped; new connections pass as before.
     fn freeze_open_connections(&self) {
@@ -881,20 +953,16 @@ async fn api_errors_for_a_while_bring_backoff_not_a_hot_loop_then_recovery() {
         )
         .await
         .expect("bind");
-    let mut cmd = Command::new(workspace_bin("taskrun-controller"));
-    cmd.args([
-        "--http-addr=127.0.0.1:0",
-        "--log-format=text",
-        "--image=registry.example/agent:test",
-        "--lease-namespace=default",
-        "--lease-name=taskrun-test-faulted-controller",
-        "--lease-duration-seconds=6",
-        "--lease-grace-seconds=2",
-        &format!("--namespace={ns}"),
-    ])
-    .env("KUBECONFIG", &proxy.kubeconfig)
-    .env("RUST_LOG", "info,taskrun_controller=debug");
-    let ctrl = spawn_logged(cmd, "faulted-controller").expect("start the controller");
+    let ctrl = proxy.controller(
+        "faulted-controller",
+        &ns,
+        &[
+            "--lease-namespace=default",
+            "--lease-name=taskrun-test-faulted-controller",
+            "--lease-duration-seconds=6",
+            "--lease-grace-seconds=2",
+        ],
+    );
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &taskrun("before", "faulted", 1))
         .await

@@ -185,6 +185,11 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// after kube-runtime's default of 290 s, during which the index would miss every change.
 const WATCH_TIMEOUT_SECS: u32 = 60;
 
+/// How long a request may hear nothing from the API server (longer than a quiet watch lasts):
+/// a list or a watch started on a connection gone silently dead fails then, instead of when
+/// TCP gives up, and is retried on a new one.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
+
 /// Keeps `index` in step with the TaskRuns of every namespace, forever: after each watch
 /// failure a fresh watcher lists them all again (see the module documentation).
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {

@@ -34,6 +34,8 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
@@ -56,7 +58,9 @@ struct Limits {
 /// Serves admission with a duplicate index fed by a watch on every namespace's TaskRuns.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
-    let client = kube::Client::try_default().await?;
+    let mut kube_config = kube::Config::infer().await?;
+    kube_config.read_timeout = Some(index::READ_TIMEOUT);
+    let client = kube::Client::try_from(kube_config)?;
     let index = Arc::new(Index::default());
     tokio::spawn({
         let (index, metrics) = (index.clone(), metrics.clone());
