@@ -19,7 +19,7 @@ impl BodyBudget {
     pub fn new(max_body_bytes: usize, bodies: usize) -> Self {
         let total_kib = u32::try_from(kib(max_body_bytes).saturating_mul(bodies.max(1)))
             .unwrap_or(u32::MAX)
-            .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+            .clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         Self {
             kib: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,

@@ -166,7 +166,7 @@ impl App {
                 too_long(),
             );
         }
-        // Held until the answer is written: the body and what is read from it.
+        // Held until the answer is ready: room for the body and for what is read from it.
         let room = self
             .bodies
             .reserve(declared.map_or(self.max_body_bytes, |n| n as usize));
