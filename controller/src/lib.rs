@@ -10,7 +10,7 @@ pub mod controller;
 mod http;
 pub mod job;
 mod leader;
-mod metrics;
+pub mod metrics;
 mod reconcile;
 pub mod status;
 pub mod telemetry;
