@@ -361,13 +361,14 @@ fn each_service_account_may_do_what_design_needs_and_no_more() {
     }
 }
 
-/// The Deployment's container args and env, as the kubelet would run them here: loopback
-/// ports instead of 0.0.0.0, the mounted paths under `root`, `$(VAR)` expanded.
+/// The Deployment's container args, as the kubelet would run them here: loopback ports
+/// instead of 0.0.0.0 (the map: container port to local port), the mounted paths under
+/// `root`, `$(VAR)` expanded.
 fn container_command(
     deployment: &Value,
     root: &Path,
     env: &[(&str, &str)],
-) -> (Vec<String>, BTreeMap<String, u16>) {
+) -> (Vec<String>, BTreeMap<u16, u16>) {
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let mut ports = BTreeMap::new();
     let args = container["args"]
@@ -376,9 +377,10 @@ fn container_command(
         .iter()
         .map(|a| {
             let mut a = a.as_str().unwrap_or_default().to_owned();
-            if let Some((flag, _)) = a.split_once("=0.0.0.0:") {
+            if let Some((flag, port)) = a.split_once("=0.0.0.0:") {
+                let port = port.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
                 let free = taskrun_tests::free_port();
-                ports.insert(flag.to_owned(), free);
+                ports.insert(port, free);
                 a = format!("{flag}=127.0.0.1:{free}");
             }
             for mount in container["volumeMounts"].as_array().into_iter().flatten() {
@@ -393,6 +395,35 @@ fn container_command(
         })
         .collect();
     (args, ports)
+}
+
+/// The container's readiness and liveness probes: (path, container port). Each must be a
+/// plain HTTP GET: the webhook's HTTPS port shares its connection cap with the API server's
+/// calls, and a probe queued behind them would restart a busy pod.
+fn probes(deployment: &Value) -> Vec<(String, u16)> {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    ["readinessProbe", "livenessProbe"]
+        .into_iter()
+        .map(|probe| {
+            let get = &container[probe]["httpGet"];
+            let scheme = get["scheme"].as_str().unwrap_or("HTTP");
+            assert_eq!(scheme, "HTTP", "{probe} of {container}");
+            let port = match &get["port"] {
+                Value::String(name) => container["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == name.as_str())
+                    .and_then(|p| p["containerPort"].as_u64()),
+                number => number.as_u64(),
+            };
+            let port = port
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or_else(|| panic!("{probe}: no port in {container}"));
+            let path = get["path"].as_str().unwrap_or_else(|| panic!("{probe}: no path"));
+            (path.to_owned(), port)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -423,23 +454,18 @@ async fn the_deployments_flags_start_both_binaries_under_their_service_accounts(
     ];
     let mut children = Vec::new();
     let mut probes = Vec::new();
-    for (binary, account, metrics_flag) in [
-        (
-            "taskrun-webhook",
-            WEBHOOK_SERVICE_ACCOUNT,
-            "--metrics-listen",
-        ),
-        (
-            "taskrun-controller",
-            CONTROLLER_SERVICE_ACCOUNT,
-            "--http-listen",
-        ),
+    for (binary, account) in [
+        ("taskrun-webhook", WEBHOOK_SERVICE_ACCOUNT),
+        ("taskrun-controller", CONTROLLER_SERVICE_ACCOUNT),
     ] {
         let deployment = find(&base, "Deployment", binary);
         let (args, ports) = container_command(deployment, root.path(), &env);
-        let port = *ports
-            .get(metrics_flag)
-            .unwrap_or_else(|| panic!("{binary}: no {metrics_flag} in {args:?}"));
+        for (path, port) in self::probes(deployment) {
+            let local = *ports
+                .get(&port)
+                .unwrap_or_else(|| panic!("{binary}: nothing listens on {port}: {args:?}"));
+            probes.push((binary, path, local));
+        }
         let mut cmd = Command::new(workspace_bin(binary));
         cmd.args(&args)
             .envs(env)
@@ -447,11 +473,10 @@ async fn the_deployments_flags_start_both_binaries_under_their_service_accounts(
         let child = spawn_logged(cmd, &format!("deploy-{binary}"))
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         children.push((binary, child));
-        probes.push((binary, port));
     }
     let children = std::sync::Mutex::new(children);
-    for (binary, port) in probes {
-        wait_for(&format!("{binary} /readyz"), WAIT, || async {
+    for (binary, path, port) in probes {
+        wait_for(&format!("{binary} {path}"), WAIT, || async {
             for (name, child) in children
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -463,7 +488,7 @@ async fn the_deployments_flags_start_both_binaries_under_their_service_accounts(
                     std::fs::read_to_string(child.log_path()).unwrap_or_default()
                 );
             }
-            let body = http_get(port, "/readyz").await?;
+            let body = http_get(port, &path).await?;
             body.starts_with("HTTP/1.1 200").then_some(())
         })
         .await;
