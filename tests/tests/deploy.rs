@@ -81,6 +81,41 @@ fn build_self_signed(cp: &ControlPlane) -> (tempfile::TempDir, String) {
     (tmp, String::from_utf8_lossy(&built.stdout).into_owned())
 }
 
+/// An object's Argo CD sync wave (0 unless annotated).
+fn wave(object: &Value) -> i64 {
+    object["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
+        .as_str()
+        .map_or(0, |w| w.parse().unwrap_or_else(|e| panic!("wave {w}: {e}")))
+}
+
+/// Argo CD applies a wave only once the one before is healthy: every Secret, ConfigMap and
+/// ServiceAccount a Deployment needs, when the build holds it, must come no later.
+fn assert_waves_in_order(objects: &[Value]) {
+    for deployment in objects.iter().filter(|o| o["kind"] == "Deployment") {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let mut needs = vec![("ServiceAccount", &pod["serviceAccountName"])];
+        for volume in pod["volumes"].as_array().into_iter().flatten() {
+            needs.push(("Secret", &volume["secret"]["secretName"]));
+            needs.push(("ConfigMap", &volume["configMap"]["name"]));
+        }
+        for (kind, name) in needs.into_iter().filter(|(_, name)| name.is_string()) {
+            let Some(needed) = objects
+                .iter()
+                .find(|o| o["kind"] == kind && o["metadata"]["name"] == *name)
+            else {
+                continue; // made in the cluster (cert-manager's Secret)
+            };
+            assert!(
+                wave(needed) <= wave(deployment),
+                "{kind} {name} (wave {}) comes after the Deployment {} (wave {}) that mounts it",
+                wave(needed),
+                deployment["metadata"]["name"],
+                wave(deployment)
+            );
+        }
+    }
+}
+
 #[test]
 fn every_overlay_builds() {
     let cp = ControlPlane::shared();
@@ -103,6 +138,7 @@ fn every_overlay_builds() {
     .map(String::from)
     .into();
     assert_eq!(kinds(&base), expected);
+    assert_waves_in_order(&base);
     for kind in [
         "ValidatingWebhookConfiguration",
         "MutatingWebhookConfiguration",
@@ -125,6 +161,7 @@ fn every_overlay_builds() {
 
     let cert_manager = build(cp, "manifests/overlays/cert-manager");
     assert!(kinds(&cert_manager).is_superset(&expected));
+    assert_waves_in_order(&cert_manager);
     assert_eq!(
         cert_manager
             .iter()
@@ -146,6 +183,7 @@ fn every_overlay_builds() {
 
     let (_tmp, yaml) = build_self_signed(cp);
     let self_signed = identity::parse_documents(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_waves_in_order(&self_signed);
     let secret = find(&self_signed, "Secret", "taskrun-webhook-tls");
     let ca = secret["data"]["ca.crt"]
         .as_str()
