@@ -2,6 +2,7 @@
 //! is sent, so a file the API would reject is reported with every other problem at once.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::Path;
 
 use taskrun::limits::{MAX_FILES, MAX_TOTAL_BYTES};
@@ -21,20 +22,13 @@ pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<Markd
             problems.push(format!("{}: not a file name", path.display()));
             continue;
         };
-        // Do not read a file that cannot fit anyway.
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.len() > MAX_TOTAL_BYTES as u64
-        {
-            problems.push(format!(
-                "{}: {} bytes; a TaskRun's files may take at most {MAX_TOTAL_BYTES} in total",
-                path.display(),
-                meta.len()
-            ));
-            continue;
-        }
-        match std::fs::read(path) {
+        match read_at_most(path, MAX_TOTAL_BYTES) {
             Err(e) => problems.push(format!("{}: cannot read: {e}", path.display())),
-            Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(None) => problems.push(format!(
+                "{}: more than {MAX_TOTAL_BYTES} bytes, which a TaskRun's files may take in total",
+                path.display()
+            )),
+            Ok(Some(bytes)) => match String::from_utf8(bytes) {
                 Err(_) => problems.push(format!("{}: not UTF-8 text", path.display())),
                 Ok(content) => files.push(MarkdownFile {
                     filename: filename.to_owned(),
@@ -50,6 +44,16 @@ pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<Markd
     } else {
         Err(Error::Invalid(problems))
     }
+}
+
+/// The file's bytes, or `None` when it holds more than `max`. Reads at most one byte past
+/// `max`, whatever the file claims to be: a pipe, `/dev/zero` or a file still growing.
+fn read_at_most(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= max).then_some(bytes))
 }
 
 /// The shared rules applied to the files on their own (the TaskRun's existing files are
@@ -167,6 +171,19 @@ mod tests {
             panic!("expected invalid input")
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("big.md") && problems[0].contains("at most"));
+        assert!(problems[0].contains("big.md") && problems[0].contains("more than"));
+    }
+
+    #[test]
+    fn an_endless_file_is_read_no_further_than_the_limit() {
+        // A character device reports length 0; before the bounded read this never returned.
+        let Err(Error::Invalid(problems)) = load(&["/dev/zero"], FileType::Context) else {
+            panic!("expected invalid input")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("/dev/zero") && problems[0].contains("more than"),
+            "{problems:?}"
+        );
     }
 }

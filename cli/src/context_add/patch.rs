@@ -41,6 +41,11 @@ pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<St
 /// TaskRun would break).
 pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec<String>> {
     let name = current.meta().name.as_deref().unwrap_or_default();
+    if current.meta().deletion_timestamp.is_some() {
+        return Err(vec![format!(
+            "TaskRun {name} is being deleted: no new version of it would run; create a new TaskRun instead"
+        )]);
+    }
     let mut problems: Vec<String> = new_files
         .iter()
         .filter(|f| current.spec.markdown_files.iter().any(|o| o.filename == f.filename))
@@ -96,7 +101,7 @@ pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
     use kube::api::ObjectMeta;
     use taskrun::FileType;
 
@@ -224,6 +229,15 @@ mod tests {
         let problems = build(&tr, &[file("task.md")]).expect_err("refused");
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("already has a file"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_taskrun_being_deleted_gets_no_new_version() {
+        let mut tr = taskrun(&["task.md"], vec![]);
+        tr.metadata.deletion_timestamp = Some(Time(Default::default()));
+        let problems = build(&tr, &[file("ctx.md")]).expect_err("refused");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("being deleted"), "{problems:?}");
     }
 
     #[test]
