@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
@@ -649,4 +649,105 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             .expect("get")
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn a_run_after_an_uninstall_that_stopped_partway_finishes_it() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-resume").await;
+    let client = cp.client().await;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    let files = [("task.md", "# Task\n")];
+    install_task(cp, &ns, "install", "resume", 1, "", &files);
+    install_task(cp, &ns, "upgrade", "resume", 1, "", &files);
+    // A TaskRun of the same task made by hand, not by migrate-helm.
+    install_task(cp, &ns, "install", "hand", 2, "", &files);
+    let mut manual = gitops_manifest("hand-task-2", &files);
+    manual["spec"]["serviceName"] = json!("hand");
+    manual["spec"]["taskId"] = json!(2);
+    kubectl_apply(cp, &ns, "kubectl", &manual);
+
+    let (code, out) = migrate(cp, &ns, &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(row(&out, "resume-task-1").contains("created"), "{out}");
+    assert!(row(&out, "hand-task-2").contains("FAILED"), "{out}");
+
+    // What an uninstall that failed after the resources leaves: no ConfigMap, no Job, the
+    // release records still there.
+    for name in ["resume-task-1", "hand-task-2"] {
+        config_maps
+            .delete(&format!("{name}-files"), &Default::default())
+            .await
+            .expect("delete ConfigMap");
+        jobs.delete(name, &Default::default())
+            .await
+            .expect("delete Job");
+    }
+
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let resumed = row(&out, "resume-task-1");
+    assert!(
+        resumed.contains("exists, matches") && resumed.contains("uninstalled"),
+        "{resumed}"
+    );
+    // Without the files, a TaskRun this tool did not make proves nothing: kept, reported.
+    let hand = row(&out, "hand-task-2");
+    assert!(
+        hand.contains("FAILED") && hand.contains("not found") && hand.contains(" kept "),
+        "{hand}"
+    );
+    let left = helm_releases(cp, &ns);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["hand-task-2"], "{left:?}");
+}
+
+#[tokio::test]
+async fn a_release_record_labelled_with_another_name_is_left_alone() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-mislabelled").await;
+    let secrets = Api::<Secret>::namespaced(cp.client().await, &ns);
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "real",
+        1,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    // A copy of its record labelled as release other-task-2: uninstalling "other-task-2" by
+    // the record's name would delete real-task-1's revisions.
+    let mut copy = secrets
+        .get("sh.helm.release.v1.real-task-1.v1")
+        .await
+        .expect("the release Secret");
+    copy.metadata = kube::api::ObjectMeta {
+        name: Some("sh.helm.release.v1.other-task-2.v1".into()),
+        labels: copy.metadata.labels.map(|mut l| {
+            l.insert("name".into(), "other-task-2".into());
+            l
+        }),
+        ..Default::default()
+    };
+    secrets
+        .create(&Default::default(), &copy)
+        .await
+        .expect("create the copy");
+
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let other = row(&out, "other-task-2");
+    assert!(
+        other.contains("FAILED") && other.contains("holds release \"real-task-1\""),
+        "{other}"
+    );
+    assert!(row(&out, "real-task-1").contains("uninstalled"), "{out}");
+    let left = secrets.list(&Default::default()).await.expect("list");
+    let names: Vec<_> = left
+        .items
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["sh.helm.release.v1.other-task-2.v1"], "{names:?}");
 }

@@ -458,7 +458,9 @@ fn probes(deployment: &Value) -> Vec<(String, u16)> {
             let port = port
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or_else(|| panic!("{probe}: no port in {container}"));
-            let path = get["path"].as_str().unwrap_or_else(|| panic!("{probe}: no path"));
+            let path = get["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{probe}: no path"));
             (path.to_owned(), port)
         })
         .collect()

@@ -13,7 +13,10 @@ fn documented_metrics() -> Vec<(String, String)> {
     let mut files: Vec<_> = docs.filter_map(|e| Some(e.ok()?.path())).collect();
     files.extend([root.join("README.md"), root.join("DESIGN.md")]);
     let mut names = Vec::new();
-    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
         let text = std::fs::read_to_string(file).expect("a doc");
         for (at, _) in text.match_indices("taskrun_") {
             let name: String = text[at..]
@@ -21,8 +24,8 @@ fn documented_metrics() -> Vec<(String, String)> {
                 .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             // A name ending in `_` is the prefix itself ("metrics start with ...").
-            let metric = name.starts_with("taskrun_webhook_")
-                || name.starts_with("taskrun_controller_");
+            let metric =
+                name.starts_with("taskrun_webhook_") || name.starts_with("taskrun_controller_");
             if metric && !name.ends_with('_') {
                 names.push((name, file.display().to_string()));
             }

@@ -23,9 +23,6 @@ use plan::{LEGACY_CHART, Revision, Verdict};
 use release::Release;
 pub use report::{Helm, Outcome, Row, render};
 
-/// Where a migrated TaskRun came from, for people reading it later.
-const MIGRATED_FROM: &str = "orchestrator.io/migrated-from";
-
 pub async fn run(
     client: kube::Client,
     namespace: &str,
@@ -127,6 +124,15 @@ async fn migrate_one(
             tracing::debug!(namespace = ns, release = name, chart = %release.chart.metadata.name, "not the legacy chart");
             return None;
         }
+        Ok(release) if release.name != name => {
+            // The uninstall selects revisions by the label; never act on a mismatch.
+            row.outcome = Outcome::Failed(format!(
+                "release Secret {} is labelled name={name} but holds release {:?}",
+                revision.secret,
+                release.name.chars().take(64).collect::<String>()
+            ));
+            return Some(row);
+        }
         Ok(mut release) => {
             release.namespace = ns.to_owned();
             release
@@ -176,11 +182,22 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         Ok(files) => files,
         Err(e) => return Outcome::Failed(format!("reading the files ConfigMap: {}", describe(&e))),
     };
+    let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
     let spec = match plan::desired_spec(release, files.as_ref()) {
         Ok(spec) => spec,
-        Err(problems) => return Outcome::Failed(problems.join("; ")),
+        Err(problems) => {
+            // The files ConfigMap gone, and a TaskRun this tool made from the release there:
+            // an earlier --delete-releases stopped partway (its resources deleted, a revision
+            // Secret not). That TaskRun was verified before the uninstall began.
+            if files.is_none()
+                && let Ok(Some(live)) = taskruns.get_opt(name).await
+                && plan::made_from(&live, release)
+            {
+                return judge_made_earlier(&live);
+            }
+            return Outcome::Failed(problems.join("; "));
+        }
     };
-    let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
         Ok(None) => {}
@@ -190,8 +207,8 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     let mut taskrun = TaskRun::new(name, spec.clone());
     taskrun.metadata.namespace = Some(ns.to_owned());
     taskrun.metadata.annotations = Some(BTreeMap::from([(
-        MIGRATED_FROM.to_owned(),
-        format!("helm release {ns}/{name} revision {}", release.version),
+        plan::MIGRATED_FROM.to_owned(),
+        plan::migrated_from(release),
     )]));
     let params = PostParams {
         dry_run,
@@ -240,6 +257,21 @@ fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome
         }
         Verdict::Same | Verdict::MovedOn => ok,
     }
+}
+
+/// Verifies a TaskRun made from the release by an earlier run, once the release's files are
+/// gone (so only its task and state can be checked).
+fn judge_made_earlier(live: &TaskRun) -> Outcome {
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    if live.metadata.deletion_timestamp.is_some() {
+        return Outcome::Failed(format!(
+            "TaskRun {name} exists but is being deleted; run again once it is gone"
+        ));
+    }
+    if !plan::admitted(live) {
+        return Outcome::Failed(not_admitted());
+    }
+    Outcome::AlreadyMigrated
 }
 
 fn not_admitted() -> String {

@@ -29,6 +29,37 @@ pub fn legacy_identity(release_name: &str) -> Option<(&str, i64)> {
     (!service.is_empty()).then_some((service, task_id))
 }
 
+/// Where a migrated TaskRun came from (this annotation, set on create), for people reading it
+/// later and for a later run that finds the release's files already uninstalled.
+pub const MIGRATED_FROM: &str = "orchestrator.io/migrated-from";
+
+/// The `MIGRATED_FROM` value for a TaskRun made from `release`.
+pub fn migrated_from(release: &Release) -> String {
+    format!(
+        "helm release {}/{} revision {}",
+        release.namespace, release.name, release.version
+    )
+}
+
+/// True when `live` was made by this tool from `release` (any revision of it) and is the task
+/// the release's name stands for.
+pub fn made_from(live: &TaskRun, release: &Release) -> bool {
+    let prefix = format!(
+        "helm release {}/{} revision ",
+        release.namespace, release.name
+    );
+    let annotated = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIGRATED_FROM))
+        .is_some_and(|from| from.starts_with(&prefix));
+    let same_task = legacy_identity(&release.name).is_some_and(|(service, task_id)| {
+        live.spec.service_name == service && live.spec.task_id == task_id
+    });
+    annotated && same_task
+}
+
 /// The ConfigMap that holds a legacy release's markdown files.
 pub fn files_config_map(release_name: &str) -> String {
     format!("{release_name}-files")
@@ -176,7 +207,14 @@ pub enum Verdict {
 }
 
 pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
-    if desired == live {
+    // The files in any order: filenames are unique, and their order changes no run.
+    let by_name = |spec: &TaskRunSpec| {
+        let mut spec = spec.clone();
+        spec.markdown_files
+            .sort_by(|a, b| a.filename.cmp(&b.filename));
+        spec
+    };
+    if by_name(desired) == by_name(live) {
         return Verdict::Same;
     }
     if live.task_id != desired.task_id || live.service_name != desired.service_name {
@@ -430,6 +468,37 @@ mod tests {
         assert!(
             matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("agentName"))
         );
+    }
+
+    #[test]
+    fn the_same_files_in_another_order_are_the_same() {
+        let desired = spec();
+        let mut live = desired.clone();
+        live.markdown_files.reverse();
+        assert_ne!(live.markdown_files, desired.markdown_files);
+        assert_eq!(compare(&desired, &live), Verdict::Same);
+    }
+
+    #[test]
+    fn made_from_needs_the_annotation_of_this_release_and_its_task() {
+        let mut rel = release(json!({}));
+        rel.namespace = "team-a".into();
+        let mut tr = TaskRun::new("billing-task-7", spec());
+        assert!(!made_from(&tr, &rel), "no annotation");
+        tr.metadata.annotations = Some(BTreeMap::from([(
+            MIGRATED_FROM.to_owned(),
+            migrated_from(&rel),
+        )]));
+        assert!(made_from(&tr, &rel));
+
+        let mut elsewhere = rel.clone();
+        elsewhere.namespace = "team-b".into();
+        assert!(!made_from(&tr, &elsewhere), "another namespace's release");
+        let mut longer = rel.clone();
+        longer.name = "billing-task-70".into();
+        assert!(!made_from(&tr, &longer), "a release whose name extends it");
+        tr.spec.task_id = 8;
+        assert!(!made_from(&tr, &rel), "another task");
     }
 
     #[test]

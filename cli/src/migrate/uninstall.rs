@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::Value;
 
@@ -82,7 +82,8 @@ pub struct Uninstalled {
 }
 
 /// Uninstalls `release` (or, with `dry_run`, only checks that it could). Resources go first,
-/// so a failure leaves the release records in place for a retry.
+/// then the revision Secrets, the migrated revision's last, so that after a failure a later
+/// run still finds the release and finishes.
 pub async fn uninstall(
     client: &kube::Client,
     release: &Release,
@@ -112,11 +113,8 @@ pub async fn uninstall(
     for object in objects.iter().rev().filter(|o| !o.keep) {
         delete_object(client, object, &release.namespace).await?;
     }
-    for secret in revisions
-        .items
-        .iter()
-        .filter_map(|s| s.metadata.name.as_deref())
-    {
+    let records = revisions.items.iter().map(|s| &s.metadata);
+    for secret in deletion_order(records, release.version) {
         match secrets.delete(secret, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(e) if status_code(&e) == Some(404) => done.revisions -= 1,
@@ -129,6 +127,23 @@ pub async fn uninstall(
         }
     }
     Ok(done)
+}
+
+/// The names of a release's revision Secrets, the revision migrated from last: while that
+/// one is there, a run after a failure finds the release again and finishes the uninstall.
+fn deletion_order<'a>(
+    records: impl Iterator<Item = &'a ObjectMeta>,
+    migrated: i64,
+) -> Vec<&'a str> {
+    let migrated = migrated.to_string();
+    let mut records: Vec<_> = records.collect();
+    records.sort_by_key(|m| {
+        m.labels
+            .as_ref()
+            .and_then(|l| l.get("version"))
+            .is_some_and(|v| *v == migrated)
+    });
+    records.iter().filter_map(|m| m.name.as_deref()).collect()
 }
 
 async fn delete_object(
@@ -209,6 +224,24 @@ mod tests {
             manifest_objects("kind: Job\n")
                 .expect_err("no name")
                 .contains("without")
+        );
+    }
+
+    #[test]
+    fn the_migrated_revision_is_deleted_last() {
+        let record = |version: &str| ObjectMeta {
+            name: Some(format!("sh.helm.release.v1.billing-task-7.v{version}")),
+            labels: Some([("version".to_owned(), version.to_owned())].into()),
+            ..ObjectMeta::default()
+        };
+        let records = [record("1"), record("2"), record("3")];
+        assert_eq!(
+            deletion_order(records.iter(), 2),
+            [
+                "sh.helm.release.v1.billing-task-7.v1",
+                "sh.helm.release.v1.billing-task-7.v3",
+                "sh.helm.release.v1.billing-task-7.v2",
+            ]
         );
     }
 
