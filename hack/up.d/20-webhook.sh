@@ -24,6 +24,7 @@ start_bg taskrun-webhook \
     --listen="$webhook_listen:$WEBHOOK_PORT" \
     --metrics-listen="$WEBHOOK_METRICS_ADDR" \
     --cert-dir="$WEBHOOK_CERTS" \
+    --shutdown-delay=0s \
     --log-format=text \
     --log-level="${WEBHOOK_LOG_LEVEL:-info}"
 

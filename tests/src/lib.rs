@@ -40,13 +40,23 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
 }
 
-/// The repository root. Taken from cargo at run time when cargo runs the tests: with one
-/// target dir per machine, cargo may reuse a test binary built in a checkout at another path,
-/// and the path compiled into it would be that checkout's.
+/// The repository root. Taken from cargo at run time when cargo runs the tests; otherwise (a
+/// binary run by `make up` or `make bench`) the working directory or the nearest directory
+/// above it that holds the CRD. The path compiled in comes last: with one target dir per
+/// machine, cargo reuses a binary built in a checkout at another path (a CI clone), and the
+/// path compiled into it would be that checkout's.
 pub fn repo_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".."))
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        return parent_of(PathBuf::from(dir));
+    }
+    let holds_crd = |dir: &&std::path::Path| dir.join(taskrun::crd::CRD_PATH).is_file();
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.ancestors().find(holds_crd).map(PathBuf::from))
+        .unwrap_or_else(|| parent_of(PathBuf::from(env!("CARGO_MANIFEST_DIR"))))
+}
+
+fn parent_of(dir: PathBuf) -> PathBuf {
+    dir.parent()
+        .map_or_else(|| PathBuf::from(".."), PathBuf::from)
 }
