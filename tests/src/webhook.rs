@@ -28,8 +28,6 @@ use crate::{ChildGuard, ControlPlane, free_port, spawn_logged, wait_for, work_di
 
 /// The names the configurations are registered under (as in `manifests/`).
 pub const CONFIGURATION_NAME: &str = "taskrun-webhook";
-pub const VALIDATING_WEBHOOK: &str = "validate.taskruns.orchestrator.io";
-pub const MUTATING_WEBHOOK: &str = "mutate.taskruns.orchestrator.io";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -119,49 +117,49 @@ impl Webhook {
         webhook
     }
 
-    /// Registers a ValidatingWebhookConfiguration and a MutatingWebhookConfiguration (CREATE
-    /// and UPDATE of taskruns.orchestrator.io/v1) pointing at this webhook by URL, and waits
-    /// until the API server calls both.
+    /// Registers the two webhook configurations of manifests/base (their rules, match
+    /// conditions, selectors and policies as shipped) pointing at this webhook by URL, and
+    /// waits until the API server calls both.
     pub async fn register(&self, cp: &ControlPlane) {
         let client = cp.client().await;
-        let hook = |name: &str, path: &str| {
-            json!({
-                "name": name,
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 5,
-                "clientConfig": {
-                    "url": format!("{}{path}", self.url()),
+        let path = crate::repo_root().join("manifests/base/webhook-configurations.yaml");
+        let yaml = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut configurations =
+            identity::parse_documents(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for configuration in &mut configurations {
+            configuration["metadata"] = json!({"name": CONFIGURATION_NAME});
+            for hook in configuration["webhooks"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                let route = hook["clientConfig"]["service"]["path"].clone();
+                hook["clientConfig"] = json!({
+                    "url": format!("{}{}", self.url(), route.as_str().unwrap_or_default()),
                     "caBundle": ByteString(self.ca_pem().into_bytes()),
-                },
-                "rules": [{
-                    "apiGroups": ["orchestrator.io"], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["taskruns"],
-                }],
-            })
-        };
+                });
+            }
+        }
         let params = PatchParams::apply("taskrun-tests").force();
-        let validating = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": CONFIGURATION_NAME},
-            "webhooks": [hook(VALIDATING_WEBHOOK, "/validate")],
-        });
-        let mutating = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": CONFIGURATION_NAME},
-            "webhooks": [hook(MUTATING_WEBHOOK, "/mutate")],
-        });
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&validating))
-            .await
-            .unwrap_or_else(|e| panic!("cannot register the validating webhook: {e}"));
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .patch(CONFIGURATION_NAME, &params, &Patch::Apply(&mutating))
-            .await
-            .unwrap_or_else(|e| panic!("cannot register the mutating webhook: {e}"));
+        for configuration in &configurations {
+            let result = match configuration["kind"].as_str() {
+                Some("ValidatingWebhookConfiguration") => {
+                    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(configuration))
+                        .await
+                        .map(drop)
+                }
+                Some("MutatingWebhookConfiguration") => {
+                    Api::<MutatingWebhookConfiguration>::all(client.clone())
+                        .patch(CONFIGURATION_NAME, &params, &Patch::Apply(configuration))
+                        .await
+                        .map(drop)
+                }
+                other => panic!("{}: unexpected kind {other:?}", path.display()),
+            };
+            result.unwrap_or_else(|e| panic!("cannot register {}: {e}", configuration["kind"]));
+        }
         self.wait_registered(&client).await;
     }
 

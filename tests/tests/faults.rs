@@ -453,6 +453,60 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-webhook-down").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let webhook = Webhook::start(cp).await;
+    webhook.register(cp).await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    api.create(&PostParams::default(), &taskrun("held", "outage", 1))
+        .await
+        .expect("create");
+    wait_for("the finalizer and the Job", WAIT, || async {
+        let tr = api.get("held").await.ok()?;
+        let held = tr.finalizers().iter().any(|f| f == taskrun::FINALIZER);
+        (held && job_name_of(&tr).is_some()).then_some(())
+    })
+    .await;
+
+    // The configurations now point at nothing: failurePolicy Fail refuses every user write.
+    webhook.kill();
+    let refused = api
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .expect_err("a user's update while the webhook is down");
+    assert!(
+        refused.to_string().contains("failed calling webhook"),
+        "{refused}"
+    );
+    // The controller's finalizer removal does not go through the webhooks.
+    api.delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = tokio::time::timeout(WAIT, async {
+        while !matches!(api.get_opt("held").await, Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    drop(webhook);
+    // Later tests find the shared webhook registered again, whatever happened here.
+    Webhook::shared(cp).await.register(cp).await;
+    assert!(
+        gone.is_ok(),
+        "the TaskRun stayed Terminating: {:?}",
+        api.get_opt("held").await.map(|t| t.map(|t| t.metadata))
+    );
+}
+
 /// How many objects there are (ignoring the namespace's CA ConfigMap); a metadata-only list,
 /// cheap even with 10,000 objects.
 async fn count_of<K>(api: &Api<K>) -> usize
