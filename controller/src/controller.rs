@@ -200,8 +200,10 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
+    // Lists are paginated (kube-runtime lists at any resourceVersion only unpaginated, the
+    // whole collection in one response): TaskRuns in small pages, children in the default 500.
     let taskrun_watch = watcher::Config::default()
-        .any_semantic()
+        .page_size(taskrun::limits::LIST_PAGE_SIZE)
         .timeout(WATCH_TIMEOUT_SECS);
     let stream = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
@@ -223,7 +225,6 @@ async fn run_controller(
             labels::MANAGED_BY,
             labels::MANAGED_BY_VALUE
         ))
-        .any_semantic()
         .timeout(WATCH_TIMEOUT_SECS);
     let (job_reader, job_writer) = reflector::store();
     let job_stream = watcher(jobs, children.clone())

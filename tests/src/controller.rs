@@ -85,6 +85,10 @@ impl Controller {
         self.child.is_running()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Where /healthz, /readyz and /metrics are served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr

@@ -195,7 +195,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {
     let api: Api<SlimTaskRun> = Api::all(client);
     let config = watcher::Config::default()
-        .page_size(100)
+        .page_size(taskrun::limits::LIST_PAGE_SIZE)
         .timeout(WATCH_TIMEOUT_SECS);
     follow(index, metrics, || watcher(api.clone(), config.clone())).await
 }
