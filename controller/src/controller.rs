@@ -200,8 +200,10 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
-    // Lists are paginated (kube-runtime lists at any resourceVersion only unpaginated, the
-    // whole collection in one response): TaskRuns in small pages, children in the default 500.
+    // TaskRuns are listed in small pages, and at the latest resourceVersion: an API server
+    // without pagination from its cache (KEP-4988, recent releases) answers a list at any
+    // resourceVersion whole from the cache, ignoring the page size, and all the TaskRuns at
+    // once may not fit in memory. The children are small: any resourceVersion, from cache.
     let taskrun_watch = watcher::Config::default()
         .page_size(taskrun::limits::LIST_PAGE_SIZE)
         .timeout(WATCH_TIMEOUT_SECS);
@@ -225,6 +227,7 @@ async fn run_controller(
             labels::MANAGED_BY,
             labels::MANAGED_BY_VALUE
         ))
+        .any_semantic()
         .timeout(WATCH_TIMEOUT_SECS);
     let (job_reader, job_writer) = reflector::store();
     let job_stream = watcher(jobs, children.clone())
