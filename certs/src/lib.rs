@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 
 /// What can go wrong making or writing a certificate.
@@ -16,6 +16,8 @@ use rcgen::{
 pub enum Error {
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot use the CA: {0}")]
+    NotACa(&'static str),
     #[error("{0:?} is neither an IP address nor a DNS name")]
     BadHost(String),
     #[error("cannot write {path}: {source}")]
@@ -68,6 +70,23 @@ impl Ca {
             issuer: Issuer::new(params, key),
             pair,
         })
+    }
+
+    /// The CA of an earlier run, from its certificate and key (PEM), to sign new certificates
+    /// that chain to the same CA.
+    pub fn from_pem(pair: Pair) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(&pair.key_pem)
+            .map_err(|_| Error::NotACa("the key is not a PEM private key"))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
+            .map_err(|_| Error::NotACa("not a PEM certificate"))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|_| Error::NotACa("not an X.509 certificate"))?;
+        if cert.public_key().raw != key.subject_public_key_info() {
+            return Err(Error::NotACa("the key is not the certificate's"));
+        }
+        let issuer = Issuer::from_ca_cert_pem(&pair.cert_pem, key)?;
+        Ok(Self { issuer, pair })
     }
 
     /// The CA certificate (a caBundle or `--client-ca-file`) and key.
@@ -184,6 +203,34 @@ mod tests {
             assert!(pair.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         }
         assert_ne!(serving.cert_pem, client.cert_pem);
+    }
+
+    #[test]
+    fn a_reloaded_ca_signs_certificates_that_chain_to_it() {
+        use x509_parser::pem::parse_x509_pem;
+        let ca = Ca::new("test-ca").expect("ca");
+        let reloaded = Ca::from_pem(ca.pair().clone()).expect("reloaded");
+        let serving = reloaded.serving(&["localhost"]).expect("serving");
+        let (_, ca_pem) = parse_x509_pem(ca.pair().cert_pem.as_bytes()).expect("CA PEM");
+        let (_, serving_pem) = parse_x509_pem(serving.cert_pem.as_bytes()).expect("PEM");
+        let ca_cert = ca_pem.parse_x509().expect("CA");
+        let serving_cert = serving_pem.parse_x509().expect("serving");
+        assert_eq!(serving_cert.issuer(), ca_cert.subject());
+        serving_cert
+            .verify_signature(Some(ca_cert.public_key()))
+            .expect("signed by the original CA's key");
+
+        let other = Ca::new("other-ca").expect("ca");
+        let mixed = Pair {
+            cert_pem: ca.pair().cert_pem.clone(),
+            key_pem: other.pair().key_pem.clone(),
+        };
+        assert!(matches!(Ca::from_pem(mixed), Err(Error::NotACa(_))));
+        let garbage = Pair {
+            cert_pem: "not a certificate".into(),
+            key_pem: ca.pair().key_pem.clone(),
+        };
+        assert!(matches!(Ca::from_pem(garbage), Err(Error::NotACa(_))));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //!     taskrun-certs --out .dev/certs --host 127.0.0.1 --host localhost
 //!
-//! writes `ca.crt`, `ca.key`, `tls.crt` and `tls.key`.
+//! writes `ca.crt`, `ca.key`, `tls.crt` and `tls.key`. When the directory already holds
+//! `ca.crt` and `ca.key` (an earlier run), that CA is kept and only the serving certificate is
+//! new: the caBundle the webhook configurations carry stays valid through a renewal.
 
 use std::path::PathBuf;
 
@@ -25,15 +27,33 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let ca = taskrun_certs::Ca::new("taskrun-dev-ca")?;
+    let (ca_crt, ca_key) = (args.out.join("ca.crt"), args.out.join("ca.key"));
+    let ca = if ca_crt.exists() || ca_key.exists() {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let pair = taskrun_certs::Pair {
+            cert_pem: read(&ca_crt)?,
+            key_pem: read(&ca_key)?,
+        };
+        taskrun_certs::Ca::from_pem(pair).with_context(|| {
+            format!(
+                "{}: remove ca.crt and ca.key to start with a new CA",
+                args.out.display()
+            )
+        })?
+    } else {
+        let ca = taskrun_certs::Ca::new("taskrun-dev-ca")?;
+        ca.pair().write(&args.out, "ca")?;
+        ca
+    };
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-    let serving = ca.serving(&hosts)?;
-    ca.pair().write(&args.out, "ca")?;
-    serving.write(&args.out, "tls")?;
+    ca.serving(&hosts)?.write(&args.out, "tls")?;
     println!(
-        "wrote {}/{{ca,tls}}.{{crt,key}} for {}",
+        "wrote {}/tls.{{crt,key}} for {}, signed by the CA in {}/ca.crt",
         args.out.display(),
-        hosts.join(", ")
+        hosts.join(", "),
+        args.out.display()
     );
     Ok(())
 }
