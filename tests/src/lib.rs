@@ -18,7 +18,7 @@ pub use cluster::ControlPlane;
 pub use ports::{free_addr, free_port};
 #[doc(hidden)]
 pub use process::use_work_dir;
-pub use process::{ChildGuard, log_tail, spawn_logged, work_dir};
+pub use process::{ChildGuard, log_tail, memory_kib, spawn_logged, work_dir};
 pub use wait::{wait_for, wait_gone};
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`.

@@ -274,3 +274,13 @@ fn spawn_on_spawner_thread(cmd: Command) -> io::Result<Child> {
         .recv()
         .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
+
+/// A memory figure of a process from `/proc/PID/status` in KiB: `VmRSS` (resident now) or
+/// `VmHWM` (the most it has had resident). `None` once the process is gone.
+pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

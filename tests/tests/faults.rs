@@ -20,7 +20,9 @@ use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{ChildGuard, ControlPlane, identity, spawn_logged, wait_for, workspace_bin};
+use taskrun_tests::{
+    ChildGuard, ControlPlane, identity, memory_kib, spawn_logged, wait_for, workspace_bin,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// How long after the API server is back every TaskRun may take to have its Job.
@@ -524,16 +526,9 @@ where
         .unwrap_or(usize::MAX)
 }
 
-/// Resident memory of a process, in KiB.
+/// Resident memory of a process, in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    memory_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// The pid of the child process started with this argument.

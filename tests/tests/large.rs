@@ -10,7 +10,7 @@ use taskrun::TaskRun;
 use taskrun::limits::{MAX_CONTENT_LEN, MAX_TOTAL_BYTES};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{ControlPlane, repo_root, wait_for};
+use taskrun_tests::{ControlPlane, memory_kib, repo_root, wait_for};
 
 use std::time::Duration;
 
@@ -54,14 +54,7 @@ fn limit_kib(manifest: &str) -> u64 {
 
 /// The most memory a process has had resident, in KiB.
 fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmHWM for pid {pid}"))
+    memory_kib(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM for pid {pid}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
