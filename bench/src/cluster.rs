@@ -211,13 +211,8 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// VmRSS of `pid` in MiB, from /proc/<pid>/status.
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS line")?;
-    Ok(kib / 1024.0)
+    let kib = taskrun_tests::memory_kib(pid, "VmRSS").context("no VmRSS line")?;
+    Ok(kib as f64 / 1024.0)
 }
 
 /// Requests the API server has answered so far, by "VERB resource[/subresource]", from its
