@@ -21,6 +21,31 @@ pub use process::use_work_dir;
 pub use process::{ChildGuard, log_tail, memory_kib, spawn_logged, work_dir};
 pub use wait::{wait_for, wait_gone};
 
+/// GET `path` from a plain HTTP server (probes, metrics): the whole response, head and body,
+/// or `None` when it cannot be had within 5 s.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .ok()?
+}
+
+/// The value of an unlabelled metric in a Prometheus text response.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Path of a workspace binary built by `cargo build --workspace --bins`.
 pub fn workspace_bin(name: &str) -> PathBuf {
     // A test binary runs as <target>/debug/deps/<test>-<hash>; the binaries sit in <target>/debug.

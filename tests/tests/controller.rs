@@ -15,8 +15,7 @@ use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
-use taskrun_tests::{ControlPlane, wait_for, wait_gone};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -101,17 +100,6 @@ async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
         .await
         .map(|l| l.items)
         .unwrap_or_default()
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the controller");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
 }
 
 #[tokio::test]
@@ -319,16 +307,16 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
     assert!(
         http_get(ctrl.http_addr(), "/healthz")
             .await
-            .starts_with("HTTP/1.1 200")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     );
     assert!(
         http_get(ctrl.http_addr(), "/readyz")
             .await
-            .starts_with("HTTP/1.1 200")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     );
     // The per-phase gauge reads the controller's cache, which may trail the API by a moment.
     let metrics = wait_for("the Succeeded TaskRun in /metrics", WAIT, || async {
-        let text = http_get(ctrl.http_addr(), "/metrics").await;
+        let text = http_get(ctrl.http_addr(), "/metrics").await?;
         text.contains("taskrun_controller_taskruns{phase=\"Succeeded\"} 1")
             .then_some(text)
     })
@@ -642,10 +630,8 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("one", "lead", 1, 1, &[("task.md", "x")])).await;
     wait_status(&api, "one", "a status", |tr| phase(tr).is_some()).await;
-    let reconciles = |text: String| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("taskrun_controller_reconciles_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+    let reconciles = |text: Option<String>| {
+        text.and_then(|t| metric(&t, "taskrun_controller_reconciles_total"))
             .unwrap_or(0.0)
     };
     // The counter moves when the reconcile returns, just after its status write.

@@ -14,7 +14,7 @@ use taskrun_certs::Ca;
 use taskrun_tests::identity::{
     self, CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, WEBHOOK_SERVICE_ACCOUNT,
 };
-use taskrun_tests::{ControlPlane, repo_root, spawn_logged, wait_for, workspace_bin};
+use taskrun_tests::{ControlPlane, http_get, repo_root, spawn_logged, wait_for, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -528,26 +528,11 @@ async fn the_deployments_flags_start_both_binaries_under_their_service_accounts(
                     std::fs::read_to_string(child.log_path()).unwrap_or_default()
                 );
             }
-            let body = http_get(port, &path).await?;
+            let body = http_get(([127, 0, 0, 1], port).into(), &path).await?;
             body.starts_with("HTTP/1.1 200").then_some(())
         })
         .await;
     }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    Some(response)
 }
 
 #[test]
