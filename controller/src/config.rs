@@ -52,10 +52,12 @@ pub struct Args {
     /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
-    /// How long a leader holds the Lease without renewing it; a successor waits this long.
+    /// How long the Lease lasts unrenewed: a standby takes it over once it has seen it
+    /// unchanged this long.
     #[arg(long, env = "TASKRUN_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
-    /// How long before expiry the leader renews (must be below the duration).
+    /// How much sooner a leader that cannot renew stops acting (below the duration). It
+    /// renews every (duration - grace) / 4.
     #[arg(long, env = "TASKRUN_LEASE_GRACE_SECONDS", default_value_t = 5)]
     pub lease_grace_seconds: u64,
     /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).

@@ -152,7 +152,9 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
             continue;
         }
         tracing::info!(%identity, "leading: starting the controller");
+        shared.metrics.set_leading(true);
         run_controller(&args, &base, leading.clone(), stop_rx.clone()).await;
+        shared.metrics.set_leading(false);
         *shared.store.write().unwrap_or_else(|e| e.into_inner()) = None;
         if *stop.borrow() {
             break;

@@ -1,10 +1,28 @@
-//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager): of several
-//! replicas only the holder of the Lease runs the controller.
+//! Leader election on a `coordination.k8s.io` Lease, the way client-go's leaderelection does
+//! it: of several replicas only the holder of the Lease acts.
+//!
+//! A replica takes the Lease over only once it has seen the Lease unchanged for the holder's
+//! whole `leaseDurationSeconds`, timed by its own clock from when it first saw it so (clocks of
+//! different nodes are never compared). The holder renews every [`Timing::retry`] and acts
+//! only for [`Timing::term`] after sending a renewal that succeeded: a holder cut off from the
+//! API server stops acting `grace` seconds before any other replica may take over. Every
+//! write carries the resourceVersion it was decided on, so of two replicas taking a Lease at
+//! once one gets a conflict.
 
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::reconcile::FIELD_MANAGER;
 
 pub struct LeaseConfig {
     pub name: String,
@@ -18,8 +36,188 @@ pub struct LeaseConfig {
 pub enum LeaderError {
     #[error("lease duration ({duration}s) must be greater than its grace ({grace}s), both > 0")]
     BadTiming { duration: u64, grace: u64 },
-    #[error("cannot set up the Lease: {0}")]
-    Lease(#[from] LeaseManagerError),
+    #[error("cannot read the Lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// How long a Lease lasts, and what the holder makes of that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Timing {
+    duration: Duration,
+    grace: Duration,
+}
+
+impl Timing {
+    pub(crate) fn new(duration_seconds: u64, grace_seconds: u64) -> Result<Self, LeaderError> {
+        if duration_seconds == 0
+            || grace_seconds == 0
+            || grace_seconds >= duration_seconds
+            || i32::try_from(duration_seconds).is_err()
+        {
+            return Err(LeaderError::BadTiming {
+                duration: duration_seconds,
+                grace: grace_seconds,
+            });
+        }
+        Ok(Self {
+            duration: Duration::from_secs(duration_seconds),
+            grace: Duration::from_secs(grace_seconds),
+        })
+    }
+
+    /// How long the holder acts after sending a renewal that succeeded: `grace` short of
+    /// the soonest another replica may take over.
+    pub(crate) fn term(self) -> Duration {
+        self.duration - self.grace
+    }
+
+    /// How often the holder renews (four tries in a term) and a standby looks at the Lease.
+    pub(crate) fn retry(self) -> Duration {
+        self.term() / 4
+    }
+
+    fn duration_seconds(self) -> i32 {
+        // `new` checked that it fits.
+        i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)
+    }
+}
+
+/// What a replica does about the Lease as it just read it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// There is no Lease: create it, holding it.
+    Create,
+    /// Free, ours, or not renewed for its whole duration: write ourselves in as the holder
+    /// (for the holder, a renewal).
+    Take,
+    /// Another replica holds it: it is theirs until `until` unless they renew.
+    Wait { holder: String, until: Instant },
+}
+
+/// Decides on the Lease as read at `now`, unchanged since `seen_since` (by this replica's clock).
+pub(crate) fn decide(lease: Option<&Lease>, me: &str, seen_since: Instant, now: Instant) -> Step {
+    let Some(lease) = lease else {
+        return Step::Create;
+    };
+    let spec = lease.spec.as_ref();
+    match spec
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+    {
+        None => Step::Take,
+        Some(holder) if holder == me => Step::Take,
+        Some(holder) => {
+            let seconds = spec
+                .and_then(|s| s.lease_duration_seconds)
+                .map_or(0, |s| u64::try_from(s).unwrap_or(0));
+            let until = seen_since + Duration::from_secs(seconds);
+            if until > now {
+                Step::Wait {
+                    holder: holder.to_owned(),
+                    until,
+                }
+            } else {
+                Step::Take
+            }
+        }
+    }
+}
+
+/// The Lease as last read: its resourceVersion, and since when this replica has seen that one.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    version: Option<String>,
+    since: Instant,
+}
+
+impl Seen {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            version: None,
+            since: now,
+        }
+    }
+
+    /// Notes the Lease read at `now`; returns since when it has been as it is.
+    pub(crate) fn note(&mut self, lease: Option<&Lease>, now: Instant) -> Instant {
+        let version = lease.and_then(|l| l.metadata.resource_version.as_deref());
+        if version != self.version.as_deref() {
+            self.version = version.map(str::to_owned);
+            self.since = now;
+        }
+        self.since
+    }
+}
+
+/// The merge patch that makes `me` the holder of `lease` (renewing when it already is),
+/// conditional on the resourceVersion it was read at. `None` when the Lease has none.
+pub(crate) fn taking(lease: &Lease, me: &str, timing: Timing, now: Timestamp) -> Option<Value> {
+    let version = lease.metadata.resource_version.as_deref()?;
+    let spec = lease.spec.clone().unwrap_or_default();
+    let renewing = spec.holder_identity.as_deref() == Some(me);
+    let (acquired, transitions) = if renewing {
+        (spec.acquire_time, spec.lease_transitions.unwrap_or(0))
+    } else {
+        (
+            Some(MicroTime(now)),
+            spec.lease_transitions.unwrap_or(0).saturating_add(1),
+        )
+    };
+    Some(json!({
+        "metadata": {"resourceVersion": version},
+        "spec": {
+            "holderIdentity": me,
+            "leaseDurationSeconds": timing.duration_seconds(),
+            "acquireTime": acquired,
+            "renewTime": MicroTime(now),
+            "leaseTransitions": transitions,
+        },
+    }))
+}
+
+/// The merge patch that gives `lease` up, if `me` holds it.
+pub(crate) fn letting_go(lease: &Lease, me: &str) -> Option<Value> {
+    let version = lease.metadata.resource_version.as_deref()?;
+    let holder = lease.spec.as_ref()?.holder_identity.as_deref();
+    (holder == Some(me)).then(|| {
+        json!({
+            "metadata": {"resourceVersion": version},
+            "spec": {
+                "holderIdentity": null,
+                "acquireTime": null,
+                "renewTime": null,
+                "leaseDurationSeconds": null,
+            },
+        })
+    })
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+fn new_lease(name: &str, me: &str, timing: Timing, now: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(me.to_owned()),
+            lease_duration_seconds: Some(timing.duration_seconds()),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
 }
 
 /// Whether this replica leads, as it changes.
@@ -27,7 +225,7 @@ pub struct Leadership {
     rx: watch::Receiver<bool>,
     // Without election: keeps the channel open (always leader).
     _always: Option<watch::Sender<bool>>,
-    task: Option<JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Leadership {
@@ -41,27 +239,34 @@ impl Leadership {
         }
     }
 
-    /// Starts competing for the Lease in the background.
+    /// Reads the Lease once (so that missing RBAC or a wrong namespace fails the start), then
+    /// competes for it in the background.
     pub async fn elect(client: Client, c: LeaseConfig) -> Result<Self, LeaderError> {
-        if c.duration_seconds == 0 || c.grace_seconds == 0 || c.grace_seconds >= c.duration_seconds
-        {
-            return Err(LeaderError::BadTiming {
-                duration: c.duration_seconds,
-                grace: c.grace_seconds,
-            });
-        }
-        let manager = LeaseManagerBuilder::new(client, c.name)
-            .with_namespace(c.namespace)
-            .with_identity(c.identity)
-            .with_duration(c.duration_seconds)
-            .with_grace(c.grace_seconds)
-            .build()
-            .await?;
-        let (rx, task) = manager.watch().await;
+        let timing = Timing::new(c.duration_seconds, c.grace_seconds)?;
+        let api: Api<Lease> = Api::namespaced(client, &c.namespace);
+        api.get_opt(&c.name)
+            .await
+            .map_err(|source| LeaderError::Lease {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                source,
+            })?;
+        let (tx, rx) = watch::channel(false);
+        let campaign = Campaign {
+            term: Term {
+                tx,
+                ends: None,
+                lease: c.name.clone(),
+            },
+            api,
+            name: c.name,
+            me: c.identity,
+            timing,
+        };
         Ok(Self {
             rx,
             _always: None,
-            task: Some(task),
+            task: Some(tokio::spawn(campaign.run())),
         })
     }
 
@@ -70,16 +275,297 @@ impl Leadership {
         self.rx.clone()
     }
 
-    /// Gives the Lease up (so a successor need not wait for it to expire).
+    /// Gives the Lease up (so a successor need not wait for it to expire). Every other
+    /// receiver must be gone first.
     pub async fn release(self) {
         let Self { rx, task, .. } = self;
         drop(rx);
-        if let Some(task) = task {
-            match task.await {
-                Ok(Ok(_)) => tracing::info!("released the leader Lease"),
-                Ok(Err(error)) => tracing::warn!(%error, "could not release the leader Lease"),
-                Err(error) => tracing::warn!(%error, "the Lease task ended abnormally"),
+        if let Some(task) = task
+            && let Err(error) = task.await
+        {
+            tracing::warn!(%error, "the Lease task ended abnormally");
+        }
+    }
+}
+
+/// The background loop of one replica competing for the Lease.
+struct Campaign {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    timing: Timing,
+    term: Term,
+}
+
+/// This replica's term of leadership, told to the receivers.
+struct Term {
+    tx: watch::Sender<bool>,
+    /// While leading: when this term ends unless a renewal succeeds first.
+    ends: Option<Instant>,
+    lease: String,
+}
+
+impl Campaign {
+    async fn run(mut self) {
+        let mut seen = Seen::new(Instant::now());
+        loop {
+            let Some(read) = self.term.guarded(self.api.get_opt(&self.name)).await else {
+                break;
+            };
+            let now = Instant::now();
+            let wait = match read {
+                Err(error) => {
+                    tracing::warn!(%error, lease = %self.name, "cannot read the Lease");
+                    self.timing.retry()
+                }
+                Ok(lease) => {
+                    let since = seen.note(lease.as_ref(), now);
+                    match decide(lease.as_ref(), &self.me, since, now) {
+                        Step::Wait { holder, until } => {
+                            if self.term.ends.take().is_some() {
+                                tracing::warn!(%holder, "another replica holds the Lease: stopped acting");
+                                self.term.lead(false);
+                            }
+                            self.timing
+                                .retry()
+                                .min(until.saturating_duration_since(now))
+                        }
+                        step => {
+                            let Some(()) = self.take(step, lease.as_ref()).await else {
+                                break;
+                            };
+                            self.timing.retry()
+                        }
+                    }
+                }
+            };
+            if self.term.guarded(tokio::time::sleep(wait)).await.is_none() {
+                break;
             }
         }
+        self.let_go().await;
+    }
+
+    /// Creates or takes the Lease (renews it when ours). `None` once every receiver is gone.
+    async fn take(&mut self, step: Step, lease: Option<&Lease>) -> Option<()> {
+        let now = Timestamp::now();
+        let sent = Instant::now();
+        let written = match (step, lease) {
+            (Step::Create, _) => {
+                let lease = new_lease(&self.name, &self.me, self.timing, now);
+                self.term
+                    .guarded(self.api.create(&PostParams::default(), &lease))
+                    .await?
+            }
+            (_, Some(lease)) => {
+                let Some(patch) = taking(lease, &self.me, self.timing, now) else {
+                    tracing::warn!(lease = %self.name, "the Lease has no resourceVersion");
+                    return Some(());
+                };
+                self.term
+                    .guarded(
+                        self.api
+                            .patch(&self.name, &patch_params(), &Patch::Merge(patch)),
+                    )
+                    .await?
+            }
+            (_, None) => return Some(()),
+        };
+        match written {
+            Ok(_) => {
+                let ends = sent + self.timing.term();
+                if ends > Instant::now() {
+                    if self.term.ends.replace(ends).is_none() {
+                        tracing::info!(identity = %self.me, lease = %self.name, "holding the Lease");
+                        self.term.lead(true);
+                    }
+                } else {
+                    tracing::warn!(lease = %self.name, "the Lease was written too late to act on");
+                }
+            }
+            // Another replica wrote the Lease first; the next read says who holds it.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tracing::debug!(lease = %self.name, "another replica wrote the Lease first");
+            }
+            Err(error) => tracing::warn!(%error, lease = %self.name, "cannot write the Lease"),
+        }
+        Some(())
+    }
+
+    /// On shutdown: gives the Lease up if this replica holds it.
+    async fn let_go(&self) {
+        if self.term.ends.is_none() {
+            return;
+        }
+        let released = async {
+            let Some(lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(false);
+            };
+            let Some(patch) = letting_go(&lease, &self.me) else {
+                return Ok(false);
+            };
+            self.api
+                .patch(&self.name, &patch_params(), &Patch::Merge(patch))
+                .await
+                .map(|_| true)
+        };
+        match released.await {
+            Ok(true) => tracing::info!(lease = %self.name, "released the leader Lease"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not release the leader Lease"),
+        }
+    }
+}
+
+impl Term {
+    /// Awaits `work`, meanwhile stopping acting when the term ends. `None` once every
+    /// receiver is gone (shutting down).
+    async fn guarded<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let ends = self.ends;
+            tokio::select! {
+                biased;
+                () = self.tx.closed() => return None,
+                () = tokio::time::sleep_until(ends.unwrap_or_else(Instant::now)), if ends.is_some() => {
+                    self.ends = None;
+                    tracing::warn!(lease = %self.lease, "could not renew the Lease in time: stopped acting");
+                    self.lead(false);
+                }
+                out = &mut work => return Some(out),
+            }
+        }
+    }
+
+    fn lead(&self, leading: bool) {
+        self.tx
+            .send_if_modified(|now| std::mem::replace(now, leading) != leading);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, duration: Option<i32>, version: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("l".into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: duration,
+                acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+                lease_transitions: Some(3),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn timing_must_leave_a_term_and_fit_the_lease() {
+        assert!(Timing::new(15, 5).is_ok());
+        for (d, g) in [(0, 0), (15, 0), (5, 5), (5, 6), (u64::MAX, 1)] {
+            assert!(
+                matches!(Timing::new(d, g), Err(LeaderError::BadTiming { .. })),
+                "{d}/{g}"
+            );
+        }
+        let t = Timing::new(15, 5).expect("timing");
+        assert_eq!(t.term(), Duration::from_secs(10));
+        assert_eq!(t.retry(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_missing_free_or_own_lease_is_taken() {
+        let now = Instant::now();
+        assert_eq!(decide(None, "me", now, now), Step::Create);
+        for holder in [None, Some(""), Some("me")] {
+            let l = lease(holder, Some(15), "1");
+            assert_eq!(decide(Some(&l), "me", now, now), Step::Take, "{holder:?}");
+        }
+    }
+
+    #[test]
+    fn anothers_lease_is_waited_out_for_its_duration_from_when_it_was_seen() {
+        let seen = Instant::now();
+        let l = lease(Some("other"), Some(15), "1");
+        let until = seen + Duration::from_secs(15);
+        for now in [seen, seen + Duration::from_secs(14)] {
+            assert_eq!(
+                decide(Some(&l), "me", seen, now),
+                Step::Wait {
+                    holder: "other".into(),
+                    until
+                }
+            );
+        }
+        assert_eq!(decide(Some(&l), "me", seen, until), Step::Take);
+        // No duration: nothing to wait out.
+        let l = lease(Some("other"), None, "1");
+        assert_eq!(decide(Some(&l), "me", seen, seen), Step::Take);
+    }
+
+    #[test]
+    fn a_holders_term_ends_before_a_standby_may_take_over() {
+        let timing = Timing::new(6, 2).expect("timing");
+        // The holder sent its last renewal at `sent`; a standby can only have seen it later.
+        let sent = Instant::now();
+        let l = lease(Some("holder"), Some(timing.duration_seconds()), "7");
+        let holder_stops = sent + timing.term();
+        assert!(matches!(
+            decide(Some(&l), "standby", sent, holder_stops),
+            Step::Wait { .. }
+        ));
+        assert!(holder_stops + timing.grace <= sent + timing.duration);
+    }
+
+    #[test]
+    fn seen_since_moves_only_when_the_lease_changes() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let t2 = t0 + Duration::from_secs(2);
+        let mut seen = Seen::new(t0);
+        let a = lease(Some("other"), Some(15), "1");
+        assert_eq!(seen.note(Some(&a), t1), t1);
+        assert_eq!(seen.note(Some(&a), t2), t1);
+        let b = lease(Some("other"), Some(15), "2");
+        assert_eq!(seen.note(Some(&b), t2), t2);
+    }
+
+    #[test]
+    fn taking_renews_our_own_and_counts_a_transition_for_anothers() {
+        let timing = Timing::new(15, 5).expect("timing");
+        let now = Timestamp::from_second(1_000).expect("time");
+        let renewal = taking(&lease(Some("me"), Some(15), "9"), "me", timing, now).expect("patch");
+        assert_eq!(renewal["metadata"]["resourceVersion"], "9");
+        assert_eq!(renewal["spec"]["holderIdentity"], "me");
+        assert_eq!(renewal["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(renewal["spec"]["leaseTransitions"], 3);
+        assert_eq!(
+            renewal["spec"]["acquireTime"],
+            json!(MicroTime(Timestamp::UNIX_EPOCH))
+        );
+        assert_eq!(renewal["spec"]["renewTime"], json!(MicroTime(now)));
+
+        let takeover =
+            taking(&lease(Some("other"), Some(15), "9"), "me", timing, now).expect("patch");
+        assert_eq!(takeover["spec"]["leaseTransitions"], 4);
+        assert_eq!(takeover["spec"]["acquireTime"], json!(MicroTime(now)));
+
+        let mut unversioned = lease(None, None, "9");
+        unversioned.metadata.resource_version = None;
+        assert_eq!(taking(&unversioned, "me", timing, now), None);
+    }
+
+    #[test]
+    fn only_the_holder_lets_go() {
+        let ours = letting_go(&lease(Some("me"), Some(15), "4"), "me").expect("patch");
+        assert_eq!(ours["metadata"]["resourceVersion"], "4");
+        assert_eq!(ours["spec"]["holderIdentity"], Value::Null);
+        assert_eq!(letting_go(&lease(Some("other"), Some(15), "4"), "me"), None);
+        assert_eq!(letting_go(&lease(None, Some(15), "4"), "me"), None);
     }
 }

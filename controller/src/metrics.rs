@@ -1,4 +1,5 @@
-//! Prometheus metrics: reconciles, errors, reconcile duration and TaskRuns per phase.
+//! Prometheus metrics: reconciles, errors, reconcile duration, TaskRuns per phase and whether
+//! this replica leads.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub struct Metrics {
     errors: Counter,
     duration: Histogram,
     phases: Family<Labels, Gauge>,
+    leading: Gauge,
 }
 
 impl Default for Metrics {
@@ -28,6 +30,7 @@ impl Default for Metrics {
         let errors = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let phases = Family::<Labels, Gauge>::default();
+        let leading = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register(
@@ -36,12 +39,18 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("taskruns", "TaskRuns by phase", phases.clone());
+        registry.register(
+            "leading",
+            "1 while this replica holds the Lease and reconciles, else 0",
+            leading.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             duration,
             phases,
+            leading,
         }
     }
 }
@@ -53,6 +62,10 @@ impl Metrics {
             self.errors.inc();
         }
         self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.set(i64::from(leading));
     }
 
     /// The Prometheus text format, with the per-phase counts taken from `store` (the
@@ -92,6 +105,7 @@ mod tests {
         m.observe(Duration::from_millis(3), false);
         m.observe(Duration::from_millis(5), true);
         let text = m.render(None);
+        assert!(text.contains("taskrun_controller_leading 0"), "{text}");
         assert!(
             text.contains("taskrun_controller_reconciles_total 2"),
             "{text}"
@@ -108,5 +122,7 @@ mod tests {
             text.contains("taskrun_controller_taskruns{phase=\"Running\"} 0"),
             "{text}"
         );
+        m.set_leading(true);
+        assert!(m.render(None).contains("taskrun_controller_leading 1"));
     }
 }

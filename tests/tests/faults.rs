@@ -12,16 +12,18 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
-use taskrun_tests::controller::Controller;
+use taskrun_tests::controller::{Controller, LEASE_NAMESPACE};
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{
-    ChildGuard, ControlPlane, identity, memory_kib, spawn_logged, wait_for, workspace_bin,
+    ChildGuard, ControlPlane, free_addr, http_get, identity, memory_kib, metric, spawn_logged,
+    wait_for, workspace_bin,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -759,6 +761,103 @@ async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute(
     assert_one_job_each(&client, &ns).await;
 }
 
+/// Of two replicas, the leader is cut off from the API server (every request answered 429 or
+/// 503). It must stop acting before the standby may take the Lease over, not when it next
+/// hears from the API server: otherwise both act at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_acting_before_its_successor_starts() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-leader").await;
+    identity::apply_rbac(cp);
+    let user = identity::service_account_user(identity::CONTROLLER_SERVICE_ACCOUNT);
+    let proxy = FaultProxy::start(cp, &user).await;
+    let lease = format!("lease-{ns}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let holder = || async {
+        leases
+            .get(&lease)
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let a_addr = free_addr();
+    let a = proxy.controller(
+        "cut-off-leader",
+        &ns,
+        &[
+            &format!("--http-addr={a_addr}"),
+            &format!("--lease-name={lease}"),
+            &format!("--lease-namespace={LEASE_NAMESPACE}"),
+            "--lease-duration-seconds=6",
+            "--lease-grace-seconds=2",
+            "--identity=replica-a",
+        ],
+    );
+    let a_leads = || async {
+        let text = http_get(a_addr, "/metrics").await?;
+        metric(&text, "taskrun_controller_leading")
+    };
+    wait_for("replica-a to lead", WAIT, || async {
+        (holder().await.as_deref() == Some("replica-a") && a_leads().await == Some(1.0))
+            .then_some(())
+    })
+    .await;
+    let _b = Controller::start(
+        cp,
+        &[
+            &format!("--namespace={ns}"),
+            &format!("--lease-name={lease}"),
+            "--identity=replica-b",
+        ],
+    );
+
+    proxy.open_window();
+    let cut = Instant::now();
+    // Until replica-b holds the Lease, watch for replica-a to say it stopped leading.
+    let mut a_stopped = None;
+    let taken = loop {
+        if a_stopped.is_none() && a_leads().await == Some(0.0) {
+            a_stopped = Some(cut.elapsed());
+        }
+        if holder().await.as_deref() == Some("replica-b") {
+            break cut.elapsed();
+        }
+        assert!(cut.elapsed() < WAIT, "replica-b never took the Lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
+    let Some(a_stopped) = a_stopped else {
+        panic!(
+            "replica-a still leads, yet replica-b took the Lease {taken:?} after the cut:\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+    };
+    eprintln!(
+        "after the cut: replica-a stopped acting within {a_stopped:?}, replica-b took over after {taken:?}"
+    );
+
+    // The successor acts, and the old leader, heard again, stays a standby.
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &taskrun("after", "cutoff", 1))
+        .await
+        .expect("create");
+    proxy.close_window();
+    wait_for("the successor to run the new TaskRun", WAIT, || async {
+        api.get("after")
+            .await
+            .ok()
+            .filter(|t| job_name_of(t).is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+    assert_eq!(a_leads().await, Some(0.0), "replica-a took the Lease back");
+    assert_one_job_each(&client, &ns).await;
+}
+
 // ---- 429s and 503s in front of the API server -----------------------------------------------
 
 // The harness runs kube-apiserver with API Priority and Fairness off (one client, nothing to
@@ -912,11 +1011,13 @@ impl FaultProxy {
         self.cut.send_modify(|n| *n += 1);
     }
 
-    /// A release controller for `ns` that reaches the API server through this proxy.
+    /// A controller for `ns` that reaches the API server through this proxy.
     fn controller(&self, name: &str, ns: &str, extra_args: &[&str]) -> ChildGuard {
         let mut cmd = Command::new(workspace_bin("taskrun-controller"));
+        if !extra_args.iter().any(|a| a.starts_with("--http-addr=")) {
+            cmd.arg("--http-addr=127.0.0.1:0");
+        }
         cmd.args([
-            "--http-addr=127.0.0.1:0",
             "--log-format=text",
             "--image=registry.example/agent:test",
             &format!("--namespace={ns}"),
