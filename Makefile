@@ -65,6 +65,8 @@ helm: ## build (once per machine) and cache the pinned helm CLI the migrate-helm
 FUZZ_SECONDS ?= 30
 fuzz: ## run every cargo-fuzz target for FUZZ_SECONDS each (needs cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@# cargo fuzz has no --locked: stop here if fuzz/Cargo.lock would have to change.
+	@cd fuzz && cargo metadata --locked --format-version 1 >/dev/null
 	@cd fuzz && for target in validation admission helm_release; do \
 	  mkdir -p corpus/$$target; seeds=; [ -d seeds/$$target ] && seeds=seeds/$$target; \
 	  echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
