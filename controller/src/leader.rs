@@ -34,7 +34,10 @@ pub struct LeaseConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("lease duration ({duration}s) must be greater than its grace ({grace}s), both > 0")]
+    #[error(
+        "lease duration ({duration}s) must be greater than its grace ({grace}s), both > 0, \
+         and at most 2147483647s"
+    )]
     BadTiming { duration: u64, grace: u64 },
     #[error("cannot read the Lease {namespace}/{name}: {source}")]
     Lease {
