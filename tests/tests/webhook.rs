@@ -831,6 +831,36 @@ async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
     let cp = ControlPlane::shared();
     // Longer than the test: only the second signal can end it.
     let webhook = Webhook::start_with(cp, &["--shutdown-delay=600s"]).await;
+    let body = |name: &str, task_id: i64| {
+        serde_json::to_vec(&review(
+            "CREATE",
+            "taskruns",
+            manifest(name, task_id, "billing"),
+        ))
+        .expect("json")
+    };
+    // A keep-alive connection opened before the signal, as the API server pools them.
+    let mut pooled = tls(&webhook, b"http/1.1").await.expect("handshake");
+    let keep_alive = |body: &[u8]| {
+        let mut req = format!(
+            "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        req
+    };
+    pooled
+        .write_all(&keep_alive(&body("pooled-before", 53)))
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut pooled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(webhook.pid() as libc::pid_t, libc::SIGTERM) };
     wait_for("/readyz to report shutting down", TIMEOUT, || async {
@@ -841,17 +871,28 @@ async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
     .await;
     // The Service still routes here until its endpoints are updated: a new connection is
     // accepted and its review answered.
-    let body = serde_json::to_vec(&review(
-        "CREATE",
-        "taskruns",
-        manifest("draining", 52, "billing"),
-    ))
-    .expect("json");
-    let r = send(&webhook, &post("/validate", "application/json", &body))
-        .await
-        .expect("an answer while draining");
+    let r = send(
+        &webhook,
+        &post("/validate", "application/json", &body("draining", 52)),
+    )
+    .await
+    .expect("an answer while draining");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    // The pooled connection gets its answer, and is closed after it, so that the API server's
+    // next review goes to a pod still ready.
+    pooled
+        .write_all(&keep_alive(&body("pooled-after", 54)))
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut pooled).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("\"allowed\":true"), "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_closed(&mut pooled).await;
     assert!(webhook.is_running());
 
     // SAFETY: as above.
@@ -966,6 +1007,38 @@ async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
             raw.len()
         ))),
     }
+}
+
+/// One response on a connection that may stay open: the head, and the body (by its
+/// Content-Length).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + length]);
+                    return (head, body.into_owned());
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("closed before a whole response: {raw:?}"),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.expect("a response in time")
 }
 
 fn metric(w: &Webhook, name: &str) -> f64 {

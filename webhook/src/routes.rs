@@ -1,5 +1,6 @@
 //! One HTTP request in, one response out: routing, method and content-type checks, the body
-//! limit and read timeout, panic recovery, and the per-request metrics and log line.
+//! limit and read timeout, panic recovery, the per-request metrics and log line, and closing
+//! HTTP/1 connections once shutting down.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::admission::{self, Hook};
 use crate::budget::BodyBudget;
@@ -55,7 +56,18 @@ impl App {
         let route = route_name(req.uri().path());
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let (response, operation, result) = recover(self.clone().route(req, route, listener)).await;
+        let http1 = req.version() < Version::HTTP_2;
+        let (mut response, operation, result) =
+            recover(self.clone().route(req, route, listener)).await;
+        // Once shutting down, each answer closes its keep-alive connection: the API server
+        // pools them, and would go on sending reviews down one until the pod is gone (a
+        // request written just as it closes fails the user's apply). Its next review opens a
+        // new connection, which the Service sends to a pod still ready.
+        if http1 && self.shutting_down.load(Ordering::Acquire) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -90,7 +102,7 @@ impl App {
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
+                    HeaderValue::from_static(
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     ),
                 );
@@ -272,10 +284,8 @@ fn error(status: StatusCode, reason: &str, message: String) -> Reply {
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
