@@ -841,24 +841,9 @@ async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
     };
     // A keep-alive connection opened before the signal, as the API server pools them.
     let mut pooled = tls(&webhook, b"http/1.1").await.expect("handshake");
-    let keep_alive = |body: &[u8]| {
-        let mut req = format!(
-            "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        req
-    };
-    pooled
-        .write_all(&keep_alive(&body("pooled-before", 53)))
-        .await
-        .expect("write");
-    let (head, _) = read_response(&mut pooled).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
-        !head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
+        !allowed_on(&mut pooled, &body("pooled-before", 53)).await,
+        "an answer before the signal closed its connection"
     );
 
     // SAFETY: kill(2) on our own child's pid.
@@ -881,16 +866,9 @@ async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
     assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
     // The pooled connection gets its answer, and is closed after it, so that the API server's
     // next review goes to a pod still ready.
-    pooled
-        .write_all(&keep_alive(&body("pooled-after", 54)))
-        .await
-        .expect("write");
-    let (head, body) = read_response(&mut pooled).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(body.contains("\"allowed\":true"), "{body}");
     assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
+        allowed_on(&mut pooled, &body("pooled-after", 54)).await,
+        "a connection pooled before the signal was left open"
     );
     assert_closed(&mut pooled).await;
     assert!(webhook.is_running());
@@ -1007,6 +985,24 @@ async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
             raw.len()
         ))),
     }
+}
+
+/// Sends a review on a keep-alive connection and checks that it is allowed; whether the
+/// answer closes the connection.
+async fn allowed_on<S>(s: &mut S, body: &[u8]) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let (head, body) = read_response(s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("\"allowed\":true"), "{body}");
+    head.to_ascii_lowercase().contains("connection: close")
 }
 
 /// One response on a connection that may stay open: the head, and the body (by its
