@@ -256,11 +256,7 @@ impl Leadership {
             })?;
         let (tx, rx) = watch::channel(false);
         let campaign = Campaign {
-            term: Term {
-                tx,
-                ends: None,
-                lease: c.name.clone(),
-            },
+            term: Term { tx, ends: None },
             api,
             name: c.name,
             me: c.identity,
@@ -305,7 +301,6 @@ struct Term {
     tx: watch::Sender<bool>,
     /// While leading: when this term ends unless a renewal succeeds first.
     ends: Option<Instant>,
-    lease: String,
 }
 
 impl Campaign {
@@ -432,7 +427,7 @@ impl Term {
                 () = self.tx.closed() => return None,
                 () = tokio::time::sleep_until(ends.unwrap_or_else(Instant::now)), if ends.is_some() => {
                     self.ends = None;
-                    tracing::warn!(lease = %self.lease, "could not renew the Lease in time: stopped acting");
+                    tracing::warn!("could not renew the Lease in time: stopped acting");
                     self.lead(false);
                 }
                 out = &mut work => return Some(out),

@@ -714,9 +714,7 @@ async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute(
     Webhook::shared(cp).await;
     let client = cp.client().await;
     let ns = cp.namespace("fault-silent-ctrl").await;
-    identity::apply_rbac(cp);
-    let user = identity::service_account_user(identity::CONTROLLER_SERVICE_ACCOUNT);
-    let proxy = FaultProxy::start(cp, &user).await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
     let _ctrl = proxy.controller("silenced-controller", &ns, &["--leader-elect=false"]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let has_job = |name: &'static str| {
@@ -771,9 +769,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_acting_before_its_successor_
     Webhook::shared(cp).await;
     let client = cp.client().await;
     let ns = cp.namespace("fault-leader").await;
-    identity::apply_rbac(cp);
-    let user = identity::service_account_user(identity::CONTROLLER_SERVICE_ACCOUNT);
-    let proxy = FaultProxy::start(cp, &user).await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
     let lease = format!("lease-{ns}");
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let holder = || async {
@@ -1003,6 +999,14 @@ impl FaultProxy {
             freeze,
             task,
         }
+    }
+
+    /// A proxy that authenticates as the controller's ServiceAccount, with the RBAC of
+    /// manifests/base.
+    async fn for_the_controller(cp: &ControlPlane) -> FaultProxy {
+        identity::apply_rbac(cp);
+        let user = identity::service_account_user(identity::CONTROLLER_SERVICE_ACCOUNT);
+        Self::start(cp, &user).await
     }
 
     /// From now on every request is answered 429 or 503; open connections are cut.
