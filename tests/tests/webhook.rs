@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
+use kube::api::{Api, PostParams, ResourceExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -344,6 +344,9 @@ async fn gitops_reapplies_are_accepted_and_leave_no_diff() {
         Some(1),
         "re-applies changed the spec"
     );
+    // The finalizer stamped at creation (no controller runs here) survives every re-apply
+    // of a manifest that does not name it.
+    assert_eq!(tr.finalizers(), [taskrun::FINALIZER]);
     let l = tr.metadata.labels.unwrap_or_default();
     assert_eq!(l.get(ARGO_LABEL).map(String::as_str), Some("argo-app"));
     assert_eq!(l.get(TASK_ID).map(String::as_str), Some("21"));

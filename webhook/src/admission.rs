@@ -10,7 +10,7 @@ use taskrun::validation::Reason;
 use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
 
 use crate::metrics::Outcome;
-use crate::mutate::label_patch;
+use crate::mutate::{finalizer_patch, label_patch};
 
 mod reviewed;
 use reviewed::{Request, cut};
@@ -162,13 +162,16 @@ fn decide(
         Hook::Mutate => {
             // A spec that cannot be read is the schema's to refuse, with its own message.
             let Ok(spec) = spec else { return Ok(allow) };
-            let ops = label_patch(object.labels.as_ref(), spec);
+            let mut ops = label_patch(object.labels.as_ref(), spec);
+            if req.operation == Operation::Create {
+                ops.extend(finalizer_patch(object.finalizers.as_deref()));
+            }
             if ops.is_empty() {
                 return Ok(allow);
             }
             match allow.clone().with_patch(json_patch::Patch(ops)) {
                 Ok(patched) => patched,
-                Err(e) => refuse(allow, format!("cannot encode the label patch: {e}")),
+                Err(e) => refuse(allow, format!("cannot encode the patch: {e}")),
             }
         }
         Hook::Validate => {

@@ -1,13 +1,14 @@
-//! The mutation: a JSON patch that adds or corrects the project's own labels on a TaskRun and
-//! touches nothing else. Pure, so it is tested without a server.
+//! The mutation: a JSON patch that adds or corrects the project's own labels on a TaskRun and,
+//! when it is created, adds the controller's finalizer; it touches nothing else. Pure, so it is
+//! tested without a server.
 
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::Value;
-use taskrun::TaskRunSpec;
 use taskrun::labels::{AGENT_NAME, taskrun_labels};
+use taskrun::{FINALIZER, TaskRunSpec};
 
 /// The operations that make `labels` carry the labels `spec` calls for. Empty when they
 /// already do, so applying the result and calling this again yields nothing.
@@ -59,6 +60,29 @@ pub fn label_patch(
         }));
     }
     ops
+}
+
+/// The operation that adds the controller's finalizer to a TaskRun being created, or None
+/// when `finalizers` already holds it.
+///
+/// Stamped at creation so that the controller does not have to write every new TaskRun once
+/// more just to add it (a write costs the API server as much as the status write does,
+/// docs/benchmarks.md). Only at creation: a user who removes the finalizer from a live TaskRun
+/// (docs/install.md, uninstalling) must not see it come back. The controller still adds it to
+/// a TaskRun admitted without this webhook.
+pub fn finalizer_patch(finalizers: Option<&[String]>) -> Option<PatchOperation> {
+    match finalizers {
+        Some(list) if list.iter().any(|f| f == FINALIZER) => None,
+        // Appended, so the finalizers a user set keep their order.
+        Some(_) => Some(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "finalizers", "-"]),
+            value: Value::String(FINALIZER.to_owned()),
+        })),
+        None => Some(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "finalizers"]),
+            value: Value::Array(vec![Value::String(FINALIZER.to_owned())]),
+        })),
+    }
 }
 
 /// `/metadata/labels/<key>` with `/` in the key escaped as `~1` (RFC 6901).
@@ -210,6 +234,37 @@ mod tests {
         assert_eq!(
             after,
             json!({TASK_ID: "7", SERVICE_NAME: "billing", CONTEXT_VERSION: "3"})
+        );
+    }
+
+    /// Applies the finalizer patch to an object with these finalizers (None: no finalizers
+    /// key) and returns them afterwards, checking that a second pass is empty.
+    fn finalize(before: Option<Value>) -> Value {
+        let mut obj = json!({"metadata": {"name": "t"}});
+        if let Some(before) = before {
+            obj["metadata"]["finalizers"] = before;
+        }
+        let list: Option<Vec<String>> =
+            serde_json::from_value(obj["metadata"]["finalizers"].clone()).expect("finalizers");
+        let ops: Vec<_> = finalizer_patch(list.as_deref()).into_iter().collect();
+        json_patch::patch(&mut obj, &ops).expect("patch applies");
+        let after: Vec<String> =
+            serde_json::from_value(obj["metadata"]["finalizers"].clone()).expect("finalizers");
+        assert_eq!(finalizer_patch(Some(&after)), None, "not idempotent");
+        obj["metadata"]["finalizers"].take()
+    }
+
+    #[test]
+    fn the_finalizer_is_added_once_after_any_a_user_set() {
+        assert_eq!(finalize(None), json!([FINALIZER]));
+        assert_eq!(finalize(Some(json!([]))), json!([FINALIZER]));
+        assert_eq!(
+            finalize(Some(json!(["example.com/hold"]))),
+            json!(["example.com/hold", FINALIZER])
+        );
+        assert_eq!(
+            finalize(Some(json!([FINALIZER, "example.com/hold"]))),
+            json!([FINALIZER, "example.com/hold"])
         );
     }
 

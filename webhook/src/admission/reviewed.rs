@@ -37,6 +37,7 @@ pub struct Object {
     pub name: Option<String>,
     pub namespace: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub finalizers: Option<Vec<String>>,
     /// The spec, or why it cannot be read as a TaskRun spec.
     pub spec: Result<TaskRunSpec, serde_json::Error>,
 }
@@ -109,6 +110,8 @@ struct WireMeta {
     namespace: Option<String>,
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
 }
 
 impl<S> Review<S> {
@@ -127,6 +130,7 @@ impl<S> Review<S> {
             name: o.metadata.name,
             namespace: o.metadata.namespace,
             labels: o.metadata.labels,
+            finalizers: o.metadata.finalizers,
             spec: read_spec(o.spec),
         };
         Ok(Request {
@@ -162,6 +166,7 @@ mod tests {
             "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
             "metadata": {
                 "name": "t", "namespace": "ns", "labels": {"a": "b"},
+                "finalizers": ["example.com/hold"],
                 "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
             },
         });
@@ -199,6 +204,7 @@ mod tests {
         assert_eq!(o.name.as_deref(), Some("t"));
         assert_eq!(o.namespace.as_deref(), Some("ns"));
         assert_eq!(o.labels, Some(BTreeMap::from([("a".into(), "b".into())])));
+        assert_eq!(o.finalizers, Some(vec!["example.com/hold".to_owned()]));
         let spec = o.spec.expect("spec");
         assert_eq!((spec.task_id, spec.service_name.as_str()), (7, "svc"));
     }

@@ -412,7 +412,7 @@ fn patch_of(r: &Value) -> Option<json_patch::Patch> {
 }
 
 #[test]
-fn mutate_stamps_the_labels_and_nothing_else_once() {
+fn mutate_stamps_the_labels_and_the_finalizer_and_nothing_else_once() {
     let mut s = spec();
     s["agentName"] = json!("claude");
     let body = create(s.clone());
@@ -432,6 +432,19 @@ fn mutate_stamps_the_labels_and_nothing_else_once() {
             "orchestrator.io/agent-name": "claude"
         })
     );
+    assert_eq!(
+        object["metadata"]["finalizers"],
+        json!([taskrun::FINALIZER])
+    );
+    let mut rest = object.clone();
+    for stamped in ["labels", "finalizers"] {
+        rest["metadata"].as_object_mut().map(|m| m.remove(stamped));
+    }
+    let mut untouched = taskrun("t1", s);
+    untouched["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("labels"));
+    assert_eq!(rest, untouched);
     // Second pass: nothing to do.
     let again = review("CREATE", Some(object), None);
     let (_, r) = call(Hook::Mutate, &again, &Fake::default());
@@ -456,4 +469,21 @@ fn mutate_adds_a_labels_map_when_there_is_none() {
         object["metadata"]["labels"]["orchestrator.io/task-id"],
         "42"
     );
+}
+
+/// The finalizer is stamped at creation only: one a user removed from a live TaskRun (to
+/// uninstall without the controller, docs/install.md) stays removed.
+#[test]
+fn mutate_leaves_the_finalizers_of_an_update_alone() {
+    let mut object = taskrun("t1", spec());
+    let (_, r) = call(Hook::Mutate, &create(spec()), &Fake::default());
+    json_patch::patch(&mut object, &patch_of(&r).expect("a patch")).expect("applies");
+    object["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    let (_, r) = call(
+        Hook::Mutate,
+        &review("UPDATE", Some(object.clone()), Some(object)),
+        &Fake::default(),
+    );
+    assert_eq!(r["allowed"], true);
+    assert!(patch_of(&r).is_none(), "{r}");
 }

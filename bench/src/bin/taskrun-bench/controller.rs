@@ -193,16 +193,23 @@ pub async fn versus_helm(
     });
     // Let the watch list the (empty) namespace before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cluster::api_requests(client).await?;
     let started = Instant::now();
     let creates = cluster::create_taskruns(client, &ns_fast, 0..n, 1).await?;
     let created_secs = started.elapsed().as_secs_f64();
     let done = watch.await??;
     let fast_secs = done.duration_since(started).as_secs_f64();
+    let requests = cluster::requests_per(&before, &cluster::api_requests(client).await?, n as f64);
     let create_ms: f64 = creates.iter().map(|d| d.as_secs_f64() * 1e3).sum::<f64>() / n as f64;
     eprintln!(
         "  TaskRuns: {fast_secs:.3} s (all created after {created_secs:.3} s, {create_ms:.1} ms per create)"
     );
+    eprintln!("  API requests per TaskRun, creates included: {requests:?}");
     summary.detail("taskruns_created_seconds", round(created_secs));
+    summary.detail(
+        "api_requests_per_taskrun_vs_helm",
+        serde_json::to_value(&requests)?,
+    );
     controller.child.terminate();
     cluster::unregister_webhooks(client).await?;
 
