@@ -91,6 +91,7 @@ pub async fn all_have_jobs(
 
 /// The least a controller must do for each TaskRun, with the same client and concurrency:
 /// the writes the controller issues (finalizer, ConfigMap, Job, status), none of its reads.
+/// (The finalizer too: these TaskRuns are created with no webhook registered to stamp it.)
 /// The objects come from the controller's own builders with the template its flags give
 /// (`CONTROLLER_JOB_FLAGS`), so both sides store the same bytes, and go through the same
 /// requests (`taskrun_controller::writes`: answered with metadata only).
