@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
+use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{ControlPlane, repo_root, wait_for, work_dir, workspace_bin};
 
@@ -357,6 +358,43 @@ fn install_task(
     }
 }
 
+/// Ends the run of every legacy Job in `ns` but those named in `running`, as a kubelet
+/// would, and waits until the Job controller has marked each Complete.
+async fn finish_legacy_jobs(cp: &ControlPlane, ns: &str, running: &[&str]) {
+    let client = cp.client().await;
+    let jobs = Api::<Job>::namespaced(client.clone(), ns);
+    let list = jobs
+        .list(&ListParams::default().labels("managed-by=orchestrator"))
+        .await
+        .expect("list the legacy Jobs");
+    let names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter_map(|j| j.metadata.name)
+        .filter(|n| !running.contains(&n.as_str()))
+        .collect();
+    for name in &names {
+        finish_pod(&client, ns, name, PodEnd::Succeeded).await;
+    }
+    for name in &names {
+        wait_for(
+            &format!("legacy Job {name} to complete"),
+            TIMEOUT,
+            || async {
+                let job = jobs.get(name).await.ok()?;
+                let done = job
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Complete" && c.status == "True");
+                done.then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 fn helm_releases(cp: &ControlPlane, ns: &str) -> BTreeMap<String, String> {
     let out = helm(cp, ns, &["list", "--all", "-o", "json"]);
     let list: Vec<Value> = serde_json::from_str(&out).expect("helm list json");
@@ -518,8 +556,28 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
         );
     };
 
+    // Its legacy Job still runs: migrating it now would run the task twice at once.
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "live",
+        6,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    let running = |out: &str| {
+        let live = row(out, "live-task-6");
+        assert!(
+            live.contains("skipped") && live.contains("its Job live-task-6 has not finished"),
+            "{live}"
+        );
+        assert!(!live.contains("uninstall"), "{live}");
+    };
+    finish_legacy_jobs(cp, &ns, &["live-task-6"]).await;
+
     let releases_before = helm_releases(cp, &ns);
-    assert_eq!(releases_before.len(), 10, "{releases_before:?}");
+    assert_eq!(releases_before.len(), 11, "{releases_before:?}");
     assert_eq!(releases_before["ledger-task-3"], "2");
     let migrated = || async {
         let list = taskruns
@@ -544,6 +602,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     assert_eq!(code, 3, "some releases fail");
     not_ours(&out);
     skipped(&out);
+    running(&out);
     for name in expected.keys() {
         let line = row(&out, name);
         assert!(
@@ -559,6 +618,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     // For real: every good release becomes an admitted TaskRun whose spec matches.
     let (code, out) = migrate(cp, &ns, &[]);
     assert_eq!(code, 3, "some releases fail");
+    running(&out);
     for (name, spec) in &expected {
         assert!(row(&out, name).contains("created"), "{out}");
         let tr = taskruns.get(name).await.expect("migrated TaskRun");
@@ -620,9 +680,18 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     assert_failures(&out);
     not_ours(&out);
     skipped(&out);
+    running(&out);
+    assert!(
+        taskruns
+            .get_opt("live-task-6")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(jobs.get_opt("live-task-6").await.expect("get").is_some());
     let left = helm_releases(cp, &ns);
     let mut kept = failing.to_vec();
-    kept.extend(["gone-task-2", "web-task-6"]);
+    kept.extend(["gone-task-2", "live-task-6", "web-task-6"]);
     kept.sort();
     assert_eq!(left.keys().collect::<Vec<_>>(), kept, "{left:?}");
     for name in expected.keys() {
@@ -667,6 +736,7 @@ async fn a_run_after_an_uninstall_that_stopped_partway_finishes_it() {
     manual["spec"]["serviceName"] = json!("hand");
     manual["spec"]["taskId"] = json!(2);
     kubectl_apply(cp, &ns, "kubectl", &manual);
+    finish_legacy_jobs(cp, &ns, &[]).await;
 
     let (code, out) = migrate(cp, &ns, &[]);
     assert_eq!(code, 3, "{out}");
@@ -716,6 +786,7 @@ async fn a_release_record_labelled_with_another_name_is_left_alone() {
         "",
         &[("task.md", "# Task\n")],
     );
+    finish_legacy_jobs(cp, &ns, &[]).await;
     // A copy of its record labelled as release other-task-2: uninstalling "other-task-2" by
     // the record's name would delete real-task-1's revisions.
     let mut copy = secrets

@@ -11,6 +11,7 @@ mod uninstall;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -203,6 +204,17 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         Ok(None) => {}
         Err(e) => return Outcome::Failed(format!("reading TaskRun {name}: {}", describe(&e))),
     }
+    // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
+    // would be the same task run twice at once.
+    match unfinished_job(client, release).await {
+        Ok(None) => {}
+        Ok(Some(job)) => {
+            return Outcome::Skipped(format!(
+                "its Job {job} has not finished, and the TaskRun would run the task again beside it; run this again once the Job has finished (or delete the Job to stop that run)"
+            ));
+        }
+        Err(why) => return Outcome::Failed(why),
+    }
 
     let mut taskrun = TaskRun::new(name, spec.clone());
     taskrun.metadata.namespace = Some(ns.to_owned());
@@ -238,6 +250,34 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
             describe(&e)
         )),
     }
+}
+
+/// The first Job of the release's manifest that exists and has not finished.
+async fn unfinished_job(
+    client: &kube::Client,
+    release: &Release,
+) -> Result<Option<String>, String> {
+    let objects = uninstall::manifest_objects(&release.manifest)
+        .map_err(|e| format!("cannot tell whether the release's Job still runs: {e}"))?;
+    let jobs = objects
+        .iter()
+        .filter(|o| o.kind == "Job" && o.api_version == "batch/v1");
+    for object in jobs {
+        let ns = object.namespace.as_deref().unwrap_or(&release.namespace);
+        let api: Api<Job> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(&object.name).await {
+            Ok(Some(job)) if plan::unfinished(&job) => return Ok(Some(object.name.clone())),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(format!(
+                    "reading the release's Job {}: {}",
+                    object.name,
+                    describe(&e)
+                ));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.

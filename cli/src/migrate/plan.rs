@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, labels, validate_create};
@@ -249,6 +250,16 @@ pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
     }
 }
 
+/// True while a Job has not finished: neither its `Complete` nor its `Failed` condition is
+/// True. A suspended Job has not finished either: resumed, it runs.
+pub fn unfinished(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_deref());
+    !conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+}
+
 /// True when the mutating webhook has admitted the TaskRun: it carries the project's labels
 /// for its spec.
 pub fn admitted(taskrun: &TaskRun) -> bool {
@@ -262,6 +273,7 @@ pub fn admitted(taskrun: &TaskRun) -> bool {
 mod tests {
     use super::*;
     use crate::migrate::release::{decode, tests as rel};
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use kube::api::ObjectMeta;
     use serde_json::json;
 
@@ -517,5 +529,39 @@ mod tests {
             !admitted(&tr),
             "a stale context-version label is not admitted"
         );
+    }
+
+    #[test]
+    fn a_job_is_unfinished_until_it_completes_or_fails() {
+        let job = |conditions: &[(&str, &str)]| Job {
+            status: Some(JobStatus {
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|(t, s)| JobCondition {
+                            type_: (*t).into(),
+                            status: (*s).into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(unfinished(&Job::default()), "no status yet");
+        assert!(unfinished(&job(&[])));
+        assert!(unfinished(&job(&[("Suspended", "True")])));
+        // Kubernetes 1.31+: the success or failure is decided, its pods still terminating.
+        assert!(unfinished(&job(&[("SuccessCriteriaMet", "True")])));
+        assert!(unfinished(&job(&[("Complete", "False")])));
+        assert!(!unfinished(&job(&[
+            ("SuccessCriteriaMet", "True"),
+            ("Complete", "True")
+        ])));
+        assert!(!unfinished(&job(&[
+            ("FailureTarget", "True"),
+            ("Failed", "True")
+        ])));
     }
 }
