@@ -210,8 +210,12 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
             ),
         ));
     }
-    let mut seen = HashSet::with_capacity(files.len());
-    for (i, file) in files.iter().enumerate() {
+    // Files past the limit are not looked at one by one: the TaskRun is refused for their
+    // number already, and a review of hundreds of thousands of empty files (which fits the
+    // webhook's body limit) would otherwise become as many violations and messages.
+    let checked = &files[..files.len().min(MAX_FILES)];
+    let mut seen = HashSet::with_capacity(checked.len());
+    for (i, file) in checked.iter().enumerate() {
         let at = |field: &str| format!("spec.markdownFiles[{i}].{field}");
         if !is_valid_filename(&file.filename) {
             out.push(Violation::new(

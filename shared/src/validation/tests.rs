@@ -106,6 +106,23 @@ fn more_than_64_files_are_refused() {
 }
 
 #[test]
+fn files_past_the_limit_add_no_violations_of_their_own() {
+    let mut s = valid();
+    // 8 MiB of `{"filename":"","content":""}` entries: each would break two rules.
+    s.markdown_files = vec![file("", ""); 290_000];
+    let v = validate_create(&s);
+    assert_eq!(v[0].field, "spec.markdownFiles");
+    assert_eq!(v[0].reason, Reason::TooMany);
+    assert!(v[0].message.contains("290000 files"), "{}", v[0].message);
+    // The first 64 files are still named, each once per broken rule, and nothing after them.
+    assert_eq!(v.len(), 1 + 2 * MAX_FILES, "{:?}", &v[..3]);
+    assert_eq!(
+        v.last().map(|l| l.field.as_str()),
+        Some("spec.markdownFiles[63].content")
+    );
+}
+
+#[test]
 fn a_whitespace_only_file_is_named_in_the_message() {
     let mut s = valid();
     s.markdown_files.push(file("notes.md", " \n\t\u{00a0} "));
