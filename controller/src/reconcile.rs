@@ -114,7 +114,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // stopped, whether or not the status ever named it: a status write lost after a Job was
     // created leaves no trace of that Job there. (Version 1 has nothing older.)
     if version > 1 && prev.observed_context_version != Some(version) {
-        stop_superseded(tr, ctx, &jobs).await?;
+        stop_superseded(tr, ctx, &jobs, &prev).await?;
     }
 
     // Versions that ran before this one; this one counts once its Job exists.
@@ -429,17 +429,16 @@ async fn write_status(
 /// Deletes the Jobs of older versions that are still running (background propagation: their
 /// pods go too). Deleting rather than suspending frees the pods at once and leaves nothing
 /// for a later version to trip over; the old version's outcome is recorded as an Event.
-async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(), Error> {
+async fn stop_superseded(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    jobs: &Api<Job>,
+    prev: &TaskRunStatus,
+) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    for old in ctx.children.jobs_of(uid).await {
-        let name = old.name_any();
-        let finished = status::job_outcome(&name, old.status.as_ref())
-            .phase
-            .is_final();
-        if name == current || finished || old.meta().deletion_timestamp.is_some() {
-            continue;
-        }
+    let cached = ctx.children.jobs_of(uid).await;
+    for name in superseded(&current, &cached, prev) {
         match jobs.delete(&name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => continue,
@@ -459,6 +458,39 @@ async fn stop_superseded(tr: &TaskRun, ctx: &Ctx, jobs: &Api<Job>) -> Result<(),
         record(ctx, tr, event);
     }
     Ok(())
+}
+
+/// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
+/// of other versions still running, and the one the status names for an older version that
+/// had not finished, even when the cache does not hold it yet. Two quick raises of
+/// contextVersion can reconcile the second before the Job watch brings the first one's Job,
+/// and once the status records the newest version nothing looks for older Jobs again.
+fn superseded(
+    current: &str,
+    cached: &[Arc<cache::CachedJob>],
+    prev: &TaskRunStatus,
+) -> Vec<String> {
+    let mut names: Vec<String> = cached
+        .iter()
+        .filter(|old| {
+            let name = old.name_any();
+            let finished = status::job_outcome(&name, old.status.as_ref())
+                .phase
+                .is_final();
+            name != current && !finished && old.meta().deletion_timestamp.is_none()
+        })
+        .map(|old| old.name_any())
+        .collect();
+    let unfinished_before = prev
+        .observed_context_version
+        .is_some_and(|v| !status::is_final_for(Some(prev), v));
+    if let Some(named) = prev.job_name.as_deref().filter(|_| unfinished_before) {
+        let cached_already = cached.iter().any(|c| c.name_any() == named);
+        if named != current && !cached_already {
+            names.push(named.to_owned());
+        }
+    }
+    names
 }
 
 /// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
@@ -553,7 +585,67 @@ fn fit_note(mut note: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fit_note;
+    use super::{fit_note, superseded};
+    use crate::cache::CachedJob;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::sync::Arc;
+    use taskrun::{Phase, TaskRunStatus};
+
+    fn cached(name: &str, finished: bool) -> Arc<CachedJob> {
+        let conditions = finished.then(|| {
+            vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..JobCondition::default()
+            }]
+        });
+        Arc::new(CachedJob {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(JobStatus {
+                conditions,
+                ..JobStatus::default()
+            }),
+        })
+    }
+
+    fn status(version: i64, job: &str, phase: Phase) -> TaskRunStatus {
+        TaskRunStatus {
+            observed_context_version: Some(version),
+            job_name: Some(job.into()),
+            phase: Some(phase),
+            ..TaskRunStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_job_the_status_names_is_stopped_even_before_the_cache_holds_it() {
+        // Version 2's Job was created and recorded; version 3 reconciles before the watch
+        // brought that Job.
+        let prev = status(2, "svc-7-v2", Phase::Pending);
+        assert_eq!(superseded("svc-7-v3", &[], &prev), ["svc-7-v2"]);
+        // Once cached it is named once.
+        let running = [cached("svc-7-v2", false)];
+        assert_eq!(superseded("svc-7-v3", &running, &prev), ["svc-7-v2"]);
+    }
+
+    #[test]
+    fn finished_and_current_jobs_are_left_alone() {
+        let done = status(2, "svc-7-v2", Phase::Succeeded);
+        assert!(superseded("svc-7-v3", &[], &done).is_empty());
+        let cached_done = [cached("svc-7-v2", true), cached("svc-7-v3", false)];
+        let prev = status(2, "svc-7-v2", Phase::Running);
+        assert!(superseded("svc-7-v3", &cached_done, &prev).is_empty());
+        // A cached Job of a version the status never recorded still running.
+        let lost = [cached("svc-7-v1", false)];
+        assert_eq!(
+            superseded("svc-7-v3", &lost, &prev),
+            ["svc-7-v1", "svc-7-v2"]
+        );
+    }
 
     #[test]
     fn an_event_note_is_cut_to_one_kib_on_a_character_boundary() {
