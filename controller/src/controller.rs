@@ -24,6 +24,7 @@ use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, FIELD_MANAGER};
+use crate::relist;
 use crate::template::JobTemplate;
 
 /// How long queued reconciles may still run after SIGTERM.
@@ -231,16 +232,20 @@ async fn run_controller(
         ))
         .any_semantic()
         .timeout(WATCH_TIMEOUT_SECS);
+    // A child deleted while its watch was down is reported when the watch lists again, so
+    // its TaskRun learns of it (relist.rs).
     let (job_reader, job_writer) = reflector::store();
-    let job_stream = watcher(jobs, children.clone())
+    let job_events = watcher(jobs, children.clone())
         .backoff(backoff::watch())
-        .modify(cache::trim_job)
+        .modify(cache::trim_job);
+    let job_stream = relist::with_vanished(job_events, job_reader.clone())
         .reflect(job_writer)
         .touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
-    let cm_stream = watcher(config_maps, children)
+    let cm_events = watcher(config_maps, children)
         .backoff(backoff::watch())
-        .modify(cache::trim_config_map)
+        .modify(cache::trim_config_map);
+    let cm_stream = relist::with_vanished(cm_events, cm_reader.clone())
         .reflect(cm_writer)
         .touched_objects();
     let ctx = Arc::new(Ctx {

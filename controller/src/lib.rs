@@ -12,6 +12,7 @@ pub mod job;
 mod leader;
 pub mod metrics;
 mod reconcile;
+mod relist;
 pub mod status;
 pub mod telemetry;
 pub mod template;
