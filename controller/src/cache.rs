@@ -5,8 +5,9 @@
 //! trimmed here is ever written back.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
@@ -18,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use taskrun::{TaskRun, TaskRunStatus};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::status;
 
@@ -27,13 +29,18 @@ use crate::status;
 pub struct Children {
     jobs: Store<CachedJob>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    departed: Arc<Departed>,
     ready: watch::Receiver<bool>,
 }
 
 impl Children {
     /// The caches of two watches that something else drives (the Controller, through its
     /// owned streams).
-    pub fn new(jobs: Store<CachedJob>, config_maps: Store<PartialObjectMeta<ConfigMap>>) -> Self {
+    pub fn new(
+        jobs: Store<CachedJob>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        departed: Arc<Departed>,
+    ) -> Self {
         // kube-runtime's `Store::wait_until_ready` wakes only the last of several concurrent
         // waiters (one oneshot receiver), so one task waits there and tells everyone else.
         let (tx, ready) = watch::channel(false);
@@ -47,6 +54,7 @@ impl Children {
         Self {
             jobs,
             config_maps,
+            departed,
             ready,
         }
     }
@@ -58,9 +66,12 @@ impl Children {
         let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
 
+    /// The Job by that name: cached, or finished and deleted a moment ago (`Departed`).
     pub async fn job(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
         self.ready().await;
-        self.jobs.get(&ObjectRef::new(name).within(namespace))
+        self.jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .or_else(|| self.departed.take(namespace, name))
     }
 
     pub async fn config_map(
@@ -192,6 +203,66 @@ impl WrittenStatus {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// Finished Jobs whose deletion the watch brought, kept a little while by namespace and name:
+/// with a short `ttlSecondsAfterFinished` the Job controller's end and the TTL controller's
+/// delete can both arrive before the reconcile they queued runs, and the Job's last state is
+/// then the only record of how its version ended (without it the version would be reported
+/// `JobLost`). The reconcile of the owning TaskRun takes the entry; one it never takes (that
+/// reconcile had already seen the end) expires.
+pub struct Departed {
+    ttl: Duration,
+    entries: Mutex<DepartedEntries>,
+}
+
+#[derive(Default)]
+struct DepartedEntries {
+    jobs: HashMap<(String, String), Arc<CachedJob>>,
+    /// Keys in the order they came, for expiry.
+    order: VecDeque<(Instant, (String, String))>,
+}
+
+impl Departed {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    /// Called for every Job the watch reports deleted; keeps it only if it had finished.
+    pub fn record(&self, job: &CachedJob) {
+        let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone())
+        else {
+            return;
+        };
+        if !status::job_outcome(&name, job.status.as_ref())
+            .phase
+            .is_final()
+        {
+            return;
+        }
+        let now = Instant::now();
+        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((at, key)) = e.order.front() {
+            if now.duration_since(*at) < self.ttl {
+                break;
+            }
+            let key = key.clone();
+            e.jobs.remove(&key);
+            e.order.pop_front();
+        }
+        let key = (ns, name);
+        e.order.push_back((now, key.clone()));
+        e.jobs.insert(key, Arc::new(job.clone()));
+    }
+
+    /// The last state of a finished Job deleted a moment ago, once.
+    pub fn take(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+        let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        e.jobs.remove(&(namespace.to_owned(), name.to_owned()))
     }
 }
 
@@ -346,5 +417,45 @@ mod tests {
         tr.status = Some(running);
         written.seen(&tr);
         assert_eq!(written.len(), 0);
+    }
+
+    fn job(name: &str, condition: Option<&str>) -> CachedJob {
+        CachedJob {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(JobStatus {
+                conditions: condition.map(|c| {
+                    vec![k8s_openapi::api::batch::v1::JobCondition {
+                        type_: c.into(),
+                        status: "True".into(),
+                        ..Default::default()
+                    }]
+                }),
+                ..JobStatus::default()
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_job_deleted_a_moment_ago_is_found_once_then_expires() {
+        let departed = Departed::new(Duration::from_secs(300));
+        departed.record(&job("running", None));
+        departed.record(&job("done", Some("Complete")));
+        departed.record(&job("failed", Some("Failed")));
+        assert!(
+            departed.take("ns", "running").is_none(),
+            "only finished Jobs are kept"
+        );
+        let done = departed.take("ns", "done").expect("the finished Job");
+        assert_eq!(done.metadata.name.as_deref(), Some("done"));
+        assert!(departed.take("ns", "done").is_none(), "taken once");
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // The next record expires what is older than the ttl.
+        departed.record(&job("later", Some("Complete")));
+        assert!(departed.take("ns", "failed").is_none(), "expired");
+        assert!(departed.take("ns", "later").is_some());
     }
 }

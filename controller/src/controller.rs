@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
@@ -19,7 +19,7 @@ use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
 use crate::backoff::{self, NoPause};
-use crate::cache::{self, CachedJob, Children, WrittenStatus};
+use crate::cache::{self, CachedJob, Children, Departed, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
@@ -29,6 +29,10 @@ use crate::template::JobTemplate;
 
 /// How long queued reconciles may still run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the last state of a finished Job deleted by the API server is kept for its
+/// TaskRun's reconcile (`cache::Departed`): far longer than a reconcile waits in the queue.
+const DEPARTED_TTL: Duration = Duration::from_secs(300);
 
 /// How long one watch request lasts: the API server ends it then, and the watcher resumes from
 /// where it was, with no list.
@@ -238,7 +242,16 @@ async fn run_controller(
     let job_events = watcher(jobs, children.clone())
         .backoff(backoff::watch())
         .modify(cache::trim_job);
+    let departed = Arc::new(Departed::new(DEPARTED_TTL));
     let job_stream = relist::with_vanished(job_events, job_reader.clone())
+        .inspect_ok({
+            let departed = departed.clone();
+            move |event| {
+                if let watcher::Event::Delete(job) = event {
+                    departed.record(job);
+                }
+            }
+        })
         .reflect(job_writer)
         .touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
@@ -251,7 +264,7 @@ async fn run_controller(
     let ctx = Arc::new(Ctx {
         base: base.clone(),
         failures: Mutex::new(HashMap::new()),
-        children: Children::new(job_reader, cm_reader),
+        children: Children::new(job_reader, cm_reader, departed),
         written,
     });
 
