@@ -60,6 +60,8 @@ pub struct Ctx {
     pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
     pub children: Children,
     pub written: Arc<WrittenStatus>,
+    /// The TaskRun cache the Controller reconciles from.
+    pub taskruns: Store<TaskRun>,
 }
 
 /// What lives across terms of leadership.
@@ -266,6 +268,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         children: Children::new(job_reader, cm_reader, departed),
         written,
+        taskruns: reader.clone(),
     });
 
     // Graceful shutdown lets the reconciles in flight finish, but the Controller would also

@@ -128,6 +128,27 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         attempts: ran_before,
         started_at: None,
     };
+    // The deterministic names keep a second TaskRun of one identity from running the same
+    // version. One that has never run a version (a duplicate at version 1, or created above
+    // it while the webhook was not there) meets none of the first one's names at a higher
+    // version, so the cache is asked for an older live TaskRun of its identity.
+    if version > 1
+        && prev.job_name.is_none()
+        && let Some(other) = ctx.taskruns.find(|other| holds_before(other, tr))
+    {
+        let duplicate = Claim::<Job>::Duplicate(other.name_any());
+        return settle_unclaimed(
+            &api,
+            tr,
+            ctx,
+            &prev,
+            &seen,
+            duplicate,
+            "it was created first",
+        )
+        .await;
+    }
+
     let (job_name, cm_name) = job::child_names(tr);
     // Children are looked up in the caches first: a reconcile that finds them in place makes
     // no API call (most reconciles are echoes of this controller's own writes).
@@ -141,7 +162,16 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         match claim(&config_maps, &api, tr, desired).await? {
             Claim::Created(_) | Claim::Ours(_) => {}
             other => {
-                return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "ConfigMap").await;
+                return settle_unclaimed(
+                    &api,
+                    tr,
+                    ctx,
+                    &prev,
+                    &seen,
+                    other,
+                    "it owns the ConfigMap of this version",
+                )
+                .await;
             }
         }
     }
@@ -200,7 +230,16 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 Ok(Claim::Created(at)) => (None, at),
                 Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
                 Ok(other) => {
-                    return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, "Job").await;
+                    return settle_unclaimed(
+                        &api,
+                        tr,
+                        ctx,
+                        &prev,
+                        &seen,
+                        other,
+                        "it owns the Job of this version",
+                    )
+                    .await;
                 }
                 // The API server refused the Job itself: the template does not fit this cluster.
                 Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
@@ -336,7 +375,8 @@ async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>,
     )
 }
 
-/// The status when a child's name is held by someone else.
+/// The status when a child's name is held by someone else, or (Duplicate) the task by an
+/// older TaskRun; `why` says how the other one holds it.
 async fn settle_unclaimed<K>(
     api: &Api<TaskRun>,
     tr: &TaskRun,
@@ -344,7 +384,7 @@ async fn settle_unclaimed<K>(
     prev: &TaskRunStatus,
     seen: &Observed,
     claim: Claim<K>,
-    kind: &str,
+    why: &str,
 ) -> Result<Action, Error> {
     let identity = tr.identity();
     let (outcome, action) = match claim {
@@ -356,7 +396,7 @@ async fn settle_unclaimed<K>(
                 Phase::Failed,
                 "Duplicate",
                 format!(
-                    "TaskRun {other} already runs {identity} (it owns the {kind} of this version); \
+                    "TaskRun {other} already runs {identity} ({why}); \
                      delete this TaskRun, or add context to {other} with a higher contextVersion"
                 ),
             ),
@@ -458,6 +498,20 @@ async fn stop_superseded(
         record(ctx, tr, event);
     }
     Ok(())
+}
+
+/// True when `other` is another live TaskRun of `tr`'s identity (namespace, serviceName,
+/// taskId) created before it (ties broken by uid, so of two TaskRuns exactly one holds
+/// before the other).
+fn holds_before(other: &TaskRun, tr: &TaskRun) -> bool {
+    let (o, t) = (&other.metadata, &tr.metadata);
+    o.namespace == t.namespace
+        && other.spec.service_name == tr.spec.service_name
+        && other.spec.task_id == tr.spec.task_id
+        && o.uid != t.uid
+        && o.deletion_timestamp.is_none()
+        && (o.creation_timestamp.as_ref().map(|c| c.0), &o.uid)
+            < (t.creation_timestamp.as_ref().map(|c| c.0), &t.uid)
 }
 
 /// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
@@ -585,7 +639,7 @@ fn fit_note(mut note: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit_note, superseded};
+    use super::{fit_note, holds_before, superseded};
     use crate::cache::CachedJob;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -619,6 +673,42 @@ mod tests {
             phase: Some(phase),
             ..TaskRunStatus::default()
         }
+    }
+
+    fn taskrun(uid: &str, created: i64, service: &str, task_id: i64) -> taskrun::TaskRun {
+        let mut tr: taskrun::TaskRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": uid, "namespace": "ns", "uid": uid},
+            "spec": {"taskId": task_id, "serviceName": service, "contextVersion": 2,
+                     "markdownFiles": []},
+        }))
+        .expect("a TaskRun");
+        tr.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(created).expect("time"),
+            ));
+        tr
+    }
+
+    #[test]
+    fn exactly_one_of_two_live_taskruns_of_an_identity_holds_it_first() {
+        let (older, younger) = (taskrun("a", 100, "svc", 7), taskrun("b", 200, "svc", 7));
+        assert!(holds_before(&older, &younger));
+        assert!(!holds_before(&younger, &older));
+        assert!(!holds_before(&older, &older), "not itself");
+        // Created in the same second: the uid decides, one way only.
+        let (x, y) = (taskrun("x", 100, "svc", 7), taskrun("y", 100, "svc", 7));
+        assert!(holds_before(&x, &y) != holds_before(&y, &x));
+        // Another task, service or namespace is no duplicate.
+        assert!(!holds_before(&taskrun("c", 1, "svc", 8), &younger));
+        assert!(!holds_before(&taskrun("d", 1, "other", 7), &younger));
+        let mut elsewhere = taskrun("e", 1, "svc", 7);
+        elsewhere.metadata.namespace = Some("team-b".into());
+        assert!(!holds_before(&elsewhere, &younger));
+        // One being deleted holds nothing any more.
+        let mut going = taskrun("f", 1, "svc", 7);
+        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        assert!(!holds_before(&going, &younger));
     }
 
     #[test]

@@ -489,6 +489,59 @@ async fn of_two_taskruns_with_one_identity_only_one_gets_a_job() {
     assert_eq!(Some(owner.uid.clone()), winner.uid());
 }
 
+/// A duplicate does not get to run by raising its contextVersion, nor by starting above 1:
+/// no name of the first TaskRun's version stands in its way there.
+#[tokio::test]
+async fn a_duplicate_does_not_run_at_a_higher_version() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dup-version").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let is_duplicate_of_a = |version: i64| {
+        move |tr: &TaskRun| {
+            let status = tr.status.as_ref();
+            condition(tr, "Succeeded") == Some(("False", "Duplicate"))
+                && status.and_then(|s| s.observed_context_version) == Some(version)
+                && status
+                    .and_then(|s| s.message.as_deref())
+                    .is_some_and(|m| m.contains("TaskRun a "))
+        }
+    };
+    create(&api, &taskrun("a", "dupver", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "a", "a to have its Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some("dupver-1-v1")
+    })
+    .await;
+    // As if both raced past (or around) the webhook: b at version 1, c straight at 3.
+    create(&api, &taskrun("b", "dupver", 1, 1, &[("task.md", "x")])).await;
+    create(&api, &taskrun("c", "dupver", 1, 3, &[("task.md", "x")])).await;
+    wait_status(&api, "b", "b Duplicate at version 1", is_duplicate_of_a(1)).await;
+    wait_status(&api, "c", "c Duplicate at version 3", is_duplicate_of_a(3)).await;
+    let patch = json!({"spec": {"contextVersion": 2}});
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("raise b's contextVersion");
+    wait_status(&api, "b", "b Duplicate at version 2", is_duplicate_of_a(2)).await;
+
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let names: Vec<_> = jobs.items.iter().map(|j| j.name_any()).collect();
+    assert_eq!(names, ["dupver-1-v1"]);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE
+        )))
+        .await
+        .expect("list");
+    let names: Vec<_> = config_maps.items.iter().map(|c| c.name_any()).collect();
+    assert_eq!(names, ["dupver-1-v1-files"]);
+}
+
 #[tokio::test]
 async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     let cp = ControlPlane::shared();
