@@ -11,7 +11,11 @@ Exit codes:
   0  success
   1  runtime or API failure (cannot connect, TaskRun not found, retries exhausted, ...)
   2  usage error or invalid input (bad flags, a file that would be rejected, a file that already exists)
-  3  migrate-helm: at least one release could not be migrated or uninstalled (the others were)";
+  3  migrate-helm: at least one release could not be migrated or uninstalled (the others were):
+     it failed (the table says why), or it is not done yet because something was still under
+     way (its legacy Job running, a Helm operation in progress): run the command again once that
+     has finished. Releases skipped for good (no deployed revision) do not count: with only
+     those, the exit code is 0";
 
 /// kubectl plugin for TaskRuns (taskruns.orchestrator.io): add context to a running task, and
 /// migrate tasks from Helm releases of the legacy `claude-code` chart.
@@ -132,7 +136,8 @@ pub struct MigrateArgs {
 
     /// After a release's TaskRun is verified, uninstall the release: delete the resources its
     /// manifest lists and all its revision Secrets, as `helm uninstall` does. Releases with
-    /// delete hooks are left for `helm uninstall`.
+    /// delete hooks are left for `helm uninstall`; a release whose Job has not finished, or that
+    /// a Helm operation is working on, is kept until a later run.
     #[arg(long)]
     pub delete_releases: bool,
 }

@@ -8,7 +8,7 @@ pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// The command line or its input is wrong; nothing was changed.
 pub const INVALID: u8 = 2;
-/// migrate-helm: some releases failed while the others went through.
+/// migrate-helm: some releases failed or are not done yet (run again), the others went through.
 pub const PARTIAL: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]

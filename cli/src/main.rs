@@ -44,12 +44,7 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
             } else {
                 print!("{}", migrate::render(&rows));
             }
-            let partial = rows.iter().any(migrate::Row::failed);
-            Ok(ExitCode::from(if partial {
-                error::PARTIAL
-            } else {
-                error::OK
-            }))
+            Ok(ExitCode::from(migrate::exit_code(&rows)))
         }
     }
 }

@@ -295,18 +295,21 @@ fn helm_bin() -> &'static Path {
     HELM.get_or_init(|| taskrun_tests::tools::build("helm"))
 }
 
-fn helm(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
+fn helm_command(cp: &ControlPlane, ns: &str, args: &[&str]) -> Command {
     let home = work_dir().join("helm-home");
-    let out = Command::new(helm_bin())
-        .arg("--kubeconfig")
+    let mut cmd = Command::new(helm_bin());
+    cmd.arg("--kubeconfig")
         .arg(cp.kubeconfig())
         .args(["--namespace", ns])
         .args(args)
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("helm runs");
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+fn helm(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
+    let out = helm_command(cp, ns, args).output().expect("helm runs");
     assert!(
         out.status.success(),
         "helm {args:?} failed: {}",
@@ -358,8 +361,8 @@ fn install_task(
     }
 }
 
-/// Ends the run of every legacy Job in `ns` but those named in `running`, as a kubelet
-/// would, and waits until the Job controller has marked each Complete.
+/// Ends the run of every unfinished legacy Job in `ns` but those named in `running`, as a
+/// kubelet would, and waits until the Job controller has marked each Complete.
 async fn finish_legacy_jobs(cp: &ControlPlane, ns: &str, running: &[&str]) {
     let client = cp.client().await;
     let jobs = Api::<Job>::namespaced(client.clone(), ns);
@@ -371,6 +374,7 @@ async fn finish_legacy_jobs(cp: &ControlPlane, ns: &str, running: &[&str]) {
         .items
         .into_iter()
         .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(job_unfinished)
         .filter_map(|j| j.metadata.name)
         .filter(|n| !running.contains(&n.as_str()))
         .collect();
@@ -393,6 +397,15 @@ async fn finish_legacy_jobs(cp: &ControlPlane, ns: &str, running: &[&str]) {
         )
         .await;
     }
+}
+
+/// True until the Job controller has marked the Job Complete or Failed.
+fn job_unfinished(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_deref());
+    !conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
 }
 
 fn helm_releases(cp: &ControlPlane, ns: &str) -> BTreeMap<String, String> {
@@ -569,15 +582,51 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     let running = |out: &str| {
         let live = row(out, "live-task-6");
         assert!(
-            live.contains("skipped") && live.contains("its Job live-task-6 has not finished"),
+            live.contains("not yet") && live.contains("its Job live-task-6 has not finished"),
             "{live}"
         );
         assert!(!live.contains("uninstall"), "{live}");
     };
-    finish_legacy_jobs(cp, &ns, &["live-task-6"]).await;
+    // Its TaskRun already exists (made earlier, by hand or by an older migrate-helm) while its
+    // legacy Job still runs: the TaskRun is verified, but the release and its Job must stay
+    // until the Job has finished (an uninstall would delete the Job mid-run).
+    let busy_spec = install_task(
+        cp,
+        &ns,
+        "install",
+        "busy",
+        4,
+        "",
+        &[("task.md", "# Busy\n")],
+    );
+    taskruns
+        .create(&Default::default(), &TaskRun::new("busy-task-4", busy_spec))
+        .await
+        .expect("create busy-task-4's TaskRun");
+    let busy = |out: &str, helm: &str| {
+        let busy = row(out, "busy-task-4");
+        assert!(
+            busy.contains("exists, matches") && busy.contains(helm),
+            "{busy}"
+        );
+        assert!(
+            !busy.contains("uninstalled") && !busy.contains("would uninstall"),
+            "{busy}"
+        );
+    };
+    let busy_kept = |out: &str| {
+        busy(out, " kept");
+        assert!(
+            row(out, "busy-task-4").contains(
+                "its Job busy-task-4 has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
+            ),
+            "{out}"
+        );
+    };
+    finish_legacy_jobs(cp, &ns, &["live-task-6", "busy-task-4"]).await;
 
     let releases_before = helm_releases(cp, &ns);
-    assert_eq!(releases_before.len(), 11, "{releases_before:?}");
+    assert_eq!(releases_before.len(), 12, "{releases_before:?}");
     assert_eq!(releases_before["ledger-task-3"], "2");
     let migrated = || async {
         let list = taskruns
@@ -586,7 +635,12 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             .expect("list")
             .items;
         list.into_iter()
-            .filter(|t| t.metadata.name.as_deref() != Some("dup-manual"))
+            .filter(|t| {
+                !matches!(
+                    t.metadata.name.as_deref(),
+                    Some("dup-manual" | "busy-task-4")
+                )
+            })
             .map(|t| (t.metadata.name.clone().unwrap_or_default(), t))
             .collect::<BTreeMap<String, TaskRun>>()
     };
@@ -603,6 +657,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     not_ours(&out);
     skipped(&out);
     running(&out);
+    busy_kept(&out);
     for name in expected.keys() {
         let line = row(&out, name);
         assert!(
@@ -619,6 +674,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     let (code, out) = migrate(cp, &ns, &[]);
     assert_eq!(code, 3, "some releases fail");
     running(&out);
+    busy(&out, " kept");
     for (name, spec) in &expected {
         assert!(row(&out, name).contains("created"), "{out}");
         let tr = taskruns.get(name).await.expect("migrated TaskRun");
@@ -681,6 +737,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     not_ours(&out);
     skipped(&out);
     running(&out);
+    busy_kept(&out);
     assert!(
         taskruns
             .get_opt("live-task-6")
@@ -688,10 +745,23 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             .expect("get")
             .is_none()
     );
-    assert!(jobs.get_opt("live-task-6").await.expect("get").is_some());
+    for name in ["live-task-6", "busy-task-4"] {
+        let job = jobs.get_opt(name).await.expect("get");
+        assert!(
+            job.is_some_and(|j| j.metadata.deletion_timestamp.is_none()),
+            "{name}'s running Job is left alone"
+        );
+    }
+    assert!(
+        config_maps
+            .get_opt("busy-task-4-files")
+            .await
+            .expect("get")
+            .is_some()
+    );
     let left = helm_releases(cp, &ns);
     let mut kept = failing.to_vec();
-    kept.extend(["gone-task-2", "live-task-6", "web-task-6"]);
+    kept.extend(["busy-task-4", "gone-task-2", "live-task-6", "web-task-6"]);
     kept.sort();
     assert_eq!(left.keys().collect::<Vec<_>>(), kept, "{left:?}");
     for name in expected.keys() {
@@ -718,6 +788,145 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             .expect("get")
             .is_some()
     );
+}
+
+/// Exit code 3 while a release is not migrated yet because something is under way (its
+/// legacy Job runs; a `helm upgrade` was killed partway, leaving its revision pending), with
+/// nothing migrated from or deleted under it; 0 once everything is done, a release skipped for
+/// good (uninstalled with its history kept) included.
+#[tokio::test]
+async fn releases_under_way_exit_3_until_done_and_final_skips_exit_0() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-later").await;
+    let client = cp.client().await;
+    let taskruns = Api::<TaskRun>::namespaced(client.clone(), &ns);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    let files = [("task.md", "# Task\n")];
+    let later = install_task(cp, &ns, "install", "later", 1, "", &files);
+    let pend = install_task(cp, &ns, "install", "pend", 2, "", &files);
+    install_task(cp, &ns, "install", "gone", 3, "", &files);
+    helm(cp, &ns, &["uninstall", "gone-task-3", "--keep-history"]);
+
+    // An upgrade killed partway: Helm has written revision 2 as pending-upgrade (revision 1
+    // is still the deployed one) and waits for the Job, which no kubelet ever ends.
+    let chart = repo_root().join("tests/fixtures/legacy-chart");
+    let values = work_dir().join(&ns).join("pend-task-2-install.json");
+    let mut upgrade = helm_command(
+        cp,
+        &ns,
+        &[
+            "upgrade",
+            "pend-task-2",
+            &chart.to_string_lossy(),
+            "-f",
+            &values.to_string_lossy(),
+            "--wait",
+            "--wait-for-jobs",
+            "--timeout",
+            "10m",
+        ],
+    )
+    .spawn()
+    .expect("helm runs");
+    let pending = "sh.helm.release.v1.pend-task-2.v2";
+    wait_for(
+        "helm upgrade to write its pending revision",
+        TIMEOUT,
+        || async {
+            let secret = secrets.get_opt(pending).await.ok()??;
+            let status = secret.metadata.labels?.get("status").cloned();
+            (status.as_deref() == Some("pending-upgrade")).then_some(())
+        },
+    )
+    .await;
+    upgrade.kill().expect("kill helm");
+    upgrade.wait().expect("reap helm");
+    finish_legacy_jobs(cp, &ns, &["later-task-1"]).await;
+    let revisions = || async {
+        let list = secrets
+            .list_metadata(&ListParams::default().labels("owner=helm,name=pend-task-2"))
+            .await
+            .expect("list");
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        revisions().await,
+        ["sh.helm.release.v1.pend-task-2.v1", pending]
+    );
+
+    for flags in [
+        &["--dry-run", "--delete-releases"][..],
+        &["--delete-releases"],
+    ] {
+        let (code, out) = migrate(cp, &ns, flags);
+        assert_eq!(code, 3, "{flags:?}: not everything is migrated yet\n{out}");
+        let line = row(&out, "later-task-1");
+        assert!(
+            line.contains("not yet")
+                && line.contains("its Job later-task-1 has not finished")
+                && line.contains("run this again once the Job has finished"),
+            "{line}"
+        );
+        let line = row(&out, "pend-task-2");
+        assert!(
+            line.contains("not yet")
+                && line.contains("a Helm operation is in progress (revision 2 is pending-upgrade)")
+                && line.contains("run this again once it has finished")
+                && line.contains(&format!("helm rollback pend-task-2 -n {ns}")),
+            "{line}"
+        );
+        assert!(!line.contains("uninstall"), "{line}");
+        let line = row(&out, "gone-task-3");
+        assert!(
+            line.contains("skipped") && line.contains("no deployed revision"),
+            "{line}"
+        );
+        assert!(
+            taskruns
+                .list(&Default::default())
+                .await
+                .expect("list")
+                .items
+                .is_empty()
+        );
+        assert_eq!(
+            revisions().await,
+            ["sh.helm.release.v1.pend-task-2.v1", pending],
+            "the revision Helm was writing is left alone"
+        );
+        assert!(jobs.get_opt("later-task-1").await.expect("get").is_some());
+        assert!(jobs.get_opt("pend-task-2").await.expect("get").is_some());
+    }
+
+    // The Job ends, and the interrupted upgrade is rolled back as the message says: now
+    // everything is done, and the release skipped for good does not make the exit code 3.
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    helm(cp, &ns, &["rollback", "pend-task-2"]);
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    for (name, spec) in [("later-task-1", &later), ("pend-task-2", &pend)] {
+        let line = row(&out, name);
+        assert!(
+            line.contains("created") && line.contains("uninstalled"),
+            "{line}"
+        );
+        let tr = taskruns.get(name).await.expect("migrated TaskRun");
+        assert_eq!(&tr.spec, spec, "{name}");
+    }
+    assert!(
+        row(&out, "pend-task-2").contains(" 3 "),
+        "the rollback's revision: {out}"
+    );
+    assert!(row(&out, "gone-task-3").contains("skipped"), "{out}");
+    let left = helm_releases(cp, &ns);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["gone-task-3"], "{left:?}");
 }
 
 #[tokio::test]

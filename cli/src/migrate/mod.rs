@@ -3,6 +3,9 @@
 //! Each release goes on its own: a release that cannot be migrated is reported with the
 //! reason and the others continue. Only a verified release (its TaskRun exists, has the
 //! release's spec and was admitted) is ever uninstalled, and only with --delete-releases.
+//! Nothing is migrated or uninstalled while something is under way: a release whose legacy
+//! Job has not finished, or whose newest revision Helm is still working on (pending-*), is
+//! postponed, and the run ends with exit code 3 so that it is run again.
 
 mod plan;
 pub mod release;
@@ -11,7 +14,6 @@ mod uninstall;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -20,9 +22,10 @@ use taskrun::TaskRun;
 use crate::args::MigrateArgs;
 use crate::context_add::MANAGER;
 use crate::error::{Error, describe};
-use plan::{LEGACY_CHART, Revision, Verdict};
+use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
-pub use report::{Helm, Outcome, Row, render};
+pub use report::{Helm, Outcome, Row, exit_code, render};
+use uninstall::NotUninstalled;
 
 pub async fn run(
     client: kube::Client,
@@ -70,7 +73,19 @@ pub async fn run(
     for ((ns, name), revisions) in releases {
         let row = match plan::pick_deployed(&revisions) {
             Ok(revision) => migrate_one(&client, &ns, &name, revision, args).await,
-            Err(status) => not_deployed(&client, &ns, &name, &revisions, status).await,
+            Err(NotPicked::InProgress(newest)) => {
+                let why = plan::in_progress_reason(&ns, &name, newest);
+                not_picked(&client, &ns, &name, newest, Outcome::Postponed(why)).await
+            }
+            Err(NotPicked::NotDeployed(status)) => {
+                let why = format!("no deployed revision (the newest is {status})");
+                match revisions.iter().max_by_key(|r| r.version) {
+                    Some(newest) => {
+                        not_picked(&client, &ns, &name, newest, Outcome::Skipped(why)).await
+                    }
+                    None => None,
+                }
+            }
         };
         if let Some(row) = row {
             tracing::info!(namespace = %row.namespace, release = %row.release, outcome = ?row.outcome, helm = ?row.helm, "release done");
@@ -80,16 +95,15 @@ pub async fn run(
     Ok(rows)
 }
 
-/// A row saying why a release of the legacy chart without a deployed revision was skipped;
+/// A row saying why no revision of a release of the legacy chart was taken (`outcome`);
 /// `None` when its newest revision is of another chart.
-async fn not_deployed(
+async fn not_picked(
     client: &kube::Client,
     ns: &str,
     name: &str,
-    revisions: &[Revision],
-    status: String,
+    newest: &Revision,
+    outcome: Outcome,
 ) -> Option<Row> {
-    let newest = revisions.iter().max_by_key(|r| r.version)?;
     let release = read_release(client, ns, &newest.secret).await;
     if release.is_ok_and(|r| r.chart.metadata.name != LEGACY_CHART) {
         return None;
@@ -99,7 +113,7 @@ async fn not_deployed(
         release: name.to_owned(),
         revision: Some(newest.version),
         taskrun: "-".into(),
-        outcome: Outcome::Skipped(format!("no deployed revision (the newest is {status})")),
+        outcome,
         helm: Helm::Kept,
     })
 }
@@ -155,7 +169,9 @@ async fn migrate_one(
                 "deleted {} resource(s) and {} revision(s)",
                 done.resources, done.revisions
             )),
-            Err(why) => Helm::Failed(why),
+            // Its Job still runs or Helm is working on it: kept, whatever the outcome.
+            Err(NotUninstalled::Postponed(why)) => Helm::Postponed(why),
+            Err(NotUninstalled::Failed(why)) => Helm::Failed(why),
         };
     }
     Some(row)
@@ -209,7 +225,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match unfinished_job(client, release).await {
         Ok(None) => {}
         Ok(Some(job)) => {
-            return Outcome::Skipped(format!(
+            return Outcome::Postponed(format!(
                 "its Job {job} has not finished, and the TaskRun would run the task again beside it; run this again once the Job has finished (or delete the Job to stop that run)"
             ));
         }
@@ -259,25 +275,7 @@ async fn unfinished_job(
 ) -> Result<Option<String>, String> {
     let objects = uninstall::manifest_objects(&release.manifest)
         .map_err(|e| format!("cannot tell whether the release's Job still runs: {e}"))?;
-    let jobs = objects
-        .iter()
-        .filter(|o| o.kind == "Job" && o.api_version == "batch/v1");
-    for object in jobs {
-        let ns = object.namespace.as_deref().unwrap_or(&release.namespace);
-        let api: Api<Job> = Api::namespaced(client.clone(), ns);
-        match api.get_opt(&object.name).await {
-            Ok(Some(job)) if plan::unfinished(&job) => return Ok(Some(object.name.clone())),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(format!(
-                    "reading the release's Job {}: {}",
-                    object.name,
-                    describe(&e)
-                ));
-            }
-        }
-    }
-    Ok(None)
+    uninstall::unfinished_job(client, &objects, &release.namespace).await
 }
 
 /// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.

@@ -74,19 +74,65 @@ pub struct Revision {
     pub status: String,
 }
 
-/// The revision to migrate: the newest one Helm marks `deployed`. Otherwise the newest
-/// revision's status, to report why nothing was taken.
-pub fn pick_deployed(revisions: &[Revision]) -> Result<&Revision, String> {
+/// True for the statuses Helm gives a revision while an install, upgrade or rollback is under
+/// way. Helm treats them as a lock ("another operation is in progress"): the operation may
+/// still be running, or was killed partway and needs a person.
+pub fn pending(status: &str) -> bool {
+    matches!(
+        status,
+        "pending-install" | "pending-upgrade" | "pending-rollback"
+    )
+}
+
+/// The newest revision when it is pending: Helm is working on the release (or was killed
+/// partway), so nothing may be migrated from it or deleted under it yet.
+pub fn newest_pending(revisions: &[Revision]) -> Option<&Revision> {
+    revisions
+        .iter()
+        .max_by_key(|r| r.version)
+        .filter(|r| pending(&r.status))
+}
+
+/// Why no revision of a release was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotPicked<'a> {
+    /// Its newest revision is pending: not now, run again once Helm is done.
+    InProgress(&'a Revision),
+    /// No revision is deployed (the newest revision's status): nothing to migrate.
+    NotDeployed(String),
+}
+
+/// The revision to migrate: the newest one Helm marks `deployed`, unless the newest revision
+/// is pending (an operation in progress). Otherwise why nothing was taken.
+pub fn pick_deployed(revisions: &[Revision]) -> Result<&Revision, NotPicked<'_>> {
+    if let Some(newest) = newest_pending(revisions) {
+        return Err(NotPicked::InProgress(newest));
+    }
     revisions
         .iter()
         .filter(|r| r.status == "deployed")
         .max_by_key(|r| r.version)
         .ok_or_else(|| {
-            revisions
-                .iter()
-                .max_by_key(|r| r.version)
-                .map_or_else(|| "no revisions".to_owned(), |r| r.status.clone())
+            NotPicked::NotDeployed(
+                revisions
+                    .iter()
+                    .max_by_key(|r| r.version)
+                    .map_or_else(|| "no revisions".to_owned(), |r| r.status.clone()),
+            )
         })
+}
+
+/// Why a release with a pending newest revision is left alone, and what to do.
+pub fn in_progress_reason(namespace: &str, release: &str, newest: &Revision) -> String {
+    let unstick = if newest.status == "pending-install" {
+        format!("`helm uninstall {release} -n {namespace}` removes the interrupted install")
+    } else {
+        format!("`helm rollback {release} -n {namespace}` returns it to its last deployed revision")
+    };
+    format!(
+        "a Helm operation is in progress (revision {} is {}); run this again once it has finished. If no helm command is running any more, it was interrupted: {unstick}",
+        newest.version, newest.status
+    )
 }
 
 /// The TaskRun spec equivalent to a legacy release and its files ConfigMap, or every reason
@@ -328,13 +374,16 @@ mod tests {
         assert_eq!(legacy_identity("x-task-99999999999999999999"), None);
     }
 
+    fn rev(version: i64, status: &str) -> Revision {
+        Revision {
+            secret: format!("sh.helm.release.v1.x.v{version}"),
+            version,
+            status: status.into(),
+        }
+    }
+
     #[test]
     fn the_newest_deployed_revision_is_taken() {
-        let rev = |v, s: &str| Revision {
-            secret: format!("sh.helm.release.v1.x.v{v}"),
-            version: v,
-            status: s.into(),
-        };
         let revisions = [
             rev(1, "superseded"),
             rev(3, "deployed"),
@@ -344,8 +393,54 @@ mod tests {
         let failed = [rev(1, "deployed"), rev(2, "failed")];
         assert_eq!(pick_deployed(&failed).map(|r| r.version), Ok(1));
         let none = [rev(1, "superseded"), rev(2, "uninstalling")];
-        assert_eq!(pick_deployed(&none), Err("uninstalling".to_owned()));
-        assert_eq!(pick_deployed(&[]), Err("no revisions".to_owned()));
+        assert_eq!(
+            pick_deployed(&none),
+            Err(NotPicked::NotDeployed("uninstalling".to_owned()))
+        );
+        assert_eq!(
+            pick_deployed(&[]),
+            Err(NotPicked::NotDeployed("no revisions".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_pending_newest_revision_holds_the_release() {
+        // An upgrade or rollback under way (or killed partway): the deployed revision below it
+        // is not taken, as Helm itself refuses to touch the release.
+        for status in ["pending-upgrade", "pending-rollback"] {
+            let revisions = [rev(1, "superseded"), rev(2, "deployed"), rev(3, status)];
+            assert_eq!(
+                pick_deployed(&revisions),
+                Err(NotPicked::InProgress(&revisions[2])),
+                "{status}"
+            );
+        }
+        let installing = [rev(1, "pending-install")];
+        assert_eq!(
+            pick_deployed(&installing),
+            Err(NotPicked::InProgress(&installing[0]))
+        );
+        // Only the newest counts: an old pending revision under a deployed one is history.
+        let settled = [rev(1, "pending-upgrade"), rev(2, "deployed")];
+        assert_eq!(pick_deployed(&settled).map(|r| r.version), Ok(2));
+        assert_eq!(newest_pending(&settled), None);
+        assert!(!pending("deployed") && !pending("failed") && !pending("uninstalling"));
+    }
+
+    #[test]
+    fn the_in_progress_reason_says_what_to_do() {
+        let why = in_progress_reason("team-a", "billing-task-7", &rev(3, "pending-upgrade"));
+        assert!(
+            why.contains("revision 3 is pending-upgrade")
+                && why.contains("run this again once it has finished")
+                && why.contains("helm rollback billing-task-7 -n team-a"),
+            "{why}"
+        );
+        let why = in_progress_reason("team-a", "billing-task-7", &rev(1, "pending-install"));
+        assert!(
+            why.contains("helm uninstall billing-task-7 -n team-a"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -377,6 +472,27 @@ mod tests {
         let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
         let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(spec.agent_name, None);
+    }
+
+    #[test]
+    fn chart_defaults_count_when_the_release_was_installed_without_values() {
+        // Helm omits `config` when the install had no --set or -f.
+        let mut record = rel::record();
+        record.as_object_mut().expect("an object").remove("config");
+        record["chart"]["values"]["agentName"] = json!("claude-default");
+        let rel = decode(&rel::encode(&record)).expect("decodes");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        assert_eq!(spec.agent_name.as_deref(), Some("claude-default"));
+        // The consistency checks still see the defaults.
+        record["chart"]["values"]["serviceName"] = json!("payments");
+        let rel = decode(&rel::encode(&record)).expect("decodes");
+        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("disagrees");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("serviceName=\"payments\"")),
+            "{problems:?}"
+        );
     }
 
     #[test]

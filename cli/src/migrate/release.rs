@@ -42,7 +42,9 @@ pub struct Release {
     pub version: i64,
     pub info: Info,
     pub chart: Chart,
-    /// The values given at install/upgrade (the chart's defaults are in `chart.values`).
+    /// The values given at install/upgrade (the chart's defaults are in `chart.values`). Helm
+    /// leaves the key out when none were given (`omitempty`): then it is `Null`, which counts
+    /// as no values, not as values that erase the defaults.
     #[serde(default)]
     pub config: Values,
     /// The rendered resources, as multi-document YAML.
@@ -110,7 +112,14 @@ impl Release {
     /// ones, maps merged key by key as Helm does.
     pub fn values(&self) -> Value {
         let mut merged = self.chart.values.0.clone();
-        overlay(&mut merged, &self.config.0);
+        // A missing or null `config` (or chart `values`) is an empty map: Helm omits it when
+        // there is nothing in it.
+        if !self.config.0.is_null() {
+            overlay(&mut merged, &self.config.0);
+        }
+        if merged.is_null() {
+            merged = Value::Object(serde_json::Map::new());
+        }
         merged
     }
 }
@@ -274,6 +283,26 @@ pub mod tests {
             release.values(),
             json!({"serviceName": "billing", "taskId": "7", "job": {"backoffLimit": 1, "enabled": true}})
         );
+    }
+
+    #[test]
+    fn without_given_values_the_chart_defaults_stay() {
+        // `helm install` without --set or -f: Helm writes no `config` key at all.
+        let mut value = record();
+        value.as_object_mut().expect("an object").remove("config");
+        let defaults = value["chart"]["values"].clone();
+        let release = decode(&encode(&value)).expect("decodes");
+        assert_eq!(release.values(), defaults);
+        value["config"] = Value::Null;
+        let release = decode(&encode(&value)).expect("decodes");
+        assert_eq!(release.values(), defaults);
+        // Neither given values nor chart defaults: an empty map, still an object.
+        value["chart"]
+            .as_object_mut()
+            .expect("an object")
+            .remove("values");
+        let release = decode(&encode(&value)).expect("decodes");
+        assert_eq!(release.values(), json!({}));
     }
 
     #[test]

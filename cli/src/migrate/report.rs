@@ -13,7 +13,11 @@ pub enum Outcome {
     WouldCreate,
     /// Not migrated, with the reason.
     Failed(String),
-    /// Not a candidate (no deployed revision), with the reason.
+    /// Not migrated yet: something is still under way (its legacy Job runs, a Helm operation is
+    /// in progress). The reason says when to run the command again.
+    Postponed(String),
+    /// Not a candidate, and running again changes nothing (no deployed revision), with the
+    /// reason.
     Skipped(String),
 }
 
@@ -25,6 +29,9 @@ pub enum Helm {
     Uninstalled(String),
     /// --dry-run: what would be deleted.
     WouldUninstall(String),
+    /// Kept for now (its legacy Job still runs, a Helm operation is in progress): the reason,
+    /// and when to run again.
+    Postponed(String),
     Failed(String),
 }
 
@@ -43,9 +50,25 @@ impl Row {
         matches!(self.outcome, Outcome::Failed(_)) || matches!(self.helm, Helm::Failed(_))
     }
 
+    /// True when part of what was asked is left for a later run.
+    pub fn postponed(&self) -> bool {
+        matches!(self.outcome, Outcome::Postponed(_)) || matches!(self.helm, Helm::Postponed(_))
+    }
+
     /// True when the TaskRun is verified, so the release may be uninstalled.
     pub fn verified(&self) -> bool {
         matches!(self.outcome, Outcome::Created | Outcome::AlreadyMigrated)
+    }
+}
+
+/// The exit code of a run: `PARTIAL` when a release failed or was postponed (it was not
+/// migrated, or not uninstalled as asked: the table says why and what to do), `OK` otherwise,
+/// final skips included.
+pub fn exit_code(rows: &[Row]) -> u8 {
+    if rows.iter().any(|r| r.failed() || r.postponed()) {
+        crate::error::PARTIAL
+    } else {
+        crate::error::OK
     }
 }
 
@@ -67,12 +90,14 @@ pub fn render(rows: &[Row]) -> String {
                 Outcome::AlreadyMigrated => ("exists, matches", ""),
                 Outcome::WouldCreate => ("would create", ""),
                 Outcome::Failed(why) => ("FAILED", why.as_str()),
+                Outcome::Postponed(why) => ("not yet", why.as_str()),
                 Outcome::Skipped(why) => ("skipped", why.as_str()),
             };
             let (helm, helm_why) = match &row.helm {
                 Helm::Kept => ("kept", ""),
                 Helm::Uninstalled(what) => ("uninstalled", what.as_str()),
                 Helm::WouldUninstall(what) => ("would uninstall", what.as_str()),
+                Helm::Postponed(why) => ("kept", why.as_str()),
                 Helm::Failed(why) => ("UNINSTALL FAILED", why.as_str()),
             };
             let detail = [why, helm_why]
@@ -125,9 +150,11 @@ fn summary(rows: &[Row]) -> String {
     let existing = count(&|r| r.outcome == Outcome::AlreadyMigrated);
     let would = count(&|r| r.outcome == Outcome::WouldCreate);
     let failed = count(&|r| matches!(r.outcome, Outcome::Failed(_)));
+    let postponed = count(&|r| matches!(r.outcome, Outcome::Postponed(_)));
     let skipped = count(&|r| matches!(r.outcome, Outcome::Skipped(_)));
     let uninstalled = count(&|r| matches!(r.helm, Helm::Uninstalled(_)));
     let would_uninstall = count(&|r| matches!(r.helm, Helm::WouldUninstall(_)));
+    let uninstall_postponed = count(&|r| matches!(r.helm, Helm::Postponed(_)));
     let uninstall_failed = count(&|r| matches!(r.helm, Helm::Failed(_)));
     let mut parts = vec![format!("{} release(s)", rows.len())];
     for (n, what) in [
@@ -135,9 +162,11 @@ fn summary(rows: &[Row]) -> String {
         (existing, "already migrated"),
         (would, "would be created"),
         (failed, "failed"),
+        (postponed, "not yet migrated (run again later)"),
         (skipped, "skipped"),
         (uninstalled, "uninstalled"),
         (would_uninstall, "would be uninstalled"),
+        (uninstall_postponed, "not yet uninstalled (run again later)"),
         (uninstall_failed, "failed to uninstall"),
     ] {
         if n > 0 {
@@ -191,6 +220,68 @@ mod tests {
             "{text}"
         );
         assert_eq!(lines[3], "2 release(s), 1 created, 1 failed, 1 uninstalled");
+    }
+
+    #[test]
+    fn only_postponed_or_failed_releases_make_the_exit_code_partial() {
+        use crate::error::{OK, PARTIAL};
+        let done = row("a", Outcome::Created, Helm::Uninstalled("x".into()));
+        let final_skip = row(
+            "b",
+            Outcome::Skipped("no deployed revision".into()),
+            Helm::Kept,
+        );
+        assert_eq!(exit_code(&[]), OK);
+        assert_eq!(exit_code(&[done.clone(), final_skip.clone()]), OK);
+        for unsettled in [
+            row("c", Outcome::Postponed("its Job runs".into()), Helm::Kept),
+            row(
+                "c",
+                Outcome::AlreadyMigrated,
+                Helm::Postponed("its Job runs".into()),
+            ),
+            row("c", Outcome::Failed("x".into()), Helm::Kept),
+            row("c", Outcome::Created, Helm::Failed("x".into())),
+        ] {
+            assert_eq!(
+                exit_code(&[done.clone(), final_skip.clone(), unsettled.clone()]),
+                PARTIAL,
+                "{unsettled:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn postponed_rows_say_so() {
+        let rows = [
+            row("a", Outcome::Postponed("its Job a runs".into()), Helm::Kept),
+            row(
+                "b",
+                Outcome::AlreadyMigrated,
+                Helm::Postponed("its Job b runs".into()),
+            ),
+            row(
+                "c",
+                Outcome::Skipped("no deployed revision".into()),
+                Helm::Kept,
+            ),
+        ];
+        let text = render(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("not yet") && lines[1].ends_with("its Job a runs"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("exists, matches")
+                && lines[2].contains(" kept ")
+                && lines[2].ends_with("its Job b runs"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[4],
+            "3 release(s), 1 already migrated, 1 not yet migrated (run again later), 1 skipped, 1 not yet uninstalled (run again later)"
+        );
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! resource the release manifest lists (except those annotated
 //! `helm.sh/resource-policy: keep`), then every revision Secret. Releases with pre- or
 //! post-delete hooks are refused: running hooks is Helm's business, so those are left for
-//! `helm uninstall`.
+//! `helm uninstall`. A release whose Job still runs, or that Helm is working on (its newest
+//! revision pending), is not uninstalled now: that would kill the run, or delete the records
+//! of an operation under way.
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta};
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::Value;
 
+use super::plan::{self, Revision};
 use super::release::Release;
 use crate::error::{describe, status_code};
 
@@ -74,6 +78,48 @@ pub fn delete_hooks(release: &Release) -> Vec<&str> {
         .collect()
 }
 
+/// The first Job (`batch/v1`) among a release's manifest objects that exists and has not
+/// finished.
+pub async fn unfinished_job(
+    client: &kube::Client,
+    objects: &[ManifestObject],
+    release_namespace: &str,
+) -> Result<Option<String>, String> {
+    let jobs = objects
+        .iter()
+        .filter(|o| o.kind == "Job" && o.api_version == "batch/v1");
+    for object in jobs {
+        let ns = object.namespace.as_deref().unwrap_or(release_namespace);
+        let api: Api<Job> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(&object.name).await {
+            Ok(Some(job)) if plan::unfinished(&job) => return Ok(Some(object.name.clone())),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(format!(
+                    "reading the release's Job {}: {}",
+                    object.name,
+                    describe(&e)
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Why a release was not uninstalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotUninstalled {
+    /// Not now (its Job still runs, Helm is working on it): what, and when to run again.
+    Postponed(String),
+    Failed(String),
+}
+
+impl From<String> for NotUninstalled {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
 /// What an uninstall would do or did: resources deleted and revision Secrets deleted.
 #[derive(Debug, Default)]
 pub struct Uninstalled {
@@ -83,25 +129,40 @@ pub struct Uninstalled {
 
 /// Uninstalls `release` (or, with `dry_run`, only checks that it could). Resources go first,
 /// then the revision Secrets, the migrated revision's last, so that after a failure a later
-/// run still finds the release and finishes.
+/// run still finds the release and finishes. Postponed while a Job of the release has not
+/// finished (deleting it would kill the run) or its newest revision is pending (Helm is
+/// working on it, and would lose the record it is writing).
 pub async fn uninstall(
     client: &kube::Client,
     release: &Release,
     dry_run: bool,
-) -> Result<Uninstalled, String> {
+) -> Result<Uninstalled, NotUninstalled> {
     let hooks = delete_hooks(release);
     if !hooks.is_empty() {
-        return Err(format!(
+        return Err(NotUninstalled::Failed(format!(
             "the release has delete hooks ({}); uninstall it with `helm uninstall`",
             hooks.join(", ")
-        ));
+        )));
     }
     let objects = manifest_objects(&release.manifest)?;
+    if let Some(job) = unfinished_job(client, &objects, &release.namespace).await? {
+        return Err(NotUninstalled::Postponed(format!(
+            "its Job {job} has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
+        )));
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
     let revisions = secrets
         .list_metadata(&ListParams::default().labels(&format!("owner=helm,name={}", release.name)))
         .await
         .map_err(|e| format!("listing the release's revisions: {}", describe(&e)))?;
+    let records: Vec<Revision> = revisions.items.iter().filter_map(revision).collect();
+    if let Some(newest) = plan::newest_pending(&records) {
+        return Err(NotUninstalled::Postponed(plan::in_progress_reason(
+            &release.namespace,
+            &release.name,
+            newest,
+        )));
+    }
     let mut done = Uninstalled {
         resources: objects.iter().filter(|o| !o.keep).count(),
         revisions: revisions.items.len(),
@@ -119,14 +180,25 @@ pub async fn uninstall(
             Ok(_) => {}
             Err(e) if status_code(&e) == Some(404) => done.revisions -= 1,
             Err(e) => {
-                return Err(format!(
+                return Err(NotUninstalled::Failed(format!(
                     "deleting release record {secret}: {}",
                     describe(&e)
-                ));
+                )));
             }
         }
     }
     Ok(done)
+}
+
+/// A revision Secret as its labels describe it; `None` without a numeric version label.
+fn revision(secret: &kube::api::PartialObjectMeta<Secret>) -> Option<Revision> {
+    let meta = &secret.metadata;
+    let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
+    Some(Revision {
+        secret: meta.name.clone()?,
+        version: label("version")?.parse().ok()?,
+        status: label("status").unwrap_or_default(),
+    })
 }
 
 /// The names of a release's revision Secrets, the revision migrated from last: while that
