@@ -22,8 +22,9 @@ use crate::status::{self, Observed, Outcome, now};
 use crate::{backoff, cache, job, writes};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
-/// How soon to look again while a child name is held by a TaskRun that is going away.
-const WAIT_FOR_PREVIOUS_OWNER: Duration = Duration::from_secs(2);
+/// How soon to look again when what was read changed under the reconcile (a name held by a
+/// TaskRun that is going away waits longer and longer: `status::wait_again`).
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -131,10 +132,14 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // The deterministic names keep a second TaskRun of one identity from running the same
     // version. One that has never run a version (a duplicate at version 1, or created above
     // it while the webhook was not there) meets none of the first one's names at a higher
-    // version, so the cache is asked for an older live TaskRun of its identity.
+    // version, so the cache is asked for an older live TaskRun of its identity, one that has
+    // run first (the one to add context to, as the message says).
     if version > 1
         && prev.job_name.is_none()
-        && let Some(other) = ctx.taskruns.find(|other| holds_before(other, tr))
+        && let Some(other) = ctx
+            .taskruns
+            .find(|other| holds_before(other, tr) && has_run(other))
+            .or_else(|| ctx.taskruns.find(|other| holds_before(other, tr)))
     {
         let duplicate = Claim::<Job>::Duplicate(other.name_any());
         return settle_unclaimed(
@@ -156,7 +161,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     if !cached_cm.is_some_and(|cm| cache::controlled_by(&cm.metadata, uid)) {
         let Some(source) = with_files(tr, &api).await? else {
             // The TaskRun moved on while it was read: its own event reconciles it again.
-            return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER));
+            return Ok(Action::requeue(LOOK_AGAIN));
         };
         let desired = job::config_map(&source, owner.clone());
         match claim(&config_maps, &api, tr, desired).await? {
@@ -389,7 +394,7 @@ async fn settle_unclaimed<K>(
     let identity = tr.identity();
     let (outcome, action) = match claim {
         Claim::Created(_) | Claim::Ours(_) => {
-            return Ok(Action::requeue(WAIT_FOR_PREVIOUS_OWNER));
+            return Ok(Action::requeue(LOOK_AGAIN));
         }
         Claim::Duplicate(other) => (
             Outcome::new(
@@ -403,8 +408,8 @@ async fn settle_unclaimed<K>(
             Action::await_change(),
         ),
         Claim::Wait(message) => (
-            Outcome::new(Phase::Pending, "WaitingForPreviousOwner", message),
-            Action::requeue(WAIT_FOR_PREVIOUS_OWNER),
+            Outcome::new(Phase::Pending, status::WAITING_FOR_PREVIOUS_OWNER, message),
+            Action::requeue(status::wait_again(prev, seen.context_version, &now())),
         ),
         Claim::Taken(message) => (
             Outcome::new(Phase::Failed, "NameConflict", message),
@@ -501,8 +506,9 @@ async fn stop_superseded(
 }
 
 /// True when `other` is another live TaskRun of `tr`'s identity (namespace, serviceName,
-/// taskId) created before it (ties broken by uid, so of two TaskRuns exactly one holds
-/// before the other).
+/// taskId) that holds it before `tr`: it has run a version (its status names a Job), or it
+/// was created first. Creation times are whole seconds, so ties go by uid: of two TaskRuns
+/// that never ran, exactly one holds before the other.
 fn holds_before(other: &TaskRun, tr: &TaskRun) -> bool {
     let (o, t) = (&other.metadata, &tr.metadata);
     o.namespace == t.namespace
@@ -510,8 +516,14 @@ fn holds_before(other: &TaskRun, tr: &TaskRun) -> bool {
         && other.spec.task_id == tr.spec.task_id
         && o.uid != t.uid
         && o.deletion_timestamp.is_none()
-        && (o.creation_timestamp.as_ref().map(|c| c.0), &o.uid)
-            < (t.creation_timestamp.as_ref().map(|c| c.0), &t.uid)
+        && (has_run(other)
+            || (o.creation_timestamp.as_ref().map(|c| c.0), &o.uid)
+                < (t.creation_timestamp.as_ref().map(|c| c.0), &t.uid))
+}
+
+/// True when the TaskRun's status names a Job: it has run a version.
+fn has_run(tr: &TaskRun) -> bool {
+    tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
 }
 
 /// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
@@ -705,6 +717,13 @@ mod tests {
         let mut elsewhere = taskrun("e", 1, "svc", 7);
         elsewhere.metadata.namespace = Some("team-b".into());
         assert!(!holds_before(&elsewhere, &younger));
+        // One that has run holds before one that never did, whatever their ages.
+        let mut ran = taskrun("g", 300, "svc", 7);
+        ran.status = Some(TaskRunStatus {
+            job_name: Some("svc-7-v1".into()),
+            ..TaskRunStatus::default()
+        });
+        assert!(holds_before(&ran, &older));
         // One being deleted holds nothing any more.
         let mut going = taskrun("f", 1, "svc", 7);
         going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();

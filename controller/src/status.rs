@@ -114,6 +114,26 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     )
 }
 
+/// The reason of a version waiting for a child name held by a TaskRun that is going away.
+pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
+
+/// How soon to look again at a child name still held by a TaskRun that is going away: 2 s at
+/// first, then a quarter of the time this version has waited so far, at most 30 s. Garbage
+/// collection after a mass deletion can take minutes, and every look reads the TaskRun with
+/// its markdown and tries the name again.
+pub fn wait_again(prev: &TaskRunStatus, version: i64, now: &Time) -> std::time::Duration {
+    let waited = prev
+        .conditions
+        .iter()
+        .filter(|_| prev.observed_context_version == Some(version))
+        .find(|c| c.type_ == SUCCEEDED && c.reason == WAITING_FOR_PREVIOUS_OWNER)
+        .map_or(0, |c| {
+            now.0.as_second() - c.last_transition_time.0.as_second()
+        });
+    let secs = (waited / 4).clamp(2, 30);
+    std::time::Duration::from_secs(secs.unsigned_abs())
+}
+
 /// The time to build a status with, in whole seconds: the API server stores times at that
 /// precision, and a status compared with what was written must not differ by the nanoseconds.
 pub fn now() -> Time {
@@ -228,6 +248,28 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid time"))
+    }
+
+    #[test]
+    fn a_long_wait_for_a_previous_owner_is_looked_at_less_often() {
+        let waiting = |since: i64, version: i64| TaskRunStatus {
+            observed_context_version: Some(version),
+            conditions: vec![Condition {
+                type_: SUCCEEDED.into(),
+                status: "Unknown".into(),
+                reason: WAITING_FOR_PREVIOUS_OWNER.into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: t(since),
+            }],
+            ..TaskRunStatus::default()
+        };
+        let secs = |prev: &TaskRunStatus, now: i64| wait_again(prev, 2, &t(now)).as_secs();
+        assert_eq!(secs(&TaskRunStatus::default(), 500), 2, "not waiting yet");
+        assert_eq!(secs(&waiting(100, 2), 100), 2);
+        assert_eq!(secs(&waiting(100, 2), 200), 25);
+        assert_eq!(secs(&waiting(100, 2), 1000), 30);
+        assert_eq!(secs(&waiting(100, 1), 1000), 2, "an older version's wait");
     }
 
     fn cond(type_: &str, status: &str, reason: Option<&str>) -> JobCondition {
