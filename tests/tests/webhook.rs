@@ -554,7 +554,7 @@ async fn hostile_target(cp: &ControlPlane) -> Webhook {
             "--handshake-timeout=2s",
             "--header-read-timeout=2s",
             "--body-read-timeout=2s",
-            "--idle-timeout=3s",
+            "--idle-timeout=6s",
             "--max-body-bytes=65536",
         ],
     )
@@ -566,6 +566,32 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     let cp = ControlPlane::shared();
     let webhook = hostile_target(cp).await;
     let w = &webhook;
+
+    // Meanwhile, a kept-alive connection as the API server pools them (HTTP/1.1 for a
+    // Service-referenced webhook, idle for up to 90 s): silent for longer than the header read
+    // timeout but not the idle timeout, it still takes the next review.
+    let pooled = tokio::spawn({
+        let (port, ca) = (w.port(), w.ca_pem());
+        let body = serde_json::to_vec(&review(
+            "CREATE",
+            "taskruns",
+            manifest("kept-alive", 9055, "billing"),
+        ))
+        .expect("json");
+        async move {
+            let mut s = tls_to(port, &ca, b"http/1.1").await.expect("handshake");
+            assert!(
+                !allowed_on(&mut s, &body).await,
+                "the first answer closed the connection"
+            );
+            // --header-read-timeout=2s < 4 s < --idle-timeout=6s.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert!(
+                !allowed_on(&mut s, &body).await,
+                "the second answer closed the connection"
+            );
+        }
+    });
 
     let r = send(
         w,
@@ -706,7 +732,8 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
             started.elapsed()
         );
     }
-    // ...and cuts every one of them off after its timeout.
+    // ...and cuts every one of them off after its timeout (the slow headers and the silent
+    // HTTP/2 connections after the idle timeout, 6 s).
     let started = Instant::now();
     for s in &mut idle_tcp {
         assert_closed(s).await;
@@ -732,6 +759,164 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     .expect("readyz");
     assert_eq!(r.status, 200);
     assert!(metric(w, "taskrun_webhook_tls_handshake_failures_total") >= 200.0);
+    pooled.await.expect("the pooled connection's reviews");
+}
+
+/// What one HTTP/2 connection may make the webhook buffer is bounded by what it announces: a
+/// small stream and connection window and few streams at once (hyper's defaults, 1 MiB windows
+/// and 200 streams, let ten connections fill the pod's memory). A body of the largest size
+/// allowed still arrives whole, over HTTP/2 and HTTP/1.1.
+#[tokio::test]
+async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start(cp).await;
+
+    let mut s = tls(&webhook, b"h2").await.expect("handshake");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let (settings, connection_window) = server_settings(&mut s).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE,
+    // SETTINGS_MAX_HEADER_LIST_SIZE.
+    let (streams, stream_window, header_list) =
+        (settings.get(&3), settings.get(&4), settings.get(&6));
+    eprintln!(
+        "HTTP/2: {streams:?} streams, stream window {stream_window:?}, connection window \
+         {connection_window}, header list {header_list:?}"
+    );
+    let (Some(&streams), Some(&stream_window), Some(&header_list)) =
+        (streams, stream_window, header_list)
+    else {
+        panic!("a limit left unannounced (unbounded): {settings:?}");
+    };
+    assert!((1..=32).contains(&streams), "{settings:?}");
+    assert!(stream_window <= 256 * 1024, "{settings:?}");
+    assert!(connection_window <= 256 * 1024, "{connection_window}");
+    // Unread body data and the headers of every stream waiting at once: under 1 MiB.
+    let held = u64::from(streams) * u64::from(header_list) + connection_window;
+    assert!(held <= 1024 * 1024, "{held} bytes per connection");
+    drop(s);
+
+    // Exactly --max-body-bytes (8 MiB): a small review padded with whitespace.
+    let mut body = serde_json::to_vec(&review(
+        "CREATE",
+        "taskruns",
+        manifest("largest-body", 9056, "billing"),
+    ))
+    .expect("json");
+    body.resize(8 * 1024 * 1024, b' ');
+    let body = bytes::Bytes::from(body);
+
+    let started = Instant::now();
+    let (status, answer) = h2_post(&webhook, "/validate", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
+    eprintln!("8 MiB over HTTP/2: {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let r = send(&webhook, &post("/validate", "application/json", &body))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    eprintln!("8 MiB over HTTP/1.1: {:?}", started.elapsed());
+}
+
+/// Reads the server's first frames after the client preface: its SETTINGS (id to value) and
+/// its connection window (65,535 raised by its WINDOW_UPDATEs on stream 0, the only way to
+/// announce a larger one). Waits for the SETTINGS and one connection WINDOW_UPDATE, or
+/// half a second past the SETTINGS if none comes.
+async fn server_settings<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (BTreeMap<u16, u32>, u64) {
+    let mut settings = None;
+    let mut connection_window = 65_535u64;
+    let mut updated = false;
+    let deadline = tokio::time::sleep(TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::select! {
+            read = s.read_exact(&mut head) => read,
+            () = &mut deadline => break,
+        };
+        read.expect("a frame");
+        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        s.read_exact(&mut payload).await.expect("a frame's payload");
+        match kind {
+            // SETTINGS, not the acknowledgement of ours.
+            4 if flags & 1 == 0 => {
+                settings = Some(
+                    payload
+                        .chunks_exact(6)
+                        .map(|p| {
+                            (
+                                u16::from_be_bytes([p[0], p[1]]),
+                                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                            )
+                        })
+                        .collect::<BTreeMap<_, _>>(),
+                );
+                // A server that keeps the default connection window sends no update.
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
+            8 if stream == 0 && payload.len() == 4 => {
+                let increment =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff;
+                connection_window += u64::from(increment);
+                updated = true;
+            }
+            _ => {}
+        }
+        if settings.is_some() && updated {
+            break;
+        }
+    }
+    (settings.expect("the server's SETTINGS"), connection_window)
+}
+
+/// One POST over HTTP/2 (the `h2` crate, honouring the server's flow control): the status and
+/// the body of the answer.
+async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
+    let s = tls(w, b"h2").await.expect("handshake");
+    let (client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("https://127.0.0.1{path}"))
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(())
+        .expect("request");
+    let (answer, mut stream) = client.send_request(request, false).expect("send");
+    let mut rest = body;
+    while !rest.is_empty() {
+        stream.reserve_capacity(rest.len());
+        let room = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+            .await
+            .expect("the stream stays open")
+            .expect("capacity");
+        let chunk = rest.split_to(room.min(rest.len()));
+        stream.send_data(chunk, rest.is_empty()).expect("data");
+    }
+    let answer = tokio::time::timeout(TIMEOUT, answer)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let status = answer.status().as_u16();
+    let mut received = answer.into_body();
+    let mut text = Vec::new();
+    while let Some(data) = received.data().await {
+        let data = data.expect("the answer's body");
+        let _ = received.flow_control().release_capacity(data.len());
+        text.extend_from_slice(&data);
+    }
+    drop(client);
+    connection.abort();
+    (status, String::from_utf8_lossy(&text).into_owned())
 }
 
 /// Reads until the server closes the connection; fails if it stays open past 10 s.
@@ -796,6 +981,48 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
         (!webhook.is_running()).then_some(())
     })
     .await;
+}
+
+/// A certificate read that never returns (a hung mount; here a FIFO nobody writes to) holds a
+/// thread of the blocking pool: SIGTERM still ends the process, a few seconds after the server
+/// has stopped, instead of never.
+#[tokio::test]
+async fn sigterm_exits_while_a_certificate_read_is_stalled() {
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start_with(cp, &["--cert-poll-interval=1s"]).await;
+    let cert = webhook.cert_dir().join("tls.crt");
+    std::fs::remove_file(&cert).expect("rm tls.crt");
+    let made = Command::new("mkfifo").arg(&cert).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    // The directory watch, or the poll a second later, starts a read that blocks in open(2).
+    // Seen in /proc where the kernel says where a thread sleeps; otherwise given 3 s.
+    let pid = webhook.pid();
+    let started = Instant::now();
+    let blocked = loop {
+        let blocked = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("wchan"))
+                    .is_ok_and(|w| w.contains("wait_for_partner"))
+            });
+        if blocked || started.elapsed() > Duration::from_secs(3) {
+            break blocked;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("a thread seen blocked on the FIFO: {blocked}");
+    assert!(webhook.is_running());
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let signalled = Instant::now();
+    wait_for("the webhook to exit", TIMEOUT, || async {
+        (!webhook.is_running()).then_some(())
+    })
+    .await;
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
 }
 
 #[tokio::test]

@@ -53,8 +53,14 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
 
-    /// Time allowed for a request's headers to arrive, including idle time between requests on
-    /// an HTTP/1.1 connection.
+    /// On the plain listener (probes, metrics): time allowed for a request's head to arrive,
+    /// counted from when the connection starts waiting for it, so it also bounds the idle time
+    /// between requests on a kept-alive connection.
+    ///
+    /// Not used on the admission listener: there the wait for a request's head, idle time
+    /// included, is bounded by --idle-timeout, because the API server keeps its HTTP/1.1
+    /// connections idle in its pool for up to 90 s and a connection closed under it as it
+    /// sends a review fails that review.
     #[arg(long, env = "WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub header_read_timeout: Duration,
 
@@ -62,8 +68,14 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub body_read_timeout: Duration,
 
-    /// A connection on which the client sends nothing for this long is closed.
-    #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration)]
+    /// A connection on which nothing moves for this long, no byte received and none taken by
+    /// the client, is closed. On the admission listener it is also the time an HTTP/1.1
+    /// connection waits for its next request, and for that request's head.
+    ///
+    /// Keep it longer than the API server's idle-connection timeout (Go's 90 s), so that the
+    /// client, not the webhook, closes a pooled connection: a review the API server sends down
+    /// a connection the webhook is closing at that moment fails with EOF and is not retried.
+    #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
     /// Most admission connections served at once; further ones wait in the listen backlog.
@@ -197,6 +209,8 @@ mod tests {
     fn defaults_parse() {
         let c = Config::try_parse_from(["taskrun-webhook"]).expect("defaults");
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
+        // Longer than the API server keeps a pooled connection idle (Go's IdleConnTimeout).
+        assert!(c.idle_timeout > Duration::from_secs(90));
         assert!(c.metrics_listen.0.is_some());
         let c =
             Config::try_parse_from(["taskrun-webhook", "--metrics-listen", "off"]).expect("off");

@@ -48,9 +48,29 @@ const BODIES_AT_ONCE: usize = 4;
 /// Connections served at once on the plain listener: probes and metrics scrapes.
 const PLAIN_CONNECTIONS: usize = 64;
 
+// What one connection may make the webhook hold, whatever the client does (the bodies being
+// read are bounded apart from this, by the body budget):
+// - HTTP/1.1 reads one request at a time into a buffer of at most `H1_MAX_BUFFER` (hyper's
+//   default is ~400 KiB): a request head up to that size, then the body in chunks of it.
+// - HTTP/2 multiplexes. Body data the handlers have not taken yet (a stream waiting for room
+//   in the body budget, say) is bounded by the connection window, `H2_CONNECTION_WINDOW`; each
+//   stream's share by `H2_STREAM_WINDOW`. Each open stream holds its decoded headers, up to
+//   `H2_MAX_HEADER_LIST` each, while it waits: 32 × 16 KiB = 512 KiB. So at most 256 + 512 =
+//   768 KiB per connection, where hyper's defaults (1 MiB windows, 200 streams) and 64 KiB
+//   headers came to 1 + 200 × 64 / 1024 = 13.5 MiB: ten connections would fill the pod's
+//   128 MiB. The API server sends one review per stream with a few hundred bytes of headers,
+//   and opens another connection when a connection's streams are all taken.
+// An 8 MiB body still arrives whole: the windows refill as the handler reads it.
+const H1_MAX_BUFFER: usize = 64 * 1024;
+const H2_STREAM_WINDOW: u32 = 128 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+const H2_MAX_STREAMS: u32 = 32;
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
 /// Connection settings that every connection task needs.
 struct Limits {
     handshake_timeout: Duration,
+    /// Plain listener only (see `serve_tls`).
     header_read_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -210,13 +230,24 @@ async fn serve_tls(
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             // A peer that cannot answer a ping in the time allowed for a handshake is gone.
             .keep_alive_timeout(limits.handshake_timeout)
-            .max_header_list_size(64 * 1024);
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST);
         watcher.watch(builder.serve_connection(io, service)).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .max_buf_size(H1_MAX_BUFFER)
+            // hyper starts the head timer as soon as it waits for the next request, so on a
+            // kept-alive connection it is an idle timeout too. The API server pools its
+            // HTTP/1.1 connections (a Service-referenced webhook is called over HTTP/1.1 only)
+            // and keeps them idle for up to 90 s; a review it sends down one that is being
+            // closed fails with EOF and is not retried. So the wait for a head gets the idle
+            // timeout, longer than that, and the client closes idle connections, not us. A
+            // head that stops arriving is cut off by it too.
+            .header_read_timeout(limits.idle_timeout);
         watcher.watch(builder.serve_connection(io, service)).await
     };
     if let Err(e) = result {
@@ -236,6 +267,10 @@ async fn serve_plain(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        .max_buf_size(H1_MAX_BUFFER)
+        // Short, idle time between requests included, so the 64 slots stay free for the
+        // kubelet's probes (a connection each). A scraper's kept-alive connection is closed
+        // between scrapes; its GET, if it races the close, is retried (it is idempotent).
         .header_read_timeout(limits.header_read_timeout);
     if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
         tracing::debug!(error = %e, "metrics connection ended with an error");
