@@ -22,6 +22,10 @@ use crate::status::{self, Observed, Outcome, now};
 use crate::{backoff, cache, job, writes};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
+/// How another TaskRun holds what this one needs, in a Duplicate message.
+const OWNS_CONFIG_MAP: &str = "it owns the ConfigMap of this version";
+const OWNS_JOB: &str = "it owns the Job of this version";
+const HOLDS_FIRST: &str = "it has run a version, or was created first";
 /// How soon to look again when what was read changed under the reconcile (a name held by a
 /// TaskRun that is going away waits longer and longer: `status::wait_again`).
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
@@ -142,16 +146,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             .or_else(|| ctx.taskruns.find(|other| holds_before(other, tr)))
     {
         let duplicate = Claim::<Job>::Duplicate(other.name_any());
-        return settle_unclaimed(
-            &api,
-            tr,
-            ctx,
-            &prev,
-            &seen,
-            duplicate,
-            "it was created first",
-        )
-        .await;
+        return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }
 
     let (job_name, cm_name) = job::child_names(tr);
@@ -167,16 +162,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         match claim(&config_maps, &api, tr, desired).await? {
             Claim::Created(_) | Claim::Ours(_) => {}
             other => {
-                return settle_unclaimed(
-                    &api,
-                    tr,
-                    ctx,
-                    &prev,
-                    &seen,
-                    other,
-                    "it owns the ConfigMap of this version",
-                )
-                .await;
+                return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_CONFIG_MAP).await;
             }
         }
     }
@@ -235,16 +221,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 Ok(Claim::Created(at)) => (None, at),
                 Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
                 Ok(other) => {
-                    return settle_unclaimed(
-                        &api,
-                        tr,
-                        ctx,
-                        &prev,
-                        &seen,
-                        other,
-                        "it owns the Job of this version",
-                    )
-                    .await;
+                    return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_JOB).await;
                 }
                 // The API server refused the Job itself: the template does not fit this cluster.
                 Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {

@@ -51,6 +51,23 @@ impl<S> IdleTimeout<S> {
         }
     }
 
+    /// A write's result, its progress noted; `TimedOut` instead of `Pending` once stalled.
+    fn noted(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(result) => {
+                if result.as_ref().is_ok_and(|&n| n > 0) {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.pending_or_timed_out(cx),
+        }
+    }
+
     /// What an operation that made no progress returns: `Pending`, or `TimedOut` once the
     /// connection has been stalled for the timeout.
     fn pending_or_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
@@ -91,15 +108,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|&n| n > 0) {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.pending_or_timed_out(cx),
-        }
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.noted(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -108,15 +118,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|&n| n > 0) {
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.pending_or_timed_out(cx),
-        }
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.noted(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
