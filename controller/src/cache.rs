@@ -232,16 +232,26 @@ impl Departed {
         }
     }
 
-    /// Called for every Job the watch reports deleted; keeps it only if it had finished.
-    pub fn record(&self, job: &CachedJob) {
+    /// Called for every Job the watch reports deleted; keeps it only if it had finished and
+    /// the TaskRun controlling it is in `taskruns` and not being deleted. A deleted TaskRun's
+    /// Jobs (thousands at once in a mass deletion) have no reconcile left to read them.
+    pub fn record(&self, job: &CachedJob, taskruns: &Store<TaskRun>) {
         let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone())
         else {
             return;
         };
-        if !status::job_outcome(&name, job.status.as_ref())
+        let owner_lives = job
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .and_then(|o| taskruns.get(&ObjectRef::new(&o.name).within(&ns)))
+            .is_some_and(|tr| tr.metadata.deletion_timestamp.is_none());
+        let finished = status::job_outcome(&name, job.status.as_ref())
             .phase
-            .is_final()
-        {
+            .is_final();
+        if !(owner_lives && finished) {
             return;
         }
         let now = Instant::now();
@@ -424,6 +434,11 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
+                owner_references: Some(vec![OwnerReference {
+                    controller: Some(true),
+                    name: "owner".into(),
+                    ..OwnerReference::default()
+                }]),
                 ..ObjectMeta::default()
             },
             status: Some(JobStatus {
@@ -439,12 +454,36 @@ mod tests {
         }
     }
 
+    /// A TaskRun cache holding the Jobs' owner, live or being deleted.
+    fn owners(deleting: bool) -> Store<TaskRun> {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let mut owner = taskrun(1, None);
+        owner.metadata.name = Some("owner".into());
+        owner.metadata.namespace = Some("ns".into());
+        if deleting {
+            owner.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).expect("t")));
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
+        store
+    }
+
+    #[test]
+    fn a_deleted_taskruns_jobs_are_not_kept() {
+        let departed = Departed::new(Duration::from_secs(300));
+        departed.record(&job("done", Some("Complete")), &owners(true));
+        assert!(departed.take("ns", "done").is_none());
+        let (nobody, _writer) = kube::runtime::reflector::store::<TaskRun>();
+        departed.record(&job("done", Some("Complete")), &nobody);
+        assert!(departed.take("ns", "done").is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_finished_job_deleted_a_moment_ago_is_found_once_then_expires() {
         let departed = Departed::new(Duration::from_secs(300));
-        departed.record(&job("running", None));
-        departed.record(&job("done", Some("Complete")));
-        departed.record(&job("failed", Some("Failed")));
+        let owners = owners(false);
+        departed.record(&job("running", None), &owners);
+        departed.record(&job("done", Some("Complete")), &owners);
+        departed.record(&job("failed", Some("Failed")), &owners);
         assert!(
             departed.take("ns", "running").is_none(),
             "only finished Jobs are kept"
@@ -454,7 +493,7 @@ mod tests {
         assert!(departed.take("ns", "done").is_none(), "taken once");
         tokio::time::advance(Duration::from_secs(301)).await;
         // The next record expires what is older than the ttl.
-        departed.record(&job("later", Some("Complete")));
+        departed.record(&job("later", Some("Complete")), &owners);
         assert!(departed.take("ns", "failed").is_none(), "expired");
         assert!(departed.take("ns", "later").is_some());
     }

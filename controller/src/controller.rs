@@ -247,10 +247,10 @@ async fn run_controller(
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
     let job_stream = relist::with_vanished(job_events, job_reader.clone())
         .inspect_ok({
-            let departed = departed.clone();
+            let (departed, taskruns) = (departed.clone(), reader.clone());
             move |event| {
                 if let watcher::Event::Delete(job) = event {
-                    departed.record(job);
+                    departed.record(job, &taskruns);
                 }
             }
         })
