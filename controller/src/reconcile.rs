@@ -249,8 +249,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     write_status(&api, tr, ctx, &prev, &next).await?;
     // No periodic resync, finished or not: every input of this function is watched (the
     // TaskRun, its Jobs, its ConfigMaps), and a watch that cannot resume lists again: every
-    // child listed, and every child gone since (relist.rs), reconciles its TaskRun. A requeue would keep an entry per running TaskRun in kube-runtime's
-    // scheduler (about 640 bytes: 6 MiB at 10,000) to find nothing new.
+    // child listed, and every child gone since (relist.rs), reconciles its TaskRun. A requeue
+    // would keep an entry per running TaskRun in kube-runtime's scheduler (about 640 bytes:
+    // 6 MiB at 10,000) to find nothing new.
     Ok(Action::await_change())
 }
 
