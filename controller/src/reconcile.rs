@@ -516,14 +516,14 @@ fn superseded(
 ) -> Vec<String> {
     let mut names: Vec<String> = cached
         .iter()
-        .filter(|old| {
+        .filter_map(|old| {
             let name = old.name_any();
             let finished = status::job_outcome(&name, old.status.as_ref())
                 .phase
                 .is_final();
-            name != current && !finished && old.meta().deletion_timestamp.is_none()
+            (name != current && !finished && old.meta().deletion_timestamp.is_none())
+                .then_some(name)
         })
-        .map(|old| old.name_any())
         .collect();
     let unfinished_before = prev
         .observed_context_version

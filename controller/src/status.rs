@@ -122,14 +122,14 @@ pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
 /// collection after a mass deletion can take minutes, and every look reads the TaskRun with
 /// its markdown and tries the name again.
 pub fn wait_again(prev: &TaskRunStatus, version: i64, now: &Time) -> std::time::Duration {
-    let waited = prev
+    let waiting = prev
         .conditions
         .iter()
-        .filter(|_| prev.observed_context_version == Some(version))
         .find(|c| c.type_ == SUCCEEDED && c.reason == WAITING_FOR_PREVIOUS_OWNER)
-        .map_or(0, |c| {
-            now.0.as_second() - c.last_transition_time.0.as_second()
-        });
+        .filter(|_| prev.observed_context_version == Some(version));
+    let waited = waiting.map_or(0, |c| {
+        now.0.as_second() - c.last_transition_time.0.as_second()
+    });
     let secs = (waited / 4).clamp(2, 30);
     std::time::Duration::from_secs(secs.unsigned_abs())
 }

@@ -130,18 +130,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     // or shutdown that waits is waiting for the peer, as a write is, with no progress to note.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.pending_or_timed_out(cx),
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        if poll.is_pending() {
+            return this.pending_or_timed_out(cx);
         }
+        poll
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.pending_or_timed_out(cx),
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        if poll.is_pending() {
+            return this.pending_or_timed_out(cx);
         }
+        poll
     }
 }
 
