@@ -9,7 +9,8 @@ use taskrun::FileType;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  runtime or API failure (cannot connect, TaskRun not found, retries exhausted, ...)
+  1  runtime or API failure (cannot connect, TaskRun CRD not installed, TaskRun not found,
+     retries exhausted, ...)
   2  usage error or invalid input (bad flags, a file that would be rejected, a file that already exists)
   3  migrate-helm: at least one release could not be migrated or uninstalled (the others were):
      it failed (the table says why), or it is not done yet because something was still under

@@ -20,6 +20,11 @@ pub enum Error {
     #[error("cannot load the kubeconfig: {0}")]
     Config(String),
 
+    #[error(
+        "this cluster does not serve {resource}: install the TaskRun CRD first (docs/install.md)"
+    )]
+    NotServed { resource: String },
+
     #[error("TaskRun {name} not found in namespace {namespace}")]
     NotFound { namespace: String, name: String },
 

@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
             // Files first: a bad file is reported before anything else is even tried.
             let files = context_add::load(&add.files, add.file_type.into())?;
             let (client, namespace) = connect::connect(&cli.conn).await?;
+            connect::check_taskruns_served(&client).await?;
             let done = context_add::run(client, &namespace, &add.name, files).await?;
             println!(
                 "taskrun/{} context version {}: added {}",
@@ -38,6 +39,7 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
         }
         Command::MigrateHelm(args) => {
             let (client, namespace) = connect::connect(&cli.conn).await?;
+            connect::check_taskruns_served(&client).await?;
             let rows = migrate::run(client, &namespace, &args).await?;
             if rows.is_empty() {
                 println!("no Helm releases of the legacy claude-code chart found");
