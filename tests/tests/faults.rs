@@ -202,7 +202,7 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
     let webhook = Webhook::shared(cp).await;
     let client = cp.client().await;
     let ns = cp.namespace("fault-restart").await;
-    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--backoff-limit=0"]);
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--backoff-limit=0"]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let create = |name: String, id: i64| {
         let api = api.clone();
@@ -270,12 +270,27 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
     // backoffs (the Controller pausing all its triggers for up to 30 s whenever any watch
     // failed) this took 60-90 s in 4 of 10 runs; with `controller/src/backoff.rs` 1-10 s.
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    wait_for("every TaskRun to report its Job", RECOVERY, || async {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
         let trs = list(&api).await;
         let made = list(&jobs).await.len();
-        (trs.iter().filter(|t| job_name_of(t).is_some()).count() == 20 && made == 20).then_some(())
-    })
-    .await;
+        let waiting: Vec<String> = trs
+            .iter()
+            .filter(|t| job_name_of(t).is_none())
+            .map(|t| format!("{} {:?}", t.name_any(), t.status))
+            .collect();
+        if trs.len() == 20 && waiting.is_empty() && made == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {RECOVERY:?}, {} TaskRuns, {made} Jobs; without a Job in their status: \
+             {waiting:#?}\ncontroller log:\n{}",
+            trs.len(),
+            ctrl.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!(
         "every TaskRun reported its Job {:?} after the API server was back",
         back.elapsed()
