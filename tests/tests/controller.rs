@@ -549,7 +549,13 @@ async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     let ns = cp.namespace("ctrl-del").await;
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
-    create(&api, &taskrun("t", "gone", 5, 1, &[("task.md", "x")])).await;
+    // A second finalizer keeps the TaskRun after the controller is done with it. The garbage
+    // collector removes a background-deleted owner's children only once the owner is gone,
+    // so children gone while it is still here were removed by the controller itself.
+    const HOLD: &str = "example.com/hold";
+    let mut held = taskrun("t", "gone", 5, 1, &[("task.md", "x")]);
+    held.metadata.finalizers = Some(vec![HOLD.to_owned()]);
+    create(&api, &held).await;
     wait_status(&api, "t", "a Job", |tr| {
         tr.status
             .as_ref()
@@ -560,9 +566,36 @@ async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     api.delete("t", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_gone("the TaskRun to be gone", WAIT, &api, "t").await;
+    wait_status(&api, "t", "the controller's finalizer to go", |tr| {
+        tr.finalizers() == [HOLD]
+    })
+    .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let job = jobs
+        .get_opt(&names::job_name("gone", 5, 1))
+        .await
+        .expect("get the Job");
+    let cm = cms
+        .get_opt(&names::config_map_name("gone", 5, 1))
+        .await
+        .expect("get the ConfigMap");
+    assert!(
+        job.is_none_or(|j| j.metadata.deletion_timestamp.is_some()),
+        "the finalizer went but the Job was not deleted"
+    );
+    assert!(
+        cm.is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "the finalizer went but the ConfigMap was not deleted"
+    );
+    api.patch(
+        "t",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release the hold");
+    wait_gone("the TaskRun to be gone", WAIT, &api, "t").await;
     wait_for("no children left", WAIT, || async {
         let j = jobs.get_opt(&names::job_name("gone", 5, 1)).await.ok()?;
         let c = cms
