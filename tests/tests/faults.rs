@@ -482,15 +482,20 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
     let webhook = Webhook::start(cp).await;
     webhook.register(cp).await;
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
-    api.create(&PostParams::default(), &taskrun("held", "outage", 1))
-        .await
-        .expect("create");
-    wait_for("the finalizer and the Job", WAIT, || async {
-        let tr = api.get("held").await.ok()?;
-        let held = tr.finalizers().iter().any(|f| f == taskrun::FINALIZER);
-        (held && job_name_of(&tr).is_some()).then_some(())
-    })
-    .await;
+    // "held" is deleted as kubectl does by default (background), "held-fg" in the foreground,
+    // as Argo CD prunes: the garbage collector then removes the foregroundDeletion finalizer
+    // with an update of its own, once the children are gone.
+    for (name, id) in [("held", 1), ("held-fg", 2)] {
+        api.create(&PostParams::default(), &taskrun(name, "outage", id))
+            .await
+            .expect("create");
+        wait_for("the finalizer and the Job", WAIT, || async {
+            let tr = api.get(name).await.ok()?;
+            let held = tr.finalizers().iter().any(|f| f == taskrun::FINALIZER);
+            (held && job_name_of(&tr).is_some()).then_some(())
+        })
+        .await;
+    }
 
     // The configurations now point at nothing: failurePolicy Fail refuses every user write.
     webhook.kill();
@@ -506,24 +511,34 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
         refused.to_string().contains("failed calling webhook"),
         "{refused}"
     );
-    // The controller's finalizer removal does not go through the webhooks.
+    // Neither the controller's finalizer removal nor any update of a TaskRun being deleted
+    // goes through the webhooks.
     api.delete("held", &DeleteParams::default())
         .await
         .expect("delete");
+    api.delete("held-fg", &DeleteParams::foreground())
+        .await
+        .expect("delete in the foreground");
     let gone = tokio::time::timeout(WAIT, async {
-        while !matches!(api.get_opt("held").await, Ok(None)) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for name in ["held", "held-fg"] {
+            while !matches!(api.get_opt(name).await, Ok(None)) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     })
     .await;
     drop(webhook);
     // Later tests find the shared webhook registered again, whatever happened here.
     Webhook::shared(cp).await.register(cp).await;
-    assert!(
-        gone.is_ok(),
-        "the TaskRun stayed Terminating: {:?}",
-        api.get_opt("held").await.map(|t| t.map(|t| t.metadata))
-    );
+    let left: Vec<_> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|t| t.metadata)
+        .collect();
+    assert!(gone.is_ok(), "TaskRuns stayed Terminating: {left:#?}");
 }
 
 /// How many objects there are (ignoring the namespace's CA ConfigMap); a metadata-only list,
