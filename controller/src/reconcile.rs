@@ -134,17 +134,18 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         started_at: None,
     };
     // The deterministic names keep a second TaskRun of one identity from running the same
-    // version. One that has never run a version (a duplicate at version 1, or created above
-    // it while the webhook was not there) meets none of the first one's names at a higher
-    // version, so the cache is asked for an older live TaskRun of its identity, one that has
-    // run first (the one to add context to, as the message says).
-    if version > 1
-        && prev.job_name.is_none()
-        && let Some(other) = ctx
+    // version, but only while the first one's children of that version exist: one created at
+    // another version (while the webhook was not there), or after the first one's Job of this
+    // version was removed, meets none of its names. So a TaskRun that has never run asks the
+    // cache for an older live TaskRun of its identity, preferring one that has run (the one to
+    // add context to, as the message says). One pass over the cache when there is none.
+    if prev.job_name.is_none()
+        && let Some(any) = ctx.taskruns.find(|other| holds_before(other, tr))
+    {
+        let other = ctx
             .taskruns
             .find(|other| holds_before(other, tr) && has_run(other))
-            .or_else(|| ctx.taskruns.find(|other| holds_before(other, tr)))
-    {
+            .unwrap_or(any);
         let duplicate = Claim::<Job>::Duplicate(other.name_any());
         return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }

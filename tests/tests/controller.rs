@@ -543,6 +543,38 @@ async fn a_duplicate_does_not_run_at_a_higher_version() {
 }
 
 #[tokio::test]
+async fn a_duplicate_does_not_run_at_a_lower_version() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dup-lower").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    // a starts at version 2 (as the webhook lets through), so no child of a's is named for
+    // version 1; b comes at version 1 around the webhook.
+    create(&api, &taskrun("a", "duplow", 1, 2, &[("task.md", "x")])).await;
+    wait_status(&api, "a", "a to have its Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some("duplow-1-v2")
+    })
+    .await;
+    create(&api, &taskrun("b", "duplow", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "b", "b Duplicate of a", |tr| {
+        condition(tr, "Succeeded") == Some(("False", "Duplicate"))
+            && tr
+                .status
+                .as_ref()
+                .and_then(|s| s.message.as_deref())
+                .is_some_and(|m| m.contains("TaskRun a "))
+    })
+    .await;
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let names: Vec<_> = jobs.items.iter().map(|j| j.name_any()).collect();
+    assert_eq!(names, ["duplow-1-v2"]);
+}
+
+#[tokio::test]
 async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
