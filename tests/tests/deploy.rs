@@ -139,6 +139,21 @@ fn every_overlay_builds() {
     .into();
     assert_eq!(kinds(&base), expected);
     assert_waves_in_order(&base);
+    // A review waiting for room to read its body is answered ("retry shortly") before the
+    // API server stops waiting for it.
+    let webhook = find(&base, "Deployment", "taskrun-webhook");
+    let body_wait: u64 = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|a| {
+            a.as_str()?
+                .strip_prefix("--body-read-timeout=")?
+                .strip_suffix('s')?
+                .parse()
+                .ok()
+        })
+        .expect("--body-read-timeout=<seconds>s in the webhook's args");
     for kind in [
         "ValidatingWebhookConfiguration",
         "MutatingWebhookConfiguration",
@@ -148,6 +163,10 @@ fn every_overlay_builds() {
             assert!(
                 hook["clientConfig"].get("caBundle").is_none(),
                 "no caBundle in git: {hook}"
+            );
+            assert!(
+                hook["timeoutSeconds"].as_u64() > Some(body_wait),
+                "the API server gives up before the webhook's {body_wait}s body wait: {hook}"
             );
         }
     }
