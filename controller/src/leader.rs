@@ -517,7 +517,15 @@ mod tests {
             decide(Some(&l), "standby", sent, holder_stops),
             Step::Wait { .. }
         ));
-        assert!(holder_stops + timing.grace <= sent + timing.duration);
+        // The standby takes over only once the whole duration has passed since it saw the
+        // renewal, which is `grace` after the holder stopped acting.
+        let takes = sent + timing.duration;
+        assert!(matches!(
+            decide(Some(&l), "standby", sent, takes - Duration::from_millis(1)),
+            Step::Wait { .. }
+        ));
+        assert_eq!(decide(Some(&l), "standby", sent, takes), Step::Take);
+        assert_eq!(takes - holder_stops, timing.grace);
     }
 
     #[test]

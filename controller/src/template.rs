@@ -240,8 +240,12 @@ mod tests {
     #[test]
     fn plain_env_values_cannot_be_given() {
         // Only Secret references: a literal value would put a secret into the Job spec.
-        let err = JobTemplate::from_yaml("t", "image: x\nenv: [{name: A, value: b}]\n");
-        assert!(err.is_err());
+        let err = JobTemplate::from_yaml(
+            "t",
+            "image: x\nenv: [{name: A, value: b, secretKeyRef: {name: s, key: k}}]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("value"), "{err}");
     }
 
     #[test]

@@ -757,8 +757,16 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
         (reconciles(http_get(a.http_addr(), "/metrics").await) > 0.0).then_some(())
     })
     .await;
+    let b_metrics = http_get(b.http_addr(), "/metrics")
+        .await
+        .expect("replica-b serves /metrics");
     assert_eq!(
-        reconciles(http_get(b.http_addr(), "/metrics").await),
+        metric(&b_metrics, "taskrun_controller_leading"),
+        Some(0.0),
+        "replica-b says it leads"
+    );
+    assert_eq!(
+        reconciles(Some(b_metrics)),
         0.0,
         "the standby acted:\n{}",
         b.log_tail(30)

@@ -728,9 +728,12 @@ async fn a_silently_dead_watch_is_replaced_within_about_a_minute() {
         || async { (indexed() > before).then_some(()) },
     )
     .await;
-    eprintln!(
-        "the silent watch was replaced {:?} after it went silent",
-        frozen_at.elapsed()
+    let replaced = frozen_at.elapsed();
+    eprintln!("the silent watch was replaced {replaced:?} after it went silent");
+    // Well under the watch's idle timeout would mean the freeze never silenced it.
+    assert!(
+        replaced >= Duration::from_secs(5),
+        "replaced after {replaced:?}: the freeze missed the index's watch"
     );
 }
 
@@ -782,9 +785,12 @@ async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute(
         has_job("after"),
     )
     .await;
-    eprintln!(
-        "the controller resumed {:?} after its connections went silent",
-        frozen_at.elapsed()
+    let resumed = frozen_at.elapsed();
+    eprintln!("the controller resumed {resumed:?} after its connections went silent");
+    // Well under the watch's idle timeout would mean the freeze never silenced it.
+    assert!(
+        resumed >= Duration::from_secs(5),
+        "resumed after {resumed:?}: the freeze missed the controller's watches"
     );
     assert_one_job_each(&client, &ns).await;
 }
