@@ -233,6 +233,15 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
         first_answer.summary(),
         dup_answer.summary()
     );
+    // Listing again, the webhook stays ready (for READY_WHILE_RELISTING): updates need no
+    // index, and every replica's watch failed together.
+    if matches!(dup_answer, Answer::NotSynced(_)) {
+        let readyz = webhook.get_plain("/readyz");
+        assert!(
+            matches!(readyz, Some((200, _))),
+            "not ready while listing again: {readyz:?}"
+        );
+    }
     match &dup_answer {
         Answer::Duplicate(m) => assert!(m.contains("b11"), "{m}"),
         Answer::NotSynced(_) => {}

@@ -7,7 +7,7 @@
 //! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
 //!
 //! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on
-//! /validate with a 503, and /readyz) is false from the start of every list until that list
+//! /validate with a 503; /readyz follows [`Index::is_ready`]) is false from the start of every list until that list
 //! has been indexed in full, and from the moment the watch reports an error (the API server
 //! gone, a dropped connection, a 410 Gone). After an error the stream is dropped and, after a
 //! jittered exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure,
@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::{Stream, TryStreamExt};
@@ -39,7 +39,18 @@ use crate::metrics::Metrics;
 pub struct Index {
     inner: RwLock<Inner>,
     synced: AtomicBool,
+    /// Since when a watch failure has kept an index that was synced from being so again.
+    /// None before the first list (never synced) and while synced.
+    lost_at: Mutex<Option<Instant>>,
+    ever_synced: AtomicBool,
 }
+
+/// How long a webhook whose index lost its watch stays ready while it lists again. Every
+/// replica's watch fails together when the API server restarts: unready at once, they would
+/// all leave the Service, and updates (which never wait for the index) would fail with no
+/// endpoints along with creates. A relist that takes longer, or a watch that keeps failing
+/// on one replica, takes that pod out so the others get its creates.
+pub const READY_WHILE_RELISTING: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Inner {
@@ -115,6 +126,17 @@ impl Index {
         self.synced.load(Ordering::Acquire)
     }
 
+    /// For /readyz: synced, or synced before and listing again for less than
+    /// [`READY_WHILE_RELISTING`]. Creates still wait for [`is_synced`](Self::is_synced).
+    pub fn is_ready(&self) -> bool {
+        if self.is_synced() {
+            return true;
+        }
+        let lost_at = *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ever_synced.load(Ordering::Acquire)
+            && lost_at.is_some_and(|t| t.elapsed() < READY_WHILE_RELISTING)
+    }
+
     /// TaskRuns indexed.
     pub fn len(&self) -> usize {
         self.inner
@@ -154,6 +176,8 @@ impl Index {
             inner.live = relist;
         }
         drop(inner);
+        *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.ever_synced.store(true, Ordering::Release);
         self.synced.store(true, Ordering::Release);
     }
 
@@ -163,6 +187,10 @@ impl Index {
     pub fn watch_failed(&self) {
         self.synced.store(false, Ordering::Release);
         self.write_lock().relist = None;
+        self.lost_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -432,6 +460,37 @@ mod tests {
         index.init_done();
         assert_eq!(index.duplicate_of(&id("a", 1), "x"), None);
         assert_eq!(index.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_while_listing_again_for_a_while_but_not_before_the_first_list() {
+        let index = Index::default();
+        index.init();
+        assert!(!index.is_ready(), "not before the first list");
+        index.watch_failed();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            !index.is_ready(),
+            "a failure before any list is not a relist"
+        );
+        index.init();
+        index.init_done();
+        assert!(index.is_ready());
+
+        index.watch_failed();
+        index.init();
+        assert!(!index.is_synced());
+        assert!(index.is_ready(), "listing again after a watch failure");
+        tokio::time::advance(READY_WHILE_RELISTING - Duration::from_millis(1)).await;
+        index.watch_failed(); // a second failure does not restart the clock
+        assert!(index.is_ready());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!index.is_ready(), "unsynced for {READY_WHILE_RELISTING:?}");
+        index.init();
+        index.init_done();
+        assert!(index.is_ready());
+        index.watch_failed();
+        assert!(index.is_ready(), "a new loss starts a new while");
     }
 
     #[test]

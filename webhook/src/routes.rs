@@ -123,7 +123,7 @@ impl App {
         if !self.certs.is_loaded() {
             missing.push("no serving certificate loaded");
         }
-        if !self.index.is_synced() {
+        if !self.index.is_ready() {
             missing.push("TaskRun index not synced");
         }
         if self.shutting_down.load(Ordering::Acquire) {
