@@ -604,6 +604,22 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
     );
     // Generous: a 2-core machine reconciles and deletes some tens of TaskRuns a second.
     let budget = Duration::from_secs(120 + count as u64 / 5);
+    let indexed = || webhook.metric("taskrun_webhook_index_taskruns");
+    // The TaskRuns in the controller's cache: its per-phase gauge, counted at scrape time.
+    let cached_taskruns = || async {
+        let text = http_get(ctrl.http_addr(), "/metrics")
+            .await
+            .expect("the controller's /metrics");
+        text.lines()
+            .filter_map(|l| {
+                let (_, value) = l
+                    .strip_prefix("taskrun_controller_taskruns{")?
+                    .split_once("} ")?;
+                value.trim().parse::<f64>().ok()
+            })
+            .sum::<f64>()
+    };
+    let indexed_before = indexed().expect("the webhook's index size");
     let mut figures = Vec::new();
     for cycle in 0..cycles {
         let started = Instant::now();
@@ -630,6 +646,11 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
         })
         .await;
         let created = started.elapsed();
+        assert_eq!(
+            cached_taskruns().await,
+            count as f64,
+            "cycle {cycle}: cached"
+        );
         let peak = (rss_kib(ctrl_pid), rss_kib(webhook.pid()));
         eprintln!(
             "cycle {cycle}: {count} TaskRuns reconciled in {created:?}; RSS KiB controller {} webhook {}",
@@ -657,6 +678,18 @@ async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
         .await;
         // Let the caches and allocators settle before sampling the steady level.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // Nothing of the deleted TaskRuns is kept: not in the controller's cache, not in the
+        // webhook's index.
+        assert_eq!(
+            cached_taskruns().await,
+            0.0,
+            "cycle {cycle}: TaskRuns left in the controller's cache"
+        );
+        assert_eq!(
+            indexed(),
+            Some(indexed_before),
+            "cycle {cycle}: the webhook's index"
+        );
         let settled = (rss_kib(ctrl_pid), rss_kib(webhook.pid()));
         eprintln!(
             "cycle {cycle}: {count} TaskRuns created and reconciled in {created:?}, all gone after {:?}; RSS KiB at peak controller {} webhook {}, settled controller {} webhook {}",
