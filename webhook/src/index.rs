@@ -6,17 +6,17 @@
 //! The index lags the API server by a watch event, so two creates racing past it can both be
 //! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
 //!
-//! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on
-//! /validate with a 503; /readyz follows [`Index::is_ready`]) is false from the start of every list until that list
-//! has been indexed in full, and from the moment the watch reports an error (the API server
-//! gone, a dropped connection, a 410 Gone). After an error the stream is dropped and, after a
-//! jittered exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure,
-//! at most 2.5-5 s), a fresh watcher lists every TaskRun again (a most-recent read, not the
-//! API server's cache); the index is synced again at that list's `InitDone`. kube-runtime's
-//! own retry would resume the watch from its last resourceVersion without a list and emit
-//! nothing until something changed, so nothing would tell when it had caught up; creates the
-//! API server accepted while the watch was away would be unknown to the duplicate rule. Each
-//! failure is logged once (warn) and counted in `taskrun_webhook_index_watch_failures_total`.
+//! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on /validate
+//! with a 503; /readyz follows [`Index::is_ready`]) is false from the start of every list until
+//! that list has been indexed in full, and from the moment the watch reports an error (the API
+//! server gone, a dropped connection, a 410 Gone). After an error the stream is dropped and, after
+//! a jittered exponential delay (`relist_delay`: 100-200 ms, doubling per consecutive failure, at
+//! most 2.5-5 s), a fresh watcher lists every TaskRun again (a most-recent read, not the API
+//! server's cache); the index is synced again at that list's `InitDone`. kube-runtime's own retry
+//! would resume the watch from its last resourceVersion without a list and emit nothing until
+//! something changed, so nothing would tell when it had caught up; creates the API server accepted
+//! while the watch was away would be unknown to the duplicate rule. Each failure is logged once
+//! (warn) and counted in `taskrun_webhook_index_watch_failures_total`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -39,8 +39,8 @@ use crate::metrics::Metrics;
 pub struct Index {
     inner: RwLock<Inner>,
     synced: AtomicBool,
-    /// Since when a watch failure has kept an index that was synced from being so again.
-    /// None before the first list (never synced) and while synced.
+    /// Since when the index has been unsynced by a watch failure; cleared when a list
+    /// completes. Only counts for readiness once a list has completed before.
     lost_at: Mutex<Option<Instant>>,
     ever_synced: AtomicBool,
 }
