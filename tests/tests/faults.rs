@@ -25,6 +25,7 @@ use taskrun_tests::{
     ChildGuard, ControlPlane, free_addr, http_get, identity, memory_kib, metric, spawn_logged,
     wait_for, workspace_bin,
 };
+use taskrun_webhook::index::READY_WHILE_RELISTING;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// How long after the API server is back every TaskRun may take to have its Job.
@@ -215,6 +216,7 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
 
     // Batch A is created, then the API server goes away before the controller is done with it.
     futures::future::join_all((1..=10).map(|i| create(format!("a{i}"), i))).await;
+    let stopped = Instant::now();
     cp.stop_apiserver();
     tokio::time::sleep(Duration::from_secs(3)).await; // a real outage, not a blip
     cp.start_apiserver();
@@ -233,14 +235,20 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
         first_answer.summary(),
         dup_answer.summary()
     );
-    // Listing again, the webhook stays ready (for READY_WHILE_RELISTING): updates need no
-    // index, and every replica's watch failed together.
+    // Listing again, the webhook stays ready for READY_WHILE_RELISTING from its watch's
+    // failure, which came after the stop: updates need no index, and every replica's watch
+    // failed together. (On a machine so slow that the restart took longer, not asserted.)
     if matches!(dup_answer, Answer::NotSynced(_)) {
+        let since_stop = stopped.elapsed();
         let readyz = webhook.get_plain("/readyz");
-        assert!(
-            matches!(readyz, Some((200, _))),
-            "not ready while listing again: {readyz:?}"
-        );
+        if since_stop < READY_WHILE_RELISTING {
+            assert!(
+                matches!(readyz, Some((200, _))),
+                "not ready while listing again, {since_stop:?} after the stop: {readyz:?}"
+            );
+        } else {
+            eprintln!("readiness while listing again not checked: {since_stop:?} after the stop");
+        }
     }
     match &dup_answer {
         Answer::Duplicate(m) => assert!(m.contains("b11"), "{m}"),
