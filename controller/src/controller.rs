@@ -116,7 +116,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 
     let identity = args.identity();
     let leadership = if args.leader_elect {
-        Leadership::elect(
+        let elect = Leadership::elect(
             client.clone(),
             LeaseConfig {
                 name: args.lease_name.clone(),
@@ -125,8 +125,16 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
                 duration_seconds: args.lease_duration_seconds,
                 grace_seconds: args.lease_grace_seconds,
             },
-        )
-        .await?
+        );
+        // The first read of the Lease may be retried for a while: a signal meanwhile ends it.
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            elected = elect => elected?,
+            _ = stop.wait_for(|stopped| *stopped) => {
+                http.abort();
+                return Ok(());
+            }
+        }
     } else {
         Leadership::always()
     };

@@ -242,12 +242,14 @@ impl Leadership {
         }
     }
 
-    /// Reads the Lease once (so that missing RBAC or a wrong namespace fails the start), then
-    /// competes for it in the background.
+    /// Reads the Lease first (so that missing RBAC or a wrong namespace fails the start), then
+    /// competes for it in the background. The first read is retried for
+    /// [`FIRST_READ_PATIENCE`]: a controller started while the API server restarts would
+    /// otherwise exit, and wait out the kubelet's growing restart delay.
     pub async fn elect(client: Client, c: LeaseConfig) -> Result<Self, LeaderError> {
         let timing = Timing::new(c.duration_seconds, c.grace_seconds)?;
         let api: Api<Lease> = Api::namespaced(client, &c.namespace);
-        api.get_opt(&c.name)
+        patiently(FIRST_READ_PATIENCE, || api.get_opt(&c.name))
             .await
             .map_err(|source| LeaderError::Lease {
                 namespace: c.namespace.clone(),
@@ -283,6 +285,32 @@ impl Leadership {
             && let Err(error) = task.await
         {
             tracing::warn!(%error, "the Lease task ended abnormally");
+        }
+    }
+}
+
+/// How long the first read of the Lease is retried before the start fails: enough to ride out
+/// an API server restart, short enough that missing RBAC still shows as a failed start.
+pub const FIRST_READ_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Calls `read` until it succeeds, waiting 200 ms after a failure and twice as long after
+/// each next one, at most 5 s; the last error once the next wait would pass `patience`.
+async fn patiently<T, E, F>(patience: Duration, mut read: impl FnMut() -> F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() + wait > patience => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?wait, "cannot read the Lease yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -504,6 +532,32 @@ mod tests {
         // No duration: nothing to wait out.
         let l = lease(Some("other"), None, "1");
         assert_eq!(decide(Some(&l), "me", seen, seen), Step::Take);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_read_is_retried_for_a_while_then_fails() {
+        let calls = std::cell::Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 4 { Err("refused") } else { Ok(n) } }
+        };
+        let started = Instant::now();
+        assert_eq!(patiently(FIRST_READ_PATIENCE, flaky).await, Ok(4));
+        // 200 + 400 + 800 ms of waiting.
+        assert_eq!(started.elapsed(), Duration::from_millis(1400));
+
+        let started = Instant::now();
+        let never = || async { Err::<(), _>("forbidden") };
+        assert_eq!(
+            patiently(FIRST_READ_PATIENCE, never).await,
+            Err("forbidden")
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited <= FIRST_READ_PATIENCE && waited > FIRST_READ_PATIENCE - Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 
     #[test]

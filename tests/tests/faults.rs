@@ -348,6 +348,41 @@ async fn an_api_server_restart_loses_and_doubles_nothing() {
     assert!(webhook.is_running());
 }
 
+/// A controller that starts while the API server is away (a node reboot during a control
+/// plane upgrade) waits for it, instead of exiting on its first read of the Lease and waiting
+/// out the kubelet's restart delay.
+#[tokio::test]
+async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-start-down").await;
+    identity::apply_rbac(cp);
+    let api: Api<TaskRun> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &taskrun("waiting", "start-down", 1))
+        .await
+        .expect("create");
+    cp.stop_apiserver();
+    let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let running = ctrl.is_running();
+    cp.start_apiserver();
+    assert!(
+        running,
+        "the controller exited while the API server was down:\n{}",
+        ctrl.log_tail(20)
+    );
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    wait_for("the TaskRun to get its Job", WAIT, || async {
+        api.get("waiting")
+            .await
+            .ok()
+            .filter(|t| job_name_of(t).is_some())
+    })
+    .await;
+}
+
 // ---- the webhook killed under a stream of creates ------------------------------------------
 
 #[derive(Default)]
