@@ -374,13 +374,18 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
         ctrl.log_tail(20)
     );
     let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
-    wait_for("the TaskRun to get its Job", WAIT, || async {
-        api.get("waiting")
-            .await
-            .ok()
-            .filter(|t| job_name_of(t).is_some())
-    })
-    .await;
+    // One more, created once the webhook's index has listed again (so the tests after this
+    // one find it synced).
+    create_when_synced(&api, &taskrun("after", "start-down", 2)).await;
+    for name in ["waiting", "after"] {
+        wait_for(&format!("{name} to get its Job"), WAIT, || async {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|t| job_name_of(t).is_some())
+        })
+        .await;
+    }
 }
 
 // ---- the webhook killed under a stream of creates ------------------------------------------
