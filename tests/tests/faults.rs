@@ -158,6 +158,19 @@ fn classify(result: Result<TaskRun, kube::Error>) -> Answer {
     }
 }
 
+/// Waits until each of `names` has its Job named in its status.
+async fn wait_for_jobs(api: &Api<TaskRun>, names: &[&str]) {
+    for name in names {
+        wait_for(&format!("{name} to get its Job"), WAIT, || async {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|t| job_name_of(t).is_some())
+        })
+        .await;
+    }
+}
+
 /// The answer to creating `tr`, asking again while the API server gives none; a create whose
 /// answer was lost and that turns out to have got in counts as admitted.
 async fn create_answer(api: &Api<TaskRun>, tr: &TaskRun) -> Answer {
@@ -377,15 +390,7 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
     // One more, created once the webhook's index has listed again (so the tests after this
     // one find it synced).
     create_when_synced(&api, &taskrun("after", "start-down", 2)).await;
-    for name in ["waiting", "after"] {
-        wait_for(&format!("{name} to get its Job"), WAIT, || async {
-            api.get(name)
-                .await
-                .ok()
-                .filter(|t| job_name_of(t).is_some())
-        })
-        .await;
-    }
+    wait_for_jobs(&api, &["waiting", "after"]).await;
 }
 
 // ---- the webhook killed under a stream of creates ------------------------------------------
@@ -1270,15 +1275,7 @@ async fn api_errors_for_a_while_bring_backoff_not_a_hot_loop_then_recovery() {
     api.create(&PostParams::default(), &taskrun("after", "faulted", 3))
         .await
         .expect("create");
-    for name in ["during", "after"] {
-        wait_for(&format!("{name} to get its Job"), WAIT, || async {
-            api.get(name)
-                .await
-                .ok()
-                .filter(|t| job_name_of(t).is_some())
-        })
-        .await;
-    }
+    wait_for_jobs(&api, &["during", "after"]).await;
     let recovered = ended.elapsed();
     assert_one_job_each(&client, &ns).await;
     eprintln!(
