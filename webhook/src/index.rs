@@ -39,10 +39,9 @@ use crate::metrics::Metrics;
 pub struct Index {
     inner: RwLock<Inner>,
     synced: AtomicBool,
-    /// Since when the index has been unsynced by a watch failure; cleared when a list
-    /// completes. Only counts for readiness once a list has completed before.
+    /// Since when a watch failure has kept the index, synced before, from being so again;
+    /// cleared when a list completes. None before the first list.
     lost_at: Mutex<Option<Instant>>,
-    ever_synced: AtomicBool,
 }
 
 /// How long a webhook whose index lost its watch stays ready while it lists again. Every
@@ -133,8 +132,7 @@ impl Index {
             return true;
         }
         let lost_at = *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner);
-        self.ever_synced.load(Ordering::Acquire)
-            && lost_at.is_some_and(|t| t.elapsed() < READY_WHILE_RELISTING)
+        lost_at.is_some_and(|t| t.elapsed() < READY_WHILE_RELISTING)
     }
 
     /// TaskRuns indexed.
@@ -177,7 +175,6 @@ impl Index {
         }
         drop(inner);
         *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.ever_synced.store(true, Ordering::Release);
         self.synced.store(true, Ordering::Release);
     }
 
@@ -185,12 +182,13 @@ impl Index {
     /// list completes. A half-built list is dropped; the live contents stay (unread by
     /// /validate until then) and are replaced at the next `InitDone`.
     pub fn watch_failed(&self) {
+        // Only a loss of sync starts the clock: not a failure before the first list, nor a
+        // second one before the next list completes.
+        if self.synced.load(Ordering::Acquire) {
+            *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
         self.synced.store(false, Ordering::Release);
         self.write_lock().relist = None;
-        self.lost_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert_with(Instant::now);
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
