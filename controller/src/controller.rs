@@ -224,7 +224,9 @@ async fn run_controller(
     let taskrun_watch = watcher::Config::default()
         .page_size(taskrun::limits::LIST_PAGE_SIZE)
         .timeout(WATCH_TIMEOUT_SECS);
-    let stream = watcher(taskruns, taskrun_watch)
+    // A list's TaskRuns trigger their reconciles once the whole list is in the cache
+    // (relist.rs).
+    let taskrun_events = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
         .modify({
             let written = written.clone();
@@ -233,7 +235,8 @@ async fn run_controller(
                 cache::trim_taskrun(tr);
             }
         })
-        .reflect(writer)
+        .reflect(writer);
+    let stream = relist::when_listed(taskrun_events, reader.clone())
         .applied_objects()
         .predicate_filter(reconcile_trigger, PredicateConfig::default());
     // Children are watched narrowed by the project's label and cached trimmed (ConfigMaps as
@@ -247,13 +250,14 @@ async fn run_controller(
         .any_semantic()
         .timeout(WATCH_TIMEOUT_SECS);
     // A child deleted while its watch was down is reported when the watch lists again, so
-    // its TaskRun learns of it (relist.rs).
+    // its TaskRun learns of it, and a list's children trigger their TaskRuns once the whole
+    // list is in the cache (relist.rs).
     let (job_reader, job_writer) = reflector::store();
     let job_events = watcher(jobs, children.clone())
         .backoff(backoff::watch())
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
-    let job_stream = relist::with_vanished(job_events, job_reader.clone())
+    let job_events = relist::with_vanished(job_events, job_reader.clone())
         .inspect_ok({
             let (departed, taskruns) = (departed.clone(), reader.clone());
             move |event| {
@@ -262,15 +266,14 @@ async fn run_controller(
                 }
             }
         })
-        .reflect(job_writer)
-        .touched_objects();
+        .reflect(job_writer);
+    let job_stream = relist::when_listed(job_events, job_reader.clone()).touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
     let cm_events = watcher(config_maps, children)
         .backoff(backoff::watch())
         .modify(cache::trim_config_map);
-    let cm_stream = relist::with_vanished(cm_events, cm_reader.clone())
-        .reflect(cm_writer)
-        .touched_objects();
+    let cm_events = relist::with_vanished(cm_events, cm_reader.clone()).reflect(cm_writer);
+    let cm_stream = relist::when_listed(cm_events, cm_reader.clone()).touched_objects();
     let ctx = Arc::new(Ctx {
         base: base.clone(),
         failures: Mutex::new(HashMap::new()),

@@ -1,15 +1,24 @@
-//! Children that went away while a watch was down.
+//! What a watch that lists again must tell the Controller, and when.
 //!
-//! A watch that cannot resume lists again, and kube-runtime's reflector then swaps the new
-//! list in: an object deleted during the gap drops out of the cache with no event at all. The
-//! TaskRun that owned it (a Job removed by its TTL, a ConfigMap deleted by hand) would never be
-//! reconciled for it, and nothing else wakes it: its status would say Running forever. This
-//! adapter sits before the reflector and, when a list ends, emits every cached object the list
-//! did not bring as a delete, so the owner is reconciled and finds its child gone.
+//! A watch that cannot resume (its resourceVersion unknown to a restarted API server, say)
+//! lists again, and kube-runtime's reflector builds the new list aside, swapping it into the
+//! cache only when the list is complete. Two things then go wrong without help:
+//! - An object deleted during the gap drops out of the cache with no event at all. The
+//!   TaskRun that owned it (a Job removed by its TTL, a ConfigMap deleted by hand) would never
+//!   be reconciled for it, and nothing else wakes it: its status would say Running forever.
+//!   [`with_vanished`] sits before the reflector and, when a list ends, emits every cached
+//!   object the list did not bring as a delete, so the owner is reconciled and finds its child
+//!   gone.
+//! - Each listed object triggers a reconcile as soon as it arrives, and the Controller starts
+//!   reconciles between pages, reading the cache of before the gap: a TaskRun created meanwhile
+//!   is "not found", one whose contextVersion was raised is read at the old version, one being
+//!   deleted is read as not deleted. The trigger is then spent. [`when_listed`] sits after the
+//!   reflector and holds the listed objects back until the new list is in the cache.
 
 use std::collections::HashSet;
 use std::hash::Hash;
 
+use futures::future::Either;
 use futures::{Stream, StreamExt, stream};
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -57,6 +66,41 @@ where
     })
 }
 
+/// `events`, taken after the reflector that fills `store`, with the objects of a list held
+/// back until the list is complete and then emitted as `store` has them: whatever they
+/// trigger reads the new list. Only their names are held meanwhile, and each object is cloned
+/// from the cache as it is emitted, so a list of thousands is never copied whole.
+pub fn when_listed<K, E>(
+    events: impl Stream<Item = Result<Event<K>, E>>,
+    store: Store<K>,
+) -> impl Stream<Item = Result<Event<K>, E>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let mut listed: Vec<ObjectRef<K>> = Vec::new();
+    events.flat_map(move |event| match event {
+        Ok(Event::InitApply(obj)) => {
+            listed.push(ObjectRef::from_obj(&obj));
+            Either::Left(stream::iter(None))
+        }
+        Ok(Event::InitDone) => {
+            let store = store.clone();
+            let cached = std::mem::take(&mut listed)
+                .into_iter()
+                .filter_map(move |name| store.get(&name))
+                .map(|obj| Ok(Event::InitApply(obj.as_ref().clone())));
+            Either::Right(stream::iter(cached.chain([Ok(Event::InitDone)])))
+        }
+        event => {
+            if matches!(event, Ok(Event::Init)) {
+                listed.clear();
+            }
+            Either::Left(stream::iter(Some(event)))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,7 +108,7 @@ mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::ResourceExt;
     use kube::api::ObjectMeta;
-    use kube::runtime::reflector;
+    use kube::runtime::{reflector, watcher};
 
     fn cm(name: &str) -> ConfigMap {
         ConfigMap {
@@ -133,5 +177,74 @@ mod tests {
         let mut cached: Vec<_> = store.state().iter().map(|o| o.name_any()).collect();
         cached.sort();
         assert_eq!(cached, ["a", "c", "d"]);
+    }
+
+    fn cm_at(name: &str, version: &str) -> ConfigMap {
+        let mut cm = cm(name);
+        cm.metadata.resource_version = Some(version.into());
+        cm
+    }
+
+    /// What comes out of the reflector and then `when_listed`, each listed object with the
+    /// version the cache holds for it at the moment it comes out.
+    async fn run_listed(
+        writer: reflector::store::Writer<ConfigMap>,
+        store: Store<ConfigMap>,
+        events: Vec<Event<ConfigMap>>,
+    ) -> Vec<String> {
+        let events = stream::iter(events.into_iter().map(Ok::<_, watcher::Error>));
+        let version = |o: &ConfigMap| o.metadata.resource_version.clone().unwrap_or_default();
+        when_listed(reflector::reflector(writer, events), store.clone())
+            .map_ok(|e| match e {
+                Event::InitApply(o) => {
+                    let cached = store.get(&ObjectRef::from_obj(&o)).map(|c| version(&c));
+                    format!(
+                        "list {}@{} (cached @{})",
+                        o.name_any(),
+                        version(&o),
+                        cached.unwrap_or_default()
+                    )
+                }
+                Event::Apply(o) => format!("apply {}@{}", o.name_any(), version(&o)),
+                Event::Delete(o) => format!("delete {}", o.name_any()),
+                Event::Init => "init".into(),
+                Event::InitDone => "done".into(),
+            })
+            .try_collect()
+            .await
+            .expect("no watch errors were fed")
+    }
+
+    #[tokio::test]
+    async fn a_list_triggers_nothing_until_the_whole_list_is_in_the_cache() {
+        let (store, writer) = reflector::store();
+        let first = vec![
+            Event::Init,
+            Event::InitApply(cm_at("a", "1")),
+            Event::InitApply(cm_at("b", "1")),
+            Event::InitDone,
+            Event::Apply(cm_at("c", "1")),
+            // The watch broke; a changed meanwhile, d was created.
+            Event::Init,
+            Event::InitApply(cm_at("a", "2")),
+            Event::InitApply(cm_at("d", "1")),
+            Event::InitDone,
+            Event::Delete(cm_at("d", "1")),
+        ];
+        assert_eq!(
+            run_listed(writer, store.clone(), first).await,
+            [
+                "init",
+                "list a@1 (cached @1)",
+                "list b@1 (cached @1)",
+                "done",
+                "apply c@1",
+                "init",
+                "list a@2 (cached @2)",
+                "list d@1 (cached @1)",
+                "done",
+                "delete d",
+            ]
+        );
     }
 }

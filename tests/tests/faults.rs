@@ -890,6 +890,87 @@ async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute(
     assert_one_job_each(&client, &ns).await;
 }
 
+/// A watch that cannot resume (its resourceVersion unknown to a restarted API server) lists
+/// again, in pages. What changed meanwhile must be acted on from the new list: a new TaskRun
+/// run, a raised contextVersion run again, a deletion finished. kube-runtime's reflector swaps
+/// a re-list into its cache only at the end, while each listed TaskRun already triggers a
+/// reconcile, which then read the cache of before the gap (and, the trigger spent, no second
+/// one came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_lists_again() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-relist").await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    // No leader election: a new term would list afresh before reconciling, hiding the re-list.
+    let ctrl = proxy.controller("relisting-controller", &ns, &["--leader-elect=false"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    // Several pages of the controller's list (taskrun::limits::LIST_PAGE_SIZE).
+    let names: Vec<String> = (1..=20).map(|i| format!("t{i:02}")).collect();
+    for (i, name) in (1..).zip(&names) {
+        api.create(&PostParams::default(), &taskrun(name, "relist", i))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_for_jobs(&api, &names).await;
+
+    // The controller hears nothing, and the API server it comes back to is a new one.
+    proxy.open_window();
+    cp.stop_apiserver();
+    cp.start_apiserver();
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    // Meanwhile, in the first page of the list to come (names sort first): a new TaskRun, a
+    // raised contextVersion, a deletion (held by the controller's finalizer).
+    create_when_synced(&api, &taskrun("a-new", "relist", 21)).await;
+    api.patch(
+        "t01",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"contextVersion": 2}})),
+    )
+    .await
+    .expect("raise t01's contextVersion");
+    api.delete("t02", &DeleteParams::default())
+        .await
+        .expect("delete t02");
+    proxy.close_window();
+
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let new_run = api.get("a-new").await.ok();
+        let rerun = api.get("t01").await.ok();
+        let gone = matches!(api.get_opt("t02").await, Ok(None));
+        let v2 = names::job_name("relist", 1, 2);
+        if new_run.as_ref().and_then(job_name_of).is_some()
+            && rerun.as_ref().and_then(job_name_of) == Some(v2.as_str())
+            && gone
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{RECOVERY:?} after the controller could reach the API server again: a-new {:?}; \
+             t01 {:?}; t02 gone {gone}\ncontroller log:\n{}",
+            new_run.map(|t| t.status),
+            rerun.map(|t| t.status),
+            taskrun_tests::log_tail(ctrl.log_path(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One Job each, none twice: t01's second version replaced its first, t02's went with it.
+    let jobs: BTreeSet<String> = list(&Api::<Job>::namespaced(client.clone(), &ns))
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    let expected: BTreeSet<String> = std::iter::once(names::job_name("relist", 1, 2))
+        .chain((3..=21).map(|i| names::job_name("relist", i, 1)))
+        .collect();
+    assert_eq!(jobs, expected);
+}
+
 /// Of two replicas, the leader is cut off from the API server (every request answered 429 or
 /// 503). It must stop acting before the standby may take the Lease over, not when it next
 /// hears from the API server: otherwise both act at once.
