@@ -78,7 +78,7 @@ pub enum Command {
 pub enum ContextCommand {
     /// Add markdown files to a TaskRun and raise its contextVersion by one.
     ///
-    /// Uses server-side apply with the field manager `kubectl-taskrun`: the files are merged into
+    /// Uses server-side apply with the field manager `taskrun-cli`: the files are merged into
     /// spec.markdownFiles by filename, and every other file and field (including those owned by
     /// other managers, such as a GitOps tool) is left as it is. Concurrent calls never lose an
     /// update: each apply is conditional on the resourceVersion it read, and retried on conflict.

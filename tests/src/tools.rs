@@ -1,5 +1,5 @@
-//! The pinned Go tools the tests drive (helm, cert-manager, kstatus), each built once per
-//! machine by its `tests/<tool>/build.sh` and cached under `~/.cache/taskrun/`.
+//! The pinned Go tools the tests drive (helm, cert-manager, kstatus, fluxapply), each built
+//! once per machine by its `tests/<tool>/build.sh` and cached under `~/.cache/taskrun/`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

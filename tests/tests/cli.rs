@@ -198,7 +198,7 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
             .pointer("/f:metadata/f:annotations/f:team")
             .is_some()
     );
-    let (ours, _) = owned_by(&tr, "kubectl-taskrun");
+    let (ours, _) = owned_by(&tr, "taskrun-cli");
     assert_eq!(
         ours,
         BTreeSet::from(["ctx-1.md", "ctx-2.md", "ctx-3.md"].map(String::from))
@@ -237,6 +237,56 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
     });
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not found"), "{err}");
+}
+
+/// Flux's kustomize-controller, before each apply, takes over the fields of every field
+/// manager whose name starts with "kubectl", so that hand edits are undone by the next sync
+/// (`tests/fluxapply`, with Flux's own apply library and options). The plugin's manager must
+/// not be one of them: Flux, then owning the context added and contextVersion, would drop both
+/// from the TaskRun on its next apply of the manifest in git, and contextVersion going back to
+/// 1 is refused, failing that Kustomization's every sync from then on.
+#[tokio::test]
+async fn a_flux_sync_keeps_the_context_the_plugin_added() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-flux").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    let mut manifest = gitops_manifest("t1", &[("task.md", "# Task\n")]);
+    manifest["metadata"]["namespace"] = json!(ns);
+    let dir = work_dir().join(&ns);
+    let manifest = write_file(&dir, "taskrun.json", &manifest.to_string());
+    let flux = taskrun_tests::tools::build("fluxapply");
+    let sync = || {
+        let mut cmd = Command::new(&flux);
+        cmd.arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .arg("-f")
+            .arg(&manifest);
+        run(cmd)
+    };
+    let (code, out, err) = sync();
+    assert_eq!(code, 0, "the first sync: {out}{err}");
+    assert!(out.contains("created"), "{out}");
+
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(write_file(&dir, "ctx-1.md", "# More context\n"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+
+    // The manifest in git is unchanged; Flux syncs it again, and again.
+    for round in 1..=2 {
+        let (code, out, err) = sync();
+        assert_eq!(code, 0, "sync {round} after context add: {out}{err}");
+        let tr = api.get("t1").await.expect("get");
+        assert_eq!(tr.spec.context_version, 2, "after sync {round}");
+        assert_eq!(
+            filenames(&tr),
+            BTreeSet::from(["task.md", "ctx-1.md"].map(String::from)),
+            "after sync {round}"
+        );
+    }
 }
 
 #[tokio::test]

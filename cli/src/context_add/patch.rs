@@ -16,8 +16,11 @@ use kube::Resource;
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, validate_update};
 
-/// The field manager of `context add`.
-pub const MANAGER: &str = "kubectl-taskrun";
+/// The field manager of `context add` (and of the TaskRuns `migrate-helm` creates). Not the
+/// binary's name: Flux's kustomize-controller takes over, before each apply, the fields of every
+/// manager whose name starts with "kubectl" (to undo hand edits), and would then drop the
+/// context added here from the TaskRun on its next sync.
+pub const MANAGER: &str = "taskrun-cli";
 
 /// The filenames of the markdownFiles entries that `manager` owns through apply.
 pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<String> {
