@@ -1081,3 +1081,57 @@ async fn a_release_record_labelled_with_another_name_is_left_alone() {
         .collect();
     assert_eq!(names, ["sh.helm.release.v1.other-task-2.v1"], "{names:?}");
 }
+
+/// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`
+/// would act on that newer revision (its manifest, its hooks), so `--delete-releases` leaves
+/// such a release for Helm, saying why, instead of uninstalling from the revision migrated.
+#[tokio::test]
+async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninstall() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-failed-upgrade").await;
+    let client = cp.client().await;
+    let spec = install_task(cp, &ns, "install", "pay", 6, "", &[("task.md", "# Task\n")]);
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    // A Job's pod template is immutable: the upgrade fails on the Job, as revision 2.
+    let chart = repo_root().join("tests/fixtures/legacy-chart");
+    let upgrade = helm_command(
+        cp,
+        &ns,
+        &[
+            "upgrade",
+            "pay-task-6",
+            &chart.to_string_lossy(),
+            "--reuse-values",
+            "--set",
+            "image=registry.example/agent:other",
+        ],
+    )
+    .output()
+    .expect("helm runs");
+    assert!(!upgrade.status.success(), "the upgrade was meant to fail");
+    let history = helm(cp, &ns, &["history", "pay-task-6", "-o", "json"]);
+    assert!(history.contains("\"failed\""), "{history}");
+
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let line = row(&out, "pay-task-6");
+    assert!(
+        line.contains("UNINSTALL FAILED")
+            && line.contains("revision 2 (failed) is newer than the migrated revision 1"),
+        "{line}"
+    );
+    // Migrated from the deployed revision; Helm's release and its resources stay.
+    let tr = Api::<TaskRun>::namespaced(client.clone(), &ns)
+        .get("pay-task-6")
+        .await
+        .expect("the TaskRun");
+    assert_eq!(tr.spec.task_id, spec.task_id);
+    assert_eq!(
+        helm_releases(cp, &ns).get("pay-task-6").map(String::as_str),
+        Some("2")
+    );
+    Api::<Job>::namespaced(client, &ns)
+        .get("pay-task-6")
+        .await
+        .expect("the release's Job is still there");
+}

@@ -93,6 +93,17 @@ pub fn newest_pending(revisions: &[Revision]) -> Option<&Revision> {
         .filter(|r| pending(&r.status))
 }
 
+/// The newest revision above `migrated` (a failed upgrade over the deployed revision, say).
+/// `helm uninstall` acts on the newest revision, whatever its status: its manifest lists
+/// what to delete and its hooks run. Uninstalling from the migrated revision instead could
+/// leave what only the newer one made, or skip its delete hooks.
+pub fn newer_than(revisions: &[Revision], migrated: i64) -> Option<&Revision> {
+    revisions
+        .iter()
+        .filter(|r| r.version > migrated)
+        .max_by_key(|r| r.version)
+}
+
 /// Why no revision of a release was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotPicked<'a> {
@@ -401,6 +412,14 @@ mod tests {
             pick_deployed(&[]),
             Err(NotPicked::NotDeployed("no revisions".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_revision_above_the_migrated_one_is_found() {
+        let failed_upgrade = [rev(1, "deployed"), rev(3, "failed"), rev(2, "failed")];
+        assert_eq!(newer_than(&failed_upgrade, 1).map(|r| r.version), Some(3));
+        let settled = [rev(1, "superseded"), rev(2, "deployed")];
+        assert_eq!(newer_than(&settled, 2), None);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! resource the release manifest lists (except those annotated
 //! `helm.sh/resource-policy: keep`), then every revision Secret. Releases with pre- or
 //! post-delete hooks are refused: running hooks is Helm's business, so those are left for
-//! `helm uninstall`. A release whose Job still runs, or that Helm is working on (its newest
-//! revision pending), is not uninstalled now: that would kill the run, or delete the records
-//! of an operation under way.
+//! `helm uninstall`, and so are releases with a revision newer than the one migrated (a failed
+//! upgrade): Helm would uninstall from that one. A release whose Job still runs, or that Helm
+//! is working on (its newest revision pending), is not uninstalled now: that would kill the
+//! run, or delete the records of an operation under way.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -161,6 +162,12 @@ pub async fn uninstall(
             &release.namespace,
             &release.name,
             newest,
+        )));
+    }
+    if let Some(newer) = plan::newer_than(&records, release.version) {
+        return Err(NotUninstalled::Failed(format!(
+            "revision {} ({}) is newer than the migrated revision {}, and uninstalling acts on the newest revision (what it made, its delete hooks): check it, then `helm uninstall {} -n {}`",
+            newer.version, newer.status, release.version, release.name, release.namespace
         )));
     }
     let mut done = Uninstalled {
