@@ -255,7 +255,8 @@ fn config_map_problems(cm: &ConfigMap, name: &str, service: &str, task_id: i64) 
 /// How an existing TaskRun compares to the one a release would become.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Its spec is exactly the desired one.
+    /// Its spec is the desired one: the same files in any order, some perhaps given a
+    /// fileType since (the release's files have none).
     Same,
     /// It is the same task with every migrated file intact, and has since been given more
     /// context (`context add`): migrated, and moved on.
@@ -297,13 +298,34 @@ pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
             Some(f) if f.content != file.content => {
                 return Verdict::Differs(format!("its file {} has other content", file.filename));
             }
+            // A release's files have no type: a type given to one since (a TaskRun written
+            // for GitOps with `fileType: task`) changes nothing the task runs with.
+            Some(f) if file.file_type.is_some() && f.file_type != file.file_type => {
+                return Verdict::Differs(format!(
+                    "its file {} has another fileType",
+                    file.filename
+                ));
+            }
             Some(_) => {}
         }
     }
     if live.context_version > desired.context_version {
-        Verdict::MovedOn
+        return Verdict::MovedOn;
+    }
+    let extra: Vec<&str> = live
+        .markdown_files
+        .iter()
+        .map(|f| f.filename.as_str())
+        .filter(|name| !desired.markdown_files.iter().any(|d| d.filename == *name))
+        .collect();
+    if extra.is_empty() {
+        Verdict::Same
     } else {
-        Verdict::Differs("it has other files or fileTypes".to_owned())
+        Verdict::Differs(format!(
+            "it has files the release has not ({}) at contextVersion {}",
+            extra.join(", "),
+            live.context_version
+        ))
     }
 }
 
@@ -609,6 +631,25 @@ mod tests {
         let mut other = desired.clone();
         other.markdown_files.pop();
         assert!(matches!(compare(&desired, &other), Verdict::Differs(d) if d.contains("lacks")));
+
+        // More files at the same version: named.
+        let mut other = desired.clone();
+        other.markdown_files.push(MarkdownFile {
+            filename: "extra.md".into(),
+            content: "more".into(),
+            file_type: None,
+        });
+        assert!(matches!(
+            compare(&desired, &other),
+            Verdict::Differs(d) if d == "it has files the release has not (extra.md) at contextVersion 1"
+        ));
+
+        // The same files, given types since: the same task.
+        let mut typed = desired.clone();
+        for file in &mut typed.markdown_files {
+            file.file_type = Some(taskrun::FileType::Task);
+        }
+        assert_eq!(compare(&desired, &typed), Verdict::Same);
 
         let mut other = desired.clone();
         other.agent_name = Some("x".into());
