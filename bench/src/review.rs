@@ -41,6 +41,13 @@ pub fn index_entry(namespace: &str, i: u64) -> Entry {
         identity: Identity::new(namespace, &service, id),
         name: name(i),
         terminating: false,
+        has_run: true,
+        created: Some(1_764_000_000 + i as i64),
+        uid: format!(
+            "{:08x}-7a1c-4e2b-9f3d-{:012x}",
+            i,
+            i.wrapping_mul(2_654_435_761)
+        ),
     }
 }
 

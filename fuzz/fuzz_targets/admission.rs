@@ -17,6 +17,9 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
         identity: Identity::new("default", "billing", 1),
         name: "existing".into(),
         terminating: false,
+        has_run: true,
+        created: Some(1_764_000_000),
+        uid: "0b6c9f8e-1f2a-4c3d-8e5f-6a7b8c9d0e1f".into(),
     });
     index.init_done();
     index

@@ -1,7 +1,8 @@
 //! The in-memory index the duplicate rule reads: task identity -> the TaskRuns holding it.
 //! A kube-runtime watcher keeps it current; a lookup is a hash-map read under a read lock, with
-//! no API call. Only names and a terminating flag are stored (not specs or files): the release
-//! binary serves 10,000 TaskRuns in about 25 MiB RSS, all of it included (docs/benchmarks.md).
+//! no API call. Only what the duplicate rule reads is stored (name, uid, creation time, whether
+//! it is being deleted and whether it has run; not specs or files): the release binary serves
+//! 10,000 TaskRuns in about 25 MiB RSS, all of it included (docs/benchmarks.md).
 //!
 //! The index lags the API server by a watch event, so two creates racing past it can both be
 //! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
@@ -67,26 +68,38 @@ struct Holders {
 struct Holder {
     name: Box<str>,
     terminating: bool,
+    has_run: bool,
+    created: Option<i64>,
+    uid: Box<str>,
 }
 
-/// What the index needs of one TaskRun.
+/// What the index needs of one TaskRun: its identity and name, whether it is being deleted,
+/// and, to name the one that runs when several hold an identity, whether it has run, when it
+/// was created and its uid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub identity: Identity,
     pub name: String,
     pub terminating: bool,
+    pub has_run: bool,
+    pub created: Option<i64>,
+    pub uid: String,
 }
 
 impl Holders {
     fn upsert(&mut self, e: Entry) {
         let list = self.by_identity.entry(e.identity).or_default();
-        match list.iter_mut().find(|h| *h.name == *e.name) {
-            Some(h) => h.terminating = e.terminating,
+        let holder = Holder {
+            name: e.name.into(),
+            terminating: e.terminating,
+            has_run: e.has_run,
+            created: e.created,
+            uid: e.uid.into(),
+        };
+        match list.iter_mut().find(|h| h.name == holder.name) {
+            Some(h) => *h = holder,
             None => {
-                list.push(Holder {
-                    name: e.name.into(),
-                    terminating: e.terminating,
-                });
+                list.push(holder);
                 self.len += 1;
             }
         }
@@ -114,6 +127,9 @@ impl Index {
             holders.iter().map(|h| Existing {
                 name: &h.name,
                 terminating: h.terminating,
+                has_run: h.has_run,
+                created: h.created,
+                uid: &h.uid,
             }),
         )
         .map(str::to_owned)
@@ -327,6 +343,20 @@ pub struct SlimTaskRun {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: Option<SlimSpec>,
+    #[serde(default)]
+    status: Option<SlimStatus>,
+}
+
+/// Only whether the status names a Job: whether the TaskRun has run.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct SlimStatus {
+    #[serde(deserialize_with = "present")]
+    job_name: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
 }
 
 // Defaults: one odd object must not fail the whole list (the schema requires both anyway).
@@ -342,7 +372,9 @@ struct SlimSpec {
 struct SlimMeta {
     name: Option<String>,
     namespace: Option<String>,
+    uid: Option<String>,
     resource_version: Option<String>,
+    creation_timestamp: Option<Time>,
     deletion_timestamp: Option<Time>,
 }
 
@@ -351,7 +383,9 @@ fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Er
     Ok(ObjectMeta {
         name: m.name,
         namespace: m.namespace,
+        uid: m.uid,
         resource_version: m.resource_version,
+        creation_timestamp: m.creation_timestamp,
         deletion_timestamp: m.deletion_timestamp,
         ..ObjectMeta::default()
     })
@@ -368,6 +402,13 @@ impl SlimTaskRun {
             ),
             name: self.metadata.name.clone()?,
             terminating: self.metadata.deletion_timestamp.is_some(),
+            has_run: self.status.is_some_and(|s| s.job_name),
+            created: self
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            uid: self.metadata.uid.clone().unwrap_or_default(),
         })
     }
 }
@@ -406,6 +447,9 @@ mod tests {
             identity: Identity::new(ns, "billing", task),
             name: name.into(),
             terminating,
+            has_run: false,
+            created: None,
+            uid: String::new(),
         }
     }
 
@@ -424,6 +468,34 @@ mod tests {
         assert_eq!(index.duplicate_of(&id("a", 1), "first"), None);
         assert_eq!(index.duplicate_of(&id("b", 1), "second"), None);
         assert_eq!(index.duplicate_of(&id("a", 2), "second"), None);
+    }
+
+    #[test]
+    fn of_two_holders_the_one_that_runs_is_named() {
+        // Two creates raced past the index; the controller runs the first created ("zz-first")
+        // and fails the other as a duplicate. A third is told to add context to the first.
+        let index = Index::default();
+        let created = |name: &str, at: i64, uid: &str| Entry {
+            created: Some(at),
+            uid: uid.into(),
+            ..entry("a", name, 1, false)
+        };
+        index.apply(created("aa-second", 101, "u1"));
+        index.apply(created("zz-first", 100, "u2"));
+        assert_eq!(
+            index.duplicate_of(&id("a", 1), "third").as_deref(),
+            Some("zz-first")
+        );
+        // Its status naming a Job (a watch event) settles it whatever the times say.
+        index.apply(Entry {
+            has_run: true,
+            ..created("aa-second", 101, "u1")
+        });
+        assert_eq!(
+            index.duplicate_of(&id("a", 1), "third").as_deref(),
+            Some("aa-second")
+        );
+        assert_eq!(index.len(), 2);
     }
 
     #[test]
@@ -630,12 +702,13 @@ mod tests {
     fn the_watcher_decodes_only_what_it_needs() {
         let o: SlimTaskRun = serde_json::from_value(serde_json::json!({
             "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
-            "metadata": {"name": "t", "namespace": "ns", "resourceVersion": "5",
+            "metadata": {"name": "t", "namespace": "ns", "resourceVersion": "5", "uid": "u-1",
+                         "creationTimestamp": "2025-12-31T23:59:00Z",
                          "deletionTimestamp": "2026-01-01T00:00:00Z",
                          "annotations": {"big": "x"}, "managedFields": []},
             "spec": {"taskId": 7, "serviceName": "billing",
                      "markdownFiles": [{"filename": "a.md", "content": "text"}]},
-            "status": {"phase": "Running"}
+            "status": {"phase": "Running", "jobName": "billing-7-v1"}
         }))
         .expect("decodes");
         assert_eq!(o.resource_version().as_deref(), Some("5"));
@@ -645,8 +718,21 @@ mod tests {
             Some(Entry {
                 identity: Identity::new("ns", "billing", 7),
                 name: "t".into(),
-                terminating: true
+                terminating: true,
+                has_run: true,
+                created: Some(1_767_225_540),
+                uid: "u-1".into(),
             })
+        );
+        let not_run: SlimTaskRun = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"taskId": 7, "serviceName": "billing"},
+            "status": {"phase": "Pending"}
+        }))
+        .expect("decodes");
+        assert_eq!(
+            not_run.entry().map(|e| (e.has_run, e.created)),
+            Some((false, None))
         );
         let no_spec: SlimTaskRun =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "t"}}))

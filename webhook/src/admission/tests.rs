@@ -26,6 +26,7 @@ impl Duplicates for Fake {
             holders.iter().map(|(n, t)| taskrun::Existing {
                 name: n,
                 terminating: *t,
+                ..taskrun::Existing::default()
             }),
         )
         .map(str::to_owned))
