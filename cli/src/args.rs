@@ -83,7 +83,8 @@ pub enum ContextCommand {
     /// other managers, such as a GitOps tool) is left as it is. Concurrent calls never lose an
     /// update: each apply is conditional on the resourceVersion it read, and retried on conflict.
     /// Files are checked (name, content, total size) before anything is sent. A file whose name
-    /// the TaskRun already has is refused: context is added, never replaced.
+    /// the TaskRun already has is refused: context is added, never replaced. If it already has
+    /// every file exactly as given, nothing is sent (a retried call does not add a version).
     #[command(after_help = EXIT_CODES)]
     Add(ContextAddArgs),
 }

@@ -28,8 +28,13 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
             let (client, namespace) = connect::connect(&cli.conn).await?;
             connect::check_taskruns_served(&client).await?;
             let done = context_add::run(client, &namespace, &add.name, files).await?;
+            let what = if done.changed {
+                "added"
+            } else {
+                "already has, as given (nothing sent)"
+            };
             println!(
-                "taskrun/{} context version {}: added {}",
+                "taskrun/{} context version {}: {what} {}",
                 add.name,
                 done.context_version,
                 done.files.join(", ")

@@ -176,6 +176,24 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
         Some("2")
     );
 
+    // The same call again (a script retrying after its answer was lost): done already, and
+    // no second version.
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(dir.join("ctx-1.md"))
+            .arg("-f")
+            .arg(dir.join("ctx-2.md"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("context version 2: already has"), "{out}");
+    let again = api.get("t1").await.expect("get");
+    assert_eq!(
+        again.metadata.resource_version,
+        tr.metadata.resource_version
+    );
+
     // A second add by the same manager must not drop the files of the first.
     let (code, out, err) = run({
         let mut cmd = plugin(cp);

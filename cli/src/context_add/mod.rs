@@ -1,5 +1,7 @@
 //! `kubectl taskrun context add`: read, build the apply patch, apply; on 409 Conflict (someone
 //! else changed the TaskRun since we read it) wait a jittered, growing while and start over.
+//! A TaskRun that already has every file as given is left alone, so a call retried after its
+//! answer was lost succeeds without raising contextVersion a second time.
 
 mod files;
 mod patch;
@@ -14,6 +16,7 @@ use crate::error::{Error, describe, status_code};
 
 pub use files::load;
 pub use patch::MANAGER;
+use patch::Plan;
 
 /// Conflicts only last while other writers are mid-flight; this many rounds outlasts dozens
 /// of concurrent callers (each round lets at least one of them through).
@@ -25,6 +28,8 @@ pub struct Added {
     pub context_version: i64,
     pub files: Vec<String>,
     pub attempts: u32,
+    /// False when the TaskRun already had every file as given, and nothing was sent.
+    pub changed: bool,
 }
 
 /// Adds `new_files` (already read and checked with `load`) to TaskRun `name`.
@@ -46,7 +51,18 @@ pub async fn run(
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             })?;
-        let body = patch::build(&current, &new_files).map_err(Error::Invalid)?;
+        let files = || new_files.iter().map(|f| f.filename.clone()).collect();
+        let body = match patch::build(&current, &new_files).map_err(Error::Invalid)? {
+            Plan::Apply(body) => body,
+            Plan::Present => {
+                return Ok(Added {
+                    context_version: current.spec.context_version,
+                    files: files(),
+                    attempts: attempt,
+                    changed: false,
+                });
+            }
+        };
         // force: take contextVersion over from whoever set it last (kubectl, a GitOps tool);
         // raising it is the point of the command. Files are new or already ours, so force
         // never takes a file from another manager.
@@ -54,8 +70,9 @@ pub async fn run(
             Ok(applied) => {
                 return Ok(Added {
                     context_version: applied.spec.context_version,
-                    files: new_files.into_iter().map(|f| f.filename).collect(),
+                    files: files(),
                     attempts: attempt,
+                    changed: true,
                 });
             }
             Err(e) if status_code(&e) == Some(409) => {

@@ -39,15 +39,31 @@ pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<St
         .collect()
 }
 
+/// What `context add` is to do with a TaskRun as read.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// Apply this patch.
+    Apply(Value),
+    /// Nothing: the TaskRun already has every one of the files, as they are. A call retried
+    /// after its answer was lost (a timeout, a dropped connection) finds its own work done.
+    Present,
+}
+
 /// The apply patch that adds `new_files` to `current` and raises its contextVersion by one,
-/// or every reason it would be refused (a filename already present, a rule the resulting
-/// TaskRun would break).
-pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec<String>> {
+/// or every reason it would be refused (a filename already present with other content or
+/// type, a rule the resulting TaskRun would break).
+pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Plan, Vec<String>> {
     let name = current.meta().name.as_deref().unwrap_or_default();
     if current.meta().deletion_timestamp.is_some() {
         return Err(vec![format!(
             "TaskRun {name} is being deleted: no new version of it would run; create a new TaskRun instead"
         )]);
+    }
+    if new_files
+        .iter()
+        .all(|f| current.spec.markdown_files.contains(f))
+    {
+        return Ok(Plan::Present);
     }
     let mut problems: Vec<String> = new_files
         .iter()
@@ -86,7 +102,7 @@ pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec
         .filter(|f| ours.contains(&f.filename))
         .chain(new_files)
         .collect();
-    Ok(json!({
+    Ok(Plan::Apply(json!({
         "apiVersion": "orchestrator.io/v1",
         "kind": "TaskRun",
         "metadata": {
@@ -98,7 +114,7 @@ pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Value, Vec
             "contextVersion": next.context_version,
             "markdownFiles": files,
         },
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -133,6 +149,13 @@ mod tests {
                 "f:spec": {"f:contextVersion": {}, "f:markdownFiles": keys}
             }))),
             ..ManagedFieldsEntry::default()
+        }
+    }
+
+    fn applied(plan: Result<Plan, Vec<String>>) -> Value {
+        match plan {
+            Ok(Plan::Apply(patch)) => patch,
+            other => panic!("no patch: {other:?}"),
         }
     }
 
@@ -200,7 +223,7 @@ mod tests {
         let tr = taskrun(&["task.md"], vec![entry("kubectl", "Apply", &["task.md"])]);
         let mut new = file("ctx.md");
         new.file_type = Some(FileType::Context);
-        let patch = build(&tr, &[new]).expect("patch");
+        let patch = applied(build(&tr, &[new]));
         assert_eq!(patch["spec"]["contextVersion"], 4);
         assert_eq!(filenames(&patch), ["ctx.md"]);
         assert_eq!(patch["spec"]["markdownFiles"][0]["fileType"], "context");
@@ -221,7 +244,7 @@ mod tests {
                 entry(MANAGER, "Apply", &["ctx-1.md", "ctx-2.md"]),
             ],
         );
-        let patch = build(&tr, &[file("ctx-3.md")]).expect("patch");
+        let patch = applied(build(&tr, &[file("ctx-3.md")]));
         assert_eq!(filenames(&patch), ["ctx-1.md", "ctx-2.md", "ctx-3.md"]);
         assert_eq!(patch["spec"]["markdownFiles"][0]["content"], "# ctx-1.md");
     }
@@ -229,9 +252,33 @@ mod tests {
     #[test]
     fn an_existing_filename_is_refused() {
         let tr = taskrun(&["task.md"], vec![]);
-        let problems = build(&tr, &[file("task.md")]).expect_err("refused");
+        let other = MarkdownFile {
+            content: "# other".into(),
+            ..file("task.md")
+        };
+        let problems = build(&tr, &[other]).expect_err("refused");
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("already has a file"), "{problems:?}");
+    }
+
+    #[test]
+    fn files_already_there_as_given_are_not_sent_again() {
+        // A retry of a call that went through: nothing to do, no second version.
+        let tr = taskrun(&["task.md", "ctx.md"], vec![]);
+        assert_eq!(build(&tr, &[file("ctx.md")]), Ok(Plan::Present));
+        assert_eq!(
+            build(&tr, &[file("task.md"), file("ctx.md")]),
+            Ok(Plan::Present)
+        );
+        // One of them new: the present one is a clash, as any existing name is.
+        let problems = build(&tr, &[file("ctx.md"), file("new.md")]).expect_err("refused");
+        assert!(problems[0].contains("\"ctx.md\": TaskRun"), "{problems:?}");
+        // The same name and content, another type: a change, refused.
+        let typed = MarkdownFile {
+            file_type: Some(FileType::Prompt),
+            ..file("ctx.md")
+        };
+        assert!(build(&tr, &[typed]).is_err());
     }
 
     #[test]
