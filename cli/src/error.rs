@@ -65,6 +65,21 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// True when a refusal says nothing about the request itself, only that it could not be judged
+/// now: no answer at all, the API server overloaded or timing out (429, 503, 504), or an
+/// admission webhook it could not call or that was not ready (its index not synced yet after
+/// a start). Asking again later may well succeed.
+pub fn retry_later(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            matches!(status.code, 429 | 503 | 504)
+                || (status.code == 500 && status.message.contains("failed calling webhook"))
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 /// A one-line account of an API error: the server's own message when it gave one (that is
 /// where the webhook's reason is), else the client error.
 pub fn describe(err: &kube::Error) -> String {
@@ -73,5 +88,35 @@ pub fn describe(err: &kube::Error) -> String {
             format!("{} ({})", status.message, status.code)
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure(message, "Reason").with_code(code)))
+    }
+
+    #[test]
+    fn only_refusals_that_judge_nothing_are_worth_retrying() {
+        // The webhook's index not synced yet, as the API server reports it (failurePolicy Fail).
+        let not_synced = api(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
+             the TaskRun index is not synced with the API server yet; retry shortly",
+        );
+        assert!(retry_later(&not_synced));
+        assert!(retry_later(&api(429, "Too many requests")));
+        assert!(retry_later(&api(503, "Service unavailable")));
+        // A judgement on the TaskRun itself.
+        assert!(!retry_later(&api(
+            409,
+            "TaskRun ns/a already holds task 1 of service x"
+        )));
+        assert!(!retry_later(&api(422, "spec.markdownFiles: empty")));
+        assert!(!retry_later(&api(500, "Internal error occurred: etcd")));
     }
 }

@@ -21,7 +21,7 @@ use taskrun::TaskRun;
 
 use crate::args::MigrateArgs;
 use crate::context_add::MANAGER;
-use crate::error::{Error, describe};
+use crate::error::{Error, describe, retry_later};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
 pub use report::{Helm, Outcome, Row, exit_code, render};
@@ -247,6 +247,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         return match created {
             Ok(would_be) if plan::admitted(&would_be) => Outcome::WouldCreate,
             Ok(_) => Outcome::Failed(not_admitted()),
+            Err(e) if retry_later(&e) => not_judged(&e),
             Err(e) => Outcome::Failed(format!("would be refused: {}", describe(&e))),
         };
     }
@@ -254,6 +255,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         // Someone (another run) may have created it meanwhile: then judge what is there.
         return match taskruns.get_opt(name).await {
             Ok(Some(live)) => judge(&spec, &live, Outcome::AlreadyMigrated),
+            _ if retry_later(&e) => not_judged(&e),
             _ => Outcome::Failed(format!("refused: {}", describe(&e))),
         };
     }
@@ -266,6 +268,15 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
             describe(&e)
         )),
     }
+}
+
+/// A create refused before anyone judged the TaskRun (the webhook's index not synced yet, the
+/// API server overloaded or unreachable): not yet, rather than failed.
+fn not_judged(e: &kube::Error) -> Outcome {
+    Outcome::Postponed(format!(
+        "not judged now ({}); run this again in a moment",
+        describe(e)
+    ))
 }
 
 /// The first Job of the release's manifest that exists and has not finished.
