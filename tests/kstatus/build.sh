@@ -1,28 +1,6 @@
 #!/usr/bin/env bash
-# Builds the kstatus CLI (main.go, on sigs.k8s.io/cli-utils pinned in go.mod) and caches it
-# by version outside the checkout. Prints the path of the binary on stdout. A second call
-# with the same sources returns at once.
+# Builds the kstatus CLI (main.go, on sigs.k8s.io/cli-utils pinned in go.mod), cached outside
+# the checkout; prints the path of the binary.
 set -euo pipefail
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-version="$(cd "$here" && go list -m -f '{{.Version}}' sigs.k8s.io/cli-utils)"
-sources="$(cat "$here/main.go" "$here/go.sum" | sha256sum | cut -c1-12)"
-cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
-bin="$cache_root/kstatus/cli-utils-$version-$sources/kstatus"
-
-# One build at a time (parallel tests call this); a waiter then finds the result cached.
-mkdir -p "$cache_root/kstatus"
-exec 9>"$cache_root/kstatus/.lock"
-flock 9
-
-if [[ -x "$bin" ]]; then
-  echo "$bin"
-  exit 0
-fi
-
-echo "building kstatus (cli-utils $version) into $bin (once per machine; a minute or two cold)" >&2
-mkdir -p "$(dirname "$bin")"
-cd "$here"
-go build -trimpath -ldflags "-s -w" -o "$bin.partial" .
-mv "$bin.partial" "$bin"
-echo "$bin"
+exec "$here/../build-go-main.sh" "$here" sigs.k8s.io/cli-utils kstatus
