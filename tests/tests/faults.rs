@@ -959,6 +959,14 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // What this test is about happened: the controller's TaskRun watch listed again.
+    let log = std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("a watch listed again") && l.contains("kind=TaskRun")),
+        "the controller's TaskRun watch resumed without listing again:\n{}",
+        taskrun_tests::log_tail(ctrl.log_path(), 40)
+    );
     // One Job each, none twice: t01's second version replaced its first, t02's went with it.
     let jobs: BTreeSet<String> = list(&Api::<Job>::namespaced(client.clone(), &ns))
         .await
