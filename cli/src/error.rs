@@ -65,15 +65,28 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// What an admission webhook call fails with when the webhook is only not ready or not there
+/// yet (as the API server words it), as opposed to one that is misconfigured or broken (a bad
+/// CA bundle, a crash on this input), which asking again will not mend.
+const WEBHOOK_NOT_READY: [&str; 5] = [
+    "not synced",
+    "connection refused",
+    "no endpoints available",
+    "context deadline exceeded",
+    "i/o timeout",
+];
+
 /// True when a refusal says nothing about the request itself, only that it could not be judged
 /// now: no answer at all, the API server overloaded or timing out (429, 503, 504), or an
-/// admission webhook it could not call or that was not ready (its index not synced yet after
-/// a start). Asking again later may well succeed.
+/// admission webhook not ready or not reachable yet (its index not synced after a start, its
+/// pods not up). Asking again later may well succeed.
 pub fn retry_later(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
             matches!(status.code, 429 | 503 | 504)
-                || (status.code == 500 && status.message.contains("failed calling webhook"))
+                || (status.code == 500
+                    && status.message.contains("failed calling webhook")
+                    && WEBHOOK_NOT_READY.iter().any(|m| status.message.contains(m)))
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
@@ -106,7 +119,8 @@ mod tests {
         let not_synced = api(
             500,
             "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
-             the TaskRun index is not synced with the API server yet; retry shortly",
+             failed to call webhook: the TaskRun index is not synced with the API server yet; \
+             retry shortly",
         );
         assert!(retry_later(&not_synced));
         assert!(retry_later(&api(429, "Too many requests")));
@@ -118,5 +132,18 @@ mod tests {
         )));
         assert!(!retry_later(&api(422, "spec.markdownFiles: empty")));
         assert!(!retry_later(&api(500, "Internal error occurred: etcd")));
+        // A webhook that is there but broken: asking again will not help.
+        assert!(!retry_later(&api(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
+             failed to call webhook: Post \"https://taskrun-webhook.taskrun-system.svc:443/validate\": \
+             tls: failed to verify certificate: x509: certificate signed by unknown authority",
+        )));
+        assert!(retry_later(&api(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
+             failed to call webhook: Post \"https://taskrun-webhook.taskrun-system.svc:443/validate\": \
+             no endpoints available for service \"taskrun-webhook\"",
+        )));
     }
 }
