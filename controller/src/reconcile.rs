@@ -709,6 +709,48 @@ mod tests {
         assert!(!holds_before(&going, &younger));
     }
 
+    /// The webhook's duplicate message names, of several holders of an identity, the one this
+    /// controller runs (`taskrun::find_duplicate`): the two rules must agree.
+    #[test]
+    fn the_webhook_names_the_holder_this_controller_runs() {
+        let ran = |mut tr: taskrun::TaskRun| {
+            tr.status = Some(TaskRunStatus {
+                job_name: Some("svc-7-v1".into()),
+                ..TaskRunStatus::default()
+            });
+            tr
+        };
+        let cases = [
+            vec![taskrun("b", 100, "svc", 7), taskrun("a", 101, "svc", 7)],
+            vec![taskrun("y", 100, "svc", 7), taskrun("x", 100, "svc", 7)],
+            vec![
+                taskrun("m", 100, "svc", 7),
+                ran(taskrun("n", 300, "svc", 7)),
+                taskrun("l", 200, "svc", 7),
+            ],
+        ];
+        for holders in cases {
+            // The one that runs: it has run, or no other holds the identity before it.
+            let runs = holders
+                .iter()
+                .find(|t| super::has_run(t) || !holders.iter().any(|o| holds_before(o, t)))
+                .and_then(|t| t.metadata.name.clone());
+            let existing = holders.iter().map(|t| taskrun::Existing {
+                name: t.metadata.name.as_deref().unwrap_or_default(),
+                terminating: false,
+                has_run: super::has_run(t),
+                created: t
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|c| c.0.as_second()),
+                uid: t.metadata.uid.as_deref().unwrap_or_default(),
+            });
+            let named = taskrun::find_duplicate("newcomer", existing);
+            assert_eq!(named, runs.as_deref(), "{holders:?}");
+        }
+    }
+
     #[test]
     fn the_job_the_status_names_is_stopped_even_before_the_cache_holds_it() {
         // Version 2's Job was created and recorded; version 3 reconciles before the watch
