@@ -22,6 +22,10 @@ use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, validate_update};
 /// context added here from the TaskRun on its next sync.
 pub const MANAGER: &str = "taskrun-cli";
 
+/// The manager this command applied as before (named after the binary, which Flux takes
+/// over). Files it applied are sent as ours, so the next call makes `MANAGER` their owner too.
+const FORMER_MANAGER: &str = "kubectl-taskrun";
+
 /// The filenames of the markdownFiles entries that `manager` owns through apply.
 pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<String> {
     managed
@@ -94,7 +98,8 @@ pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Plan, Vec<
     }
 
     let managed = current.meta().managed_fields.as_deref().unwrap_or_default();
-    let ours = owned_files(managed, MANAGER);
+    let mut ours = owned_files(managed, MANAGER);
+    ours.extend(owned_files(managed, FORMER_MANAGER));
     let files: Vec<&MarkdownFile> = current
         .spec
         .markdown_files
@@ -247,6 +252,19 @@ mod tests {
         let patch = applied(build(&tr, &[file("ctx-3.md")]));
         assert_eq!(filenames(&patch), ["ctx-1.md", "ctx-2.md", "ctx-3.md"]);
         assert_eq!(patch["spec"]["markdownFiles"][0]["content"], "# ctx-1.md");
+    }
+
+    #[test]
+    fn files_applied_under_the_former_manager_are_sent_as_ours() {
+        let tr = taskrun(
+            &["task.md", "old-ctx.md"],
+            vec![
+                entry("gitops", "Apply", &["task.md"]),
+                entry(FORMER_MANAGER, "Apply", &["old-ctx.md"]),
+            ],
+        );
+        let patch = applied(build(&tr, &[file("new-ctx.md")]));
+        assert_eq!(filenames(&patch), ["old-ctx.md", "new-ctx.md"]);
     }
 
     #[test]
