@@ -24,8 +24,8 @@ use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, FIELD_MANAGER};
-use crate::relist;
 use crate::template::JobTemplate;
+use crate::{outage, relist};
 
 /// How long queued reconciles may still run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -57,11 +57,31 @@ pub struct Shared {
 /// and failure counts (made anew for each term).
 pub struct Ctx {
     pub base: Arc<Base>,
-    pub failures: Mutex<HashMap<ObjectRef<TaskRun>, u32>>,
+    pub failures: Mutex<HashMap<ObjectRef<TaskRun>, Failures>>,
     pub children: Children,
     pub written: Arc<WrittenStatus>,
     /// The TaskRun cache the Controller reconciles from.
     pub taskruns: Store<TaskRun>,
+}
+
+/// A TaskRun's reconciles that failed in a row.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Failures {
+    pub count: u32,
+    /// The last one failed for want of an answer from the API server (outage.rs).
+    pub unreachable: bool,
+}
+
+impl Ctx {
+    /// The TaskRuns whose last reconcile failed for want of an answer from the API server.
+    pub fn waiting_for_api_server(&self) -> Vec<ObjectRef<TaskRun>> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .iter()
+            .filter(|(_, f)| f.unreachable)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
 }
 
 /// What lives across terms of leadership.
@@ -308,6 +328,7 @@ async fn run_controller(
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(job_stream)
         .owns_stream(cm_stream)
+        .reconcile_on(outage::retries(base.client.clone(), ctx.clone()))
         .trigger_backoff(NoPause)
         .with_config(Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(async move {

@@ -11,6 +11,7 @@ mod http;
 pub mod job;
 mod leader;
 pub mod metrics;
+mod outage;
 mod reconcile;
 mod relist;
 pub mod status;

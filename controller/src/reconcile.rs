@@ -38,6 +38,17 @@ pub enum Error {
     MissingField(&'static str),
 }
 
+impl Error {
+    /// True when the API server gave no answer at all (connection refused or reset, a
+    /// timeout): it may be away, and the reconcile is retried once it answers (outage.rs).
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Kube(kube::Error::HyperError(_) | kube::Error::Service(_))
+        )
+    }
+}
+
 pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_taskrun(&tr, &ctx).await;
@@ -54,13 +65,15 @@ pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error>
 }
 
 /// Per-object exponential backoff: the count of consecutive failures is kept per object and
-/// cleared by the next success (in `reconcile`).
+/// cleared by the next success (in `reconcile`). A failure for want of an answer from the API
+/// server is noted as such, so that the object is retried as soon as it answers (outage.rs).
 pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let failures = match ctx.failures.lock() {
         Ok(mut map) => {
-            let n = map.entry(ObjectRef::from_obj(&*tr)).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+            let f = map.entry(ObjectRef::from_obj(&*tr)).or_default();
+            f.count = f.count.saturating_add(1);
+            f.unreachable = error.unreachable();
+            f.count
         }
         Err(_) => 1,
     };

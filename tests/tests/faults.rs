@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -979,6 +982,123 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
     assert_eq!(jobs, expected);
 }
 
+/// A reconcile that failed while the API server could not be reached is retried as soon as it
+/// answers again, not after the backoff the outage grew: failed reconciles back off, doubling,
+/// up to 5 minutes, and an outage of a minute used to leave TaskRuns waiting a minute more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answers() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    Webhook::shared(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-outage").await;
+    // No Job may be created in the namespace yet (an admission policy refuses them): the first
+    // reconcile fails, and backs off.
+    let policy = format!("no-jobs-{ns}");
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let params = PostParams::default();
+    let refuse_jobs = serde_json::from_value(json!({
+        "metadata": {"name": policy},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                    "operations": ["CREATE"], "resources": ["jobs"]}]},
+            "validations": [{"expression": "false", "message": "no Jobs here for now",
+                             "reason": "Forbidden"}],
+        },
+    }))
+    .expect("a policy");
+    policies
+        .create(&params, &refuse_jobs)
+        .await
+        .expect("create the policy");
+    let binding = serde_json::from_value(json!({
+        "metadata": {"name": policy},
+        "spec": {
+            "policyName": policy,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        },
+    }))
+    .expect("a binding");
+    bindings
+        .create(&params, &binding)
+        .await
+        .expect("bind the policy");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let probe: Job = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "registry.example/probe"}]}}},
+    }))
+    .expect("a Job");
+    wait_for("the policy to refuse Jobs", WAIT, || async {
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        matches!(jobs.create(&dry_run, &probe).await,
+                 Err(kube::Error::Api(e)) if e.message.contains("no Jobs here"))
+        .then_some(())
+    })
+    .await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    // No leader election (its Lease would end the term in an outage and start afresh), and
+    // retries 2, 4, 8 then 16 s apart.
+    let ctrl = proxy.controller(
+        "outage-controller",
+        &ns,
+        &["--leader-elect=false", "--backoff-base-ms=2000"],
+    );
+    let failed = async |times: u32| {
+        let deadline = Instant::now() + WAIT;
+        let logged = format!("failures={times} ");
+        loop {
+            let log = std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
+            if log
+                .lines()
+                .any(|l| l.contains("reconcile failed") && l.contains(&logged))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reconcile failed {times} times:\n{}",
+                taskrun_tests::log_tail(ctrl.log_path(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &taskrun("held", "outage", 1))
+        .await
+        .expect("create");
+    failed(1).await;
+    // The API server goes away for the controller, and meanwhile the cause goes too.
+    proxy.go_away();
+    bindings
+        .delete(&policy, &DeleteParams::default())
+        .await
+        .expect("unbind the policy");
+    policies
+        .delete(&policy, &DeleteParams::default())
+        .await
+        .expect("delete the policy");
+    // The fourth failure comes 14 s after the first; the next retry would be 16 s later.
+    failed(4).await;
+    proxy.come_back();
+    let back = Instant::now();
+    wait_for_jobs(&api, &["held"]).await;
+    let took = back.elapsed();
+    eprintln!("the TaskRun got its Job {took:?} after the API server answered again");
+    assert!(
+        took < Duration::from_secs(8),
+        "the reconcile waited out its backoff: {took:?} after the API server answered again\n{}",
+        taskrun_tests::log_tail(ctrl.log_path(), 30)
+    );
+}
+
 /// Of two replicas, the leader is cut off from the API server (every request answered 429 or
 /// 503). It must stop acting before the standby may take the Lease over, not when it next
 /// hears from the API server: otherwise both act at once.
@@ -1097,6 +1217,7 @@ fn pem_key(path: &std::path::Path) -> rustls::pki_types::PrivateKeyDer<'static> 
 
 struct FaultProxy {
     kubeconfig: std::path::PathBuf,
+    away: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
     refused: Arc<AtomicUsize>,
     cut: tokio::sync::watch::Sender<u64>,
@@ -1168,7 +1289,8 @@ impl FaultProxy {
         std::fs::write(&kubeconfig, config.to_string()).expect("write kubeconfig");
 
         let upstream_addr = cp.server_url().trim_start_matches("https://").to_owned();
-        let (refusing, refused) = (
+        let (away, refusing, refused) = (
+            Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicUsize::new(0)),
         );
@@ -1178,9 +1300,14 @@ impl FaultProxy {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let task = tokio::spawn({
             let (refusing, refused, cut) = (refusing.clone(), refused.clone(), cut.clone());
-            let freeze = freeze.clone();
+            let (freeze, away) = (freeze.clone(), away.clone());
             async move {
                 while let Ok((tcp, _)) = listener.accept().await {
+                    if away.load(Ordering::Relaxed) {
+                        // Closed before any TLS: to the client, no API server is there.
+                        drop(tcp);
+                        continue;
+                    }
                     let (acceptor, connector) = (acceptor.clone(), connector.clone());
                     let (refusing, refused) = (refusing.clone(), refused.clone());
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
@@ -1213,6 +1340,7 @@ impl FaultProxy {
         });
         FaultProxy {
             kubeconfig,
+            away,
             refusing,
             refused,
             cut,
@@ -1256,6 +1384,17 @@ impl FaultProxy {
     /// NAT entry is dropped; new connections pass as before.
     fn freeze_open_connections(&self) {
         self.freeze.send_modify(|n| *n += 1);
+    }
+
+    /// From now on no API server seems to be there: open connections are cut, and new ones
+    /// closed at once.
+    fn go_away(&self) {
+        self.away.store(true, Ordering::Relaxed);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn come_back(&self) {
+        self.away.store(false, Ordering::Relaxed);
     }
 
     fn close_window(&self) {
