@@ -944,8 +944,10 @@ async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
     assert!(closed.is_ok(), "the server left an idle connection open");
 }
 
+/// Two connections, so that on a machine of two or more cores one is served on the webhook's
+/// second thread (`webhook/src/workers.rs`): both requests in flight are finished.
 #[tokio::test]
-async fn sigterm_finishes_the_request_in_flight_then_exits() {
+async fn sigterm_finishes_the_requests_in_flight_then_exits() {
     let cp = ControlPlane::shared();
     let webhook = Webhook::start_with(cp, &["--body-read-timeout=20s"]).await;
     let in_flight = || metric(&webhook, "taskrun_webhook_requests_in_flight") as i64;
@@ -961,14 +963,18 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
         "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut s = tls(&webhook, b"http/1.1").await.expect("handshake");
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(&body[..10]).await.expect("write");
-    s.flush().await.expect("flush");
+    let mut connections = Vec::new();
+    for _ in 0..2 {
+        let mut s = tls(&webhook, b"http/1.1").await.expect("handshake");
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(&body[..10]).await.expect("write");
+        s.flush().await.expect("flush");
+        connections.push(s);
+    }
     // Only a request the server has begun is in flight: on a loaded machine the headers may
     // not have been read yet when SIGTERM arrives, and an idle connection is closed at once.
-    wait_for("the request to be in flight", TIMEOUT, || async {
-        (in_flight() > idle).then_some(())
+    wait_for("both requests to be in flight", TIMEOUT, || async {
+        (in_flight() >= idle + 2).then_some(())
     })
     .await;
 
@@ -981,12 +987,14 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
             .then_some(())
     })
     .await;
-    s.write_all(&body[10..]).await.expect("write the rest");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let r = Response::parse(&raw, Vec::new()).expect("a response");
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    for mut s in connections {
+        s.write_all(&body[10..]).await.expect("write the rest");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let r = Response::parse(&raw, Vec::new()).expect("a response");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
+    }
     wait_for("the webhook to exit", TIMEOUT, || async {
         (!webhook.is_running()).then_some(())
     })

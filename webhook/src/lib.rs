@@ -13,3 +13,4 @@ mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+mod workers;

@@ -15,10 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// before the process exits anyway.
 const BLOCKING_GRACE: Duration = Duration::from_secs(3);
 
-/// One thread: answering a review takes a few microseconds, and on one thread a request never
-/// waits for another worker to be woken. Against two worker threads on the 2-core bench
-/// machine: 15.5-16 instead of 18-19 us of CPU per request, more requests per second and a
-/// lower p99 at 2,000 req/s (docs/benchmarks.md). More load is met with replicas.
+/// Admission connections are served on one single-threaded runtime per core (`workers.rs`);
+/// this one runs the listeners, the index's watch and the certificate reload, and serves its
+/// share of the connections.
 ///
 /// Built by hand rather than with `#[tokio::main]`, whose runtime, dropped, waits for every
 /// blocking task: a certificate read stalled on a hung mount or a FIFO would keep the process

@@ -1,5 +1,6 @@
-//! The listeners: HTTPS for admission (HTTP/2 or HTTP/1.1 by ALPN), plain HTTP for metrics and
-//! probes; per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
+//! The listeners: HTTPS for admission (HTTP/2 or HTTP/1.1 by ALPN; its connections spread over
+//! one thread per core, `workers.rs`), plain HTTP for metrics and probes; per-connection
+//! timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use crate::index::{self, Index};
 use crate::metrics::Metrics;
 use crate::routes::{App, Listener};
 use crate::tls::{self, CertStore, TlsError};
+use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,6 +39,8 @@ pub enum ServerError {
     KubeConfig(#[from] kube::config::InferConfigError),
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
     Kube(#[from] kube::Error),
+    #[error("cannot start the connection workers: {0}")]
+    Workers(std::io::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -130,12 +134,14 @@ pub async fn serve(
         Arc::new(Semaphore::new(config.max_connections)),
         Arc::new(Semaphore::new(PLAIN_CONNECTIONS)),
     );
+    let workers = Workers::one_per_core().map_err(ServerError::Workers)?;
     let graceful = GracefulShutdown::new();
     let mut signals = Signals::new()?;
     let mut drain: Option<Pin<Box<Sleep>>> = None;
     tracing::info!(
         listen = %config.listen,
         metrics_listen = ?config.metrics_listen.0,
+        threads = workers.count(),
         "serving admission over HTTPS"
     );
 
@@ -170,7 +176,9 @@ pub async fn serve(
         match listener_kind {
             Listener::Tls => {
                 let acceptor = acceptor.clone();
-                tokio::spawn(serve_tls(app, limits, acceptor, stream, watcher, permit));
+                workers.spawn(stream, move |stream| {
+                    serve_tls(app, limits, acceptor, stream, watcher, permit)
+                });
             }
             Listener::Plain => {
                 tokio::spawn(serve_plain(app, limits, stream, watcher, permit));
