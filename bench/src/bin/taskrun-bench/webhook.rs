@@ -58,6 +58,34 @@ fn describe(what: &str, r: &Report) {
     );
 }
 
+/// One side's closed-loop runs, summed.
+#[derive(Default)]
+struct Side {
+    requests: u64,
+    seconds: f64,
+    /// CPU seconds of the server process.
+    server_cpu: f64,
+    /// CPU seconds of this process, the load generator.
+    client_cpu: f64,
+}
+
+impl Side {
+    fn add(&mut self, run: &Side) {
+        self.requests += run.requests;
+        self.seconds += run.seconds;
+        self.server_cpu += run.server_cpu;
+        self.client_cpu += run.client_cpu;
+    }
+
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    fn us_per_request(&self, cpu_seconds: f64) -> f64 {
+        cpu_seconds * 1e6 / self.requests.max(1) as f64
+    }
+}
+
 fn check(r: &Report, what: &str) -> anyhow::Result<()> {
     if r.errors > r.requests / 100 {
         bail!("{what}: {} errors in {} requests", r.errors, r.requests);
@@ -106,8 +134,8 @@ pub async fn against_real(
         "webhook throughput vs ceiling: {} rounds of {:?} each, {} connections",
         s.rounds, s.seconds, s.concurrency
     );
-    // (requests, seconds, server CPU time)
-    let (mut hook_total, mut ceiling_total) = ((0u64, 0f64, 0f64), (0u64, 0f64, 0f64));
+    let (mut hook_total, mut ceiling_total) = (Side::default(), Side::default());
+    let me = std::process::id();
     for round in 0..s.rounds {
         // Alternate which goes first, so neither always runs on a warmer (or busier) machine.
         let order = if round % 2 == 0 {
@@ -121,13 +149,19 @@ pub async fn against_real(
             } else {
                 (&ceiling, "ceiling", ceiling_process.pid())
             };
-            let cpu_before = cluster::cpu_time(pid)?;
+            let (server_before, client_before) = (cluster::cpu_time(pid)?, cluster::cpu_time(me)?);
             let r = load::closed_loop(t, s.concurrency, s.seconds).await?;
-            let cpu = (cluster::cpu_time(pid)? - cpu_before).as_secs_f64();
+            let run = Side {
+                requests: r.requests,
+                seconds: r.elapsed.as_secs_f64(),
+                server_cpu: (cluster::cpu_time(pid)? - server_before).as_secs_f64(),
+                client_cpu: (cluster::cpu_time(me)? - client_before).as_secs_f64(),
+            };
             describe(&format!("round {round} {what}"), &r);
             eprintln!(
-                "    server CPU {:.1} µs per request",
-                cpu * 1e6 / r.requests.max(1) as f64
+                "    CPU per request: server {:.1} µs, load generator {:.1} µs",
+                run.us_per_request(run.server_cpu),
+                run.us_per_request(run.client_cpu)
             );
             check(&r, what)?;
             let total = if is_hook {
@@ -135,24 +169,38 @@ pub async fn against_real(
             } else {
                 &mut ceiling_total
             };
-            total.0 += r.requests;
-            total.1 += r.elapsed.as_secs_f64();
-            total.2 += cpu;
+            total.add(&run);
         }
     }
-    let hook_rps = hook_total.0 as f64 / hook_total.1;
-    let ceiling_rps = ceiling_total.0 as f64 / ceiling_total.1;
+    let (hook_rps, ceiling_rps) = (hook_total.rps(), ceiling_total.rps());
     summary.figure("webhook_throughput_vs_ceiling", hook_rps / ceiling_rps);
     summary.detail("webhook_rps", hook_rps.round());
     summary.detail("ceiling_rps", ceiling_rps.round());
-    let per_request_us = |t: (u64, f64, f64)| round(t.2 * 1e6 / t.0.max(1) as f64);
-    summary.detail("webhook_cpu_us_per_request", per_request_us(hook_total));
-    summary.detail("ceiling_cpu_us_per_request", per_request_us(ceiling_total));
+    let server_us = |t: &Side| round(t.us_per_request(t.server_cpu));
+    let client_us = |t: &Side| round(t.us_per_request(t.client_cpu));
+    summary.detail("webhook_cpu_us_per_request", server_us(&hook_total));
+    summary.detail("ceiling_cpu_us_per_request", server_us(&ceiling_total));
+    summary.detail(
+        "load_generator_cpu_us_per_request_webhook",
+        client_us(&hook_total),
+    );
+    summary.detail(
+        "load_generator_cpu_us_per_request_ceiling",
+        client_us(&ceiling_total),
+    );
     let (admit_us, scan_us) = admission_cost(namespace, s.indexed)?;
+    // The server and the load generator share the machine's cores, and the webhook uses all
+    // of them (webhook/src/workers.rs): while the cores are the limit, the rates are in the
+    // inverse ratio of the CPU both sides spend per request.
+    let ceiling_machine_us =
+        ceiling_total.us_per_request(ceiling_total.server_cpu + ceiling_total.client_cpu);
     eprintln!(
         "  admit() in-process: {admit_us:.2} µs per review (serde_json scanning it: {scan_us:.2} µs); \
-         0.8 of the ceiling's rate leaves the webhook's one thread {:.1} µs per request",
-        1e6 / (0.8 * ceiling_rps)
+         server and load generator spend {:.1} µs of CPU per request with the ceiling, \
+         so at 0.8 of its rate the pair may spend {:.1} µs with the webhook (spent: {:.1})",
+        ceiling_machine_us,
+        ceiling_machine_us / 0.8,
+        hook_total.us_per_request(hook_total.server_cpu + hook_total.client_cpu),
     );
     summary.detail("admit_us_per_review", round(admit_us));
     summary.detail("json_scan_us_per_review", round(scan_us));
@@ -237,8 +285,9 @@ pub async fn index_size_ratio(
         "--metrics-listen=off".to_owned(),
     ])
     .context("webhook flags")?;
-    // On a thread of its own with a single-threaded runtime, like the process
-    // (webhook/src/main.rs); stopped when the runs are done.
+    // On a thread of its own with a single-threaded runtime, like the process's main thread
+    // (webhook/src/main.rs; `serve` starts the other connection threads); stopped when the
+    // runs are done.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn({
         let index = index.clone();
