@@ -944,8 +944,9 @@ async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
     assert!(closed.is_ok(), "the server left an idle connection open");
 }
 
-/// Two connections, so that on a machine of two or more cores one is served on the webhook's
-/// second thread (`webhook/src/workers.rs`): both requests in flight are finished.
+/// Two requests in flight, each on its own connection. On a machine of two or more cores the
+/// webhook serves them on its connection threads (`webhook/src/workers.rs`) rather than its
+/// main runtime, which handles the signal: both are finished.
 #[tokio::test]
 async fn sigterm_finishes_the_requests_in_flight_then_exits() {
     let cp = ControlPlane::shared();

@@ -186,10 +186,13 @@ impl Index {
 
     pub fn init_done(&self) {
         let mut inner = self.write_lock();
-        if let Some(relist) = inner.relist.take() {
-            inner.live = relist;
-        }
+        let replaced = inner
+            .relist
+            .take()
+            .map(|relist| std::mem::replace(&mut inner.live, relist));
         drop(inner);
+        // Freed after the lock is released: up to 100,000 entries, while lookups wait.
+        drop(replaced);
         *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.synced.store(true, Ordering::Release);
     }

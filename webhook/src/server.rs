@@ -134,7 +134,9 @@ pub async fn serve(
         Arc::new(Semaphore::new(config.max_connections)),
         Arc::new(Semaphore::new(PLAIN_CONNECTIONS)),
     );
-    let workers = Workers::one_per_core().map_err(ServerError::Workers)?;
+    let workers = Workers::one_per_core()
+        .await
+        .map_err(ServerError::Workers)?;
     let graceful = GracefulShutdown::new();
     let mut signals = Signals::new()?;
     let mut drain: Option<Pin<Box<Sleep>>> = None;

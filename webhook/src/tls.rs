@@ -243,8 +243,9 @@ pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>)
     }
 }
 
-/// Reloads on the blocking pool: admission has one runtime thread, and a read that stalls (a
-/// hung mount, a FIFO in place of a file) must not stall every request with it. Until such a
+/// Reloads on the blocking pool: the main runtime's one thread serves admission connections
+/// too, and a read that stalls (a hung mount, a FIFO in place of a file) must not stall every
+/// request with it. Until such a
 /// read returns, no other reload starts; the loaded pair keeps serving.
 async fn reload_off_thread(store: &Arc<CertStore>, metrics: &Arc<Metrics>) {
     let (store, metrics) = (store.clone(), metrics.clone());

@@ -1,13 +1,18 @@
-//! Connection workers: admission connections are spread over one single-threaded tokio runtime
-//! per core, each connection served wholly on one of them.
+//! Connection threads: admission connections are spread over single-threaded tokio runtimes,
+//! one per CPU the process may use (up to [`MAX_THREADS`]), each connection served wholly on
+//! one of them.
 //!
 //! A review takes a few microseconds to answer. On tokio's work-stealing runtime a request
-//! often waits for a second worker thread to be woken, which costs more than the answer; on
-//! one thread it never does, but then one core is all the webhook can use. Here a connection
-//! lives on one runtime, its socket registered with that runtime's reactor, so no request
-//! waits on another thread, and a new connection goes to the runtime serving the fewest
-//! (docs/benchmarks.md, session 14). The count follows the CPUs the process may use, its
-//! cgroup's CPU limit included.
+//! often waited for a second worker thread to be woken, which cost more than the answer; on
+//! one thread it never did, but then one core was all the webhook could use. Here a connection
+//! lives on one runtime, its socket registered with that runtime's reactor, so its reads and
+//! writes never wait on another thread, and a new connection goes to the runtime serving the
+//! fewest (docs/benchmarks.md, session 14). The caller's runtime, which also runs the
+//! listeners, the index's watch and the certificate reload, counts as serving one more than it
+//! does.
+//!
+//! The count follows `available_parallelism`: a cgroup CPU limit, a cpuset, or else the node's
+//! CPUs. The webhook's Deployment sets no CPU limit, so on a large node the cap decides.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +23,11 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// The runtimes connections are served on: the caller's own, and one thread each for the rest.
+/// Beyond a few cores, more admission load is met with replicas (DESIGN, Scale); each thread
+/// holds a runtime, a stack and an allocator heap under the pod's memory limit.
+pub const MAX_THREADS: usize = 4;
+
+/// The runtimes connections are served on: threads of their own, then the caller's.
 pub struct Workers {
     workers: Vec<Worker>,
 }
@@ -46,37 +55,26 @@ impl Drop for Serving {
 }
 
 impl Workers {
-    /// One runtime per CPU the process may use: the caller's and a thread for each other.
-    pub fn one_per_core() -> std::io::Result<Self> {
-        Self::start(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    /// One runtime per CPU the process may use, up to [`MAX_THREADS`]: the caller's and a
+    /// thread for each other.
+    pub async fn one_per_core() -> std::io::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self::start(cpus.min(MAX_THREADS)).await
     }
 
-    /// The caller's runtime and `count - 1` threads of their own.
-    fn start(count: usize) -> std::io::Result<Self> {
-        let mut workers = vec![Worker {
-            thread: None,
-            connections: Arc::default(),
-        }];
+    /// `count - 1` threads of their own and the caller's runtime.
+    async fn start(count: usize) -> std::io::Result<Self> {
+        let mut workers = Vec::with_capacity(count.max(1));
         for n in 1..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = runtime.handle().clone();
-            let (stop, stopped) = oneshot::channel::<()>();
-            let joined = std::thread::Builder::new()
-                .name(format!("connections-{n}"))
-                .spawn(move || {
-                    let _ = runtime.block_on(stopped);
-                })?;
             workers.push(Worker {
-                thread: Some(Thread {
-                    runtime: handle,
-                    stop,
-                    joined,
-                }),
+                thread: Some(Thread::start(n).await?),
                 connections: Arc::default(),
             });
         }
+        workers.push(Worker {
+            thread: None,
+            connections: Arc::default(),
+        });
         Ok(Self { workers })
     }
 
@@ -85,18 +83,17 @@ impl Workers {
         self.workers.len()
     }
 
-    /// Serves `stream` with `serve` on the runtime serving the fewest connections. Called
-    /// from within the caller's runtime.
+    /// Serves `stream` with `serve` on the runtime serving the fewest connections (the
+    /// caller's counted one more; ties go to the first). Called from within the caller's
+    /// runtime.
     pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.connections.load(Ordering::Relaxed))
-        else {
+        let Some(worker) = self.workers.iter().min_by_key(|w| {
+            w.connections.load(Ordering::Relaxed) + usize::from(w.thread.is_none())
+        }) else {
             return;
         };
         worker.connections.fetch_add(1, Ordering::Relaxed);
@@ -127,20 +124,61 @@ impl Workers {
     }
 }
 
+impl Thread {
+    /// A thread running a runtime of its own until stopped. The runtime is built, run and
+    /// dropped on that thread, never in the caller's async context.
+    async fn start(n: usize) -> std::io::Result<Self> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (started, handle) = oneshot::channel::<std::io::Result<Handle>>();
+        let joined = std::thread::Builder::new()
+            .name(format!("connections-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(runtime.handle().clone()));
+                let _ = runtime.block_on(stopped);
+                // Its connections' tasks are dropped; nothing runs on its blocking pool.
+                runtime.shutdown_background();
+            })?;
+        let runtime = handle
+            .await
+            .map_err(|_| std::io::Error::other("a connection thread ended while starting"))??;
+        Ok(Self {
+            runtime,
+            stop,
+            joined,
+        })
+    }
+}
+
 impl Drop for Workers {
-    /// Stops the threads; connections they still serve are dropped.
+    /// Stops every thread, then waits for them; connections they still serve are dropped.
     fn drop(&mut self) {
-        for worker in self.workers.drain(..) {
-            if let Some(thread) = worker.thread {
-                let _ = thread.stop.send(());
-                let _ = thread.joined.join();
-            }
+        let threads: Vec<Thread> = self.workers.drain(..).filter_map(|w| w.thread).collect();
+        let joins: Vec<JoinHandle<()>> = threads
+            .into_iter()
+            .map(|t| {
+                let _ = t.stop.send(());
+                t.joined
+            })
+            .collect();
+        for joined in joins {
+            let _ = joined.join();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -148,15 +186,26 @@ mod tests {
 
     use super::*;
 
-    /// Serves each connection by writing the name of the thread serving it, then waiting for
-    /// the client to close.
+    /// Writes the name of the thread serving the connection, then echoes every byte until the
+    /// client closes.
     async fn name_the_thread(mut stream: TcpStream) {
         let name = std::thread::current()
             .name()
             .unwrap_or("unnamed")
             .to_owned();
-        let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
-        let _ = stream.read(&mut [0; 1]).await;
+        if stream
+            .write_all(format!("{name}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut byte = [0; 1];
+        while let Ok(1) = stream.read(&mut byte).await {
+            if stream.write_all(&byte).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Connects a client, hands the accepted side to `workers`, and returns the client and the
@@ -194,41 +243,98 @@ mod tests {
     #[tokio::test]
     async fn each_connection_goes_to_the_runtime_serving_the_fewest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let workers = Workers::start(2).expect("workers");
+        let workers = Workers::start(2).await.expect("workers");
         let here = std::thread::current().name().map(str::to_owned);
 
         let (first, on) = connect(&listener, &workers).await;
         assert_eq!(
-            Some(on),
-            here,
-            "the first connection stays on the caller's runtime"
+            on, "connections-1",
+            "the first goes to the thread of its own"
         );
-        let (second, on) = connect(&listener, &workers).await;
-        assert_eq!(on, "connections-1", "the second goes to the idle thread");
+        let (_second, on) = connect(&listener, &workers).await;
+        assert_eq!(
+            on, "connections-1",
+            "the caller's runtime counts as serving one more, and ties go to the thread"
+        );
         let (_third, on) = connect(&listener, &workers).await;
         assert_eq!(
             Some(on),
             here,
-            "with both serving one, the caller's comes first"
+            "with the thread serving two, the caller's runtime"
         );
 
-        // The thread's connection closes: the next one goes back to it, and the sockets
-        // handed over work both ways on that thread.
-        drop(second);
-        until_idle(&workers.workers[1]).await;
+        // One of the thread's connections closes: the next goes back to it.
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while workers.workers[0].connections.load(Ordering::Relaxed) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the connection's task ended");
         let (_fourth, on) = connect(&listener, &workers).await;
         assert_eq!(on, "connections-1");
-        drop(first);
+    }
+
+    /// The socket is registered with the thread's own reactor: the connection is served while
+    /// the caller's runtime cannot run at all (its thread blocked in plain reads and writes).
+    #[tokio::test]
+    async fn a_connection_on_a_thread_is_served_while_the_callers_runtime_is_blocked() {
+        let workers = Workers::start(2).await.expect("workers");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        // Registered with the caller's reactor first, as an accepted connection is.
+        let accepted = TcpStream::from_std(accepted).expect("register");
+        workers.spawn(accepted, name_the_thread);
+
+        // From here on this thread blocks: nothing on the caller's runtime runs.
+        let mut name = [0; "connections-1\n".len()];
+        client.read_exact(&mut name).expect("the thread wrote");
+        assert_eq!(&name, b"connections-1\n");
+        client.write_all(b"x").expect("write");
+        let mut echo = [0; 1];
+        client
+            .read_exact(&mut echo)
+            .expect("the thread read and wrote");
+        assert_eq!(&echo, b"x");
+        drop(client);
+        until_idle(&workers.workers[0]).await;
     }
 
     #[tokio::test]
     async fn one_core_serves_everything_on_the_callers_runtime() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let workers = Workers::start(1).expect("workers");
+        let workers = Workers::start(1).await.expect("workers");
         let here = std::thread::current().name().map(str::to_owned);
         assert_eq!(workers.count(), 1);
         let (_a, on_a) = connect(&listener, &workers).await;
         let (_b, on_b) = connect(&listener, &workers).await;
         assert_eq!((Some(on_a), Some(on_b)), (here.clone(), here));
+    }
+
+    #[tokio::test]
+    async fn dropped_workers_stop_their_threads() {
+        let workers = Workers::start(3).await.expect("workers");
+        let handles: Vec<Handle> = workers
+            .workers
+            .iter()
+            .filter_map(|w| w.thread.as_ref().map(|t| t.runtime.clone()))
+            .collect();
+        assert_eq!(handles.len(), 2);
+        drop(workers);
+        for handle in handles {
+            // A runtime that has shut down drops what is spawned on it at once.
+            let (tx, rx) = oneshot::channel::<()>();
+            handle.spawn(async move {
+                let _ = tx.send(());
+            });
+            assert!(rx.await.is_err(), "a connection thread still runs tasks");
+        }
     }
 }
