@@ -15,9 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// before the process exits anyway.
 const BLOCKING_GRACE: Duration = Duration::from_secs(3);
 
-/// Admission connections are served on one single-threaded runtime per core (`workers.rs`);
-/// this one runs the listeners, the index's watch and the certificate reload, and serves its
-/// share of the connections.
+/// Admission connections are served on one single-threaded runtime per core, at most 4
+/// (`workers.rs`); this one runs the listeners, the index's watch and the certificate reload,
+/// and serves its share of the connections.
 ///
 /// Built by hand rather than with `#[tokio::main]`, whose runtime, dropped, waits for every
 /// blocking task: a certificate read stalled on a hung mount or a FIFO would keep the process

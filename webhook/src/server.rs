@@ -1,6 +1,6 @@
 //! The listeners: HTTPS for admission (HTTP/2 or HTTP/1.1 by ALPN; its connections spread over
-//! one thread per core, `workers.rs`), plain HTTP for metrics and probes; per-connection
-//! timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
+//! one thread per core, at most 4, `workers.rs`), plain HTTP for metrics and probes;
+//! per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +39,7 @@ pub enum ServerError {
     KubeConfig(#[from] kube::config::InferConfigError),
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
     Kube(#[from] kube::Error),
-    #[error("cannot start the connection workers: {0}")]
+    #[error("cannot start the connection threads: {0}")]
     Workers(std::io::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
