@@ -230,9 +230,10 @@ mod tests {
         (client, String::from_utf8(name).expect("a name"))
     }
 
-    async fn until_idle(worker: &Worker) {
+    /// Waits until `worker` serves at most `connections`: a closed connection's task ended.
+    async fn until_serving(worker: &Worker, connections: usize) {
         tokio::time::timeout(Duration::from_secs(5), async {
-            while worker.connections.load(Ordering::Relaxed) > 0 {
+            while worker.connections.load(Ordering::Relaxed) > connections {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -265,13 +266,7 @@ mod tests {
 
         // One of the thread's connections closes: the next goes back to it.
         drop(first);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while workers.workers[0].connections.load(Ordering::Relaxed) > 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the connection's task ended");
+        until_serving(&workers.workers[0], 1).await;
         let (_fourth, on) = connect(&listener, &workers).await;
         assert_eq!(on, "connections-1");
     }
@@ -304,7 +299,7 @@ mod tests {
             .expect("the thread read and wrote");
         assert_eq!(&echo, b"x");
         drop(client);
-        until_idle(&workers.workers[0]).await;
+        until_serving(&workers.workers[0], 0).await;
     }
 
     #[tokio::test]
