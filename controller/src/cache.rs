@@ -71,7 +71,13 @@ impl Children {
         self.ready().await;
         self.jobs
             .get(&ObjectRef::new(name).within(namespace))
-            .or_else(|| self.departed.take(namespace, name))
+            .or_else(|| self.departed.get(namespace, name))
+    }
+
+    /// Called once a status built from the Job by that name is written: a finished Job
+    /// deleted a moment ago is no longer needed (`Departed`).
+    pub fn written_from_job(&self, namespace: &str, name: &str) {
+        self.departed.forget(namespace, name);
     }
 
     pub async fn config_map(
@@ -269,10 +275,19 @@ impl Departed {
         e.jobs.insert(key, Arc::new(job.clone()));
     }
 
-    /// The last state of a finished Job deleted a moment ago, once.
-    pub fn take(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+    /// The last state of a finished Job deleted a moment ago. It is kept until the status
+    /// built from it is written (`forget`), or expires: a reconcile whose status write fails
+    /// must find it again, or the retry would take the Job for lost.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+        let e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        e.jobs
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
         let mut e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        e.jobs.remove(&(namespace.to_owned(), name.to_owned()))
+        e.jobs.remove(&(namespace.to_owned(), name.to_owned()));
     }
 }
 
@@ -471,30 +486,35 @@ mod tests {
     fn a_deleted_taskruns_jobs_are_not_kept() {
         let departed = Departed::new(Duration::from_secs(300));
         departed.record(&job("done", Some("Complete")), &owners(true));
-        assert!(departed.take("ns", "done").is_none());
+        assert!(departed.get("ns", "done").is_none());
         let (nobody, _writer) = kube::runtime::reflector::store::<TaskRun>();
         departed.record(&job("done", Some("Complete")), &nobody);
-        assert!(departed.take("ns", "done").is_none());
+        assert!(departed.get("ns", "done").is_none());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_finished_job_deleted_a_moment_ago_is_found_once_then_expires() {
+    async fn a_finished_job_deleted_a_moment_ago_is_found_until_forgotten_or_expired() {
         let departed = Departed::new(Duration::from_secs(300));
         let owners = owners(false);
         departed.record(&job("running", None), &owners);
         departed.record(&job("done", Some("Complete")), &owners);
         departed.record(&job("failed", Some("Failed")), &owners);
         assert!(
-            departed.take("ns", "running").is_none(),
+            departed.get("ns", "running").is_none(),
             "only finished Jobs are kept"
         );
-        let done = departed.take("ns", "done").expect("the finished Job");
+        let done = departed.get("ns", "done").expect("the finished Job");
         assert_eq!(done.metadata.name.as_deref(), Some("done"));
-        assert!(departed.take("ns", "done").is_none(), "taken once");
+        assert!(
+            departed.get("ns", "done").is_some(),
+            "still there for a retry whose status write failed"
+        );
+        departed.forget("ns", "done");
+        assert!(departed.get("ns", "done").is_none(), "forgotten");
         tokio::time::advance(Duration::from_secs(301)).await;
         // The next record expires what is older than the ttl.
         departed.record(&job("later", Some("Complete")), &owners);
-        assert!(departed.take("ns", "failed").is_none(), "expired");
-        assert!(departed.take("ns", "later").is_some());
+        assert!(departed.get("ns", "failed").is_none(), "expired");
+        assert!(departed.get("ns", "later").is_some());
     }
 }

@@ -261,6 +261,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let outcome = status::job_outcome(&job_name, job_status.as_ref());
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
+    ctx.children.written_from_job(&ns, &job_name);
     // No periodic resync, finished or not: every input of this function is watched (the
     // TaskRun, its Jobs, its ConfigMaps), and a watch that cannot resume lists again: every
     // child listed, and every child gone since (relist.rs), reconciles its TaskRun. A requeue

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod controller;
 pub mod identity;
 pub mod kubelet;
+pub mod policy;
 mod ports;
 mod process;
 pub mod tools;

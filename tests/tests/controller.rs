@@ -15,6 +15,7 @@ use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
+use taskrun_tests::policy::Refusal;
 use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -844,6 +845,89 @@ async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
     assert!(
         jobs.get_opt("lost-1-v1").await.expect("get").is_none(),
         "the lost Job was created again"
+    );
+}
+
+/// The Job finishes and its TTL removes it while every status write is refused (an admission
+/// policy, as a quota or a policy controller could). Once writes pass again, the status says
+/// what the Job did: the retries after the Job was gone still know how it ended.
+#[tokio::test]
+async fn a_job_removed_while_status_writes_fail_still_ends_as_it_did() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-ttl-refused").await;
+    let ctrl = Controller::start(
+        cp,
+        &[
+            &format!("--namespace={ns}"),
+            "--ttl-seconds-after-finished=0",
+        ],
+    );
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "refused", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "a Job named", |tr| {
+        tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+    })
+    .await;
+
+    let refusal = Refusal::start(
+        &client,
+        &ns,
+        json!({"apiGroups": ["orchestrator.io"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+               "resources": ["taskruns/status"]}),
+        "no status writes here for now",
+    )
+    .await;
+    wait_for("the policy to refuse status writes", WAIT, || async {
+        let dry_run = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        let patch = json!({"status": {"message": "probe"}});
+        matches!(api.patch_status("t", &dry_run, &Patch::Merge(&patch)).await,
+                 Err(kube::Error::Api(e)) if e.message.contains("no status writes"))
+        .then_some(())
+    })
+    .await;
+    finish_pod(&client, &ns, "refused-1-v1", PodEnd::Succeeded).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_gone(
+        "the TTL controller to remove the Job",
+        WAIT,
+        &jobs,
+        "refused-1-v1",
+    )
+    .await;
+    // Two more refused reconciles, both after the Job was gone: the second is a retry of the
+    // first.
+    let errors = || async {
+        http_get(ctrl.http_addr(), "/metrics")
+            .await
+            .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
+            .unwrap_or(0.0)
+    };
+    let gone_at = errors().await;
+    wait_for(
+        "two refused reconciles after the Job was gone",
+        WAIT,
+        || async { (errors().await >= gone_at + 2.0).then_some(()) },
+    )
+    .await;
+    refusal.lift().await;
+
+    let tr = wait_status(&api, "t", "a final phase", |tr| {
+        phase(tr).is_some_and(|p| p.is_final())
+    })
+    .await;
+    assert_eq!(
+        phase(&tr),
+        Some(Phase::Succeeded),
+        "the Job succeeded; the status says {:?}",
+        tr.status.as_ref().and_then(|s| s.message.as_deref())
+    );
+    assert!(
+        jobs.get_opt("refused-1-v1").await.expect("get").is_none(),
+        "the finished version ran again"
     );
 }
 

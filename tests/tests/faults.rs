@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -23,6 +20,7 @@ use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::{Controller, LEASE_NAMESPACE};
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
+use taskrun_tests::policy::Refusal;
 use taskrun_tests::webhook::Webhook;
 use taskrun_tests::{
     ChildGuard, ControlPlane, free_addr, http_get, identity, memory_kib, metric, spawn_logged,
@@ -994,38 +992,14 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     let ns = cp.namespace("fault-outage").await;
     // No Job may be created in the namespace yet (an admission policy refuses them): the first
     // reconcile fails, and backs off.
-    let policy = format!("no-jobs-{ns}");
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
-    let params = PostParams::default();
-    let refuse_jobs = serde_json::from_value(json!({
-        "metadata": {"name": policy},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
-                                                    "operations": ["CREATE"], "resources": ["jobs"]}]},
-            "validations": [{"expression": "false", "message": "no Jobs here for now",
-                             "reason": "Forbidden"}],
-        },
-    }))
-    .expect("a policy");
-    policies
-        .create(&params, &refuse_jobs)
-        .await
-        .expect("create the policy");
-    let binding = serde_json::from_value(json!({
-        "metadata": {"name": policy},
-        "spec": {
-            "policyName": policy,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
-        },
-    }))
-    .expect("a binding");
-    bindings
-        .create(&params, &binding)
-        .await
-        .expect("bind the policy");
+    let refusal = Refusal::start(
+        &client,
+        &ns,
+        json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
+               "resources": ["jobs"]}),
+        "no Jobs here for now",
+    )
+    .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let probe: Job = serde_json::from_value(json!({
         "metadata": {"name": "probe"},
@@ -1077,14 +1051,7 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     failed(1).await;
     // The API server goes away for the controller, and meanwhile the cause goes too.
     proxy.go_away();
-    bindings
-        .delete(&policy, &DeleteParams::default())
-        .await
-        .expect("unbind the policy");
-    policies
-        .delete(&policy, &DeleteParams::default())
-        .await
-        .expect("delete the policy");
+    refusal.lift().await;
     // The fourth failure comes 14 s after the first; the next retry would be 16 s later.
     failed(4).await;
     proxy.come_back();
