@@ -213,8 +213,8 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 async fn run_controller(
     args: &Args,
     base: &Arc<Base>,
-    mut leading: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
+    leading: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let shared = &base.shared;
     let client = base.client.clone();
@@ -303,27 +303,9 @@ async fn run_controller(
     });
 
     // Graceful shutdown lets the reconciles in flight finish, but the Controller would also
-    // work through everything already queued (after a restart: every TaskRun). So: on SIGTERM
-    // the queue gets SHUTDOWN_GRACE, and a lost Lease stops it at once, since another replica
-    // may already act. An interrupted reconcile is safe: each one starts from scratch.
+    // work through everything already queued (after a restart: every TaskRun): `term_ends`.
     let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
-    let (halt_tx, halt_rx) = tokio::sync::oneshot::channel::<Duration>();
-    tokio::spawn(async move {
-        let grace = loop {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() || !*leading.borrow() { break Duration::ZERO },
-                _ = stop.changed() => break SHUTDOWN_GRACE,
-            }
-        };
-        let _ = done_tx.send(());
-        let _ = halt_tx.send(grace);
-    });
-    let halt = async move {
-        match halt_rx.await {
-            Ok(grace) => tokio::time::sleep(grace).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let halt = term_ends(leading, stop, done_tx, SHUTDOWN_GRACE);
 
     let controller = Controller::for_stream(stream, reader)
         .owns_stream(job_stream)
@@ -344,6 +326,32 @@ async fn run_controller(
     tokio::select! {
         _ = controller => {}
         _ = halt => tracing::info!("stopped with reconciles still queued; the next leader picks them up"),
+    }
+}
+
+/// Ends a term of leadership. `winding_down` fires when the Controller must take no more
+/// work: on SIGTERM, or when the Lease is lost. The future ends when the reconciles still
+/// running must be dropped: at once when the Lease is lost, since another replica may already
+/// act; `grace` after SIGTERM, or sooner if the Lease is lost meanwhile (this replica still
+/// renews it, but an API server it cannot reach ends the term). An interrupted reconcile is
+/// safe: each one starts from scratch.
+async fn term_ends(
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    winding_down: futures::channel::oneshot::Sender<()>,
+    grace: Duration,
+) {
+    // Err: the sender is gone, shutting down.
+    let signalled = tokio::select! {
+        _ = leading.wait_for(|leads| !*leads) => false,
+        _ = stop.wait_for(|stopped| *stopped) => true,
+    };
+    let _ = winding_down.send(());
+    if signalled {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = leading.wait_for(|leads| !*leads) => {}
+        }
     }
 }
 
@@ -370,6 +378,38 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use taskrun::{TaskRunSpec, TaskRunStatus};
+
+    /// How long `term_ends` took, and whether the Controller was told to wind down at once.
+    async fn term(signal: bool, lose_lease_after: Option<Duration>) -> (Duration, bool) {
+        let (lead_tx, leading) = watch::channel(true);
+        let (stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = futures::channel::oneshot::channel();
+        let started = tokio::time::Instant::now();
+        let ends = tokio::spawn(term_ends(leading, stop, done_tx, SHUTDOWN_GRACE));
+        if signal {
+            let _ = stop_tx.send(true);
+        }
+        if let Some(after) = lose_lease_after {
+            tokio::time::sleep(after).await;
+            let _ = lead_tx.send(false);
+        }
+        tokio::task::yield_now().await;
+        let wound_down = matches!(done.try_recv(), Ok(Some(())));
+        ends.await.expect("term_ends");
+        (started.elapsed(), wound_down)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_halts_at_once_when_the_lease_is_lost_even_during_the_shutdown_grace() {
+        assert_eq!(term(true, None).await, (SHUTDOWN_GRACE, true));
+        assert_eq!(
+            term(false, Some(Duration::ZERO)).await,
+            (Duration::ZERO, true)
+        );
+        let lost = Duration::from_secs(1);
+        assert!(lost < SHUTDOWN_GRACE);
+        assert_eq!(term(true, Some(lost)).await, (lost, true));
+    }
 
     #[test]
     fn only_spec_changes_deletion_and_a_new_object_trigger_a_reconcile() {
