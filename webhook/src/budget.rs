@@ -1,17 +1,39 @@
-//! A bound on the request bodies held at once. Each admission request reserves room for its
-//! declared length (the body limit when it declares none) before its body is read, and gives it
-//! back once answered; beyond the bound, requests wait. Without it, a client opening many
-//! HTTP/2 streams with large bodies could run the pod out of memory, each body within the
+//! A bound on the request bodies held at once. Each admission request holds room for the bytes
+//! of its body as they arrive (not for the length it declares: a client that declares the
+//! largest bodies and sends nothing would otherwise hold the whole budget), and gives it back
+//! once answered; beyond the bound, requests wait. Without it, a client opening many HTTP/2
+//! streams with large bodies could run the pod out of memory, each body within the
 //! per-request limit.
 
+use std::fmt::Display;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http_body_util::BodyExt;
+use hyper::body::{Body, Buf, Bytes};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout_at};
 
 /// Room for request bodies, counted in KiB.
 pub struct BodyBudget {
     kib: Arc<Semaphore>,
     total_kib: u32,
+}
+
+/// Room held for a body that was read; given back when dropped.
+pub struct Room(Option<OwnedSemaphorePermit>);
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// Its bytes did not all arrive in time.
+    TimedOut,
+    /// The budget had no room for the bytes that came, in time.
+    NoRoom,
+    /// The connection failed while it was read.
+    Broken(String),
 }
 
 impl BodyBudget {
@@ -26,17 +48,65 @@ impl BodyBudget {
         }
     }
 
-    /// Reserves room for a body of `bytes` (at least 1 KiB, at most the whole budget), waiting
-    /// while it is taken; the room is given back when the permit drops.
-    pub async fn reserve(&self, bytes: usize) -> OwnedSemaphorePermit {
-        let wanted = u32::try_from(kib(bytes))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.total_kib);
-        match self.kib.clone().acquire_many_owned(wanted).await {
-            Ok(permit) => permit,
-            // The semaphore is never closed.
-            Err(_) => std::future::pending().await,
+    /// Reads `body`, at most `limit` bytes of it, within `timeout`, holding room for what has
+    /// arrived (in whole KiB, at most the whole budget) and waiting for room as more comes.
+    pub async fn read<B>(
+        &self,
+        body: B,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(Bytes, Room), ReadError>
+    where
+        B: Body,
+        B::Error: Display,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut body = std::pin::pin!(body);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        let mut room = Room(None);
+        loop {
+            let frame = match timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(ReadError::TimedOut),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers are not part of the body.
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            len = len.saturating_add(data.remaining());
+            if len > limit {
+                return Err(ReadError::TooLarge);
+            }
+            let wanted = self.kib_for(len);
+            let held = room.0.as_ref().map_or(0, |p| p.num_permits());
+            if let Some(more) = wanted.checked_sub(held).filter(|m| *m > 0) {
+                let more = u32::try_from(more).unwrap_or(self.total_kib);
+                let acquired = timeout_at(deadline, self.kib.clone().acquire_many_owned(more));
+                // The semaphore is never closed.
+                let Ok(Ok(more)) = acquired.await else {
+                    return Err(ReadError::NoRoom);
+                };
+                match &mut room.0 {
+                    Some(held) => held.merge(more),
+                    None => room.0 = Some(more),
+                }
+            }
+            parts.push(data.copy_to_bytes(data.remaining()));
         }
+        let bytes = match parts.len() {
+            0 => Bytes::new(),
+            1 => parts.swap_remove(0),
+            _ => Bytes::from(parts.concat()),
+        };
+        Ok((bytes, room))
+    }
+
+    /// Whole KiB to hold `bytes`, within the budget.
+    fn kib_for(&self, bytes: usize) -> usize {
+        kib(bytes).min(self.total_kib as usize)
     }
 }
 
@@ -48,24 +118,84 @@ fn kib(bytes: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use http_body_util::{Full, StreamBody};
+    use hyper::body::Frame;
+
+    const SOON: Duration = Duration::from_millis(100);
+
+    fn full(bytes: usize) -> Full<Bytes> {
+        Full::new(Bytes::from(vec![b'x'; bytes]))
+    }
+
+    /// `first` bytes, then nothing more, ever.
+    fn stalled(first: usize) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let first = futures::stream::iter([Ok(Frame::data(Bytes::from(vec![b'x'; first])))]);
+        StreamBody::new(futures::StreamExt::chain(first, futures::stream::pending()))
+    }
 
     #[tokio::test]
-    async fn room_is_waited_for_and_given_back() {
+    async fn room_is_held_for_what_arrived_waited_for_and_given_back() {
         let budget = BodyBudget::new(2048, 2);
-        let first = budget.reserve(2048).await;
-        let second = budget.reserve(1500).await;
-        // Four KiB are taken: even a one-byte body waits.
-        let waiting = tokio::time::timeout(Duration::from_millis(100), budget.reserve(1)).await;
-        assert!(waiting.is_err(), "a body was let in beyond the budget");
+        let (body, first) = budget.read(full(2048), 4096, SOON).await.expect("read");
+        assert_eq!(body.len(), 2048);
+        let (_, second) = budget.read(full(1500), 4096, SOON).await.expect("read");
+        // Four KiB are held: even a one-byte body finds no room.
+        assert_eq!(
+            budget.read(full(1), 4096, SOON).await.err(),
+            Some(ReadError::NoRoom)
+        );
         drop(first);
-        let third = budget.reserve(1).await;
+        let third = budget.read(full(1), 4096, SOON).await.expect("room again");
         drop((second, third));
-        // A body declared larger than the whole budget gets all of it instead of waiting for
-        // ever (the body limit refuses it once read).
-        let all = tokio::time::timeout(Duration::from_secs(1), budget.reserve(usize::MAX))
+        // A body larger than the whole budget gets all of it instead of waiting for ever.
+        let (_, all) = budget.read(full(8192), 8192, SOON).await.expect("read");
+        assert_eq!(all.0.map(|p| p.num_permits()), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_holds_only_what_it_sent() {
+        let budget = Arc::new(BodyBudget::new(2048, 2));
+        // Four bodies that send nothing (a declared length promises nothing), and one that
+        // sends 2 KiB, stall.
+        let stalls: Vec<_> = [0, 0, 0, 0, 2048]
+            .into_iter()
+            .map(|first| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    budget
+                        .read(stalled(first), 4096, Duration::from_secs(60))
+                        .await
+                        .err()
+                })
+            })
+            .collect();
+        tokio::time::sleep(SOON).await;
+        let (body, _held) = budget
+            .read(full(2048), 4096, SOON)
             .await
-            .expect("the whole budget");
-        assert_eq!(all.num_permits(), 4);
+            .expect("the other 2 KiB are free");
+        assert_eq!(body.len(), 2048);
+        assert_eq!(
+            budget.read(full(1), 4096, SOON).await.err(),
+            Some(ReadError::NoRoom)
+        );
+        for s in stalls {
+            s.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn too_long_and_too_slow_bodies_are_told_apart() {
+        let budget = BodyBudget::new(1024, 4);
+        assert_eq!(
+            budget.read(stalled(1025), 1024, SOON).await.err(),
+            Some(ReadError::TooLarge)
+        );
+        assert_eq!(
+            budget.read(stalled(10), 1024, SOON).await.err(),
+            Some(ReadError::TimedOut)
+        );
+        let (body, _) = budget.read(full(0), 1024, SOON).await.expect("empty");
+        assert!(body.is_empty());
     }
 }

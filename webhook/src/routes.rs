@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::{Body, Bytes};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::admission::{self, Hook};
-use crate::budget::BodyBudget;
+use crate::budget::{BodyBudget, ReadError};
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, RequestLabels, RouteLabels};
 use crate::tls::CertStore;
@@ -178,35 +178,34 @@ impl App {
                 too_long(),
             );
         }
-        // Held until the answer is ready: room for the body and for what is read from it.
-        let room = self
+        // Room is held until the answer is ready: for the body and for what is read from it.
+        let read = self
             .bodies
-            .reserve(declared.map_or(self.max_body_bytes, |n| n as usize));
-        let Ok(_room) = tokio::time::timeout(self.body_read_timeout, room).await else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "too many large request bodies are being read at once; retry shortly".into(),
-            );
-        };
-        let body = Limited::new(req.into_body(), self.max_body_bytes).collect();
-        let body = match tokio::time::timeout(self.body_read_timeout, body).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            .read(req.into_body(), self.max_body_bytes, self.body_read_timeout);
+        let (body, _room) = match read.await {
+            Ok(read) => read,
+            Err(ReadError::TooLarge) => {
                 return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
                     too_long(),
                 );
             }
-            Ok(Err(e)) => {
+            Err(ReadError::NoRoom) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "too many large request bodies are being read at once; retry shortly".into(),
+                );
+            }
+            Err(ReadError::Broken(e)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
                     format!("cannot read the request body: {e}"),
                 );
             }
-            Err(_) => {
+            Err(ReadError::TimedOut) => {
                 return error(
                     StatusCode::REQUEST_TIMEOUT,
                     "Timeout",

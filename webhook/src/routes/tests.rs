@@ -166,36 +166,48 @@ async fn a_body_that_never_arrives_times_out() {
     );
 }
 
-#[tokio::test]
-async fn bodies_beyond_the_budget_wait_their_turn() {
-    let app = app(true);
-    // Four requests that declare the largest body and never send it take the whole budget.
-    let holders: Vec<_> = (0..4)
+/// `/validate` requests that declare the largest body, send `sent` bytes of it and then stall.
+fn stalled_requests(
+    app: &Arc<App>,
+    sent: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    (0..4)
         .map(|_| {
-            let never = StreamBody::new(futures::stream::pending::<
-                Result<Frame<Bytes>, std::io::Error>,
-            >());
+            let first = futures::stream::iter([Ok(Frame::data(Bytes::from(vec![b' '; sent])))]);
+            let stalled = StreamBody::new(futures::StreamExt::chain(
+                first,
+                futures::stream::pending::<Result<Frame<Bytes>, std::io::Error>>(),
+            ));
             let req = Request::post("/validate")
                 .header(CONTENT_TYPE, "application/json")
                 .header(CONTENT_LENGTH, "1024")
-                .body(never)
+                .body(stalled)
                 .expect("request");
             let app = app.clone();
             tokio::spawn(async move { call(&app, req, Listener::Tls).await })
         })
-        .collect();
+        .collect()
+}
+
+fn validate_review(app: &Arc<App>) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        call(
+            &app,
+            post("/validate", Some("application/json"), review()),
+            Listener::Tls,
+        )
+        .await
+    })
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_budget_wait_their_turn() {
+    let app = app(true);
+    // Four requests that have sent the largest body's bytes and stall take the whole budget.
+    let holders = stalled_requests(&app, 1024);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let next = tokio::spawn({
-        let app = app.clone();
-        async move {
-            call(
-                &app,
-                post("/validate", Some("application/json"), review()),
-                Listener::Tls,
-            )
-            .await
-        }
-    });
+    let next = validate_review(&app);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!next.is_finished(), "a body was read beyond the budget");
     for h in holders {
@@ -204,6 +216,25 @@ async fn bodies_beyond_the_budget_wait_their_turn() {
     let (status, body) = next.await.expect("task");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["response"]["allowed"], true);
+}
+
+/// A length declared is not room taken: requests that declare the largest body and send
+/// nothing hold none of the budget, and a review is answered meanwhile (it waited for the
+/// body read timeout, then got 503, when room was reserved for the declared length).
+#[tokio::test]
+async fn bodies_declared_but_not_sent_hold_no_room() {
+    let app = app(true);
+    let stalled = stalled_requests(&app, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(1), validate_review(&app))
+        .await
+        .expect("answered while the others stall")
+        .expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], true);
+    for s in stalled {
+        s.abort();
+    }
 }
 
 #[tokio::test]
