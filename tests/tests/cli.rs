@@ -1100,6 +1100,79 @@ async fn a_release_record_labelled_with_another_name_is_left_alone() {
     assert_eq!(names, ["sh.helm.release.v1.other-task-2.v1"], "{names:?}");
 }
 
+/// A release of the legacy chart whose name does not say its task (`{service}-task-{id}`)
+/// is reported, not passed over in silence.
+#[tokio::test]
+async fn a_release_of_the_chart_named_otherwise_is_reported() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-odd-name").await;
+    let values = json!({"serviceName": "odd", "taskId": "7", "agentName": "",
+                        "files": {"task.md": "# Task\n"}});
+    let path = write_file(
+        &work_dir().join(&ns),
+        "odd-task-07.json",
+        &values.to_string(),
+    );
+    let chart = repo_root().join("tests/fixtures/legacy-chart");
+    helm(
+        cp,
+        &ns,
+        &[
+            "install",
+            "odd-task-07",
+            &chart.to_string_lossy(),
+            "-f",
+            &path.to_string_lossy(),
+        ],
+    );
+    finish_legacy_jobs(cp, &ns, &[]).await;
+
+    let (code, out) = migrate(cp, &ns, &[]);
+    assert_eq!(code, 3, "{out}");
+    let odd = row(&out, "odd-task-07");
+    assert!(
+        odd.contains("FAILED") && odd.contains("is not of the form {service}-task-{id}"),
+        "{odd}"
+    );
+}
+
+/// In a namespace the webhook does not see (its namespaceSelector leaves out kube-system), a
+/// TaskRun would get no duplicate check and no labels: it is not created, and the row says
+/// why.
+#[tokio::test]
+async fn a_release_where_the_webhook_does_not_look_is_not_migrated() {
+    let cp = cluster().await;
+    let ns = "kube-system";
+    install_task(
+        cp,
+        ns,
+        "install",
+        "unseen",
+        1,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    finish_legacy_jobs(cp, ns, &[]).await;
+
+    let (code, out) = migrate(cp, ns, &[]);
+    let unseen = row(&out, "unseen-task-1");
+    let taskruns = Api::<TaskRun>::namespaced(cp.client().await, ns);
+    let created = taskruns.get_opt("unseen-task-1").await.expect("get");
+    helm(cp, ns, &["uninstall", "unseen-task-1"]);
+    if created.is_some() {
+        let _ = taskruns.delete("unseen-task-1", &Default::default()).await;
+    }
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        unseen.contains("FAILED") && unseen.contains("not created"),
+        "{unseen}"
+    );
+    assert!(
+        created.is_none(),
+        "a TaskRun the webhook never saw was created"
+    );
+}
+
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`
 /// would act on that newer revision (its manifest, its hooks), so `--delete-releases` leaves
 /// such a release for Helm, saying why, instead of uninstalling from the revision migrated.

@@ -55,9 +55,6 @@ pub async fn run(
         else {
             continue;
         };
-        if plan::legacy_identity(&name).is_none() {
-            continue;
-        }
         let Some(version) = label("version").and_then(|v| v.parse().ok()) else {
             tracing::warn!(namespace = %ns, secret = %secret_name, "Helm release Secret without a numeric version label; ignored");
             continue;
@@ -238,26 +235,23 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         plan::MIGRATED_FROM.to_owned(),
         plan::migrated_from(release),
     )]));
-    let params = PostParams {
-        dry_run,
+    // A dry run first, in both modes: a TaskRun the webhook does not see (not registered, or
+    // its namespace excluded) would run with no duplicate check, so it is not created at all.
+    let mut params = PostParams {
+        dry_run: true,
         field_manager: Some(MANAGER.to_owned()),
     };
-    let created = taskruns.create(&params, &taskrun).await;
-    if dry_run {
-        return match created {
-            Ok(would_be) if plan::admitted(&would_be) => Outcome::WouldCreate,
-            Ok(_) => Outcome::Failed(not_admitted()),
-            Err(e) if retry_later(&e) => not_judged(&e),
-            Err(e) => Outcome::Failed(format!("would be refused: {}", describe(&e))),
-        };
+    match taskruns.create(&params, &taskrun).await {
+        Ok(would_be) if plan::admitted(&would_be) => {}
+        Ok(_) => return Outcome::Failed(format!("not created: {}", not_admitted())),
+        Err(e) => return refused(&taskruns, name, &spec, e, dry_run).await,
     }
-    if let Err(e) = created {
-        // Someone (another run) may have created it meanwhile: then judge what is there.
-        return match taskruns.get_opt(name).await {
-            Ok(Some(live)) => judge(&spec, &live, Outcome::AlreadyMigrated),
-            _ if retry_later(&e) => not_judged(&e),
-            _ => Outcome::Failed(format!("refused: {}", describe(&e))),
-        };
+    if dry_run {
+        return Outcome::WouldCreate;
+    }
+    params.dry_run = false;
+    if let Err(e) = taskruns.create(&params, &taskrun).await {
+        return refused(&taskruns, name, &spec, e, dry_run).await;
     }
     // Verify from a fresh read, not the create response.
     match taskruns.get_opt(name).await {
@@ -268,6 +262,29 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
             describe(&e)
         )),
     }
+}
+
+/// The outcome of a create refused with `e`. Someone (another run) may have created the
+/// TaskRun meanwhile: then what is there is judged (not in a dry run, which creates nothing).
+async fn refused(
+    taskruns: &Api<TaskRun>,
+    name: &str,
+    spec: &taskrun::TaskRunSpec,
+    e: kube::Error,
+    dry_run: bool,
+) -> Outcome {
+    if !dry_run && let Ok(Some(live)) = taskruns.get_opt(name).await {
+        return judge(spec, &live, Outcome::AlreadyMigrated);
+    }
+    if retry_later(&e) {
+        return not_judged(&e);
+    }
+    let refused = if dry_run {
+        "would be refused"
+    } else {
+        "refused"
+    };
+    Outcome::Failed(format!("{refused}: {}", describe(&e)))
 }
 
 /// A create refused before anyone judged the TaskRun (the webhook's index not synced yet, the
@@ -324,7 +341,8 @@ fn judge_made_earlier(live: &TaskRun) -> Outcome {
 }
 
 fn not_admitted() -> String {
-    "the TaskRun lacks the labels the mutating webhook stamps: is the taskrun webhook registered?"
+    "the TaskRun lacks the labels the mutating webhook stamps: is the taskrun webhook registered, \
+     with a namespaceSelector that takes in this namespace?"
         .into()
 }
 

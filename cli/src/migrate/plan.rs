@@ -114,23 +114,27 @@ pub enum NotPicked<'a> {
 }
 
 /// The revision to migrate: the newest one Helm marks `deployed`, unless the newest revision
-/// is pending (an operation in progress). Otherwise why nothing was taken.
+/// is pending (an operation in progress), or uninstalled or being uninstalled (`helm
+/// uninstall --keep-history` marks only the newest revision: after a failed upgrade, an older
+/// one still reads `deployed`). Otherwise why nothing was taken.
 pub fn pick_deployed(revisions: &[Revision]) -> Result<&Revision, NotPicked<'_>> {
     if let Some(newest) = newest_pending(revisions) {
         return Err(NotPicked::InProgress(newest));
+    }
+    let newest = revisions.iter().max_by_key(|r| r.version);
+    let not_deployed = || {
+        NotPicked::NotDeployed(
+            newest.map_or_else(|| "no revisions".to_owned(), |r| r.status.clone()),
+        )
+    };
+    if newest.is_some_and(|r| matches!(r.status.as_str(), "uninstalled" | "uninstalling")) {
+        return Err(not_deployed());
     }
     revisions
         .iter()
         .filter(|r| r.status == "deployed")
         .max_by_key(|r| r.version)
-        .ok_or_else(|| {
-            NotPicked::NotDeployed(
-                revisions
-                    .iter()
-                    .max_by_key(|r| r.version)
-                    .map_or_else(|| "no revisions".to_owned(), |r| r.status.clone()),
-            )
-        })
+        .ok_or_else(not_deployed)
 }
 
 /// Why a release with a pending newest revision is left alone, and what to do.
@@ -427,6 +431,17 @@ mod tests {
         assert_eq!(
             pick_deployed(&[]),
             Err(NotPicked::NotDeployed("no revisions".to_owned()))
+        );
+        // A failed upgrade, then `helm uninstall --keep-history`: only the newest is marked.
+        let uninstalled = [rev(1, "deployed"), rev(2, "failed"), rev(3, "uninstalled")];
+        assert_eq!(
+            pick_deployed(&uninstalled),
+            Err(NotPicked::NotDeployed("uninstalled".to_owned()))
+        );
+        let uninstalling = [rev(1, "deployed"), rev(2, "uninstalling")];
+        assert_eq!(
+            pick_deployed(&uninstalling),
+            Err(NotPicked::NotDeployed("uninstalling".to_owned()))
         );
     }
 
