@@ -41,7 +41,8 @@ control-plane: ## build (once per machine) and cache kube-apiserver, etcd, kube-
 	@tests/cluster/build.sh >/dev/null
 
 crd: ## regenerate the CRD in manifests/ from the Rust types
-	cargo run --quiet --locked -p taskrun --bin crdgen > manifests/crd/taskruns.orchestrator.io.yaml
+	cargo run --quiet --locked -p taskrun --bin crdgen > manifests/crd/taskruns.orchestrator.io.yaml.new
+	mv manifests/crd/taskruns.orchestrator.io.yaml.new manifests/crd/taskruns.orchestrator.io.yaml
 
 cluster: control-plane ## the control plane alone (etcd, kube-apiserver, kube-controller-manager, CRD), foreground until Ctrl-C
 	@hack/cluster.sh

@@ -26,4 +26,5 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "hack/install-deps.sh: installing ${missing[*]}" >&2
 "${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+# After sudo, which would drop it from the environment.
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -5,10 +5,19 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-if [[ -n "${KUBECONFIG:-}" ]]; then
+# The dev cluster's own kubeconfig (a shell that sourced .dev/env) is no other cluster.
+if [[ -n "${KUBECONFIG:-}" && "$KUBECONFIG" != "$DEV_DIR/kubeconfig" ]]; then
   export TASKRUN_EXTERNAL_KUBECONFIG="$KUBECONFIG"
 fi
-trap '"$REPO_ROOT/hack/down.sh"' EXIT
+finish() {
+  # On a cluster that outlives the stack, the examples go while the controller still runs
+  # (their finalizer needs it), then make down takes the webhook registrations out.
+  if [[ -n "${TASKRUN_EXTERNAL_KUBECONFIG:-}" ]]; then
+    kubectl delete -f examples/ --ignore-not-found --wait --timeout=30s || true
+  fi
+  "$REPO_ROOT/hack/down.sh"
+}
+trap finish EXIT
 "$REPO_ROOT/hack/up.sh"
 # shellcheck source=/dev/null
 source "$DEV_DIR/env"

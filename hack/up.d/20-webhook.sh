@@ -14,8 +14,12 @@ WEBHOOK_CERTS="$DEV_DIR/certs"
 WEBHOOK_URL="https://$WEBHOOK_HOST:$WEBHOOK_PORT"
 if [[ "$WEBHOOK_HOST" == 127.0.0.1 ]]; then webhook_listen=127.0.0.1; else webhook_listen=0.0.0.0; fi
 
-if [[ ! -f "$WEBHOOK_CERTS/tls.crt" || ! -f "$WEBHOOK_CERTS/tls.key" || ! -f "$WEBHOOK_CERTS/ca.crt" ]]; then
+# Made again when WEBHOOK_HOST changed: the API server calls that name. `localhost` is always
+# in it, for the readiness check below.
+if [[ ! -f "$WEBHOOK_CERTS/tls.crt" || ! -f "$WEBHOOK_CERTS/tls.key" || ! -f "$WEBHOOK_CERTS/ca.crt" \
+      || "$(cat "$WEBHOOK_CERTS/host" 2>/dev/null)" != "$WEBHOOK_HOST" ]]; then
   "$RUST_BIN_DIR/taskrun-certs" --out "$WEBHOOK_CERTS" --host "$WEBHOOK_HOST" --host localhost
+  echo "$WEBHOOK_HOST" >"$WEBHOOK_CERTS/host"
 fi
 
 start_bg taskrun-webhook \
@@ -29,12 +33,16 @@ start_bg taskrun-webhook \
     --log-level="${WEBHOOK_LOG_LEVEL:-info}"
 
 # Ready: certificate loaded and TaskRun index synced.
+webhook_ready() {
+  curl -fsS --cacert "$WEBHOOK_CERTS/ca.crt" --resolve "localhost:$WEBHOOK_PORT:127.0.0.1" \
+    "https://localhost:$WEBHOOK_PORT/readyz" >/dev/null 2>&1
+}
 for _ in $(seq 1 150); do
-  curl -fsS --cacert "$WEBHOOK_CERTS/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz" >/dev/null 2>&1 && break
+  webhook_ready && break
   pid_alive taskrun-webhook || break
   sleep 0.2
 done
-if ! curl -fsS --cacert "$WEBHOOK_CERTS/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz" >/dev/null 2>&1; then
+if ! webhook_ready; then
   echo "taskrun-webhook did not become ready" >&2
   log_tail taskrun-webhook
   return 1
@@ -81,6 +89,12 @@ YAML
   echo "webhooks:"
   webhook_entry mutate.taskruns.orchestrator.io /mutate
 } | "$BIN_DIR/kubectl" apply --server-side --force-conflicts --field-manager=taskrun-dev -f - >/dev/null
+# On a cluster that outlives the stack, make down takes the registrations out again: left
+# behind, they would refuse every TaskRun write (failurePolicy: Fail, nobody answering).
+if [[ -n "${TASKRUN_EXTERNAL_KUBECONFIG:-}" ]]; then
+  printf 'registered_kubeconfig=%q\nregistered_url=%q\n' "$KUBECONFIG" "$WEBHOOK_URL" \
+    >"$DEV_DIR/webhook-registered"
+fi
 
 # The API server picks registrations up asynchronously: wait until a dry-run create comes
 # back labelled by the mutating webhook.
