@@ -75,13 +75,25 @@ pub struct Failures {
 impl Ctx {
     /// The TaskRuns whose last reconcile failed for want of an answer from the API server.
     pub fn waiting_for_api_server(&self) -> Vec<ObjectRef<TaskRun>> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures
-            .iter()
-            .filter(|(_, f)| f.unreachable)
-            .map(|(name, _)| name.clone())
-            .collect()
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        waiting(&mut failures, |r| self.taskruns.get(r).is_some())
     }
+}
+
+/// The failures whose last reconcile could not reach the API server. Entries of TaskRuns gone
+/// from the cache (`cached` false) are dropped: only a successful reconcile clears an entry,
+/// and a TaskRun deleted after a failed one (its finalizer removed by hand, say) has none left.
+/// Kept, its entry would have the API server probed every second for the rest of the term.
+fn waiting(
+    failures: &mut HashMap<ObjectRef<TaskRun>, Failures>,
+    cached: impl Fn(&ObjectRef<TaskRun>) -> bool,
+) -> Vec<ObjectRef<TaskRun>> {
+    failures.retain(|r, _| cached(r));
+    failures
+        .iter()
+        .filter(|(_, f)| f.unreachable)
+        .map(|(r, _)| r.clone())
+        .collect()
 }
 
 /// What lives across terms of leadership.
@@ -378,6 +390,28 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use taskrun::{TaskRunSpec, TaskRunStatus};
+
+    #[test]
+    fn failures_of_taskruns_gone_from_the_cache_are_dropped() {
+        let failure = |unreachable| Failures {
+            count: 1,
+            unreachable,
+        };
+        let (gone, here, refused) = (
+            ObjectRef::new("gone").within("ns"),
+            ObjectRef::new("here").within("ns"),
+            ObjectRef::new("refused").within("ns"),
+        );
+        let mut failures = HashMap::from([
+            (gone.clone(), failure(true)),
+            (here.clone(), failure(true)),
+            (refused.clone(), failure(false)),
+        ]);
+        let waiting = waiting(&mut failures, |r| r != &gone);
+        assert_eq!(waiting, [here]);
+        assert_eq!(failures.len(), 2);
+        assert!(failures.contains_key(&refused) && !failures.contains_key(&gone));
+    }
 
     /// How long `term_ends` took, and whether the Controller was told to wind down at once.
     async fn term(signal: bool, lose_lease_after: Option<Duration>) -> (Duration, bool) {
