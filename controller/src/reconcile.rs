@@ -173,7 +173,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             return Ok(Action::requeue(LOOK_AGAIN));
         };
         let desired = job::config_map(&source, owner.clone());
-        match claim(&config_maps, &api, tr, desired).await? {
+        let claimed = match claim(&config_maps, &api, tr, desired).await {
+            Ok(claimed) => claimed,
+            Err(e) => return Err(refused(&api, tr, ctx, &prev, &seen, "ConfigMap", e).await),
+        };
+        match claimed {
             Claim::Created(_) | Claim::Ours(_) => {}
             other => {
                 return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_CONFIG_MAP).await;
@@ -248,7 +252,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     write_status(&api, tr, ctx, &prev, &next).await?;
                     return Ok(Action::await_change());
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(refused(&api, tr, ctx, &prev, &seen, "Job", e).await),
             }
         }
     };
@@ -412,6 +416,41 @@ async fn settle_unclaimed<K>(
     let next = status::next_status(prev, seen, &outcome, &now());
     write_status(api, tr, ctx, prev, &next).await?;
     Ok(action)
+}
+
+/// A child's create failed with `e`, which the reconcile returns (to be retried with
+/// backoff). When the API server refused it for a reason that may pass (403: a ResourceQuota
+/// used up, an admission policy, a namespace being deleted, missing RBAC), the status says so
+/// meanwhile: the TaskRun would otherwise show nothing at all, and the reason only the
+/// controller's log.
+async fn refused(
+    api: &Api<TaskRun>,
+    tr: &TaskRun,
+    ctx: &Ctx,
+    prev: &TaskRunStatus,
+    seen: &Observed,
+    kind: &str,
+    e: Error,
+) -> Error {
+    let Error::Kube(kube::Error::Api(s)) = &e else {
+        return e;
+    };
+    if s.code != 403 {
+        return e;
+    }
+    let o = Outcome::new(
+        Phase::Pending,
+        status::CREATE_REFUSED,
+        format!(
+            "the API server refused this version's {kind}: {}; retrying",
+            s.message
+        ),
+    );
+    let next = status::next_status(prev, seen, &o, &now());
+    match write_status(api, tr, ctx, prev, &next).await {
+        Ok(()) => e,
+        Err(write) => write,
+    }
 }
 
 /// Writes the status through the status subresource (server-side apply, own field

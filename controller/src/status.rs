@@ -116,6 +116,8 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
 
 /// The reason of a version waiting for a child name held by a TaskRun that is going away.
 pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
+/// The API server refused a child's create (403); retried with backoff.
+pub const CREATE_REFUSED: &str = "CreateRefused";
 
 /// How soon to look again at a child name still held by a TaskRun that is going away: 2 s at
 /// first, then a quarter of the time this version has waited so far, at most 30 s. Garbage

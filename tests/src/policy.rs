@@ -4,9 +4,17 @@
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
+
+use crate::wait_for;
+
+/// How long the API server may take to apply a new policy.
+const IN_FORCE: Duration = Duration::from_secs(60);
 
 /// A policy and its binding, both named `name`; in force until `lift`.
 pub struct Refusal {
@@ -55,6 +63,36 @@ impl Refusal {
             policies,
             bindings,
         }
+    }
+
+    /// Refuses every Job create in `ns` (403, `message`), once the API server applies it.
+    pub async fn of_job_creates(client: &Client, ns: &str, message: &str) -> Self {
+        let refusal = Self::start(
+            client,
+            ns,
+            json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                   "resources": ["jobs"]}),
+            message,
+        )
+        .await;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        let probe: Job = serde_json::from_value(json!({
+            "metadata": {"name": "probe"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "c", "image": "registry.example/probe"}]}}},
+        }))
+        .expect("a Job");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_for("the policy to refuse Jobs", IN_FORCE, || async {
+            matches!(jobs.create(&dry_run, &probe).await,
+                     Err(kube::Error::Api(e)) if e.message.contains(message))
+            .then_some(())
+        })
+        .await;
+        refusal
     }
 
     pub async fn lift(self) {

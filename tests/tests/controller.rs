@@ -848,6 +848,44 @@ async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
     );
 }
 
+/// The API server refuses the Job (here an admission policy; a used-up ResourceQuota answers
+/// the same 403): the status says why while the reconcile is retried, and the Job is made once
+/// the refusal is lifted.
+#[tokio::test]
+async fn a_refused_job_is_shown_in_the_status_and_made_once_allowed() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-refused-job").await;
+    let refusal = Refusal::of_job_creates(&client, &ns, "jobs are capped here").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "capped", 1, 1, &[("task.md", "x")])).await;
+    let tr = wait_status(&api, "t", "the refusal in the status", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, reason)| reason == "CreateRefused")
+    })
+    .await;
+    let status = tr.status.as_ref().expect("a status");
+    assert_eq!(status.phase, Some(Phase::Pending));
+    let message = status.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("Job") && message.contains("jobs are capped here"),
+        "{message}"
+    );
+    assert_eq!(status.job_name, None);
+
+    refusal.lift().await;
+    let tr = wait_status(&api, "t", "the Job once allowed", |tr| {
+        tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+    })
+    .await;
+    assert_ne!(
+        condition(&tr, "Succeeded").map(|(_, reason)| reason),
+        Some("CreateRefused")
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(jobs.get_opt("capped-1-v1").await.expect("get").is_some());
+}
+
 /// The Job finishes and its TTL removes it while every status write is refused (an admission
 /// policy, as a quota or a policy controller could). Once writes pass again, the status says
 /// what the Job did: the retries after the Job was gone still know how it ended.

@@ -992,31 +992,7 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     let ns = cp.namespace("fault-outage").await;
     // No Job may be created in the namespace yet (an admission policy refuses them): the first
     // reconcile fails, and backs off.
-    let refusal = Refusal::start(
-        &client,
-        &ns,
-        json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
-               "resources": ["jobs"]}),
-        "no Jobs here for now",
-    )
-    .await;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let probe: Job = serde_json::from_value(json!({
-        "metadata": {"name": "probe"},
-        "spec": {"template": {"spec": {"restartPolicy": "Never",
-                 "containers": [{"name": "c", "image": "registry.example/probe"}]}}},
-    }))
-    .expect("a Job");
-    wait_for("the policy to refuse Jobs", WAIT, || async {
-        let dry_run = PostParams {
-            dry_run: true,
-            ..PostParams::default()
-        };
-        matches!(jobs.create(&dry_run, &probe).await,
-                 Err(kube::Error::Api(e)) if e.message.contains("no Jobs here"))
-        .then_some(())
-    })
-    .await;
+    let refusal = Refusal::of_job_creates(&client, &ns, "no Jobs here for now").await;
     let proxy = FaultProxy::for_the_controller(cp).await;
     // No leader election (its Lease would end the term in an outage and start afresh), and
     // retries 2, 4, 8 then 16 s apart.
