@@ -7,12 +7,12 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskrun/cargo-target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps test lint fmt clippy build control-plane crd cluster up down run bench helm fuzz
+.PHONY: help deps test lint fmt clippy build control-plane crd cluster up down run bench helm go-tools fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-test: deps control-plane lint build ## everything from a fresh clone: build, lint, unit and integration tests
+test: deps control-plane go-tools lint build ## everything from a fresh clone: build, lint, unit and integration tests
 	cargo test --workspace --all-targets --locked
 
 deps: ## system packages the tests and make up need (lua5.1, openssl, curl), installed with apt-get when missing
@@ -62,6 +62,9 @@ bench: control-plane helm ## the benchmarks against the ceiling and Helm: a tabl
 
 helm: ## build (once per machine) and cache the pinned helm CLI the migrate-helm tests install releases with
 	@tests/helm/build.sh >/dev/null
+
+go-tools: helm ## build (once per machine) and cache every pinned Go tool the tests drive, before they start
+	@for tool in certmanager kstatus fluxapply; do tests/$$tool/build.sh >/dev/null; done
 
 FUZZ_SECONDS ?= 30
 fuzz: ## run every cargo-fuzz target for FUZZ_SECONDS each (needs cargo-fuzz; stable Rust via RUSTC_BOOTSTRAP)

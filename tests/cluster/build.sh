@@ -6,7 +6,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' <(cd "$here" && go list -m k8s.io/kubernetes))"
+k8s_version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 etcd_version="$(cd "$here" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
 bin_dir="$cache_root/control-plane/$k8s_version-etcd-$etcd_version/bin"

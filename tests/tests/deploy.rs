@@ -239,6 +239,7 @@ fn the_self_signed_overlay_passes_a_server_side_dry_run() {
         "validatingwebhookconfiguration.admissionregistration.k8s.io/taskrun-webhook",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/taskrun-webhook",
         "poddisruptionbudget.policy/taskrun-webhook",
+        "poddisruptionbudget.policy/taskrun-controller",
     ] {
         assert!(
             stdout.contains(&format!("{object} ")) && stdout.contains("(server dry run)"),
