@@ -5,7 +5,7 @@
 //! trimmed here is ever written back.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use taskrun::{TaskRun, TaskRunStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::status;
+use crate::{job, status};
 
 /// The children this controller has seen, by their watches (Jobs as metadata and status,
 /// ConfigMaps as metadata only).
@@ -30,6 +30,7 @@ pub struct Children {
     jobs: Store<CachedJob>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
     departed: Arc<Departed>,
+    superseded: Arc<Superseded>,
     ready: watch::Receiver<bool>,
 }
 
@@ -40,6 +41,7 @@ impl Children {
         jobs: Store<CachedJob>,
         config_maps: Store<PartialObjectMeta<ConfigMap>>,
         departed: Arc<Departed>,
+        superseded: Arc<Superseded>,
     ) -> Self {
         // kube-runtime's `Store::wait_until_ready` wakes only the last of several concurrent
         // waiters (one oneshot receiver), so one task waits there and tells everyone else.
@@ -55,6 +57,7 @@ impl Children {
             jobs,
             config_maps,
             departed,
+            superseded,
             ready,
         }
     }
@@ -88,6 +91,22 @@ impl Children {
         self.ready().await;
         self.config_maps
             .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Unfinished Jobs of an older version of the TaskRun `uid` that the Job watch brought
+    /// (`Superseded`), until `stopped`.
+    pub fn superseded_of(&self, uid: &str) -> Vec<String> {
+        self.superseded.of(uid)
+    }
+
+    /// The Job by that name of the TaskRun `uid` is deleted (or gone).
+    pub fn stopped(&self, uid: &str, name: &str) {
+        self.superseded.forget(uid, Some(name));
+    }
+
+    /// The TaskRun `uid` is gone: nothing of it is to be stopped any more.
+    pub fn forget_superseded(&self, uid: &str) {
+        self.superseded.forget(uid, None);
     }
 
     /// The cached Jobs the TaskRun `uid` controls. A child created a moment ago may not be
@@ -212,12 +231,81 @@ impl WrittenStatus {
     }
 }
 
+/// Unfinished Jobs of a version older than their TaskRun's, by the TaskRun's uid, as the Job
+/// watch brings them. The reconcile stops the older Jobs it finds in the cache until the
+/// status records the new version; a Job that reaches the cache only after that (its status
+/// write lost, then contextVersion raised and reconciled before the watch brought the Job)
+/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here
+/// and forgets it.
+#[derive(Default)]
+pub struct Superseded(Mutex<HashMap<String, BTreeSet<String>>>);
+
+impl Superseded {
+    /// Called for every Job the watch reports added or changed.
+    pub fn record(&self, job: &CachedJob, taskruns: &Store<TaskRun>) {
+        let (Some(ns), Some(name)) = (
+            job.metadata.namespace.as_deref(),
+            job.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
+        if job.metadata.deletion_timestamp.is_some()
+            || status::job_outcome(name, job.status.as_ref())
+                .phase
+                .is_final()
+        {
+            return;
+        }
+        let Some(owner) = job
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+        else {
+            return;
+        };
+        let Some(tr) = taskruns.get(&ObjectRef::new(&owner.name).within(ns)) else {
+            return;
+        };
+        let current = job::child_names(&tr).0;
+        if tr.metadata.uid.as_deref() != Some(owner.uid.as_str()) || current == name {
+            return;
+        }
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(owner.uid.clone())
+            .or_default()
+            .insert(name.to_owned());
+    }
+
+    fn of(&self, uid: &str) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uid).into_iter().flatten().cloned().collect()
+    }
+
+    /// Forgets one Job of the TaskRun `uid`, or all of them.
+    fn forget(&self, uid: &str, name: Option<&str>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(names) = map.get_mut(uid) else {
+            return;
+        };
+        if let Some(name) = name {
+            names.remove(name);
+        }
+        if name.is_none() || names.is_empty() {
+            map.remove(uid);
+        }
+    }
+}
+
 /// Finished Jobs whose deletion the watch brought, kept a little while by namespace and name:
 /// with a short `ttlSecondsAfterFinished` the Job controller's end and the TTL controller's
 /// delete can both arrive before the reconcile they queued runs, and the Job's last state is
 /// then the only record of how its version ended (without it the version would be reported
-/// `JobLost`). The reconcile of the owning TaskRun takes the entry; one it never takes (that
-/// reconcile had already seen the end) expires.
+/// `JobLost`). The reconcile of the owning TaskRun forgets the entry once the status it built
+/// from it is written; one it never reads (that reconcile had already seen the end) expires.
 pub struct Departed {
     ttl: Duration,
     entries: Mutex<DepartedEntries>,
@@ -480,6 +568,42 @@ mod tests {
         }
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
         store
+    }
+
+    #[test]
+    fn unfinished_jobs_of_older_versions_are_noted_until_stopped() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let mut owner = taskrun(3, None);
+        owner.metadata.name = Some("owner".into());
+        owner.metadata.namespace = Some("ns".into());
+        owner.metadata.uid = Some("u".into());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
+        let of_owner = |name: &str, condition| {
+            let mut j = job(name, condition);
+            if let Some(o) = j.metadata.owner_references.as_mut() {
+                o[0].uid = "u".into();
+            }
+            j
+        };
+        let superseded = Superseded::default();
+        superseded.record(&of_owner("svc-1-v1", None), &store);
+        superseded.record(&of_owner("svc-1-v2", Some("Complete")), &store);
+        superseded.record(&of_owner("svc-1-v3", None), &store);
+        let mut going = of_owner("svc-1-v2", None);
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        superseded.record(&going, &store);
+        // Another TaskRun of that name (the owner's uid differs).
+        superseded.record(&job("svc-1-v2", None), &store);
+        assert_eq!(
+            superseded.of("u"),
+            ["svc-1-v1"],
+            "only the unfinished older one"
+        );
+        superseded.forget("u", Some("svc-1-v1"));
+        assert!(superseded.of("u").is_empty());
+        superseded.record(&of_owner("svc-1-v1", None), &store);
+        superseded.forget("u", None);
+        assert!(superseded.0.lock().expect("lock").is_empty());
     }
 
     #[test]

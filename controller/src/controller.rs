@@ -19,7 +19,7 @@ use taskrun::{TaskRun, labels};
 use tokio::sync::watch;
 
 use crate::backoff::{self, NoPause};
-use crate::cache::{self, CachedJob, Children, Departed, WrittenStatus};
+use crate::cache::{self, CachedJob, Children, Departed, Superseded, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
@@ -289,13 +289,17 @@ async fn run_controller(
         .backoff(backoff::watch())
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
+    let superseded = Arc::new(Superseded::default());
     let job_events = relist::with_vanished(job_events, job_reader.clone())
         .inspect_ok({
-            let (departed, taskruns) = (departed.clone(), reader.clone());
-            move |event| {
-                if let watcher::Event::Delete(job) = event {
-                    departed.record(job, &taskruns);
+            let (departed, superseded) = (departed.clone(), superseded.clone());
+            let taskruns = reader.clone();
+            move |event| match event {
+                watcher::Event::Delete(job) => departed.record(job, &taskruns),
+                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                    superseded.record(job, &taskruns)
                 }
+                _ => {}
             }
         })
         .reflect(job_writer);
@@ -309,7 +313,7 @@ async fn run_controller(
     let ctx = Arc::new(Ctx {
         base: base.clone(),
         failures: Mutex::new(HashMap::new()),
-        children: Children::new(job_reader, cm_reader, departed),
+        children: Children::new(job_reader, cm_reader, departed, superseded),
         written,
         taskruns: reader.clone(),
     });

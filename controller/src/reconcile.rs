@@ -128,11 +128,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
-    // Until the status records this version, any Job of an older one still running is
-    // stopped, whether or not the status ever named it: a status write lost after a Job was
-    // created leaves no trace of that Job there. (Version 1 has nothing older.)
-    if version > 1 && prev.observed_context_version != Some(version) {
-        stop_superseded(tr, ctx, &jobs, &prev).await?;
+    // Any Job of an older version still running is stopped, whether or not the status ever
+    // named it (a status write lost after a Job was created leaves no trace of that Job
+    // there): until the status records this version, each one the cache holds; after that,
+    // each one the Job watch brings late (`cache::Superseded`). Version 1 has nothing older.
+    if version > 1 {
+        let scan = prev.observed_context_version != Some(version);
+        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
     }
 
     // Versions that ran before this one; this one counts once its Job exists.
@@ -506,19 +508,33 @@ async fn write_status(
 /// Deletes the Jobs of older versions that are still running (background propagation: their
 /// pods go too). Deleting rather than suspending frees the pods at once and leaves nothing
 /// for a later version to trip over; the old version's outcome is recorded as an Event.
+/// Deletes the Jobs of older versions: those the watch brought late, and with `scan` those
+/// `superseded` finds in the cache and the status (a pass over the cached Jobs).
 async fn stop_superseded(
     tr: &TaskRun,
     ctx: &Ctx,
     jobs: &Api<Job>,
     prev: &TaskRunStatus,
+    scan: bool,
 ) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let cached = ctx.children.jobs_of(uid).await;
-    for name in superseded(&current, &cached, prev) {
+    let mut names = ctx.children.superseded_of(uid);
+    if scan {
+        let cached = ctx.children.jobs_of(uid).await;
+        for name in superseded(&current, &cached, prev) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    for name in names {
         match jobs.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Ok(_) => ctx.children.stopped(uid, &name),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                ctx.children.stopped(uid, &name);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
         tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
@@ -605,6 +621,7 @@ async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
         delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
     }
     ctx.written.forget(uid);
+    ctx.children.forget_superseded(uid);
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())
 }

@@ -417,18 +417,8 @@ async fn an_old_versions_job_that_no_status_named_is_still_stopped() {
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let tr = create(&api, &taskrun("t", "search", 4, 2, &[("task.md", "x")])).await;
     let old = names::job_name("search", 4, 1);
-    let job: Job = serde_json::from_value(json!({
-        "metadata": {"name": old,
-            "labels": {labels::MANAGED_BY: labels::MANAGED_BY_VALUE},
-            "ownerReferences": [{
-            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun", "name": "t",
-            "uid": tr.uid().expect("uid"), "controller": true}]},
-        "spec": {"template": {"spec": {"restartPolicy": "Never",
-            "containers": [{"name": "agent", "image": "registry.example/agent:v1"}]}}}
-    }))
-    .expect("a Job");
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    jobs.create(&PostParams::default(), &job)
+    jobs.create(&PostParams::default(), &version_1_job(&tr, &old))
         .await
         .expect("the version 1 Job");
     assert_eq!(tr.status, None, "no status names the version 1 Job");
@@ -445,6 +435,51 @@ async fn an_old_versions_job_that_no_status_named_is_still_stopped() {
             .expect("get")
             .is_some()
     );
+}
+
+/// The same Job, reaching the controller only once the status records version 2 (its status
+/// write lost, then contextVersion raised and reconciled before the Job watch brought it): it
+/// is stopped all the same.
+#[tokio::test]
+async fn an_old_versions_job_that_appears_after_the_new_version_runs_is_stopped() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-late-old-job").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    create(&api, &taskrun("t", "late", 4, 2, &[("task.md", "x")])).await;
+    let tr = wait_status(&api, "t", "version 2 with its Job", |tr| {
+        tr.status
+            .as_ref()
+            .is_some_and(|s| s.observed_context_version == Some(2) && s.job_name.is_some())
+    })
+    .await;
+    let old = names::job_name("late", 4, 1);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &version_1_job(&tr, &old))
+        .await
+        .expect("the version 1 Job");
+    wait_gone("the version 1 Job to be stopped", WAIT, &jobs, &old).await;
+    assert!(
+        jobs.get_opt(&names::job_name("late", 4, 2))
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+/// A Job named for version 1 of `tr` and controlled by it, as the controller makes one.
+fn version_1_job(tr: &TaskRun, name: &str) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name,
+            "labels": {labels::MANAGED_BY: labels::MANAGED_BY_VALUE},
+            "ownerReferences": [{
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun", "name": tr.name_any(),
+            "uid": tr.uid().expect("uid"), "controller": true}]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "agent", "image": "registry.example/agent:v1"}]}}}
+    }))
+    .expect("a Job")
 }
 
 #[tokio::test]
