@@ -1084,6 +1084,34 @@ async fn beyond_max_connections_a_connection_waits_and_probes_still_answer() {
     second.expect("handshake");
 }
 
+/// Connections to the probe port that send nothing cannot keep the kubelet's probes out: with
+/// all 64 slots held, a new connection closes the longest idle one (they used to wait in the
+/// listen backlog until the header read timeout, 10 s, freed a slot, past a probe's 1 s).
+#[tokio::test]
+async fn idle_connections_to_the_probe_port_do_not_keep_probes_out() {
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start(cp).await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            TcpStream::connect(webhook.metrics_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = webhook.get_plain("/readyz");
+        assert_eq!(answer.map(|(code, _)| code), Some(200));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the probe took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
     let cp = ControlPlane::shared();

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mutate;
 mod routes;
 pub mod server;
+mod slots;
 pub mod telemetry;
 pub mod tls;
 mod workers;

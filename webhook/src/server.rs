@@ -23,6 +23,7 @@ use crate::idle::IdleTimeout;
 use crate::index::{self, Index};
 use crate::metrics::Metrics;
 use crate::routes::{App, Listener};
+use crate::slots::{Slot, Slots};
 use crate::tls::{self, CertStore, TlsError};
 use crate::workers::Workers;
 
@@ -49,7 +50,8 @@ pub enum ServerError {
 /// limit with what is read from them); thousands of ordinary reviews of a few KiB fit.
 const BODIES_AT_ONCE: usize = 4;
 
-/// Connections served at once on the plain listener: probes and metrics scrapes.
+/// Connections served at once on the plain listener: probes and metrics scrapes. A new one
+/// beyond closes the longest idle (`slots.rs`).
 const PLAIN_CONNECTIONS: usize = 64;
 
 // What one connection may make the webhook hold, whatever the client does (the bodies being
@@ -129,11 +131,10 @@ pub async fn serve(
         idle_timeout: config.idle_timeout,
     });
     // Each listener has its own slots, so that admission connections, however many, never
-    // crowd out the kubelet's probes.
-    let (tls_slots, plain_slots) = (
-        Arc::new(Semaphore::new(config.max_connections)),
-        Arc::new(Semaphore::new(PLAIN_CONNECTIONS)),
-    );
+    // crowd out the kubelet's probes. Beyond the cap, a new admission connection waits in the
+    // listen backlog; a new plain one closes the longest idle plain one.
+    let tls_slots = Arc::new(Semaphore::new(config.max_connections));
+    let plain_slots = Slots::new(PLAIN_CONNECTIONS);
     let workers = Workers::one_per_core()
         .await
         .map_err(ServerError::Workers)?;
@@ -148,7 +149,7 @@ pub async fn serve(
     );
 
     loop {
-        let (accepted, permit, listener_kind) = tokio::select! {
+        let (accepted, listener_kind) = tokio::select! {
             () = signals.recv() => {
                 if drain.is_some() {
                     break;
@@ -162,8 +163,8 @@ pub async fn serve(
                 continue;
             }
             () = until(&mut drain) => break,
-            (accepted, permit) = accept(Some(&listener), &tls_slots) => (accepted, permit, Listener::Tls),
-            (accepted, permit) = accept(plain.as_ref(), &plain_slots) => (accepted, permit, Listener::Plain),
+            (accepted, permit) = accept(&listener, &tls_slots) => (accepted, Accepted::Tls(permit)),
+            accepted = accept_plain(plain.as_ref()) => (accepted, Accepted::Plain),
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -176,15 +177,20 @@ pub async fn serve(
         };
         let (app, limits, watcher) = (app.clone(), limits.clone(), graceful.watcher());
         match listener_kind {
-            Listener::Tls => {
+            Accepted::Tls(permit) => {
                 let acceptor = acceptor.clone();
                 workers.spawn(stream, move |stream| {
                     serve_tls(app, limits, acceptor, stream, watcher, permit)
                 });
             }
-            Listener::Plain => {
-                tokio::spawn(serve_plain(app, limits, stream, watcher, permit));
-            }
+            Accepted::Plain => match plain_slots.take() {
+                Some(slot) => {
+                    tokio::spawn(serve_plain(app, limits, stream, watcher, slot));
+                }
+                None => tracing::debug!(
+                    "every plain connection has a request in progress: closed a new one"
+                ),
+            },
         }
     }
 
@@ -270,20 +276,33 @@ async fn serve_plain(
     limits: Arc<Limits>,
     stream: TcpStream,
     watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-    let service = service_fn(move |req| app.clone().handle(req, Listener::Plain));
+    let service = service_fn(|req| {
+        let (app, busy) = (app.clone(), slot.busy());
+        async move {
+            let answer = app.handle(req, Listener::Plain).await;
+            drop(busy);
+            answer
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .max_buf_size(H1_MAX_BUFFER)
-        // Short, idle time between requests included, so the 64 slots stay free for the
-        // kubelet's probes (a connection each). A scraper's kept-alive connection is closed
-        // between scrapes; its GET, if it races the close, is retried (it is idempotent).
+        // Short, idle time between requests included, so that a connection sending nothing
+        // holds its slot briefly (and is the first closed for a new one when all 64 are
+        // taken). A scraper's kept-alive connection is closed between scrapes; its GET, if it
+        // races the close, is retried (it is idempotent).
         .header_read_timeout(limits.header_read_timeout);
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
-        tracing::debug!(error = %e, "metrics connection ended with an error");
+    tokio::select! {
+        served = watcher.watch(builder.serve_connection(io, service)) => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        }
+        () = slot.closed_for_another() => {}
     }
 }
 
@@ -293,23 +312,28 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Waits for a free slot, then accepts on the optional listener (never resolves when there is
-/// none). With every slot taken, new connections wait in the listen backlog.
+/// Waits for a free slot, then accepts. With every slot taken, new connections wait in the
+/// listen backlog.
 async fn accept(
-    listener: Option<&TcpListener>,
+    listener: &TcpListener,
     slots: &Arc<Semaphore>,
 ) -> (
     std::io::Result<(TcpStream, SocketAddr)>,
     OwnedSemaphorePermit,
 ) {
-    let Some(listener) = listener else {
-        return std::future::pending().await;
-    };
-    // The semaphores are never closed.
+    // The semaphore is never closed.
     let Ok(permit) = slots.clone().acquire_owned().await else {
         return std::future::pending().await;
     };
     (listener.accept().await, permit)
+}
+
+/// Accepts on the plain listener, if there is one (never resolves when there is none).
+async fn accept_plain(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the sleep, once there is one, is over.
@@ -318,6 +342,12 @@ async fn until(sleep: &mut Option<Pin<Box<Sleep>>>) {
         Some(s) => s.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// What was accepted: an admission connection holds its slot from before the accept.
+enum Accepted {
+    Tls(OwnedSemaphorePermit),
+    Plain,
 }
 
 /// SIGTERM and SIGINT.
