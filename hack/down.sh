@@ -16,7 +16,8 @@ if [[ -f "$DEV_DIR/webhook-registered" ]]; then
     url="$(kube get "$kind" taskrun-webhook -o 'jsonpath={.webhooks[0].clientConfig.url}' \
       2>/dev/null || true)"
     if [[ -n "$url" && "$url" == "${registered_url:?}"/* ]]; then
-      kube delete "$kind" taskrun-webhook
+      kube delete "$kind" taskrun-webhook \
+        || echo "could not delete $kind taskrun-webhook: delete it by hand" >&2
     fi
   done
   rm -f "$DEV_DIR/webhook-registered"

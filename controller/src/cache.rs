@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -93,9 +93,12 @@ impl Children {
             .get(&ObjectRef::new(name).within(namespace))
     }
 
-    /// Unfinished Jobs of an older version of the TaskRun `uid` that the Job watch brought
-    /// (`Superseded`), until `stopped`.
-    pub fn superseded_of(&self, uid: &str) -> Vec<String> {
+    /// Unfinished Jobs of an older version of the TaskRun `uid` that the Job watch brought,
+    /// or that were cached when the first reconcile of this term asked (`Superseded`), until
+    /// `stopped`.
+    pub async fn superseded_of(&self, uid: &str, taskruns: &Store<TaskRun>) -> Vec<String> {
+        self.ready().await;
+        self.superseded.sweep_once(&self.jobs, taskruns);
         self.superseded.of(uid)
     }
 
@@ -121,6 +124,33 @@ impl Children {
         self.ready().await;
         controlled(&self.config_maps, uid)
     }
+}
+
+/// The TaskRun that controls a child, as cached (and its uid), if it is the one the child's
+/// controller reference names.
+fn controller_of<'a>(
+    meta: &'a ObjectMeta,
+    taskruns: &Store<TaskRun>,
+) -> Option<(Arc<TaskRun>, &'a str)> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let ns = meta.namespace.as_deref()?;
+    let tr = taskruns.get(&ObjectRef::new(&owner.name).within(ns))?;
+    (tr.metadata.uid.as_deref() == Some(owner.uid.as_str())).then_some((tr, owner.uid.as_str()))
+}
+
+/// True for a Job still running (not finished, not being deleted) other than `current`, the
+/// Job of its TaskRun's version: one of a version that the current one replaces.
+pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    name != current
+        && job.metadata.deletion_timestamp.is_none()
+        && !status::job_outcome(name, job.status.as_ref())
+            .phase
+            .is_final()
 }
 
 fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
@@ -237,57 +267,59 @@ impl WrittenStatus {
 /// write lost, then contextVersion raised and reconciled before the watch brought the Job)
 /// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here
 /// and forgets it.
-#[derive(Default)]
-pub struct Superseded(Mutex<HashMap<String, BTreeSet<String>>>);
+pub struct Superseded {
+    jobs: Mutex<HashMap<String, BTreeSet<String>>>,
+    swept: Once,
+}
+
+impl Default for Superseded {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::default(),
+            swept: Once::new(),
+        }
+    }
+}
 
 impl Superseded {
     /// Called for every Job the watch reports added or changed.
     pub fn record(&self, job: &CachedJob, taskruns: &Store<TaskRun>) {
-        let (Some(ns), Some(name)) = (
-            job.metadata.namespace.as_deref(),
-            job.metadata.name.as_deref(),
-        ) else {
+        let Some(name) = job.metadata.name.as_deref() else {
             return;
         };
-        if job.metadata.deletion_timestamp.is_some()
-            || status::job_outcome(name, job.status.as_ref())
-                .phase
-                .is_final()
-        {
+        let Some((tr, uid)) = controller_of(&job.metadata, taskruns) else {
+            return;
+        };
+        if !runs_another_version(job, &job::child_names(&tr).0) {
             return;
         }
-        let Some(owner) = job
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-        else {
-            return;
-        };
-        let Some(tr) = taskruns.get(&ObjectRef::new(&owner.name).within(ns)) else {
-            return;
-        };
-        let current = job::child_names(&tr).0;
-        if tr.metadata.uid.as_deref() != Some(owner.uid.as_str()) || current == name {
-            return;
-        }
-        self.0
+        self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(owner.uid.clone())
+            .entry(uid.to_owned())
             .or_default()
             .insert(name.to_owned());
     }
 
+    /// Notes every cached Job `record` would, once per term (the first time it is called):
+    /// the Jobs listed when a term starts may come before the TaskRuns are cached, and are
+    /// noted by nobody else.
+    fn sweep_once(&self, jobs: &Store<CachedJob>, taskruns: &Store<TaskRun>) {
+        self.swept.call_once(|| {
+            for job in jobs.state() {
+                self.record(&job, taskruns);
+            }
+        });
+    }
+
     fn of(&self, uid: &str) -> Vec<String> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(uid).into_iter().flatten().cloned().collect()
     }
 
     /// Forgets one Job of the TaskRun `uid`, or all of them.
     fn forget(&self, uid: &str, name: Option<&str>) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(names) = map.get_mut(uid) else {
             return;
         };
@@ -334,14 +366,8 @@ impl Departed {
         else {
             return;
         };
-        let owner_lives = job
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .and_then(|o| taskruns.get(&ObjectRef::new(&o.name).within(&ns)))
-            .is_some_and(|tr| tr.metadata.deletion_timestamp.is_none());
+        let owner_lives = controller_of(&job.metadata, taskruns)
+            .is_some_and(|(tr, _)| tr.metadata.deletion_timestamp.is_none());
         let finished = status::job_outcome(&name, job.status.as_ref())
             .phase
             .is_final();
@@ -540,6 +566,7 @@ mod tests {
                 owner_references: Some(vec![OwnerReference {
                     controller: Some(true),
                     name: "owner".into(),
+                    uid: "u".into(),
                     ..OwnerReference::default()
                 }]),
                 ..ObjectMeta::default()
@@ -563,6 +590,7 @@ mod tests {
         let mut owner = taskrun(1, None);
         owner.metadata.name = Some("owner".into());
         owner.metadata.namespace = Some("ns".into());
+        owner.metadata.uid = Some("u".into());
         if deleting {
             owner.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).expect("t")));
         }
@@ -578,13 +606,7 @@ mod tests {
         owner.metadata.namespace = Some("ns".into());
         owner.metadata.uid = Some("u".into());
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
-        let of_owner = |name: &str, condition| {
-            let mut j = job(name, condition);
-            if let Some(o) = j.metadata.owner_references.as_mut() {
-                o[0].uid = "u".into();
-            }
-            j
-        };
+        let of_owner = job;
         let superseded = Superseded::default();
         superseded.record(&of_owner("svc-1-v1", None), &store);
         superseded.record(&of_owner("svc-1-v2", Some("Complete")), &store);
@@ -593,7 +615,11 @@ mod tests {
         going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         superseded.record(&going, &store);
         // Another TaskRun of that name (the owner's uid differs).
-        superseded.record(&job("svc-1-v2", None), &store);
+        let mut stranger = job("svc-1-v2", None);
+        if let Some(o) = stranger.metadata.owner_references.as_mut() {
+            o[0].uid = "another".into();
+        }
+        superseded.record(&stranger, &store);
         assert_eq!(
             superseded.of("u"),
             ["svc-1-v1"],
@@ -603,7 +629,28 @@ mod tests {
         assert!(superseded.of("u").is_empty());
         superseded.record(&of_owner("svc-1-v1", None), &store);
         superseded.forget("u", None);
-        assert!(superseded.0.lock().expect("lock").is_empty());
+        assert!(superseded.jobs.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn the_first_ask_of_a_term_notes_the_older_jobs_already_cached() {
+        let (taskruns, mut writer) = kube::runtime::reflector::store();
+        let mut owner = taskrun(3, None);
+        owner.metadata.name = Some("owner".into());
+        owner.metadata.namespace = Some("ns".into());
+        owner.metadata.uid = Some("u".into());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
+        let (jobs, mut job_writer) = kube::runtime::reflector::store();
+        for name in ["svc-1-v1", "svc-1-v3"] {
+            job_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job(name, None)));
+        }
+        let superseded = Superseded::default();
+        superseded.sweep_once(&jobs, &taskruns);
+        assert_eq!(superseded.of("u"), ["svc-1-v1"]);
+        superseded.forget("u", Some("svc-1-v1"));
+        // Once a term: what was stopped is not noted again by a later ask.
+        superseded.sweep_once(&jobs, &taskruns);
+        assert!(superseded.of("u").is_empty());
     }
 
     #[test]

@@ -111,6 +111,16 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .written
         .latest(uid.unwrap_or_default(), tr.status.as_ref());
     let version = tr.spec.context_version;
+    let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
+    // Any Job of an older version still running is stopped, whether or not the status ever
+    // named it (a status write lost after a Job was created leaves no trace of that Job
+    // there): until the status records this version, each one the cache holds; after that,
+    // finished or not, each one the Job watch brings late or that was cached when this term
+    // began (`cache::Superseded`). Version 1 has nothing older.
+    if version > 1 {
+        let scan = prev.observed_context_version != Some(version);
+        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
+    }
     // A finished version stays finished: decided from the status alone, before any child is
     // looked at, so a Job removed by its TTL or by hand is never created again.
     if status::is_final_for(Some(&prev), version) {
@@ -126,16 +136,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
-    let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
-    // Any Job of an older version still running is stopped, whether or not the status ever
-    // named it (a status write lost after a Job was created leaves no trace of that Job
-    // there): until the status records this version, each one the cache holds; after that,
-    // each one the Job watch brings late (`cache::Superseded`). Version 1 has nothing older.
-    if version > 1 {
-        let scan = prev.observed_context_version != Some(version);
-        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
-    }
 
     // Versions that ran before this one; this one counts once its Job exists.
     let counted_here = prev.observed_context_version == Some(version) && prev.job_name.is_some();
@@ -424,7 +425,8 @@ async fn settle_unclaimed<K>(
 /// backoff). When the API server refused it for a reason that may pass (403: a ResourceQuota
 /// used up, an admission policy, a namespace being deleted, missing RBAC), the status says so
 /// meanwhile: the TaskRun would otherwise show nothing at all, and the reason only the
-/// controller's log.
+/// controller's log. Not once the status names this version's Job (a ConfigMap removed by
+/// hand, then refused): that status keeps the Job, so that it is never made again.
 async fn refused(
     api: &Api<TaskRun>,
     tr: &TaskRun,
@@ -437,7 +439,9 @@ async fn refused(
     let Error::Kube(kube::Error::Api(s)) = &e else {
         return e;
     };
-    if s.code != 403 {
+    let job_named =
+        prev.observed_context_version == Some(seen.context_version) && prev.job_name.is_some();
+    if s.code != 403 || job_named {
         return e;
     }
     let o = Outcome::new(
@@ -519,7 +523,7 @@ async fn stop_superseded(
 ) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let mut names = ctx.children.superseded_of(uid);
+    let mut names = ctx.children.superseded_of(uid, &ctx.taskruns).await;
     if scan {
         let cached = ctx.children.jobs_of(uid).await;
         for name in superseded(&current, &cached, prev) {
@@ -586,14 +590,8 @@ fn superseded(
 ) -> Vec<String> {
     let mut names: Vec<String> = cached
         .iter()
-        .filter_map(|old| {
-            let name = old.name_any();
-            let finished = status::job_outcome(&name, old.status.as_ref())
-                .phase
-                .is_final();
-            (name != current && !finished && old.meta().deletion_timestamp.is_none())
-                .then_some(name)
-        })
+        .filter(|old| cache::runs_another_version(old, current))
+        .map(|old| old.name_any())
         .collect();
     let unfinished_before = prev
         .observed_context_version

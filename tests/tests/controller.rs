@@ -468,6 +468,39 @@ async fn an_old_versions_job_that_appears_after_the_new_version_runs_is_stopped(
     );
 }
 
+/// Once version 2 has finished too: a Job of version 1 that appears then is stopped as well.
+#[tokio::test]
+async fn an_old_versions_job_that_appears_after_the_new_version_finished_is_stopped() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-late-after-end").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    create(&api, &taskrun("t", "ended", 4, 2, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "version 2 with its Job", |tr| {
+        tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+    })
+    .await;
+    finish_pod(
+        &client,
+        &ns,
+        &names::job_name("ended", 4, 2),
+        PodEnd::Succeeded,
+    )
+    .await;
+    let tr = wait_status(&api, "t", "version 2 succeeded", |tr| {
+        phase(tr) == Some(Phase::Succeeded)
+    })
+    .await;
+    let old = names::job_name("ended", 4, 1);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &version_1_job(&tr, &old))
+        .await
+        .expect("the version 1 Job");
+    wait_gone("the version 1 Job to be stopped", WAIT, &jobs, &old).await;
+    assert_eq!(phase(&look_again(&api, "t").await), Some(Phase::Succeeded));
+}
+
 /// A Job named for version 1 of `tr` and controlled by it, as the controller makes one.
 fn version_1_job(tr: &TaskRun, name: &str) -> Job {
     serde_json::from_value(json!({

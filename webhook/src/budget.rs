@@ -4,6 +4,10 @@
 //! once answered; beyond the bound, requests wait. Without it, a client opening many HTTP/2
 //! streams with large bodies could run the pod out of memory, each body within the
 //! per-request limit.
+//!
+//! Bodies partly read could each wait for room the others hold, and all wait until their
+//! deadline. So one body at a time may go over the bound (the overdraft, at most one body):
+//! it is read to its end and answered, and gives its room back to the others.
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -18,10 +22,15 @@ use tokio::time::{Instant, timeout_at};
 pub struct BodyBudget {
     kib: Arc<Semaphore>,
     total_kib: u32,
+    /// One permit: the body that may go over the bound.
+    overdraft: Arc<Semaphore>,
 }
 
 /// Room held for a body that was read; given back when dropped.
-pub struct Room(Option<OwnedSemaphorePermit>);
+pub struct Room {
+    kib: Option<OwnedSemaphorePermit>,
+    overdraft: Option<OwnedSemaphorePermit>,
+}
 
 /// Why a body was not read.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,11 +54,13 @@ impl BodyBudget {
         Self {
             kib: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
+            overdraft: Arc::new(Semaphore::new(1)),
         }
     }
 
     /// Reads `body`, at most `limit` bytes of it, within `timeout`, holding room for what has
-    /// arrived (in whole KiB, at most the whole budget) and waiting for room as more comes.
+    /// arrived (in whole KiB, at most the whole budget) and waiting for room as more comes, or
+    /// for the overdraft.
     pub async fn read<B>(
         &self,
         body: B,
@@ -64,7 +75,10 @@ impl BodyBudget {
         let mut body = std::pin::pin!(body);
         let mut parts: Vec<Bytes> = Vec::new();
         let mut len = 0usize;
-        let mut room = Room(None);
+        let mut room = Room {
+            kib: None,
+            overdraft: None,
+        };
         loop {
             let frame = match timeout_at(deadline, body.frame()).await {
                 Err(_) => return Err(ReadError::TimedOut),
@@ -80,18 +94,25 @@ impl BodyBudget {
             if len > limit {
                 return Err(ReadError::TooLarge);
             }
-            let wanted = self.kib_for(len);
-            let held = room.0.as_ref().map_or(0, |p| p.num_permits());
-            if let Some(more) = wanted.checked_sub(held).filter(|m| *m > 0) {
+            let held = room.kib.as_ref().map_or(0, |p| p.num_permits());
+            let more = self.kib_for(len).saturating_sub(held);
+            if room.overdraft.is_none() && more > 0 {
                 let more = u32::try_from(more).unwrap_or(self.total_kib);
-                let acquired = timeout_at(deadline, self.kib.clone().acquire_many_owned(more));
-                // The semaphore is never closed.
-                let Ok(Ok(more)) = acquired.await else {
-                    return Err(ReadError::NoRoom);
-                };
-                match &mut room.0 {
-                    Some(held) => held.merge(more),
-                    None => room.0 = Some(more),
+                let granted = timeout_at(deadline, async {
+                    // The semaphores are never closed.
+                    tokio::select! {
+                        biased;
+                        Ok(more) = self.kib.clone().acquire_many_owned(more) => Grant::Room(more),
+                        Ok(token) = self.overdraft.clone().acquire_owned() => Grant::Overdraft(token),
+                    }
+                });
+                match granted.await {
+                    Ok(Grant::Room(more)) => match &mut room.kib {
+                        Some(held) => held.merge(more),
+                        None => room.kib = Some(more),
+                    },
+                    Ok(Grant::Overdraft(token)) => room.overdraft = Some(token),
+                    Err(_) => return Err(ReadError::NoRoom),
                 }
             }
             parts.push(data.copy_to_bytes(data.remaining()));
@@ -108,6 +129,11 @@ impl BodyBudget {
     fn kib_for(&self, bytes: usize) -> usize {
         kib(bytes).min(self.total_kib as usize)
     }
+}
+
+enum Grant {
+    Room(OwnedSemaphorePermit),
+    Overdraft(OwnedSemaphorePermit),
 }
 
 /// Whole KiB needed to hold `bytes`.
@@ -139,17 +165,24 @@ mod tests {
         let (body, first) = budget.read(full(2048), 4096, SOON).await.expect("read");
         assert_eq!(body.len(), 2048);
         let (_, second) = budget.read(full(1500), 4096, SOON).await.expect("read");
-        // Four KiB are held: even a one-byte body finds no room.
+        // Four KiB are held: one body may go over (the overdraft); while it is held, even a
+        // one-byte body finds no room.
+        let (_, over) = budget
+            .read(full(1), 4096, SOON)
+            .await
+            .expect("the overdraft");
+        assert!(over.overdraft.is_some());
         assert_eq!(
             budget.read(full(1), 4096, SOON).await.err(),
             Some(ReadError::NoRoom)
         );
         drop(first);
-        let third = budget.read(full(1), 4096, SOON).await.expect("room again");
-        drop((second, third));
+        let (_, third) = budget.read(full(1), 4096, SOON).await.expect("room again");
+        assert!(third.kib.is_some() && third.overdraft.is_none());
+        drop((second, third, over));
         // A body larger than the whole budget gets all of it instead of waiting for ever.
         let (_, all) = budget.read(full(8192), 8192, SOON).await.expect("read");
-        assert_eq!(all.0.map(|p| p.num_permits()), Some(4));
+        assert_eq!(all.kib.map(|p| p.num_permits()), Some(4));
     }
 
     #[tokio::test]
@@ -175,12 +208,55 @@ mod tests {
             .await
             .expect("the other 2 KiB are free");
         assert_eq!(body.len(), 2048);
+        let (_, _over) = budget
+            .read(full(1), 4096, SOON)
+            .await
+            .expect("the overdraft");
         assert_eq!(
             budget.read(full(1), 4096, SOON).await.err(),
             Some(ReadError::NoRoom)
         );
         for s in stalls {
             s.abort();
+        }
+    }
+
+    /// Four bodies that each fill a quarter of the budget, then send as much again: each
+    /// waits for room the others hold. The overdraft lets one finish at a time, and every one
+    /// is read long before the deadline.
+    #[tokio::test]
+    async fn bodies_partly_read_do_not_wait_on_each_other_until_their_deadline() {
+        let budget = Arc::new(BodyBudget::new(2048, 2));
+        let mut senders = Vec::new();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (tx, rx) =
+                    futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, std::io::Error>>();
+                senders.push(tx);
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    let (body, room) = budget
+                        .read(StreamBody::new(rx), 4096, Duration::from_secs(60))
+                        .await?;
+                    drop(room);
+                    Ok::<_, ReadError>(body.len())
+                })
+            })
+            .collect();
+        let half = || Ok(Frame::data(Bytes::from(vec![b'x'; 1024])));
+        for tx in &senders {
+            tx.unbounded_send(half()).expect("send");
+        }
+        tokio::time::sleep(SOON).await;
+        for tx in senders {
+            tx.unbounded_send(half()).expect("send");
+        }
+        for reader in readers {
+            let read = tokio::time::timeout(Duration::from_secs(5), reader)
+                .await
+                .expect("read well before its deadline")
+                .expect("task");
+            assert_eq!(read, Ok(2048));
         }
     }
 

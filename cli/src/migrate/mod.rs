@@ -102,7 +102,7 @@ async fn not_picked(
     outcome: Outcome,
 ) -> Option<Row> {
     let release = read_release(client, ns, &newest.secret).await;
-    if release.is_ok_and(|r| r.chart.metadata.name != LEGACY_CHART) {
+    if !of_legacy_chart(name, &release) {
         return None;
     }
     Some(Row {
@@ -149,9 +149,13 @@ async fn migrate_one(
             release.namespace = ns.to_owned();
             release
         }
-        Err(why) => {
+        Err(why) if plan::legacy_identity(name).is_some() => {
             row.outcome = Outcome::Failed(why);
             return Some(row);
+        }
+        Err(why) => {
+            tracing::warn!(namespace = ns, release = name, %why, "cannot read a release not named for a task; left alone");
+            return None;
         }
     };
     row.outcome = migrate_release(client, &release, args.dry_run).await;
@@ -172,6 +176,16 @@ async fn migrate_one(
         };
     }
     Some(row)
+}
+
+/// Whether a release whose newest revision was read as `release` belongs in the report: it is
+/// of the legacy chart, or could not be read and is named for a task (a release of another
+/// chart need not be readable here).
+fn of_legacy_chart(name: &str, release: &Result<Release, String>) -> bool {
+    match release {
+        Ok(r) => r.chart.metadata.name == LEGACY_CHART,
+        Err(_) => plan::legacy_identity(name).is_some(),
+    }
 }
 
 async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<Release, String> {

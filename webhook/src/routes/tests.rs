@@ -166,12 +166,14 @@ async fn a_body_that_never_arrives_times_out() {
     );
 }
 
-/// `/validate` requests that declare the largest body, send `sent` bytes of it and then stall.
+/// `n` `/validate` requests that declare the largest body, send `sent` bytes of it and then
+/// stall.
 fn stalled_requests(
     app: &Arc<App>,
+    n: usize,
     sent: usize,
 ) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
-    (0..4)
+    (0..n)
         .map(|_| {
             let first = futures::stream::iter([Ok(Frame::data(Bytes::from(vec![b' '; sent])))]);
             let stalled = StreamBody::new(futures::StreamExt::chain(
@@ -204,8 +206,9 @@ fn validate_review(app: &Arc<App>) -> tokio::task::JoinHandle<(StatusCode, Value
 #[tokio::test]
 async fn bodies_beyond_the_budget_wait_their_turn() {
     let app = app(true);
-    // Four requests that have sent the largest body's bytes and stall take the whole budget.
-    let holders = stalled_requests(&app, 1024);
+    // Four requests that have sent the largest body's bytes and stall take the whole budget,
+    // and a fifth the overdraft.
+    let holders = stalled_requests(&app, 5, 1024);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let next = validate_review(&app);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -224,7 +227,7 @@ async fn bodies_beyond_the_budget_wait_their_turn() {
 #[tokio::test]
 async fn bodies_declared_but_not_sent_hold_no_room() {
     let app = app(true);
-    let stalled = stalled_requests(&app, 0);
+    let stalled = stalled_requests(&app, 5, 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = tokio::time::timeout(Duration::from_secs(1), validate_review(&app))
         .await
