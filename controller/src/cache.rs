@@ -586,8 +586,13 @@ mod tests {
 
     /// A TaskRun cache holding the Jobs' owner, live or being deleted.
     fn owners(deleting: bool) -> Store<TaskRun> {
+        owner_at(1, deleting)
+    }
+
+    /// A TaskRun cache holding the Jobs' owner at `version`.
+    fn owner_at(version: i64, deleting: bool) -> Store<TaskRun> {
         let (store, mut writer) = kube::runtime::reflector::store();
-        let mut owner = taskrun(1, None);
+        let mut owner = taskrun(version, None);
         owner.metadata.name = Some("owner".into());
         owner.metadata.namespace = Some("ns".into());
         owner.metadata.uid = Some("u".into());
@@ -600,18 +605,12 @@ mod tests {
 
     #[test]
     fn unfinished_jobs_of_older_versions_are_noted_until_stopped() {
-        let (store, mut writer) = kube::runtime::reflector::store();
-        let mut owner = taskrun(3, None);
-        owner.metadata.name = Some("owner".into());
-        owner.metadata.namespace = Some("ns".into());
-        owner.metadata.uid = Some("u".into());
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
-        let of_owner = job;
+        let store = owner_at(3, false);
         let superseded = Superseded::default();
-        superseded.record(&of_owner("svc-1-v1", None), &store);
-        superseded.record(&of_owner("svc-1-v2", Some("Complete")), &store);
-        superseded.record(&of_owner("svc-1-v3", None), &store);
-        let mut going = of_owner("svc-1-v2", None);
+        superseded.record(&job("svc-1-v1", None), &store);
+        superseded.record(&job("svc-1-v2", Some("Complete")), &store);
+        superseded.record(&job("svc-1-v3", None), &store);
+        let mut going = job("svc-1-v2", None);
         going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         superseded.record(&going, &store);
         // Another TaskRun of that name (the owner's uid differs).
@@ -627,19 +626,14 @@ mod tests {
         );
         superseded.forget("u", Some("svc-1-v1"));
         assert!(superseded.of("u").is_empty());
-        superseded.record(&of_owner("svc-1-v1", None), &store);
+        superseded.record(&job("svc-1-v1", None), &store);
         superseded.forget("u", None);
         assert!(superseded.jobs.lock().expect("lock").is_empty());
     }
 
     #[test]
     fn the_first_ask_of_a_term_notes_the_older_jobs_already_cached() {
-        let (taskruns, mut writer) = kube::runtime::reflector::store();
-        let mut owner = taskrun(3, None);
-        owner.metadata.name = Some("owner".into());
-        owner.metadata.namespace = Some("ns".into());
-        owner.metadata.uid = Some("u".into());
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(owner));
+        let taskruns = owner_at(3, false);
         let (jobs, mut job_writer) = kube::runtime::reflector::store();
         for name in ["svc-1-v1", "svc-1-v3"] {
             job_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job(name, None)));
