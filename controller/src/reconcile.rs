@@ -510,10 +510,10 @@ async fn write_status(
 }
 
 /// Deletes the Jobs of older versions that are still running (background propagation: their
-/// pods go too). Deleting rather than suspending frees the pods at once and leaves nothing
-/// for a later version to trip over; the old version's outcome is recorded as an Event.
-/// Deletes the Jobs of older versions: those the watch brought late, and with `scan` those
-/// `superseded` finds in the cache and the status (a pass over the cached Jobs).
+/// pods go too): those `cache::Superseded` noted, and with `scan` those `superseded` finds in
+/// the cache and the status (a pass over the cached Jobs). Deleting rather than suspending
+/// frees the pods at once and leaves nothing for a later version to trip over; the old
+/// version's outcome is recorded as an Event.
 async fn stop_superseded(
     tr: &TaskRun,
     ctx: &Ctx,

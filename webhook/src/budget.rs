@@ -99,20 +99,20 @@ impl BodyBudget {
             if room.overdraft.is_none() && more > 0 {
                 let more = u32::try_from(more).unwrap_or(self.total_kib);
                 let granted = timeout_at(deadline, async {
-                    // The semaphores are never closed.
                     tokio::select! {
                         biased;
-                        Ok(more) = self.kib.clone().acquire_many_owned(more) => Grant::Room(more),
-                        Ok(token) = self.overdraft.clone().acquire_owned() => Grant::Overdraft(token),
+                        more = self.kib.clone().acquire_many_owned(more) => more.map(Grant::Room),
+                        token = self.overdraft.clone().acquire_owned() => token.map(Grant::Overdraft),
                     }
                 });
+                // Err inside: a closed semaphore, which these never are.
                 match granted.await {
-                    Ok(Grant::Room(more)) => match &mut room.kib {
+                    Ok(Ok(Grant::Room(more))) => match &mut room.kib {
                         Some(held) => held.merge(more),
                         None => room.kib = Some(more),
                     },
-                    Ok(Grant::Overdraft(token)) => room.overdraft = Some(token),
-                    Err(_) => return Err(ReadError::NoRoom),
+                    Ok(Ok(Grant::Overdraft(token))) => room.overdraft = Some(token),
+                    Ok(Err(_)) | Err(_) => return Err(ReadError::NoRoom),
                 }
             }
             parts.push(data.copy_to_bytes(data.remaining()));
