@@ -1,11 +1,11 @@
 //! Requests the real API server refuses for a while: a ValidatingAdmissionPolicy bound to one
 //! namespace, as a quota or another team's admission policy would refuse them.
 
+use std::time::Duration;
+
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use std::time::Duration;
-
 use k8s_openapi::api::batch::v1::Job;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
