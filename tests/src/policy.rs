@@ -1,14 +1,18 @@
 //! Requests the real API server refuses for a while: a ValidatingAdmissionPolicy bound to one
 //! namespace, as a quota or another team's admission policy would refuse them.
 
+use std::fmt::Debug;
 use std::time::Duration;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::batch::v1::Job;
-use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::wait_for;
@@ -65,34 +69,43 @@ impl Refusal {
         }
     }
 
+    /// Refuses every create in `ns` of `probe`'s kind (403, `message`), once the API server
+    /// applies it: until then `probe` is created as a dry run.
+    pub async fn of_creates<K>(client: &Client, ns: &str, probe: K, message: &str) -> Self
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let rule = json!({"apiGroups": [K::group(&())], "apiVersions": [K::version(&())],
+                          "operations": ["CREATE"], "resources": [K::plural(&())]});
+        let refusal = Self::start(client, ns, rule, message).await;
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let what = format!("the policy to refuse {}", K::plural(&()));
+        wait_for(&what, IN_FORCE, || async {
+            matches!(api.create(&dry_run, &probe).await,
+                     Err(kube::Error::Api(e)) if e.message.contains(message))
+            .then_some(())
+        })
+        .await;
+        refusal
+    }
+
     /// Refuses every Job create in `ns` (403, `message`), once the API server applies it.
     pub async fn of_job_creates(client: &Client, ns: &str, message: &str) -> Self {
-        let refusal = Self::start(
-            client,
-            ns,
-            json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
-                   "resources": ["jobs"]}),
-            message,
-        )
-        .await;
-        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
         let probe: Job = serde_json::from_value(json!({
             "metadata": {"name": "probe"},
             "spec": {"template": {"spec": {"restartPolicy": "Never",
                      "containers": [{"name": "c", "image": "registry.example/probe"}]}}},
         }))
         .expect("a Job");
-        let dry_run = PostParams {
-            dry_run: true,
-            ..PostParams::default()
-        };
-        wait_for("the policy to refuse Jobs", IN_FORCE, || async {
-            matches!(jobs.create(&dry_run, &probe).await,
-                     Err(kube::Error::Api(e)) if e.message.contains(message))
-            .then_some(())
-        })
-        .await;
-        refusal
+        Self::of_creates(client, ns, probe, message).await
     }
 
     pub async fn lift(self) {

@@ -954,6 +954,56 @@ async fn a_refused_job_is_shown_in_the_status_and_made_once_allowed() {
     assert!(jobs.get_opt("capped-1-v1").await.expect("get").is_some());
 }
 
+/// The ConfigMap of a running version removed by hand, and its re-creation refused: the
+/// status keeps naming the version's Job. A status without it (CreateRefused) could have the
+/// Job made again once its TTL removed it.
+#[tokio::test]
+async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_status() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-refused-cm").await;
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "kept", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "a Job named", |tr| {
+        tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+    })
+    .await;
+    let probe: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "probe"}})).expect("a ConfigMap");
+    let refusal = Refusal::of_creates(&client, &ns, probe, "no ConfigMaps here for now").await;
+    let errors = || async {
+        http_get(ctrl.http_addr(), "/metrics")
+            .await
+            .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
+            .unwrap_or(0.0)
+    };
+    let before = errors().await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    config_maps
+        .delete(
+            &names::config_map_name("kept", 1, 1),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete the ConfigMap");
+    wait_for("a refused re-creation", WAIT, || async {
+        (errors().await > before).then_some(())
+    })
+    .await;
+    let tr = api.get("t").await.expect("get");
+    let status = tr.status.as_ref().expect("a status");
+    assert_eq!(
+        status.job_name.as_deref(),
+        Some(names::job_name("kept", 1, 1).as_str())
+    );
+    assert_ne!(
+        condition(&tr, "Succeeded").map(|(_, reason)| reason),
+        Some("CreateRefused")
+    );
+    refusal.lift().await;
+}
+
 /// The Job finishes and its TTL removes it while every status write is refused (an admission
 /// policy, as a quota or a policy controller could). Once writes pass again, the status says
 /// what the Job did: the retries after the Job was gone still know how it ended.
