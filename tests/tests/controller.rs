@@ -94,6 +94,14 @@ fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
+/// The controller's count of failed reconciles (0 before its /metrics answers).
+async fn reconcile_errors(ctrl: &Controller) -> f64 {
+    http_get(ctrl.http_addr(), "/metrics")
+        .await
+        .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
+        .unwrap_or(0.0)
+}
+
 /// The pods of a Job, found by the label the Job controller sets.
 async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -972,12 +980,7 @@ async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_statu
     let probe: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "probe"}})).expect("a ConfigMap");
     let refusal = Refusal::of_creates(&client, &ns, probe, "no ConfigMaps here for now").await;
-    let errors = || async {
-        http_get(ctrl.http_addr(), "/metrics")
-            .await
-            .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
-            .unwrap_or(0.0)
-    };
+    let errors = || reconcile_errors(&ctrl);
     let before = errors().await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     config_maps
@@ -1056,12 +1059,7 @@ async fn a_job_removed_while_status_writes_fail_still_ends_as_it_did() {
     .await;
     // Two more refused reconciles, both after the Job was gone: the second is a retry of the
     // first.
-    let errors = || async {
-        http_get(ctrl.http_addr(), "/metrics")
-            .await
-            .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
-            .unwrap_or(0.0)
-    };
+    let errors = || reconcile_errors(&ctrl);
     let gone_at = errors().await;
     wait_for(
         "two refused reconciles after the Job was gone",
