@@ -73,7 +73,7 @@ impl BodyBudget {
     {
         let deadline = Instant::now() + timeout;
         let mut body = std::pin::pin!(body);
-        let mut parts: Vec<Bytes> = Vec::new();
+        let mut collected = Collected::Empty;
         let mut len = 0usize;
         let mut room = Room {
             kib: None,
@@ -87,7 +87,7 @@ impl BodyBudget {
                 Ok(Some(Ok(frame))) => frame,
             };
             // Trailers are not part of the body.
-            let Ok(mut data) = frame.into_data() else {
+            let Ok(data) = frame.into_data() else {
                 continue;
             };
             len = len.saturating_add(data.remaining());
@@ -115,19 +115,69 @@ impl BodyBudget {
                     Ok(Err(_)) | Err(_) => return Err(ReadError::NoRoom),
                 }
             }
-            parts.push(data.copy_to_bytes(data.remaining()));
+            collected.push(data);
         }
-        let bytes = match parts.len() {
-            0 => Bytes::new(),
-            1 => parts.swap_remove(0),
-            _ => Bytes::from(parts.concat()),
-        };
-        Ok((bytes, room))
+        Ok((collected.into_bytes(), room))
     }
 
     /// Whole KiB to hold `bytes`, within the budget.
     fn kib_for(&self, bytes: usize) -> usize {
         kib(bytes).min(self.total_kib as usize)
+    }
+}
+
+/// A body's bytes as they arrive. The first frame is kept as it came (most bodies are one
+/// frame); from the second on, the bytes are copied into one buffer. Keeping each frame apart
+/// would cost a handle per frame and keep alive the connection's read buffer each points
+/// into: a body sent in one-byte chunks would take some sixty times its size.
+enum Collected {
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl Collected {
+    fn push(&mut self, mut data: impl Buf) {
+        *self = match std::mem::replace(self, Collected::Empty) {
+            Collected::Empty => Collected::One(data.copy_to_bytes(data.remaining())),
+            Collected::One(first) => {
+                let mut all = Vec::with_capacity(first.len() + data.remaining());
+                all.extend_from_slice(&first);
+                put(&mut all, data);
+                Collected::Many(all)
+            }
+            Collected::Many(mut all) => {
+                put(&mut all, data);
+                Collected::Many(all)
+            }
+        };
+    }
+
+    /// Bytes held, spare capacity included.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(b) => b.len(),
+            Collected::Many(v) => v.capacity(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(b) => b,
+            Collected::Many(v) => Bytes::from(v),
+        }
+    }
+}
+
+fn put(all: &mut Vec<u8>, mut data: impl Buf) {
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        all.extend_from_slice(chunk);
+        let n = chunk.len();
+        data.advance(n);
     }
 }
 
@@ -258,6 +308,35 @@ mod tests {
                 .expect("task");
             assert_eq!(read, Ok(2048));
         }
+    }
+
+    /// A body in one-byte frames is held as one buffer of about its size, and read whole.
+    #[tokio::test]
+    async fn a_body_in_tiny_frames_takes_about_its_own_size() {
+        let mut collected = Collected::Empty;
+        let n = 100_000;
+        for i in 0..n {
+            collected.push(Bytes::from(vec![b'a' + (i % 26) as u8]));
+        }
+        assert!(collected.held() <= 2 * n, "held {} bytes", collected.held());
+        let frames = (0..n).map(|i| {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8])))
+        });
+        let budget = BodyBudget::new(n, 1);
+        let (body, _) = budget
+            .read(
+                StreamBody::new(futures::stream::iter(frames)),
+                n,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("read");
+        assert_eq!(body.len(), n);
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(i, b)| *b == b'a' + (i % 26) as u8)
+        );
     }
 
     #[tokio::test]
