@@ -7,13 +7,17 @@
 //! wrong shape, or no review at all) is the body read a second time with the spec kept as raw
 //! JSON, so that a bad spec becomes a message for `decide` rather than a failed review.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use kube::core::admission::Operation;
 use kube::core::{GroupVersionResource, TypeMeta};
 use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use taskrun::TaskRunSpec;
+use taskrun::labels::TASKRUN_KEYS;
+use taskrun::{FINALIZER, TaskRunSpec};
 
 /// One admission request, as admission reads it.
 #[derive(Debug)]
@@ -32,6 +36,10 @@ pub struct Request {
 }
 
 /// The TaskRun in a request: its metadata as far as admission needs it, and its spec.
+///
+/// Of the labels and finalizers only the project's own are kept (None: the object has no such
+/// map or list at all). Admission looks at no others, and a body within the size limit could
+/// otherwise hold millions of tiny ones, each taking many times its bytes once read.
 #[derive(Debug)]
 pub struct Object {
     pub name: Option<String>,
@@ -108,10 +116,76 @@ struct WireMeta {
     name: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "own_labels")]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "own_finalizer")]
     finalizers: Option<Vec<String>>,
+}
+
+/// `metadata.labels`, keeping only the keys the webhook writes (`TASKRUN_KEYS`).
+fn own_labels<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Labels;
+    impl<'de> Visitor<'de> for Labels {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of labels")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut own = BTreeMap::new();
+            while let Some(key) = map.next_key::<Cow<str>>()? {
+                if TASKRUN_KEYS.contains(&key.as_ref()) {
+                    own.insert(key.into_owned(), map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(Some(own))
+        }
+    }
+    d.deserialize_option(Labels)
+}
+
+/// `metadata.finalizers`, keeping only the controller's.
+fn own_finalizer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct Finalizers;
+    impl<'de> Visitor<'de> for Finalizers {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of finalizers")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+            let mut ours = false;
+            while let Some(f) = seq.next_element::<Cow<str>>()? {
+                ours |= f == FINALIZER;
+            }
+            Ok(Some(if ours {
+                vec![FINALIZER.to_owned()]
+            } else {
+                Vec::new()
+            }))
+        }
+    }
+    d.deserialize_option(Finalizers)
 }
 
 impl<S> Review<S> {
@@ -160,6 +234,7 @@ pub fn cut(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+    use taskrun::labels::TASK_ID;
 
     fn review(spec: Option<Value>) -> Vec<u8> {
         let mut object = json!({
@@ -203,8 +278,9 @@ mod tests {
         }))));
         assert_eq!(o.name.as_deref(), Some("t"));
         assert_eq!(o.namespace.as_deref(), Some("ns"));
-        assert_eq!(o.labels, Some(BTreeMap::from([("a".into(), "b".into())])));
-        assert_eq!(o.finalizers, Some(vec!["example.com/hold".to_owned()]));
+        // Only the project's own labels and finalizer are kept.
+        assert_eq!(o.labels, Some(BTreeMap::new()));
+        assert_eq!(o.finalizers, Some(Vec::new()));
         let spec = o.spec.expect("spec");
         assert_eq!((spec.task_id, spec.service_name.as_str()), (7, "svc"));
     }
@@ -212,7 +288,7 @@ mod tests {
     #[test]
     fn a_spec_of_the_wrong_shape_or_none_is_an_error_of_its_own() {
         let o = object(&review(Some(json!({"taskId": "seven"}))));
-        assert_eq!(o.labels, Some(BTreeMap::from([("a".into(), "b".into())])));
+        assert_eq!(o.labels, Some(BTreeMap::new()));
         let e = o.spec.expect_err("unreadable");
         assert!(
             e.to_string().contains("invalid type: string \"seven\""),
@@ -221,5 +297,34 @@ mod tests {
 
         let e = object(&review(None)).spec.expect_err("missing");
         assert!(e.to_string().contains("null"), "{e}");
+    }
+
+    /// Many labels and finalizers of others are read past, not kept; the project's own, and
+    /// whether there is a map or list at all, are what the patch is decided on.
+    #[test]
+    fn only_the_projects_labels_and_finalizer_are_kept() {
+        let mut body: Value =
+            serde_json::from_slice(&review(Some(json!({"taskId": 1})))).expect("json");
+        let meta = &mut body["request"]["object"]["metadata"];
+        let mut labels: serde_json::Map<String, Value> = (0..10_000)
+            .map(|i| (format!("example.com/l{i}"), json!("v")))
+            .collect();
+        labels.insert(TASK_ID.into(), json!("1"));
+        meta["labels"] = Value::Object(labels);
+        let mut finalizers: Vec<Value> = (0..10_000).map(|i| json!(format!("f{i}"))).collect();
+        finalizers.insert(5_000, json!(FINALIZER));
+        meta["finalizers"] = Value::Array(finalizers);
+        let o = object(&serde_json::to_vec(&body).expect("json"));
+        assert_eq!(
+            o.labels,
+            Some(BTreeMap::from([(TASK_ID.to_owned(), "1".to_owned())]))
+        );
+        assert_eq!(o.finalizers, Some(vec![FINALIZER.to_owned()]));
+
+        let meta = &mut body["request"]["object"]["metadata"];
+        meta["labels"] = Value::Null;
+        meta.as_object_mut().expect("metadata").remove("finalizers");
+        let o = object(&serde_json::to_vec(&body).expect("json"));
+        assert_eq!((o.labels, o.finalizers), (None, None));
     }
 }
