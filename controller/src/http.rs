@@ -1,18 +1,24 @@
 //! Plain-HTTP probes and metrics: /healthz (the process serves), /readyz (it can act or
 //! stand by), /metrics (Prometheus text).
+//!
+//! Bounded, since anything in the cluster may connect: at most `CONNECTIONS` at once (more
+//! wait to be accepted), each closed once it has sent no complete request head for
+//! `HEAD_TIMEOUT` (an idle keep-alive connection included), with a small read buffer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::controller::Shared;
 
@@ -55,22 +61,40 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Connections served at once: probes and scrapes need a few.
+const CONNECTIONS: usize = 32;
+/// How long a connection may take to send a request head, or stay idle between requests.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read buffer of a connection (hyper's smallest): request heads here are small.
+const READ_BUFFER: usize = 8192;
+/// The pause after a failed accept (out of file descriptors, say), rather than a busy loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let response = route(&req, &shared);
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(READ_BUFFER)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

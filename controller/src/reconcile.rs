@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -140,7 +140,14 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
 
     // Versions that ran before this one; this one counts once its Job exists.
     let counted_here = prev.observed_context_version == Some(version) && prev.job_name.is_some();
-    let ran_before = prev.attempts.unwrap_or(0) - i64::from(counted_here);
+    // Another writer of the status may have set any number: read as a count, it cannot
+    // overflow below.
+    let ran_before = prev
+        .attempts
+        .unwrap_or(0)
+        .clamp(0, i64::from(u32::MAX))
+        .saturating_sub(i64::from(counted_here))
+        .max(0);
     let mut seen = Observed {
         generation: tr.meta().generation,
         context_version: version,
@@ -524,16 +531,39 @@ async fn stop_superseded(
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     let mut names = ctx.children.superseded_of(uid, &ctx.taskruns).await;
+    // A Job named only by the status, which another writer may have set.
+    let mut named_only = None;
     if scan {
         let cached = ctx.children.jobs_of(uid).await;
         for name in superseded(&current, &cached, prev) {
             if !names.contains(&name) {
+                if !cached.iter().any(|c| c.name_any() == name) {
+                    named_only = Some(name.clone());
+                }
                 names.push(name);
             }
         }
     }
     for name in names {
-        match jobs.delete(&name, &DeleteParams::background()).await {
+        let mut params = DeleteParams::background();
+        if named_only.as_ref() == Some(&name) {
+            // Deleted only if this TaskRun controls it, and only that Job (by uid).
+            match jobs.get_metadata_opt(&name).await? {
+                Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
+                    params.preconditions = Some(Preconditions {
+                        uid: j.metadata.uid,
+                        resource_version: None,
+                    });
+                }
+                found => {
+                    if found.is_some() {
+                        tracing::warn!(taskrun = %tr.name_any(), job = %name, "the status names a Job this TaskRun does not control; left alone");
+                    }
+                    continue;
+                }
+            }
+        }
+        match jobs.delete(&name, &params).await {
             Ok(_) => ctx.children.stopped(uid, &name),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 ctx.children.stopped(uid, &name);

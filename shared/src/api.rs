@@ -202,7 +202,11 @@ pub struct TaskRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When the controller last changed this status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::time"
+    )]
     pub last_updated: Option<Time>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,15 +218,54 @@ pub struct TaskRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i64>,
     /// When the current version's Job started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::time"
+    )]
     pub start_time: Option<Time>,
     /// When the current version reached Succeeded or Failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::time"
+    )]
     pub completion_time: Option<Time>,
     /// Standard conditions: Ready and Succeeded, with reasons.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient::conditions"
+    )]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Reading the times of a status that another writer may have set (an admin's `kubectl patch
+/// --subresource=status`, a tool): the API server accepts some date-times this reader does not
+/// (more than nine fraction digits, an offset beyond ±25 hours). One such value must not make
+/// the whole TaskRun unreadable, and with it every list page it is on, which would stop the
+/// controller for every TaskRun. So such a time is read as absent, and such a condition is
+/// dropped (the controller writes its conditions again); the rest of the status, which says
+/// which versions have run, is kept.
+mod lenient {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+        let raw = Option::<Value>::deserialize(d)?;
+        Ok(raw.and_then(|t| serde_json::from_value(t).ok()))
+    }
+
+    pub fn conditions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Condition>, D::Error> {
+        let raw = Option::<Vec<Value>>::deserialize(d)?;
+        Ok(raw
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| serde_json::from_value(c).ok())
+            .collect())
+    }
 }
 
 impl TaskRun {
@@ -233,5 +276,46 @@ impl TaskRun {
             &self.spec.service_name,
             self.spec.task_id,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A status with times the API server accepts and this reader does not: the TaskRun is
+    /// still read, with what says which version ran.
+    #[test]
+    fn a_status_with_unreadable_times_is_read_without_them() {
+        let good = "2026-01-01T00:00:00Z";
+        let odd = "2026-01-01T00:00:00.1234567890Z";
+        let tr: TaskRun = serde_json::from_value(json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"taskId": 1, "serviceName": "svc", "contextVersion": 2,
+                     "markdownFiles": [{"filename": "a.md", "content": "x"}]},
+            "status": {
+                "phase": "Succeeded", "observedContextVersion": 2, "attempts": 2,
+                "lastUpdated": odd, "startTime": good, "completionTime": odd,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Completed", "message": "",
+                     "lastTransitionTime": odd},
+                    {"type": "Succeeded", "status": "True", "reason": "Completed", "message": "",
+                     "lastTransitionTime": good},
+                ],
+            },
+        }))
+        .expect("read despite the odd times");
+        let status = tr.status.expect("status");
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        assert_eq!(
+            (status.observed_context_version, status.attempts),
+            (Some(2), Some(2))
+        );
+        assert_eq!((status.last_updated, status.completion_time), (None, None));
+        assert!(status.start_time.is_some());
+        let kept: Vec<_> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kept, ["Succeeded"]);
     }
 }

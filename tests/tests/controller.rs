@@ -1119,3 +1119,109 @@ async fn a_job_removed_by_its_ttl_is_not_run_again() {
         "the finished version ran again"
     );
 }
+
+/// A status that another writer pointed at a Job the TaskRun does not control (here one of
+/// another team's, at an older version than the spec's): the controller replaces the status
+/// but does not stop that Job.
+#[tokio::test]
+async fn a_job_the_status_names_but_the_taskrun_does_not_control_is_left_alone() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-foreign-job").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let tr = create(&api, &taskrun("t", "search", 6, 2, &[("task.md", "x")])).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut foreign = version_1_job(&tr, "db-migrate");
+    foreign.metadata.owner_references = None;
+    foreign.metadata.labels = None;
+    jobs.create(&PostParams::default(), &foreign)
+        .await
+        .expect("another team's Job");
+    let status = json!({"status": {
+        "observedContextVersion": 1, "phase": "Running", "jobName": "db-migrate"}});
+    api.patch_status("t", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("a status naming another Job");
+
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let tr = wait_status(&api, "t", "status of version 2", |tr| {
+        tr.status.as_ref().and_then(|s| s.observed_context_version) == Some(2)
+    })
+    .await;
+    assert_eq!(
+        tr.status.and_then(|s| s.job_name).as_deref(),
+        Some("search-6-v2")
+    );
+    let left = jobs.get_opt("db-migrate").await.expect("get");
+    assert!(
+        left.is_some_and(|j| j.metadata.deletion_timestamp.is_none()),
+        "the controller deleted a Job it does not control"
+    );
+}
+
+/// The API server takes date-times in a status that the controller's reader does not (more
+/// than nine fraction digits). One such TaskRun must not make the list it is on unreadable,
+/// which would stop the controller for every TaskRun.
+#[tokio::test]
+async fn a_status_time_the_reader_cannot_parse_stops_nothing() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-odd-time").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("odd", "search", 7, 1, &[("task.md", "x")])).await;
+    let odd = "2026-01-01T00:00:00.1234567890Z";
+    let status = json!({"status": {"lastUpdated": odd, "conditions": [{"type": "Ready",
+        "status": "False", "reason": "Pending", "message": "", "lastTransitionTime": odd}]}});
+    // Untyped: what the API server stores, whatever this crate's reader makes of it.
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<TaskRun>(&()),
+    );
+    let stored = raw
+        .patch_status("odd", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("the API server takes the time");
+    assert_eq!(stored.data["status"]["lastUpdated"], odd, "stored as sent");
+
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    create(&api, &taskrun("plain", "search", 8, 1, &[("task.md", "x")])).await;
+    for name in ["plain", "odd"] {
+        wait_status(&api, name, "a Job in the status", |tr| {
+            tr.status
+                .as_ref()
+                .and_then(|s| s.job_name.as_deref())
+                .is_some()
+        })
+        .await;
+    }
+}
+
+/// The probe and metrics port closes a connection that sends no request, so idle
+/// connections cannot pile up.
+#[tokio::test]
+async fn an_idle_connection_to_the_probe_port_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("ctrl-idle-probe").await;
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    wait_for("the probe port", WAIT, || async {
+        http_get(ctrl.http_addr(), "/healthz").await
+    })
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(ctrl.http_addr())
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection stayed open");
+    assert!(http_get(ctrl.http_addr(), "/healthz").await.is_some());
+}
