@@ -273,9 +273,9 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
     }
 }
 
-/// A user-supplied string as it appears in a message: quoted, and cut short so that a
-/// hostile value cannot blow up a message or a log line.
-fn shown(s: &str) -> String {
+/// A user-supplied string as it appears in a message: quoted (control characters escaped),
+/// and cut short so that a hostile value cannot blow up a message, a log line or a terminal.
+pub fn shown(s: &str) -> String {
     const MAX: usize = 64;
     if s.chars().count() <= MAX {
         format!("{s:?}")

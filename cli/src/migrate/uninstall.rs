@@ -1,6 +1,10 @@
 //! Uninstalling a release without the helm binary, as `helm uninstall` does: delete every
 //! resource the release manifest lists (except those annotated
-//! `helm.sh/resource-policy: keep`), then every revision Secret. Releases with pre- or
+//! `helm.sh/resource-policy: keep`), then every revision Secret. Only what the legacy task
+//! chart renders is deleted: a release whose manifest lists anything else (another kind, or an
+//! object in another namespace) is refused. The release record is a Secret that anyone who
+//! can write Secrets in its namespace can forge, and this runs with an admin's rights.
+//! Releases with pre- or
 //! post-delete hooks are refused: running hooks is Helm's business, so those are left for
 //! `helm uninstall`, and so are releases with a revision newer than the one migrated (a failed
 //! upgrade): Helm would uninstall from that one. A release whose Job still runs, or that Helm
@@ -8,11 +12,11 @@
 //! run, or delete the records of an operation under way.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta};
-use kube::discovery::{Scope, pinned_kind};
+use kube::api::{DeleteParams, ListParams, ObjectMeta};
 use serde_json::Value;
+use taskrun::validation::shown;
 
 use super::plan::{self, Revision};
 use super::release::Release;
@@ -63,6 +67,47 @@ pub fn manifest_objects(manifest: &str) -> Result<Vec<ManifestObject>, String> {
         });
     }
     Ok(objects)
+}
+
+/// The kinds the legacy task chart renders, the only ones an uninstall deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owned {
+    ConfigMap,
+    Job,
+}
+
+/// What of a release's manifest an uninstall may delete, in manifest order: each object must
+/// be a ConfigMap or a Job in the release's own namespace. Otherwise, why not.
+fn owned_objects<'a>(
+    objects: &'a [ManifestObject],
+    release_namespace: &str,
+) -> Result<Vec<(Owned, &'a ManifestObject)>, String> {
+    objects
+        .iter()
+        .map(|o| {
+            let kind = match (o.api_version.as_str(), o.kind.as_str()) {
+                ("v1", "ConfigMap") => Some(Owned::ConfigMap),
+                ("batch/v1", "Job") => Some(Owned::Job),
+                _ => None,
+            };
+            let elsewhere = o.namespace.as_deref().filter(|ns| *ns != release_namespace);
+            match (kind, elsewhere) {
+                (Some(kind), None) => Ok((kind, o)),
+                (_, Some(ns)) => Err(format!(
+                    "the release manifest lists {} {} in namespace {}, outside the release's namespace; the task chart renders nothing there, so check the release and uninstall it with `helm uninstall`",
+                    shown(&o.kind),
+                    shown(&o.name),
+                    shown(ns)
+                )),
+                (None, None) => Err(format!(
+                    "the release manifest lists {} {} ({}), which the task chart does not render (only ConfigMaps and Jobs); check the release and uninstall it with `helm uninstall`",
+                    shown(&o.kind),
+                    shown(&o.name),
+                    shown(&o.api_version)
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The names of hooks that `helm uninstall` would run.
@@ -146,6 +191,7 @@ pub async fn uninstall(
         )));
     }
     let objects = manifest_objects(&release.manifest)?;
+    let owned = owned_objects(&objects, &release.namespace)?;
     if let Some(job) = unfinished_job(client, &objects, &release.namespace).await? {
         return Err(NotUninstalled::Postponed(format!(
             "its Job {job} has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
@@ -178,8 +224,8 @@ pub async fn uninstall(
         return Ok(done);
     }
     // Reverse manifest order: dependants are usually rendered after what they use.
-    for object in objects.iter().rev().filter(|o| !o.keep) {
-        delete_object(client, object, &release.namespace).await?;
+    for (kind, object) in owned.iter().rev().filter(|(_, o)| !o.keep) {
+        delete_object(client, *kind, object, &release.namespace).await?;
     }
     let records = revisions.items.iter().map(|s| &s.metadata);
     for secret in deletion_order(records, release.version) {
@@ -227,29 +273,25 @@ fn deletion_order<'a>(
 
 async fn delete_object(
     client: &kube::Client,
+    kind: Owned,
     object: &ManifestObject,
     release_namespace: &str,
 ) -> Result<(), String> {
-    let what = format!("{} {}", object.kind, object.name);
-    let (group, version) = object
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", &object.api_version));
-    let gvk = GroupVersionKind::gvk(group, version, &object.kind);
-    let (resource, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("looking up {what}: {}", describe(&e)))?;
-    let api: Api<DynamicObject> = match caps.scope {
-        Scope::Namespaced => Api::namespaced_with(
-            client.clone(),
-            object.namespace.as_deref().unwrap_or(release_namespace),
-            &resource,
-        ),
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
+    let what = format!("{} {}", object.kind, shown(&object.name));
     // Background propagation: a Job's pods go with it, as with `helm uninstall`.
-    match api.delete(&object.name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
+    let params = DeleteParams::background();
+    let deleted = match kind {
+        Owned::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), release_namespace)
+            .delete(&object.name, &params)
+            .await
+            .map(|_| ()),
+        Owned::Job => Api::<Job>::namespaced(client.clone(), release_namespace)
+            .delete(&object.name, &params)
+            .await
+            .map(|_| ()),
+    };
+    match deleted {
+        Ok(()) => Ok(()),
         Err(e) if status_code(&e) == Some(404) => Ok(()),
         Err(e) => Err(format!("deleting {what}: {}", describe(&e))),
     }
@@ -304,6 +346,42 @@ mod tests {
                 .expect_err("no name")
                 .contains("without")
         );
+    }
+
+    #[test]
+    fn only_the_charts_configmaps_and_jobs_in_the_release_namespace_are_deleted() {
+        let object = |api_version: &str, kind: &str, namespace: Option<&str>| ManifestObject {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: "x".into(),
+            namespace: namespace.map(Into::into),
+            keep: false,
+        };
+        let chart = [
+            object("v1", "ConfigMap", None),
+            object("batch/v1", "Job", Some("team-a")),
+        ];
+        let owned = owned_objects(&chart, "team-a").expect("the chart's own");
+        let kinds: Vec<Owned> = owned.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [Owned::ConfigMap, Owned::Job]);
+
+        let foreign = [
+            (
+                object("apiextensions.k8s.io/v1", "CustomResourceDefinition", None),
+                "which the task chart does not render",
+            ),
+            (object("v1", "Secret", None), "does not render"),
+            (object("batch/v1beta1", "Job", None), "does not render"),
+            (
+                object("v1", "ConfigMap", Some("other-team")),
+                "outside the release's namespace",
+            ),
+        ];
+        for (o, why) in foreign {
+            let listed = [chart[0].clone(), o];
+            let e = owned_objects(&listed, "team-a").expect_err("refused");
+            assert!(e.contains(why) && e.contains("helm uninstall"), "{e}");
+        }
     }
 
     #[test]
