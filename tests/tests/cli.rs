@@ -307,6 +307,50 @@ async fn a_flux_sync_keeps_the_context_the_plugin_added() {
     }
 }
 
+/// A client-side `kubectl apply` of the unchanged manifest replaces the whole file list, so it
+/// drops a file added with `context add`: the webhook lets it through (the run of that version
+/// is made already) but warns, naming the file and saying what happened.
+#[tokio::test]
+async fn a_client_side_reapply_that_drops_added_context_is_warned_about() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-csa").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    let dir = work_dir().join(&ns);
+    let manifest = write_file(
+        &dir,
+        "taskrun.json",
+        &gitops_manifest("t1", &[("task.md", "# Task\n")]).to_string(),
+    );
+    let apply = || {
+        let mut cmd = cp.kubectl();
+        cmd.args(["apply", "-n", &ns, "-f"]).arg(&manifest);
+        decode(cmd.output().expect("kubectl runs"))
+    };
+    let (code, out, err) = apply();
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(write_file(&dir, "ctx-1.md", "# More context\n"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+
+    let (code, out, err) = apply();
+    assert_eq!(code, 0, "{out}{err}");
+    let tr = api.get("t1").await.expect("get");
+    assert_eq!(
+        filenames(&tr),
+        BTreeSet::from(["task.md".to_owned()]),
+        "a client-side apply replaces the list"
+    );
+    assert!(
+        err.contains("Warning: markdownFiles no longer has \"ctx-1.md\" at contextVersion 2")
+            && err.contains("server-side"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn twenty_concurrent_context_adds_lose_no_update() {
     const CALLERS: usize = 20;

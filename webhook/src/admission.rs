@@ -6,7 +6,7 @@ use kube::core::Status;
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use serde_json::Value;
-use taskrun::validation::Reason;
+use taskrun::validation::{Reason, shown};
 use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
 
 use crate::metrics::Outcome;
@@ -163,6 +163,7 @@ fn decide(
             // A spec that cannot be read is the schema's to refuse, with its own message.
             let Ok(spec) = spec else { return Ok(allow) };
             let mut ops = label_patch(object.labels.as_ref(), spec);
+            let warnings = overridden_labels(&ops);
             if req.operation == Operation::Create {
                 ops.extend(finalizer_patch(object.finalizers.as_deref()));
             }
@@ -170,7 +171,12 @@ fn decide(
                 return Ok(allow);
             }
             match allow.clone().with_patch(json_patch::Patch(ops)) {
-                Ok(patched) => patched,
+                Ok(mut patched) => {
+                    if !warnings.is_empty() {
+                        patched.warnings = Some(warnings);
+                    }
+                    patched
+                }
                 Err(e) => refuse(allow, format!("cannot encode the patch: {e}")),
             }
         }
@@ -242,7 +248,8 @@ fn deny(
         let message = format!(
             "TaskRun {namespace}/{existing} already holds {identity}; add context to it with \
              \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete it \
-             first with \"kubectl delete taskrun {existing} -n {namespace}\""
+             first with \"kubectl delete taskrun {existing} -n {namespace}\" (a duplicate task, \
+             not a field-manager conflict: --force-conflicts does not help)"
         );
         causes.push(StatusCause {
             reason: "FieldValueDuplicate".into(),
@@ -312,6 +319,26 @@ fn bad_request(message: String) -> Answer {
     }
 }
 
+/// Warnings for labels the request set and the patch corrects or removes: a manifest that
+/// carries them (exported with `kubectl get -o yaml`, say) sends the old value on every apply,
+/// and a GitOps tool comparing client-side would show it out of sync for ever.
+fn overridden_labels(ops: &[json_patch::PatchOperation]) -> Vec<String> {
+    use json_patch::PatchOperation::{Remove, Replace};
+    ops.iter()
+        .filter_map(|op| match op {
+            Replace(r) => r.path.last(),
+            Remove(r) => r.path.last(),
+            _ => None,
+        })
+        .map(|key| {
+            format!(
+                "label {} is set by the webhook from the spec; leave it out of the manifest",
+                key.decoded()
+            )
+        })
+        .collect()
+}
+
 /// Hints for updates that are allowed but probably not what was meant.
 fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
     let same_files = sorted(&old.markdown_files) == sorted(&new.markdown_files);
@@ -322,13 +349,36 @@ fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
             new.context_version
         ));
     }
-    if new.context_version == old.context_version && !same_files {
+    let removed: Vec<&str> = old
+        .markdown_files
+        .iter()
+        .map(|f| f.filename.as_str())
+        .filter(|name| !new.markdown_files.iter().any(|f| f.filename == *name))
+        .collect();
+    if new.context_version == old.context_version && !removed.is_empty() {
+        // Most often not meant: a client-side apply sends the manifest's whole list.
+        out.push(format!(
+            "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command and apply the manifest server-side",
+            listed(&removed),
+            new.context_version
+        ));
+    } else if new.context_version == old.context_version && !same_files {
         out.push(format!(
             "markdownFiles changed but contextVersion is still {}: raise it to run the task with the new files",
             new.context_version
         ));
     }
     out
+}
+
+/// File names in a message: quoted, the first few.
+fn listed(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut out: Vec<String> = names.iter().take(SHOWN).map(|n| shown(n)).collect();
+    if names.len() > SHOWN {
+        out.push(format!("{} more", names.len() - SHOWN));
+    }
+    out.join(", ")
 }
 
 fn sorted(files: &[MarkdownFile]) -> Vec<&MarkdownFile> {

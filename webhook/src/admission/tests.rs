@@ -321,6 +321,22 @@ fn updates_that_probably_miss_something_get_warnings() {
         "{r}"
     );
 
+    // A file gone at the same version: what a client-side re-apply does to a file added with
+    // `kubectl taskrun context add`. Named, with what happened and what to do.
+    let mut dropped = spec();
+    if let Some(files) = dropped["markdownFiles"].as_array_mut() {
+        files.pop();
+    }
+    let (_, r) = validate(&update(spec(), dropped));
+    let warning = r["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("no longer has \"notes.md\" at contextVersion 1")
+            && warning.contains("client-side apply")
+            && warning.contains("server-side")
+            && !warning.contains("raise it"),
+        "{r}"
+    );
+
     let mut both = spec();
     both["contextVersion"] = json!(2);
     if let Some(files) = both["markdownFiles"].as_array_mut() {
@@ -487,4 +503,33 @@ fn mutate_leaves_the_finalizers_of_an_update_alone() {
     );
     assert_eq!(r["allowed"], true);
     assert!(patch_of(&r).is_none(), "{r}");
+}
+
+/// A manifest that carries one of the project's labels with a stale value is corrected, and
+/// told so; a label the request did not carry is added without a word.
+#[test]
+fn mutate_warns_when_it_corrects_a_label_the_request_set() {
+    let mut object = taskrun("t1", spec());
+    object["metadata"]["labels"]["orchestrator.io/context-version"] = json!("0");
+    let (_, r) = call(
+        Hook::Mutate,
+        &review("UPDATE", Some(object.clone()), Some(object.clone())),
+        &Fake::default(),
+    );
+    let patch = patch_of(&r).expect("a patch");
+    json_patch::patch(&mut object, &patch).expect("applies");
+    assert_eq!(
+        object["metadata"]["labels"]["orchestrator.io/context-version"],
+        "1"
+    );
+    assert_eq!(
+        r["warnings"],
+        json!([
+            "label orchestrator.io/context-version is set by the webhook from the spec; leave it out of the manifest"
+        ])
+    );
+
+    let (_, r) = call(Hook::Mutate, &create(spec()), &Fake::default());
+    assert!(patch_of(&r).is_some());
+    assert!(r.get("warnings").is_none(), "{r}");
 }
