@@ -252,7 +252,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_JOB).await;
                 }
                 // The API server refused the Job itself: the template does not fit this cluster.
-                Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+                Err(Error::Kube(kube::Error::Api(s)))
+                    if (s.code == 422 || s.code == 400) && !denied_by_admission(&s.message) =>
+                {
                     let o = Outcome::new(
                         Phase::Failed,
                         "InvalidTemplate",
@@ -428,9 +430,19 @@ async fn settle_unclaimed<K>(
     Ok(action)
 }
 
+/// True when a refusal came from an admission webhook or a ValidatingAdmissionPolicy, which
+/// may lift (a freeze window, another team's rule), rather than from the object's own
+/// validation. Either may answer 400 or 422, the codes of an invalid object too; the messages
+/// are the API server's own.
+fn denied_by_admission(message: &str) -> bool {
+    (message.contains("admission webhook \"") && message.contains("denied the request"))
+        || (message.contains("ValidatingAdmissionPolicy '") && message.contains("denied request"))
+}
+
 /// A child's create failed with `e`, which the reconcile returns (to be retried with
 /// backoff). When the API server refused it for a reason that may pass (403: a ResourceQuota
-/// used up, an admission policy, a namespace being deleted, missing RBAC), the status says so
+/// used up, an admission policy, a namespace being deleted, missing RBAC; or an admission
+/// webhook or policy answering 400 or 422), the status says so
 /// meanwhile: the TaskRun would otherwise show nothing at all, and the reason only the
 /// controller's log. Not once the status names this version's Job (a ConfigMap removed by
 /// hand, then refused): that status keeps the Job, so that it is never made again.
@@ -448,7 +460,8 @@ async fn refused(
     };
     let job_named =
         prev.observed_context_version == Some(seen.context_version) && prev.job_name.is_some();
-    if s.code != 403 || job_named {
+    let may_pass = s.code == 403 || denied_by_admission(&s.message);
+    if !may_pass || job_named {
         return e;
     }
     let o = Outcome::new(
@@ -728,7 +741,7 @@ fn fit_note(mut note: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit_note, holds_before, superseded};
+    use super::{denied_by_admission, fit_note, holds_before, superseded};
     use crate::cache::CachedJob;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -873,6 +886,22 @@ mod tests {
             superseded("svc-7-v3", &lost, &prev),
             ["svc-7-v1", "svc-7-v2"]
         );
+    }
+
+    #[test]
+    fn refusals_by_admission_are_told_from_an_invalid_object() {
+        for admission in [
+            r#"admission webhook "validate.kyverno.svc" denied the request: images must be pinned"#,
+            "jobs.batch \"svc-1-v1\" is forbidden: ValidatingAdmissionPolicy 'freeze' with binding 'freeze' denied request: jobs are frozen",
+        ] {
+            assert!(denied_by_admission(admission), "{admission}");
+        }
+        for invalid in [
+            "Job.batch \"svc-1-v1\" is invalid: spec.template.spec.containers[0].image: Required value",
+            "the object is invalid: an admission webhook was not consulted",
+        ] {
+            assert!(!denied_by_admission(invalid), "{invalid}");
+        }
     }
 
     #[test]

@@ -29,9 +29,16 @@ pub struct Refusal {
 
 impl Refusal {
     /// Refuses every request in namespace `ns` that `rule` (one of `matchConstraints`'
-    /// resourceRules) matches, with `message`. The API server applies it a moment later: the
-    /// caller waits until a request is refused.
-    pub async fn start(client: &Client, ns: &str, rule: serde_json::Value, message: &str) -> Self {
+    /// resourceRules) matches, with `message` and the status `reason` (`Forbidden`: 403;
+    /// `Invalid`: 422, also what a policy that names no reason answers). The API server applies
+    /// it a moment later: the caller waits until a request is refused.
+    pub async fn start(
+        client: &Client,
+        ns: &str,
+        rule: serde_json::Value,
+        reason: &str,
+        message: &str,
+    ) -> Self {
         let name = format!("refuse-{ns}");
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
@@ -40,7 +47,7 @@ impl Refusal {
             "spec": {
                 "failurePolicy": "Fail",
                 "matchConstraints": {"resourceRules": [rule]},
-                "validations": [{"expression": "false", "message": message, "reason": "Forbidden"}],
+                "validations": [{"expression": "false", "message": message, "reason": reason}],
             },
         }))
         .expect("a policy");
@@ -69,9 +76,15 @@ impl Refusal {
         }
     }
 
-    /// Refuses every create in `ns` of `probe`'s kind (403, `message`), once the API server
-    /// applies it: until then `probe` is created as a dry run.
-    pub async fn of_creates<K>(client: &Client, ns: &str, probe: K, message: &str) -> Self
+    /// Refuses every create in `ns` of `probe`'s kind (`reason`, `message`), once the API
+    /// server applies it: until then `probe` is created as a dry run.
+    pub async fn of_creates<K>(
+        client: &Client,
+        ns: &str,
+        probe: K,
+        reason: &str,
+        message: &str,
+    ) -> Self
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -81,7 +94,7 @@ impl Refusal {
     {
         let rule = json!({"apiGroups": [K::group(&())], "apiVersions": [K::version(&())],
                           "operations": ["CREATE"], "resources": [K::plural(&())]});
-        let refusal = Self::start(client, ns, rule, message).await;
+        let refusal = Self::start(client, ns, rule, reason, message).await;
         let api: Api<K> = Api::namespaced(client.clone(), ns);
         let dry_run = PostParams {
             dry_run: true,
@@ -97,15 +110,15 @@ impl Refusal {
         refusal
     }
 
-    /// Refuses every Job create in `ns` (403, `message`), once the API server applies it.
-    pub async fn of_job_creates(client: &Client, ns: &str, message: &str) -> Self {
+    /// Refuses every Job create in `ns` (`reason`, `message`), once the API server applies it.
+    pub async fn of_job_creates(client: &Client, ns: &str, reason: &str, message: &str) -> Self {
         let probe: Job = serde_json::from_value(json!({
             "metadata": {"name": "probe"},
             "spec": {"template": {"spec": {"restartPolicy": "Never",
                      "containers": [{"name": "c", "image": "registry.example/probe"}]}}},
         }))
         .expect("a Job");
-        Self::of_creates(client, ns, probe, message).await
+        Self::of_creates(client, ns, probe, reason, message).await
     }
 
     pub async fn lift(self) {

@@ -758,7 +758,8 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     };
 
     // --dry-run changes nothing, even with --delete-releases, and says what would happen.
-    // (Across all namespaces: this binary's cluster has releases in this one only.)
+    // Across all namespaces: the other tests' releases (some of the same names) are listed
+    // too, and only this namespace's rows are looked at.
     let (code, out, err) = run({
         let mut cmd = plugin(cp);
         cmd.args(["migrate-helm", "-A", "--dry-run", "--delete-releases"]);
@@ -766,6 +767,15 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     });
     eprintln!("migrate-helm -A --dry-run --delete-releases -> {code}\n{out}{err}");
     assert_eq!(code, 3, "some releases fail");
+    let out: String = out
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|c| c.starts_with(&format!("{ns}/")))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     not_ours(&out);
     skipped(&out);
     running(&out);

@@ -992,7 +992,7 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     let ns = cp.namespace("fault-outage").await;
     // No Job may be created in the namespace yet (an admission policy refuses them): the first
     // reconcile fails, and backs off.
-    let refusal = Refusal::of_job_creates(&client, &ns, "no Jobs here for now").await;
+    let refusal = Refusal::of_job_creates(&client, &ns, "Forbidden", "no Jobs here for now").await;
     let proxy = FaultProxy::for_the_controller(cp).await;
     // No leader election (its Lease would end the term in an outage and start afresh), and
     // retries 2, 4, 8 then 16 s apart.

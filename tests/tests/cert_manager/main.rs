@@ -14,7 +14,6 @@ mod projector;
 mod tls;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -70,7 +69,7 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     procs.start_go(cp, &cm_dir, "cert-manager-cainjector");
 
     // The overlay's certificate resources and webhook configurations, pointed at loopback.
-    let webhook_addr = free_loopback_addr();
+    let webhook_addr = taskrun_tests::free_addr();
     let objects = overlay_objects(cp, webhook_addr);
     let kinds: Vec<String> = objects
         .iter()
@@ -149,7 +148,21 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
         applied["metadata"]["labels"]["orchestrator.io/task-id"], "1",
         "the mutating webhook stamps the labels: {applied}"
     );
-    // ... and the validating one answers too: a duplicate of that task is denied.
+    // ... and the validating one answers too: a duplicate of that task is denied. The index
+    // follows a watch, so wait until a dry run is refused (it changes nothing) first.
+    wait_for(
+        "the index to see the TaskRun",
+        Duration::from_secs(60),
+        || async {
+            let dry = kubectl_output(
+                cp,
+                &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+                &task_run("applied-again", 1).to_string(),
+            );
+            (!dry.status.success()).then_some(())
+        },
+    )
+    .await;
     let duplicate = kubectl_output(
         cp,
         &["apply", "-n", &ns, "-f", "-"],
@@ -159,7 +172,7 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     assert!(
         !duplicate.status.success()
             && stderr.contains(r#"admission webhook "validate.taskruns.orchestrator.io" denied"#)
-            && stderr.contains("applied"),
+            && stderr.contains(&format!("TaskRun {ns}/applied already holds")),
         "a duplicate is denied by the validating webhook, naming the existing TaskRun: {stderr}"
     );
 
@@ -268,12 +281,6 @@ fn task_run(name: &str, task_id: i64) -> Value {
             "markdownFiles": [{"filename": "task.md", "content": "# Rotate\nKeep admitting."}],
         },
     })
-}
-
-fn free_loopback_addr() -> SocketAddr {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
