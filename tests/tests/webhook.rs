@@ -800,11 +800,11 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
         panic!("a limit left unannounced (unbounded): {settings:?}");
     };
     assert!((1..=32).contains(&streams), "{settings:?}");
-    assert!(stream_window <= 256 * 1024, "{settings:?}");
-    assert!(connection_window <= 256 * 1024, "{connection_window}");
-    // Unread body data and the headers of every stream waiting at once: under 1 MiB.
+    assert!(stream_window <= 64 * 1024, "{settings:?}");
+    assert!(connection_window <= 128 * 1024, "{connection_window}");
+    // Unread body data and the headers of every stream waiting at once: 384 KiB at most.
     let held = u64::from(streams) * u64::from(header_list) + connection_window;
-    assert!(held <= 1024 * 1024, "{held} bytes per connection");
+    assert!(held <= 384 * 1024, "{held} bytes per connection");
     drop(s);
 
     // Exactly --max-body-bytes (8 MiB): a small review padded with whitespace.
