@@ -13,7 +13,7 @@ use crate::metrics::Outcome;
 use crate::mutate::{finalizer_patch, label_patch};
 
 mod reviewed;
-use reviewed::{Request, cut};
+use reviewed::{Request, cut, cut_error};
 
 const GROUP: &str = "orchestrator.io";
 const RESOURCE: &str = "taskruns";
@@ -73,10 +73,15 @@ pub fn admit(hook: Hook, body: &[u8], index: &dyn Duplicates) -> Answer {
         body: Vec::new(),
         outcome: Outcome::allowed,
         operation: operation_name(&req.operation),
-        uid: req.uid.clone(),
-        object: match &req.namespace {
-            Some(ns) => format!("{ns}/{}", req.name),
-            None => req.name.clone(),
+        // For the logs: cut to what the API server sends at most (a uid, a namespace, a
+        // name), as a client that is not the API server may send anything.
+        uid: cut(&req.uid),
+        object: {
+            let name: String = req.name.chars().take(253).collect();
+            match &req.namespace {
+                Some(ns) => format!("{}/{name}", cut(ns)),
+                None => name,
+            }
         },
         dry_run: req.dry_run,
         message: String::new(),
@@ -187,7 +192,10 @@ fn decide(
                     let v = Violation {
                         field: "spec".into(),
                         reason: Reason::Invalid,
-                        message: format!("the spec cannot be read as a TaskRun spec: {e}"),
+                        message: format!(
+                            "the spec cannot be read as a TaskRun spec: {}",
+                            cut_error(e)
+                        ),
                     };
                     return Ok(deny(allow, &namespace, &name, None, &[v]));
                 }

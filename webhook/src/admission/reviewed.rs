@@ -54,7 +54,7 @@ pub struct Object {
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("the request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
-    NotAReview(serde_json::Error),
+    NotAReview(String),
     #[error(
         "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got apiVersion {api_version:?}, kind {kind:?} (set admissionReviewVersions to [v1])"
     )]
@@ -71,7 +71,7 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         return review.into_request(Ok);
     }
     let review = serde_json::from_slice::<Review<Option<Box<RawValue>>>>(body)
-        .map_err(ParseError::NotAReview)?;
+        .map_err(|e| ParseError::NotAReview(cut_error(&e)))?;
     review.into_request(|raw| serde_json::from_str(raw.as_deref().map_or("null", RawValue::get)))
 }
 
@@ -230,6 +230,19 @@ pub fn cut(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// A JSON error in a message, cut short: serde quotes the value it did not expect, which can
+/// be most of the body (a string of megabytes where a boolean belongs).
+pub fn cut_error(e: &serde_json::Error) -> String {
+    const MAX: usize = 300;
+    let text = e.to_string();
+    if text.chars().count() <= MAX {
+        return text;
+    }
+    let mut cut: String = text.chars().take(MAX).collect();
+    cut.push_str("...");
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +339,18 @@ mod tests {
         meta.as_object_mut().expect("metadata").remove("finalizers");
         let o = object(&serde_json::to_vec(&body).expect("json"));
         assert_eq!((o.labels, o.finalizers), (None, None));
+    }
+
+    #[test]
+    fn a_json_error_quoting_a_huge_value_is_cut() {
+        let mut body: Value = serde_json::from_slice(&review(None)).expect("json");
+        body["request"]["dryRun"] = json!("x".repeat(1_000_000));
+        let e = parse(&serde_json::to_vec(&body).expect("json")).expect_err("not a review");
+        let text = e.to_string();
+        assert!(
+            text.len() < 500 && text.contains("invalid type"),
+            "{}",
+            text.len()
+        );
     }
 }
