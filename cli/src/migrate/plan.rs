@@ -173,7 +173,8 @@ pub fn desired_spec(
     let value_task = values.get("taskId").and_then(number_or_string);
     if let Some(value) = value_task.filter(|v| !v.is_empty() && *v != task_id.to_string()) {
         problems.push(format!(
-            "the release's value taskId={value} disagrees with its name (task {task_id})"
+            "the release's value taskId={} disagrees with its name (task {task_id})",
+            taskrun::validation::shown(&value)
         ));
     }
     let agent_name = values

@@ -12,9 +12,10 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Decompressed records larger than this are refused (a Secret holds at most 1 MiB; this
-/// leaves room for any real compression ratio while bounding a hostile one).
-const MAX_RECORD_BYTES: u64 = 64 << 20;
+/// Decompressed records larger than this are refused. A Secret holds at most 1 MiB, and a
+/// task's record (its markdown in the values and again in the rendered ConfigMap) a few MiB
+/// once decompressed; this bounds a hostile ratio, and so what reading its JSON may take.
+const MAX_RECORD_BYTES: u64 = 16 << 20;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Why a release record could not be read.
@@ -159,9 +160,11 @@ fn decode_within(data: &[u8], max_bytes: u64) -> Result<Release, DecodeError> {
     } else {
         raw
     };
-    let value: Value =
-        serde_json::from_slice(&json).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    serde_json::from_value(value).map_err(|e| DecodeError::Shape(e.to_string()))
+    // In one pass, without a tree of the whole record first.
+    serde_json::from_slice(&json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DecodeError::Shape(e.to_string()),
+        _ => DecodeError::NotJson(e.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -187,7 +187,11 @@ pub async fn uninstall(
     if !hooks.is_empty() {
         return Err(NotUninstalled::Failed(format!(
             "the release has delete hooks ({}); uninstall it with `helm uninstall`",
-            hooks.join(", ")
+            hooks
+                .iter()
+                .map(|h| shown(h))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let objects = manifest_objects(&release.manifest)?;
