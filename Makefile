@@ -47,13 +47,13 @@ crd: ## regenerate the CRD in manifests/ from the Rust types
 cluster: control-plane ## the control plane alone (etcd, kube-apiserver, kube-controller-manager, CRD), foreground until Ctrl-C
 	@hack/cluster.sh
 
-up: control-plane ## the stack in the background; ready when it returns (source .dev/env; logs in .dev/logs/)
+up: deps control-plane ## the stack in the background; ready when it returns (source .dev/env; logs in .dev/logs/)
 	@hack/up.sh
 
 down: ## stop everything make up started
 	@hack/down.sh
 
-run: control-plane ## up (or the cluster KUBECONFIG names), apply examples/, stream their status until Ctrl-C, then down
+run: deps control-plane ## up (or the cluster KUBECONFIG names), apply examples/, stream their status until Ctrl-C, then down
 	@hack/run.sh
 
 bench: control-plane helm ## the benchmarks against the ceiling and Helm: a table, and .dev/bench/summary.json (docs/benchmarks.md)

@@ -712,7 +712,8 @@ async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Resul
 }
 
 /// Records an Event on the TaskRun in the background: an Event is for people, and the
-/// TaskRun's progress must not wait for it.
+/// TaskRun's progress must not wait for it. A new Recorder each time, so it only ever creates
+/// (a shared one patches repeats into a series); the RBAC grants `create` alone.
 fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
     event.note = event.note.map(fit_note);
     let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());

@@ -14,6 +14,12 @@ pub const MAX_FILENAME_LEN: usize = 128;
 /// The ConfigMap that carries the files holds at most 1 MiB of keys plus values; this bound,
 /// in UTF-8 bytes over every filename and content, leaves room for nothing else to matter.
 pub const MAX_TOTAL_BYTES: usize = 1_000_000;
+/// The API server stores a TaskRun as JSON written by Go's encoder, which escapes HTML: each
+/// `<`, `>` and `&` takes six bytes there, each newline or quote two. It refuses, with a bare
+/// 500, an object it cannot hand to etcd (1.5 MiB by default). So the markdown files, as
+/// stored, take at most this many bytes: what `MAX_TOTAL_BYTES` of ordinary markdown takes,
+/// with room left for the rest of the object (annotations alone may take 256 KiB).
+pub const MAX_STORED_BYTES: usize = 1_200_000;
 /// A single file's content is at most this many characters (the total bound above still
 /// applies; this one keeps the API server's CEL cost estimate within its budget: 64 files at
 /// the bound must stay under 10M estimated cost units per rule).

@@ -270,7 +270,38 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
                 "the markdown files take {total} bytes in total, at most {MAX_TOTAL_BYTES} fit in one ConfigMap; move large material elsewhere and reference it"
             ),
         ));
+        return;
     }
+    // No escape takes more than six bytes, so only a large total needs counting.
+    if total > MAX_STORED_BYTES / 6 {
+        let stored: usize = files
+            .iter()
+            .map(|f| stored_len(&f.filename) + stored_len(&f.content))
+            .sum();
+        if stored > MAX_STORED_BYTES {
+            out.push(Violation::new(
+                "spec.markdownFiles",
+                Reason::TooLong,
+                format!(
+                    "the markdown files take {stored} bytes as the API server stores them (JSON, where each <, > and & takes six bytes and each newline or quote two), at most {MAX_STORED_BYTES} fit in one TaskRun; move large material elsewhere and reference it"
+                ),
+            ));
+        }
+    }
+}
+
+/// The bytes `s` takes in the JSON the API server stores a custom resource as (Go's
+/// `encoding/json`, which escapes HTML): `<`, `>`, `&`, U+2028, U+2029 and control characters
+/// as `\u00XX`, six bytes; quotes, backslashes, `\n`, `\r`, `\t`, `\b` and `\f` as two.
+pub fn stored_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => 6,
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if u32::from(c) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
 }
 
 /// A user-supplied string as it appears in a message: quoted (control characters escaped),

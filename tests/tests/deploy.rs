@@ -373,7 +373,7 @@ fn each_service_account_may_do_what_design_needs_and_no_more() {
         ("taskruns.orchestrator.io/finalizers", &["update"]),
         ("configmaps", &["get", "list", "watch", "create", "delete"]),
         ("jobs.batch", &["get", "list", "watch", "create", "delete"]),
-        ("events.events.k8s.io", &["create", "patch"]),
+        ("events.events.k8s.io", &["create"]),
     ];
     let got = can_i_list(cp, &controller_user, "default");
     assert_eq!(without_defaults(got), rules(cluster_wide), "controller");

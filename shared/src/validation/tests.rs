@@ -332,3 +332,38 @@ proptest! {
         let _ = validate_update(&valid(), &spec);
     }
 }
+
+#[test]
+fn markdown_is_bounded_as_the_api_server_stores_it() {
+    assert_eq!(
+        stored_len("a<b>&\"\\\n\t\u{1}é\u{2028}"),
+        1 + 6 + 1 + 6 + 6 + 2 + 2 + 2 + 2 + 6 + 2 + 6
+    );
+    let spec = |content: &str| TaskRunSpec {
+        markdown_files: (0..4).map(|i| file(&format!("f{i}.md"), content)).collect(),
+        ..valid()
+    };
+    // The largest plain markdown still fits; the same size of '<' (six bytes each as stored)
+    // does not, and is told why.
+    let line = "A line of markdown, with \"quotes\" & more.\n";
+    let plain = line.repeat(240_000 / line.len());
+    assert!(validate_create(&spec(&plain)).is_empty());
+    let violations = validate_create(&spec(&"<".repeat(240_000)));
+    assert_eq!(fields(&violations), ["spec.markdownFiles"]);
+    assert_eq!(violations[0].reason, Reason::TooLong);
+    assert!(
+        violations[0]
+            .message
+            .contains("take 5760020 bytes as the API server stores them"),
+        "{}",
+        violations[0]
+    );
+    // Beyond the raw bound, that is what is said, once.
+    let violations = validate_create(&spec(&"<".repeat(251_000)));
+    assert_eq!(violations.len(), 1);
+    assert!(
+        violations[0].message.contains("bytes in total"),
+        "{}",
+        violations[0]
+    );
+}
