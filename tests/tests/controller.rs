@@ -729,6 +729,81 @@ async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     assert_ne!(phase(&tr), Some(Phase::Failed));
 }
 
+/// A task recreated while the old TaskRun and its Job are still going away: the new TaskRun
+/// waits for the name (Pending, `WaitingForPreviousOwner`) rather than failing as a duplicate
+/// or a name conflict, and runs once they are gone.
+#[tokio::test]
+async fn a_task_recreated_while_its_old_job_goes_away_waits_then_runs() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-recreate").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    const HOLD: &str = "example.com/hold";
+    let job_name = names::job_name("again", 5, 1);
+    let mut held = taskrun("t", "again", 5, 1, &[("task.md", "x")]);
+    held.metadata.finalizers = Some(vec![HOLD.to_owned()]);
+    create(&api, &held).await;
+    wait_status(&api, "t", "a Job", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.job_name.as_ref())
+            .is_some()
+    })
+    .await;
+    let hold = |finalizers: serde_json::Value| {
+        Patch::Merge(json!({"metadata": {"finalizers": finalizers}}))
+    };
+    jobs.patch(&job_name, &PatchParams::default(), &hold(json!([HOLD])))
+        .await
+        .expect("hold the Job");
+
+    api.delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_status(&api, "t", "the controller's finalizer to go", |tr| {
+        tr.finalizers() == [HOLD]
+    })
+    .await;
+    let t2 = create(&api, &taskrun("t2", "again", 5, 1, &[("task.md", "again")])).await;
+    let waiting = wait_status(&api, "t2", "the new TaskRun to wait", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "WaitingForPreviousOwner")
+    })
+    .await;
+    assert_eq!(phase(&waiting), Some(Phase::Pending));
+
+    jobs.patch(
+        &job_name,
+        &PatchParams::default(),
+        &hold(serde_json::Value::Null),
+    )
+    .await
+    .expect("release the Job");
+    api.patch("t", &PatchParams::default(), &hold(serde_json::Value::Null))
+        .await
+        .expect("release the old TaskRun");
+    let tr = wait_status(&api, "t2", "the Job of the new TaskRun", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(job_name.as_str())
+    })
+    .await;
+    let status = tr.status.expect("status");
+    assert_ne!(status.phase, Some(Phase::Failed), "{status:?}");
+    assert_eq!(status.attempts, Some(1));
+    let job = jobs.get(&job_name).await.expect("the new Job");
+    let controller = job
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    assert_eq!(
+        controller, t2.metadata.uid,
+        "the Job is not the new TaskRun's"
+    );
+}
+
 #[tokio::test]
 async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() {
     const N: i64 = 200;

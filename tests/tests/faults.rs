@@ -924,8 +924,14 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
     cp.start_apiserver();
     let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
     // Meanwhile, in the first page of the list to come (names sort first): a new TaskRun, a
-    // raised contextVersion, a deletion (held by the controller's finalizer).
+    // raised contextVersion, a deletion (held by the controller's finalizer); and a Job deleted
+    // before its end: its version fails (JobLost) and the Job is not made again.
     create_when_synced(&api, &taskrun("a-new", "relist", 21)).await;
+    let lost_job = names::job_name("relist", 3, 1);
+    Api::<Job>::namespaced(cp.client().await, &ns)
+        .delete(&lost_job, &DeleteParams::background())
+        .await
+        .expect("delete t03's Job");
     api.patch(
         "t01",
         &PatchParams::default(),
@@ -943,19 +949,31 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
         let new_run = api.get("a-new").await.ok();
         let rerun = api.get("t01").await.ok();
         let gone = matches!(api.get_opt("t02").await, Ok(None));
+        let lost = api.get("t03").await.ok();
         let v2 = names::job_name("relist", 1, 2);
+        let job_lost = lost
+            .as_ref()
+            .and_then(|t| t.status.as_ref())
+            .is_some_and(|s| {
+                s.phase == Some(Phase::Failed)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Succeeded" && c.reason == "JobLost")
+            });
         if new_run.as_ref().and_then(job_name_of).is_some()
             && rerun.as_ref().and_then(job_name_of) == Some(v2.as_str())
             && gone
+            && job_lost
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "{RECOVERY:?} after the controller could reach the API server again: a-new {:?}; \
-             t01 {:?}; t02 gone {gone}\ncontroller log:\n{}",
+             t01 {:?}; t02 gone {gone}; t03 {:?}\ncontroller log:\n{}",
             new_run.map(|t| t.status),
             rerun.map(|t| t.status),
+            lost.map(|t| t.status),
             taskrun_tests::log_tail(ctrl.log_path(), 40)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -968,14 +986,15 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
         "the controller's TaskRun watch resumed without listing again:\n{}",
         taskrun_tests::log_tail(ctrl.log_path(), 40)
     );
-    // One Job each, none twice: t01's second version replaced its first, t02's went with it.
+    // One Job each, none twice: t01's second version replaced its first, t02's went with it,
+    // t03's lost one was not made again.
     let jobs: BTreeSet<String> = list(&Api::<Job>::namespaced(client.clone(), &ns))
         .await
         .iter()
         .map(|j| j.name_any())
         .collect();
     let expected: BTreeSet<String> = std::iter::once(names::job_name("relist", 1, 2))
-        .chain((3..=21).map(|i| names::job_name("relist", i, 1)))
+        .chain((4..=21).map(|i| names::job_name("relist", i, 1)))
         .collect();
     assert_eq!(jobs, expected);
 }
