@@ -1333,3 +1333,62 @@ async fn an_idle_connection_to_the_probe_port_is_closed() {
     assert!(closed.is_ok(), "an idle connection stayed open");
     assert!(http_get(ctrl.http_addr(), "/healthz").await.is_some());
 }
+
+/// The controller's writes ask the API server to answer with the object's metadata only
+/// (`taskrun_controller::writes`): with that `Accept` header, the real API server answers a
+/// create and a status apply with a PartialObjectMetadata, without the data or the spec.
+#[tokio::test]
+async fn the_writes_accept_header_gets_metadata_only_answers() {
+    use kube::core::Request;
+    use taskrun_controller::writes::METADATA_ONLY;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-metadata-only").await;
+    let send = |request: Result<http::Request<Vec<u8>>, kube::core::request::Error>| {
+        let client = client.clone();
+        async move {
+            let mut request = request.expect("a request");
+            request.headers_mut().insert(
+                http::header::ACCEPT,
+                http::HeaderValue::from_static(METADATA_ONLY),
+            );
+            let text = client.request_text(request).await.expect("an answer");
+            serde_json::from_str::<serde_json::Value>(&text).expect("JSON")
+        }
+    };
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "m"}, "data": {"task.md": "the markdown"}});
+    let answer = send(
+        Request::new(format!("/api/v1/namespaces/{ns}/configmaps"))
+            .create(&PostParams::default(), cm.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(answer["kind"], "PartialObjectMetadata", "{answer}");
+    assert_eq!(answer["metadata"]["name"], "m");
+    assert!(answer.get("data").is_none(), "{answer}");
+
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "meta", 1, 1, &[("task.md", "x")])).await;
+    let status = json!({"apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+                        "status": {"message": "written"}});
+    let answer = send(
+        Request::new(format!("/apis/orchestrator.io/v1/namespaces/{ns}/taskruns"))
+            .patch_subresource(
+                "status",
+                "t",
+                &PatchParams::apply("metadata-only-test").force(),
+                &Patch::Apply(status),
+            ),
+    )
+    .await;
+    assert_eq!(answer["kind"], "PartialObjectMetadata", "{answer}");
+    assert!(
+        answer.get("spec").is_none() && answer.get("status").is_none(),
+        "{answer}"
+    );
+    let stored = api.get_status("t").await.expect("get");
+    assert_eq!(
+        stored.status.and_then(|s| s.message).as_deref(),
+        Some("written")
+    );
+}
