@@ -1,9 +1,11 @@
 //! Plain-HTTP probes and metrics: /healthz (the process serves), /readyz (it can act or
 //! stand by), /metrics (Prometheus text).
 //!
-//! Bounded, since anything in the cluster may connect: at most `CONNECTIONS` at once (more
-//! wait to be accepted), each closed once it has sent no complete request head for
-//! `HEAD_TIMEOUT` (an idle keep-alive connection included), with a small read buffer.
+//! Bounded, since anything in the cluster may connect: each connection is closed once it
+//! has sent no complete request head for `HEAD_TIMEOUT` (an idle keep-alive connection
+//! included), and reads into a small buffer. There is no cap on connections at once: a cap
+//! that idle connections can fill (without evicting the longest idle, as the webhook's probe
+//! port does) would keep the kubelet's probes out and get the controller restarted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +20,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::controller::Shared;
 
@@ -61,8 +62,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Connections served at once: probes and scrapes need a few.
-const CONNECTIONS: usize = 32;
 /// How long a connection may take to send a request head, or stay idle between requests.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The read buffer of a connection (hyper's smallest): request heads here are small.
@@ -71,11 +70,7 @@ const READ_BUFFER: usize = 8192;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -86,7 +81,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let service = service_fn(move |req| {
                 let response = route(&req, &shared);
                 async move { Ok::<_, Infallible>(response) }

@@ -48,6 +48,11 @@ impl Violation {
 
 /// Every violation of the rules for a new TaskRun, in field order. Empty means valid.
 pub fn validate_create(spec: &TaskRunSpec) -> Vec<Violation> {
+    validate_spec(spec, None)
+}
+
+/// The create rules, for a spec that replaces `before` when there is one.
+fn validate_spec(spec: &TaskRunSpec, before: Option<&TaskRunSpec>) -> Vec<Violation> {
     let mut out = Vec::new();
     check_task_id(spec.task_id, &mut out);
     check_service_name(&spec.service_name, &mut out);
@@ -55,7 +60,11 @@ pub fn validate_create(spec: &TaskRunSpec) -> Vec<Violation> {
         check_agent_name(agent, &mut out);
     }
     check_context_version(spec.context_version, &mut out);
-    check_files(&spec.markdown_files, &mut out);
+    check_files(
+        &spec.markdown_files,
+        before.map(|b| b.markdown_files.as_slice()),
+        &mut out,
+    );
     out
 }
 
@@ -95,7 +104,7 @@ pub fn validate_update(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Violation> {
             ),
         ));
     }
-    let mut rest = validate_create(new);
+    let mut rest = validate_spec(new, Some(old));
     // Immutability already explains a changed field; do not report it twice.
     rest.retain(|v| !out.iter().any(|o| o.field == v.field));
     out.extend(rest);
@@ -191,7 +200,8 @@ fn check_context_version(version: i64, out: &mut Vec<Violation>) {
     }
 }
 
-fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
+/// `before`: the files of the spec this one replaces, if any.
+fn check_files(files: &[MarkdownFile], before: Option<&[MarkdownFile]>, out: &mut Vec<Violation>) {
     if files.is_empty() {
         out.push(Violation::new(
             "spec.markdownFiles",
@@ -274,11 +284,10 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
     }
     // No escape takes more than six bytes, so only a large total needs counting.
     if total > MAX_STORED_BYTES / 6 {
-        let stored: usize = files
-            .iter()
-            .map(|f| stored_len(&f.filename) + stored_len(&f.content))
-            .sum();
-        if stored > MAX_STORED_BYTES {
+        let stored = stored_bytes(files);
+        // A TaskRun stored before this bound existed may stay as large: it fits, and an
+        // update that does not grow it (removing a file, say) must get through.
+        if stored > MAX_STORED_BYTES && before.is_none_or(|old| stored > stored_bytes(old)) {
             out.push(Violation::new(
                 "spec.markdownFiles",
                 Reason::TooLong,
@@ -288,6 +297,14 @@ fn check_files(files: &[MarkdownFile], out: &mut Vec<Violation>) {
             ));
         }
     }
+}
+
+/// The bytes the files' names and contents take as the API server stores them.
+fn stored_bytes(files: &[MarkdownFile]) -> usize {
+    files
+        .iter()
+        .map(|f| stored_len(&f.filename) + stored_len(&f.content))
+        .sum()
 }
 
 /// The bytes `s` takes in the JSON the API server stores a custom resource as (Go's

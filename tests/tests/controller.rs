@@ -898,11 +898,14 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     })
     .await;
     let mut b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
-    // The standby is up (it serves /metrics) and says it does not lead before the TaskRun is
-    // made: a standby that wrongly acted would reconcile it as its watch brings it.
+    // The standby has read the Lease (it is ready only after that first read) and says it does
+    // not lead, before the TaskRun is made: a standby that wrongly acted would reconcile it as
+    // its watch brings it.
     wait_for("replica-b to stand by", WAIT, || async {
+        let ready = http_get(b.http_addr(), "/readyz").await?;
         let text = http_get(b.http_addr(), "/metrics").await?;
-        (metric(&text, "taskrun_controller_leading")? == 0.0).then_some(())
+        (ready.starts_with("HTTP/1.1 200") && metric(&text, "taskrun_controller_leading")? == 0.0)
+            .then_some(())
     })
     .await;
 

@@ -2,6 +2,8 @@
 //! Pure apart from the duplicate lookup (an in-memory read), so every branch is unit-tested
 //! without a server or a cluster.
 
+use std::collections::BTreeMap;
+
 use kube::core::Status;
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
@@ -168,7 +170,8 @@ fn decide(
             // A spec that cannot be read is the schema's to refuse, with its own message.
             let Ok(spec) = spec else { return Ok(allow) };
             let mut ops = label_patch(object.labels.as_ref(), spec);
-            let warnings = overridden_labels(&ops);
+            let old_labels = req.old_object.as_ref().map(|o| o.labels.as_ref());
+            let warnings = overridden_labels(&ops, object.labels.as_ref(), old_labels);
             if req.operation == Operation::Create {
                 ops.extend(finalizer_patch(object.finalizers.as_deref()));
             }
@@ -329,14 +332,27 @@ fn bad_request(message: String) -> Answer {
 
 /// Warnings for labels the request set and the patch corrects or removes: a manifest that
 /// carries them (exported with `kubectl get -o yaml`, say) sends the old value on every apply,
-/// and a GitOps tool comparing client-side would show it out of sync for ever.
-fn overridden_labels(ops: &[json_patch::PatchOperation]) -> Vec<String> {
+/// and a GitOps tool comparing client-side would show it out of sync for ever. On an update,
+/// only a value the request changed from the stored one counts: a stored label that the spec
+/// has moved past (contextVersion raised) is the webhook's to correct, without a word.
+fn overridden_labels(
+    ops: &[json_patch::PatchOperation],
+    labels: Option<&BTreeMap<String, String>>,
+    old_labels: Option<Option<&BTreeMap<String, String>>>,
+) -> Vec<String> {
     use json_patch::PatchOperation::{Remove, Replace};
+    let get = |labels: Option<&BTreeMap<String, String>>, key: &str| {
+        labels.and_then(|l| l.get(key)).cloned()
+    };
     ops.iter()
         .filter_map(|op| match op {
             Replace(r) => r.path.last(),
             Remove(r) => r.path.last(),
             _ => None,
+        })
+        .filter(|key| match old_labels {
+            None => true,
+            Some(old) => get(old, &key.decoded()) != get(labels, &key.decoded()),
         })
         .map(|key| {
             format!(
@@ -366,7 +382,7 @@ fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
     if new.context_version == old.context_version && !removed.is_empty() {
         // Most often not meant: a client-side apply sends the manifest's whole list.
         out.push(format!(
-            "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command and apply the manifest server-side",
+            "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command (it raises contextVersion, so the task runs again with them) and apply the manifest server-side from then on",
             listed(&removed),
             new.context_version
         ));

@@ -129,7 +129,10 @@ impl BodyBudget {
 /// A body's bytes as they arrive. The first frame is kept as it came (most bodies are one
 /// frame); from the second on, the bytes are copied into one buffer. Keeping each frame apart
 /// would cost a handle per frame and keep alive the connection's read buffer each points
-/// into: a body sent in one-byte chunks would take some sixty times its size.
+/// into: a body sent in one-byte chunks would take some sixty times its size. The buffer grows
+/// by doubling, so it may take up to twice what the budget counts; it is not sized from the
+/// declared length, which would let a client that declares much and sends little take memory
+/// the budget does not see.
 enum Collected {
     Empty,
     One(Bytes),

@@ -1,8 +1,8 @@
 //! Uninstalling a release without the helm binary, as `helm uninstall` does: delete every
 //! resource the release manifest lists (except those annotated
 //! `helm.sh/resource-policy: keep`), then every revision Secret. Only what the legacy task
-//! chart renders is deleted: a release whose manifest lists anything else (another kind, or an
-//! object in another namespace) is refused. The release record is a Secret that anyone who
+//! chart renders is deleted: a release whose manifest lists anything else (another kind or
+//! name, or an object in another namespace) is refused. The release record is a Secret that anyone who
 //! can write Secrets in its namespace can forge, and this runs with an admin's rights.
 //! Releases with pre- or
 //! post-delete hooks are refused: running hooks is Helm's business, so those are left for
@@ -77,17 +77,20 @@ enum Owned {
 }
 
 /// What of a release's manifest an uninstall may delete, in manifest order: each object must
-/// be a ConfigMap or a Job in the release's own namespace. Otherwise, why not.
+/// be what the task chart renders for this release, the Job named after it or its files
+/// ConfigMap, in the release's own namespace. Otherwise, why not.
 fn owned_objects<'a>(
     objects: &'a [ManifestObject],
+    release_name: &str,
     release_namespace: &str,
 ) -> Result<Vec<(Owned, &'a ManifestObject)>, String> {
+    let files = plan::files_config_map(release_name);
     objects
         .iter()
         .map(|o| {
-            let kind = match (o.api_version.as_str(), o.kind.as_str()) {
-                ("v1", "ConfigMap") => Some(Owned::ConfigMap),
-                ("batch/v1", "Job") => Some(Owned::Job),
+            let kind = match (o.api_version.as_str(), o.kind.as_str(), o.name.as_str()) {
+                ("v1", "ConfigMap", name) if name == files => Some(Owned::ConfigMap),
+                ("batch/v1", "Job", name) if name == release_name => Some(Owned::Job),
                 _ => None,
             };
             let elsewhere = o.namespace.as_deref().filter(|ns| *ns != release_namespace);
@@ -100,10 +103,12 @@ fn owned_objects<'a>(
                     shown(ns)
                 )),
                 (None, None) => Err(format!(
-                    "the release manifest lists {} {} ({}), which the task chart does not render (only ConfigMaps and Jobs); check the release and uninstall it with `helm uninstall`",
+                    "the release manifest lists {} {} ({}), which the task chart does not render for this release (only Job {} and ConfigMap {}); check the release and uninstall it with `helm uninstall`",
                     shown(&o.kind),
                     shown(&o.name),
-                    shown(&o.api_version)
+                    shown(&o.api_version),
+                    shown(release_name),
+                    shown(&files)
                 )),
             }
         })
@@ -195,7 +200,7 @@ pub async fn uninstall(
         )));
     }
     let objects = manifest_objects(&release.manifest)?;
-    let owned = owned_objects(&objects, &release.namespace)?;
+    let owned = owned_objects(&objects, &release.name, &release.namespace)?;
     if let Some(job) = unfinished_job(client, &objects, &release.namespace).await? {
         return Err(NotUninstalled::Postponed(format!(
             "its Job {job} has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
@@ -354,36 +359,60 @@ mod tests {
 
     #[test]
     fn only_the_charts_configmaps_and_jobs_in_the_release_namespace_are_deleted() {
-        let object = |api_version: &str, kind: &str, namespace: Option<&str>| ManifestObject {
-            api_version: api_version.into(),
-            kind: kind.into(),
-            name: "x".into(),
-            namespace: namespace.map(Into::into),
-            keep: false,
-        };
+        let object =
+            |api_version: &str, kind: &str, name: &str, namespace: Option<&str>| ManifestObject {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                name: name.into(),
+                namespace: namespace.map(Into::into),
+                keep: false,
+            };
+        let release = "billing-task-7";
         let chart = [
-            object("v1", "ConfigMap", None),
-            object("batch/v1", "Job", Some("team-a")),
+            object("v1", "ConfigMap", "billing-task-7-files", None),
+            object("batch/v1", "Job", release, Some("team-a")),
         ];
-        let owned = owned_objects(&chart, "team-a").expect("the chart's own");
+        let owned = owned_objects(&chart, release, "team-a").expect("the chart's own");
         let kinds: Vec<Owned> = owned.iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, [Owned::ConfigMap, Owned::Job]);
 
         let foreign = [
             (
-                object("apiextensions.k8s.io/v1", "CustomResourceDefinition", None),
+                object(
+                    "apiextensions.k8s.io/v1",
+                    "CustomResourceDefinition",
+                    release,
+                    None,
+                ),
                 "which the task chart does not render",
             ),
-            (object("v1", "Secret", None), "does not render"),
-            (object("batch/v1beta1", "Job", None), "does not render"),
+            (object("v1", "Secret", release, None), "does not render"),
             (
-                object("v1", "ConfigMap", Some("other-team")),
+                object("batch/v1beta1", "Job", release, None),
+                "does not render",
+            ),
+            // The chart's kinds, named otherwise: another team's ConfigMap, another Job.
+            (
+                object("v1", "ConfigMap", "prod-settings", None),
+                "does not render",
+            ),
+            (
+                object("batch/v1", "Job", "db-migrate", None),
+                "does not render",
+            ),
+            (
+                object(
+                    "v1",
+                    "ConfigMap",
+                    "billing-task-7-files",
+                    Some("other-team"),
+                ),
                 "outside the release's namespace",
             ),
         ];
         for (o, why) in foreign {
             let listed = [chart[0].clone(), o];
-            let e = owned_objects(&listed, "team-a").expect_err("refused");
+            let e = owned_objects(&listed, release, "team-a").expect_err("refused");
             assert!(e.contains(why) && e.contains("helm uninstall"), "{e}");
         }
     }

@@ -358,6 +358,19 @@ fn markdown_is_bounded_as_the_api_server_stores_it() {
         "{}",
         violations[0]
     );
+    // An update of one stored before the bound existed that does not grow it gets through;
+    // one that grows it does not.
+    let before = spec(&"<".repeat(240_000));
+    let mut smaller = before.clone();
+    smaller.markdown_files.pop();
+    smaller.context_version = 2;
+    assert!(validate_update(&before, &smaller).is_empty());
+    let mut larger = before.clone();
+    larger.markdown_files[0].content.push('<');
+    assert_eq!(
+        fields(&validate_update(&before, &larger)),
+        ["spec.markdownFiles"]
+    );
     // Beyond the raw bound, that is what is said, once.
     let violations = validate_create(&spec(&"<".repeat(251_000)));
     assert_eq!(violations.len(), 1);

@@ -509,11 +509,15 @@ fn mutate_leaves_the_finalizers_of_an_update_alone() {
 /// told so; a label the request did not carry is added without a word.
 #[test]
 fn mutate_warns_when_it_corrects_a_label_the_request_set() {
-    let mut object = taskrun("t1", spec());
+    // Stored with the right labels; the manifest applied carries a stale one.
+    let mut stored = taskrun("t1", spec());
+    let (_, r) = call(Hook::Mutate, &create(spec()), &Fake::default());
+    json_patch::patch(&mut stored, &patch_of(&r).expect("a patch")).expect("applies");
+    let mut object = stored.clone();
     object["metadata"]["labels"]["orchestrator.io/context-version"] = json!("0");
     let (_, r) = call(
         Hook::Mutate,
-        &review("UPDATE", Some(object.clone()), Some(object.clone())),
+        &review("UPDATE", Some(object.clone()), Some(stored)),
         &Fake::default(),
     );
     let patch = patch_of(&r).expect("a patch");
@@ -530,6 +534,19 @@ fn mutate_warns_when_it_corrects_a_label_the_request_set() {
     );
 
     let (_, r) = call(Hook::Mutate, &create(spec()), &Fake::default());
+    assert!(patch_of(&r).is_some());
+    assert!(r.get("warnings").is_none(), "{r}");
+
+    // A stored label the spec has moved past (contextVersion raised by an update that does not
+    // touch the labels) is corrected without a word.
+    let stored = object.clone();
+    let mut raised = stored.clone();
+    raised["spec"]["contextVersion"] = json!(2);
+    let (_, r) = call(
+        Hook::Mutate,
+        &review("UPDATE", Some(raised), Some(stored)),
+        &Fake::default(),
+    );
     assert!(patch_of(&r).is_some());
     assert!(r.get("warnings").is_none(), "{r}");
 }
