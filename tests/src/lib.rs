@@ -40,6 +40,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> 
         .ok()?
 }
 
+/// Reads (and drops) what the peer sends until it closes the connection; false if it is still
+/// open after `within`.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// The value of an unlabelled metric in a Prometheus text response.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -114,6 +114,17 @@ fn owned_by(tr: &TaskRun, manager: &str) -> (BTreeSet<String>, Value) {
     (files, fields)
 }
 
+/// `kubectl taskrun context add t1 -f FILE` with a file written in `dir`; it must succeed.
+fn add_context(cp: &ControlPlane, ns: &str, dir: &Path, file: &str) {
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", ns, "-f"])
+            .arg(write_file(dir, file, "# More context\n"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+}
+
 fn gitops_manifest(name: &str, files: &[(&str, &str)]) -> Value {
     json!({
         "apiVersion": "orchestrator.io/v1",
@@ -285,13 +296,7 @@ async fn a_flux_sync_keeps_the_context_the_plugin_added() {
     assert_eq!(code, 0, "the first sync: {out}{err}");
     assert!(out.contains("created"), "{out}");
 
-    let (code, out, err) = run({
-        let mut cmd = plugin(cp);
-        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
-            .arg(write_file(&dir, "ctx-1.md", "# More context\n"));
-        cmd
-    });
-    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    add_context(cp, &ns, &dir, "ctx-1.md");
 
     // The manifest in git is unchanged; Flux syncs it again, and again.
     for round in 1..=2 {
@@ -328,13 +333,7 @@ async fn a_client_side_reapply_that_drops_added_context_is_warned_about() {
     };
     let (code, out, err) = apply();
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run({
-        let mut cmd = plugin(cp);
-        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
-            .arg(write_file(&dir, "ctx-1.md", "# More context\n"));
-        cmd
-    });
-    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    add_context(cp, &ns, &dir, "ctx-1.md");
 
     let (code, out, err) = apply();
     assert_eq!(code, 0, "{out}{err}");

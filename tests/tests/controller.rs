@@ -1312,7 +1312,6 @@ async fn a_status_time_the_reader_cannot_parse_stops_nothing() {
 /// connections cannot pile up.
 #[tokio::test]
 async fn an_idle_connection_to_the_probe_port_is_closed() {
-    use tokio::io::AsyncReadExt;
     let cp = ControlPlane::shared();
     let ns = cp.namespace("ctrl-idle-probe").await;
     let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
@@ -1323,17 +1322,10 @@ async fn an_idle_connection_to_the_probe_port_is_closed() {
     let mut idle = tokio::net::TcpStream::connect(ctrl.http_addr())
         .await
         .expect("connect");
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match idle.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "an idle connection stayed open");
+    assert!(
+        taskrun_tests::closed_within(&mut idle, Duration::from_secs(30)).await,
+        "an idle connection stayed open"
+    );
     assert!(http_get(ctrl.http_addr(), "/healthz").await.is_some());
 }
 

@@ -960,17 +960,10 @@ async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
 
 /// Reads until the server closes the connection; fails if it stays open past 10 s.
 async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
-    let mut buf = vec![0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the server left an idle connection open");
+    assert!(
+        taskrun_tests::closed_within(s, Duration::from_secs(10)).await,
+        "the server left an idle connection open"
+    );
 }
 
 /// Two requests in flight, each on its own connection. On a machine of two or more cores the
