@@ -131,6 +131,15 @@ pub fn is_valid_filename(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The filenames of `files` that `other` has no file of.
+pub fn filenames_not_in<'a>(files: &'a [MarkdownFile], other: &[MarkdownFile]) -> Vec<&'a str> {
+    files
+        .iter()
+        .map(|f| f.filename.as_str())
+        .filter(|name| !other.iter().any(|o| o.filename == *name))
+        .collect()
+}
+
 /// UTF-8 bytes the files take in a ConfigMap: every filename plus every content.
 pub fn total_bytes(files: &[MarkdownFile]) -> usize {
     files

@@ -8,7 +8,7 @@ use kube::core::Status;
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use serde_json::Value;
-use taskrun::validation::{Reason, shown};
+use taskrun::validation::{Reason, filenames_not_in, shown};
 use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
 
 use crate::metrics::Outcome;
@@ -170,8 +170,7 @@ fn decide(
             // A spec that cannot be read is the schema's to refuse, with its own message.
             let Ok(spec) = spec else { return Ok(allow) };
             let mut ops = label_patch(object.labels.as_ref(), spec);
-            let old_labels = req.old_object.as_ref().map(|o| o.labels.as_ref());
-            let warnings = overridden_labels(&ops, object.labels.as_ref(), old_labels);
+            let warnings = overridden_labels(&ops, object.labels.as_ref(), req.old_object.as_ref());
             if req.operation == Operation::Create {
                 ops.extend(finalizer_patch(object.finalizers.as_deref()));
             }
@@ -338,11 +337,11 @@ fn bad_request(message: String) -> Answer {
 fn overridden_labels(
     ops: &[json_patch::PatchOperation],
     labels: Option<&BTreeMap<String, String>>,
-    old_labels: Option<Option<&BTreeMap<String, String>>>,
+    old: Option<&reviewed::Object>,
 ) -> Vec<String> {
     use json_patch::PatchOperation::{Remove, Replace};
-    let get = |labels: Option<&BTreeMap<String, String>>, key: &str| {
-        labels.and_then(|l| l.get(key)).cloned()
+    let value = |labels: Option<&BTreeMap<String, String>>, key: &str| {
+        labels.and_then(|l| l.get(key).cloned())
     };
     ops.iter()
         .filter_map(|op| match op {
@@ -350,15 +349,10 @@ fn overridden_labels(
             Remove(r) => r.path.last(),
             _ => None,
         })
-        .filter(|key| match old_labels {
-            None => true,
-            Some(old) => get(old, &key.decoded()) != get(labels, &key.decoded()),
-        })
+        .map(|key| key.decoded().into_owned())
+        .filter(|key| old.is_none_or(|o| value(o.labels.as_ref(), key) != value(labels, key)))
         .map(|key| {
-            format!(
-                "label {} is set by the webhook from the spec; leave it out of the manifest",
-                key.decoded()
-            )
+            format!("label {key} is set by the webhook from the spec; leave it out of the manifest")
         })
         .collect()
 }
@@ -373,12 +367,7 @@ fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
             new.context_version
         ));
     }
-    let removed: Vec<&str> = old
-        .markdown_files
-        .iter()
-        .map(|f| f.filename.as_str())
-        .filter(|name| !new.markdown_files.iter().any(|f| f.filename == *name))
-        .collect();
+    let removed = filenames_not_in(&old.markdown_files, &new.markdown_files);
     if new.context_version == old.context_version && !removed.is_empty() {
         // Most often not meant: a client-side apply sends the manifest's whole list.
         out.push(format!(

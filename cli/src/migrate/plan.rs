@@ -311,12 +311,8 @@ pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
     if live.context_version > desired.context_version {
         return Verdict::MovedOn;
     }
-    let extra: Vec<&str> = live
-        .markdown_files
-        .iter()
-        .map(|f| f.filename.as_str())
-        .filter(|name| !desired.markdown_files.iter().any(|d| d.filename == *name))
-        .collect();
+    let extra =
+        taskrun::validation::filenames_not_in(&live.markdown_files, &desired.markdown_files);
     if extra.is_empty() {
         Verdict::Same
     } else {

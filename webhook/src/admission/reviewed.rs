@@ -116,76 +116,64 @@ struct WireMeta {
     name: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
-    #[serde(default, deserialize_with = "own_labels")]
-    labels: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "own_finalizer")]
-    finalizers: Option<Vec<String>>,
+    #[serde(default)]
+    labels: Option<OwnLabels>,
+    #[serde(default)]
+    finalizers: Option<OwnFinalizer>,
 }
 
 /// `metadata.labels`, keeping only the keys the webhook writes (`TASKRUN_KEYS`).
-fn own_labels<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct Labels;
-    impl<'de> Visitor<'de> for Labels {
-        type Value = Option<BTreeMap<String, String>>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of labels")
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-            let mut own = BTreeMap::new();
-            while let Some(key) = map.next_key::<Cow<str>>()? {
-                if TASKRUN_KEYS.contains(&key.as_ref()) {
-                    own.insert(key.into_owned(), map.next_value()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
+struct OwnLabels(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for OwnLabels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Labels;
+        impl<'de> Visitor<'de> for Labels {
+            type Value = OwnLabels;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of labels")
             }
-            Ok(Some(own))
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<OwnLabels, M::Error> {
+                let mut own = BTreeMap::new();
+                while let Some(key) = map.next_key::<Cow<str>>()? {
+                    if TASKRUN_KEYS.contains(&key.as_ref()) {
+                        own.insert(key.into_owned(), map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(OwnLabels(own))
+            }
         }
+        d.deserialize_map(Labels)
     }
-    d.deserialize_option(Labels)
 }
 
 /// `metadata.finalizers`, keeping only the controller's.
-fn own_finalizer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    struct Finalizers;
-    impl<'de> Visitor<'de> for Finalizers {
-        type Value = Option<Vec<String>>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of finalizers")
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
-            let mut ours = false;
-            while let Some(f) = seq.next_element::<Cow<str>>()? {
-                ours |= f == FINALIZER;
+struct OwnFinalizer(Vec<String>);
+
+impl<'de> Deserialize<'de> for OwnFinalizer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Finalizers;
+        impl<'de> Visitor<'de> for Finalizers {
+            type Value = OwnFinalizer;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of finalizers")
             }
-            Ok(Some(if ours {
-                vec![FINALIZER.to_owned()]
-            } else {
-                Vec::new()
-            }))
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<OwnFinalizer, S::Error> {
+                let mut ours = false;
+                while let Some(f) = seq.next_element::<Cow<str>>()? {
+                    ours |= f == FINALIZER;
+                }
+                Ok(OwnFinalizer(if ours {
+                    vec![FINALIZER.to_owned()]
+                } else {
+                    Vec::new()
+                }))
+            }
         }
+        d.deserialize_seq(Finalizers)
     }
-    d.deserialize_option(Finalizers)
 }
 
 impl<S> Review<S> {
@@ -203,8 +191,8 @@ impl<S> Review<S> {
         let object = |o: WireObject<S>| Object {
             name: o.metadata.name,
             namespace: o.metadata.namespace,
-            labels: o.metadata.labels,
-            finalizers: o.metadata.finalizers,
+            labels: o.metadata.labels.map(|l| l.0),
+            finalizers: o.metadata.finalizers.map(|f| f.0),
             spec: read_spec(o.spec),
         };
         Ok(Request {
