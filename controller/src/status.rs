@@ -99,7 +99,23 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             format!("Job {job_name} has a pod running"),
         );
     }
-    let failed = status.failed.unwrap_or(0);
+    // The Job controller first notes a pod that ended among the uncounted ones, with `active`
+    // already down, and counts it in `succeeded` or `failed` in a later write: read alone,
+    // that first write would look like a Job still waiting for its first pod.
+    let (ended, ended_failed) = status
+        .uncounted_terminated_pods
+        .as_ref()
+        .map_or((0, 0), |u| {
+            (count(u.succeeded.as_deref()), count(u.failed.as_deref()))
+        });
+    if ended > 0 && ended_failed == 0 {
+        return Outcome::new(
+            Phase::Running,
+            "Running",
+            format!("Job {job_name}'s pod has ended; the Job is finishing"),
+        );
+    }
+    let failed = i64::from(status.failed.unwrap_or(0)).saturating_add(ended_failed);
     if failed > 0 {
         return Outcome::new(
             Phase::Pending,
@@ -112,6 +128,10 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
         "JobCreated",
         format!("Job {job_name} created, waiting for its pod"),
     )
+}
+
+fn count(pods: Option<&[String]>) -> i64 {
+    pods.map_or(0, |p| i64::try_from(p.len()).unwrap_or(i64::MAX))
 }
 
 /// The reason of a version waiting for a child name held by a TaskRun that is going away.
@@ -247,6 +267,7 @@ pub fn is_final_for(status: Option<&TaskRunStatus>, context_version: i64) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::batch::v1::UncountedTerminatedPods;
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid time"))
@@ -337,6 +358,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
+    }
+
+    #[test]
+    fn a_pod_that_ended_before_the_job_counted_it_is_no_new_wait() {
+        let uncounted = |succeeded: &[&str], failed: &[&str]| JobStatus {
+            uncounted_terminated_pods: Some(UncountedTerminatedPods {
+                succeeded: Some(succeeded.iter().map(|p| (*p).to_owned()).collect()),
+                failed: Some(failed.iter().map(|p| (*p).to_owned()).collect()),
+            }),
+            ..Default::default()
+        };
+        let o = outcome(&uncounted(&[], &["uid-1"]));
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
+        assert!(o.message.contains("1 failed pod"), "{}", o.message);
+        let mut s = uncounted(&[], &["uid-2"]);
+        s.failed = Some(1);
+        assert!(outcome(&s).message.contains("2 failed pod"));
+        let o = outcome(&uncounted(&["uid-3"], &[]));
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Running, "Running"));
+        assert!(o.message.contains("finishing"), "{}", o.message);
+        let o = outcome(&uncounted(&[], &[]));
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "JobCreated"));
     }
 
     #[test]
