@@ -186,6 +186,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 
     let mut leading = leadership.subscribe();
     let mut stop = stop_rx.clone();
+    let mut dropped_reconciles = false;
     loop {
         if *stop.borrow() {
             break;
@@ -200,13 +201,25 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
         }
         tracing::info!(%identity, "leading: starting the controller");
         shared.metrics.set_leading(true);
-        run_controller(&args, &base, leading.clone(), stop_rx.clone()).await;
+        let dropped = run_controller(&args, &base, leading.clone(), stop_rx.clone()).await;
         shared.metrics.set_leading(false);
         *shared.store.write().unwrap_or_else(|e| e.into_inner()) = None;
         if *stop.borrow() {
+            dropped_reconciles = dropped;
             break;
         }
         tracing::warn!(%identity, "lost the Lease: stopped acting");
+    }
+    // A write of a reconcile dropped at the end of the shutdown grace may still land: the
+    // Lease is let go only after the grace a lost Lease gives, so that a successor's write
+    // cannot come first and be overwritten by it.
+    if dropped_reconciles && args.leader_elect {
+        let grace = Duration::from_secs(args.lease_grace_seconds);
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "reconciles were dropped: waiting before releasing the Lease"
+        );
+        tokio::time::sleep(grace).await;
     }
     // The Lease task lets go once every receiver is gone.
     drop(leading);
@@ -221,13 +234,14 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
 }
 
 /// One term of leadership: the Controller runs until the Lease is lost or a signal comes,
-/// then finishes the reconciles in flight and returns.
+/// then finishes the reconciles in flight and returns; true when some were still running at
+/// the end of the grace and were dropped.
 async fn run_controller(
     args: &Args,
     base: &Arc<Base>,
     leading: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
-) {
+) -> bool {
     let shared = &base.shared;
     let client = base.client.clone();
     let (taskruns, jobs, config_maps): (
@@ -340,8 +354,11 @@ async fn run_controller(
             }
         });
     tokio::select! {
-        _ = controller => {}
-        _ = halt => tracing::info!("stopped with reconciles still queued; the next leader picks them up"),
+        _ = controller => false,
+        _ = halt => {
+            tracing::info!("stopped with reconciles still queued; the next leader picks them up");
+            true
+        }
     }
 }
 
