@@ -11,11 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use taskrun::{FINALIZER, Phase, TaskRun, TaskRunStatus};
+use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate};
 
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
@@ -120,6 +120,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     if version > 1 {
         let scan = prev.observed_context_version != Some(version);
         stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
+        if scan {
+            drop_superseded_config_maps(tr, ctx, &ns).await?;
+        }
     }
     // A finished version stays finished: decided from the status alone, before any child is
     // looked at, so a Job removed by its TTL or by hand is never created again.
@@ -163,13 +166,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // cache for an older live TaskRun of its identity, preferring one that has run (the one to
     // add context to, as the message says). One pass over the cache when there is none.
     if prev.job_name.is_none()
-        && let Some(any) = ctx.taskruns.find(|other| holds_before(other, tr))
+        && let Some(other) = runs_instead(tr, &ctx.taskruns)
     {
-        let other = ctx
-            .taskruns
-            .find(|other| holds_before(other, tr) && has_run(other))
-            .unwrap_or(any);
-        let duplicate = Claim::<Job>::Duplicate(other.name_any());
+        let duplicate = Claim::<Job>::Duplicate(other);
         return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }
 
@@ -600,25 +599,44 @@ async fn stop_superseded(
     Ok(())
 }
 
-/// True when `other` is another live TaskRun of `tr`'s identity (namespace, serviceName,
-/// taskId) that holds it before `tr`: it has run a version (its status names a Job), or it
-/// was created first. Creation times are whole seconds, so ties go by uid: of two TaskRuns
-/// that never ran, exactly one holds before the other.
-fn holds_before(other: &TaskRun, tr: &TaskRun) -> bool {
-    let (o, t) = (&other.metadata, &tr.metadata);
-    o.namespace == t.namespace
-        && other.spec.service_name == tr.spec.service_name
-        && other.spec.task_id == tr.spec.task_id
-        && o.uid != t.uid
-        && o.deletion_timestamp.is_none()
-        && (has_run(other)
-            || (o.creation_timestamp.as_ref().map(|c| c.0), &o.uid)
-                < (t.creation_timestamp.as_ref().map(|c| c.0), &t.uid))
+/// Deletes the ConfigMaps of older versions: no Job will mount them again (a version never
+/// runs twice, and its Job is stopped or finished), and each holds all the context so far, up
+/// to a megabyte, which would otherwise stay in etcd until the TaskRun is deleted. Done while
+/// the status does not record this version yet, from the cache (one pass over it per raise);
+/// one the cache does not hold yet goes when the TaskRun does (`cleanup`).
+async fn drop_superseded_config_maps(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
+    let current = job::child_names(tr).1;
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
+    for cm in ctx.children.config_maps_of(uid).await {
+        let name = cm.name_any();
+        if name != current && cm.metadata.deletion_timestamp.is_none() {
+            delete_ignoring_missing(&config_maps, &name).await?;
+            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version");
+        }
+    }
+    Ok(())
 }
 
-/// True when the TaskRun's status names a Job: it has run a version.
-fn has_run(tr: &TaskRun) -> bool {
-    tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+/// The older live TaskRun of `tr`'s identity that runs instead of `tr`, which has not run (its
+/// status names no Job), if there is one: the one the webhook names too
+/// (`taskrun::find_duplicate`). One pass over the cache when there is none.
+fn runs_instead(tr: &TaskRun, taskruns: &Store<TaskRun>) -> Option<String> {
+    let me = Existing {
+        has_run: false,
+        ..Existing::of(tr)
+    };
+    let any = taskruns.find(|o| o.same_task(tr) && Existing::of(o).holds_before(&me))?;
+    // Rare (two TaskRuns of one task got past the webhook): of several, name the one that runs.
+    let holders = taskruns.state();
+    let named = find_duplicate(
+        &tr.name_any(),
+        holders
+            .iter()
+            .filter(|o| o.same_task(tr))
+            .map(|o| Existing::of(o)),
+    );
+    Some(named.map_or_else(|| any.name_any(), str::to_owned))
 }
 
 /// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
@@ -742,7 +760,7 @@ fn fit_note(mut note: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{denied_by_admission, fit_note, holds_before, superseded};
+    use super::{denied_by_admission, fit_note, superseded};
     use crate::cache::CachedJob;
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -775,91 +793,6 @@ mod tests {
             job_name: Some(job.into()),
             phase: Some(phase),
             ..TaskRunStatus::default()
-        }
-    }
-
-    fn taskrun(uid: &str, created: i64, service: &str, task_id: i64) -> taskrun::TaskRun {
-        let mut tr: taskrun::TaskRun = serde_json::from_value(serde_json::json!({
-            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
-            "metadata": {"name": uid, "namespace": "ns", "uid": uid},
-            "spec": {"taskId": task_id, "serviceName": service, "contextVersion": 2,
-                     "markdownFiles": []},
-        }))
-        .expect("a TaskRun");
-        tr.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::from_second(created).expect("time"),
-            ));
-        tr
-    }
-
-    #[test]
-    fn exactly_one_of_two_live_taskruns_of_an_identity_holds_it_first() {
-        let (older, younger) = (taskrun("a", 100, "svc", 7), taskrun("b", 200, "svc", 7));
-        assert!(holds_before(&older, &younger));
-        assert!(!holds_before(&younger, &older));
-        assert!(!holds_before(&older, &older), "not itself");
-        // Created in the same second: the uid decides, one way only.
-        let (x, y) = (taskrun("x", 100, "svc", 7), taskrun("y", 100, "svc", 7));
-        assert!(holds_before(&x, &y) != holds_before(&y, &x));
-        // Another task, service or namespace is no duplicate.
-        assert!(!holds_before(&taskrun("c", 1, "svc", 8), &younger));
-        assert!(!holds_before(&taskrun("d", 1, "other", 7), &younger));
-        let mut elsewhere = taskrun("e", 1, "svc", 7);
-        elsewhere.metadata.namespace = Some("team-b".into());
-        assert!(!holds_before(&elsewhere, &younger));
-        // One that has run holds before one that never did, whatever their ages.
-        let mut ran = taskrun("g", 300, "svc", 7);
-        ran.status = Some(TaskRunStatus {
-            job_name: Some("svc-7-v1".into()),
-            ..TaskRunStatus::default()
-        });
-        assert!(holds_before(&ran, &older));
-        // One being deleted holds nothing any more.
-        let mut going = taskrun("f", 1, "svc", 7);
-        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
-        assert!(!holds_before(&going, &younger));
-    }
-
-    /// The webhook's duplicate message names, of several holders of an identity, the one this
-    /// controller runs (`taskrun::find_duplicate`): the two rules must agree.
-    #[test]
-    fn the_webhook_names_the_holder_this_controller_runs() {
-        let ran = |mut tr: taskrun::TaskRun| {
-            tr.status = Some(TaskRunStatus {
-                job_name: Some("svc-7-v1".into()),
-                ..TaskRunStatus::default()
-            });
-            tr
-        };
-        let cases = [
-            vec![taskrun("b", 100, "svc", 7), taskrun("a", 101, "svc", 7)],
-            vec![taskrun("y", 100, "svc", 7), taskrun("x", 100, "svc", 7)],
-            vec![
-                taskrun("m", 100, "svc", 7),
-                ran(taskrun("n", 300, "svc", 7)),
-                taskrun("l", 200, "svc", 7),
-            ],
-        ];
-        for holders in cases {
-            // The one that runs: it has run, or no other holds the identity before it.
-            let runs = holders
-                .iter()
-                .find(|t| super::has_run(t) || !holders.iter().any(|o| holds_before(o, t)))
-                .and_then(|t| t.metadata.name.clone());
-            let existing = holders.iter().map(|t| taskrun::Existing {
-                name: t.metadata.name.as_deref().unwrap_or_default(),
-                terminating: false,
-                has_run: super::has_run(t),
-                created: t
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|c| c.0.as_second()),
-                uid: t.metadata.uid.as_deref().unwrap_or_default(),
-            });
-            let named = taskrun::find_duplicate("newcomer", existing);
-            assert_eq!(named, runs.as_deref(), "{holders:?}");
         }
     }
 

@@ -277,6 +277,13 @@ impl TaskRun {
             self.spec.task_id,
         )
     }
+
+    /// True when `other` is of the same identity, compared in place (no `Identity` built).
+    pub fn same_task(&self, other: &TaskRun) -> bool {
+        self.spec.task_id == other.spec.task_id
+            && self.spec.service_name == other.spec.service_name
+            && self.metadata.namespace == other.metadata.namespace
+    }
 }
 
 #[cfg(test)]

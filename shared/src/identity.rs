@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::TaskRun;
+
 /// What makes a task unique: two live TaskRuns with the same identity are duplicates,
 /// whatever their names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,10 +48,28 @@ pub struct Existing<'a> {
     pub uid: &'a str,
 }
 
-impl Existing<'_> {
+impl<'a> Existing<'a> {
+    /// A TaskRun as the rule sees it.
+    pub fn of(tr: &'a TaskRun) -> Self {
+        let meta = &tr.metadata;
+        Self {
+            name: meta.name.as_deref().unwrap_or_default(),
+            terminating: meta.deletion_timestamp.is_some(),
+            has_run: tr.status.as_ref().is_some_and(|s| s.job_name.is_some()),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+            uid: meta.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// True when this TaskRun, live and another than `other` (of the same identity), holds
+    /// the identity before it: the controller fails `other` as a duplicate.
+    pub fn holds_before(&self, other: &Existing<'_>) -> bool {
+        !self.terminating && self.name != other.name && self.precedence() < other.precedence()
+    }
+
     /// Of several live TaskRuns of one identity (two creates that raced past the webhook's
     /// index), the one the controller runs sorts first: one that has run, else the first
-    /// created. The controller fails the others as duplicates (its `holds_before`).
+    /// created (creation times are whole seconds: then the uid).
     fn precedence(&self) -> (bool, Option<i64>, &str, &str) {
         (!self.has_run, self.created, self.uid, self.name)
     }
@@ -74,6 +94,9 @@ pub fn find_duplicate<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TaskRunStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
 
     fn live(name: &str) -> Existing<'_> {
         Existing {
@@ -135,6 +158,79 @@ mod tests {
             ..created("late", 200, "u9")
         };
         assert_eq!(find_duplicate("new", [zeta, ran]), Some("late"));
+    }
+
+    fn taskrun(uid: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
+        let mut tr: TaskRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": uid, "namespace": "ns", "uid": uid},
+            "spec": {"taskId": task_id, "serviceName": service, "contextVersion": 2,
+                     "markdownFiles": []},
+        }))
+        .expect("a TaskRun");
+        tr.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(created).expect("a time"),
+        ));
+        tr
+    }
+
+    fn ran(mut tr: TaskRun) -> TaskRun {
+        tr.status = Some(TaskRunStatus {
+            job_name: Some("svc-7-v1".into()),
+            ..TaskRunStatus::default()
+        });
+        tr
+    }
+
+    /// What the controller asks of each cached TaskRun `o` about a TaskRun `t` that has not run.
+    fn holds_before(o: &TaskRun, t: &TaskRun) -> bool {
+        o.same_task(t) && Existing::of(o).holds_before(&Existing::of(t))
+    }
+
+    #[test]
+    fn exactly_one_of_two_live_taskruns_of_an_identity_holds_it_first() {
+        let (older, younger) = (taskrun("a", 100, "svc", 7), taskrun("b", 200, "svc", 7));
+        assert!(holds_before(&older, &younger));
+        assert!(!holds_before(&younger, &older));
+        assert!(!holds_before(&older, &older), "not itself");
+        // Created in the same second: the uid decides, one way only.
+        let (x, y) = (taskrun("x", 100, "svc", 7), taskrun("y", 100, "svc", 7));
+        assert!(holds_before(&x, &y) != holds_before(&y, &x));
+        // Another task, service or namespace is no duplicate.
+        assert!(!holds_before(&taskrun("c", 1, "svc", 8), &younger));
+        assert!(!holds_before(&taskrun("d", 1, "other", 7), &younger));
+        let mut elsewhere = taskrun("e", 1, "svc", 7);
+        elsewhere.metadata.namespace = Some("team-b".into());
+        assert!(!holds_before(&elsewhere, &younger));
+        // One that has run holds before one that never did, whatever their ages.
+        assert!(holds_before(&ran(taskrun("g", 300, "svc", 7)), &older));
+        // One being deleted holds nothing any more.
+        let mut going = taskrun("f", 1, "svc", 7);
+        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        assert!(!holds_before(&going, &younger));
+    }
+
+    /// The webhook's duplicate message names, of several holders of an identity, the one the
+    /// controller runs: the one that has run, or that no other holds the identity before.
+    #[test]
+    fn the_duplicate_named_is_the_holder_the_controller_runs() {
+        let cases = [
+            vec![taskrun("b", 100, "svc", 7), taskrun("a", 101, "svc", 7)],
+            vec![taskrun("y", 100, "svc", 7), taskrun("x", 100, "svc", 7)],
+            vec![
+                taskrun("m", 100, "svc", 7),
+                ran(taskrun("n", 300, "svc", 7)),
+                taskrun("l", 200, "svc", 7),
+            ],
+        ];
+        for holders in cases {
+            let runs = holders
+                .iter()
+                .find(|t| !holders.iter().any(|o| holds_before(o, t)))
+                .and_then(|t| t.metadata.name.as_deref());
+            let named = find_duplicate("newcomer", holders.iter().map(Existing::of));
+            assert_eq!(named, runs, "{holders:?}");
+        }
     }
 
     #[test]

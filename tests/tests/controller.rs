@@ -365,6 +365,8 @@ async fn failing_pods_fail_the_taskrun_with_backoff_limit_exceeded() {
     );
 }
 
+/// A raised contextVersion: the old version's Job is stopped and its ConfigMap removed (no Job
+/// mounts it again), the new version gets both.
 #[tokio::test]
 async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     let cp = ControlPlane::shared();
@@ -400,7 +402,15 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     wait_gone("the v1 Job to be stopped", WAIT, &jobs, "search-3-v1").await;
     assert!(jobs.get_opt("search-3-v2").await.expect("get").is_some());
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    wait_gone(
+        "the v1 ConfigMap to be removed",
+        WAIT,
+        &config_maps,
+        "search-3-v1-files",
+    )
+    .await;
+    let cm = config_maps
         .get("search-3-v2-files")
         .await
         .expect("v2 ConfigMap");
