@@ -50,14 +50,14 @@ use serde::{Deserialize, Serialize};
 pub struct TaskRunSpec {
     /// The task's number within its service. At least 1. Immutable: to run another task,
     /// create another TaskRun.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = crate::limits::MIN_TASK_ID))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("taskId is immutable; create a new TaskRun for another task"))]
     pub task_id: i64,
 
     /// The service the task belongs to: a DNS-1123 label (lowercase letters, digits and '-',
     /// starting and ending with a letter or digit), 1 to 40 characters. Immutable.
     #[schemars(
-        length(min = 1, max = 40),
+        length(min = 1, max = crate::limits::MAX_SERVICE_NAME_LEN),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("serviceName is immutable; create a new TaskRun for another service"))]
@@ -66,7 +66,7 @@ pub struct TaskRunSpec {
     /// The agent that runs the task, if it matters which: a DNS-1123 label when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 1, max = 63),
+        length(min = 1, max = crate::limits::MAX_AGENT_NAME_LEN),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub agent_name: Option<String>,
@@ -80,7 +80,7 @@ pub struct TaskRunSpec {
 
     /// The markdown files the agent reads, 1 to 64, keyed by filename: server-side apply by
     /// several managers merges entries instead of replacing the list.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = crate::limits::MAX_FILES))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["filename".into()]))]
     pub markdown_files: Vec<MarkdownFile>,
 }
@@ -99,7 +99,7 @@ pub struct MarkdownFile {
     /// The file's name: letters, digits, '.', '_' and '-', starting with a letter or digit,
     /// ending in `.md`, at most 128 characters. Unique within the TaskRun.
     #[schemars(
-        length(min = 4, max = 128),
+        length(min = 4, max = crate::limits::MAX_FILENAME_LEN),
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*\.md$")
     )]
     pub filename: String,
@@ -231,7 +231,8 @@ pub struct TaskRunStatus {
         deserialize_with = "lenient::time"
     )]
     pub completion_time: Option<Time>,
-    /// Standard conditions: Ready and Succeeded, with reasons.
+    /// Standard conditions, with reasons: Ready, Succeeded, and Stalled (True only when the
+    /// version failed).
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",

@@ -1,5 +1,6 @@
 //! Size bounds of the TaskRun API. The CRD schema and the validation functions both read
-//! these, so the API server and the webhook cannot disagree about a limit.
+//! these (the CEL rule's total, a string, is pinned to `MAX_TOTAL_BYTES` by a test), so the
+//! API server and the webhook cannot disagree about a limit.
 
 /// `spec.taskId` is at least this.
 pub const MIN_TASK_ID: i64 = 1;

@@ -45,6 +45,22 @@ fn markdown_files_is_a_list_map_keyed_by_filename() {
     assert_eq!(filename["maxLength"], 128);
 }
 
+/// The schema's bounds are the ones the validation functions apply.
+#[test]
+fn the_schema_bounds_are_the_validation_bounds() {
+    use taskrun::limits::*;
+    let crd = generated();
+    let spec = at(&crd, &format!("{SPEC}/properties"));
+    assert_eq!(spec["taskId"]["minimum"].as_f64(), Some(MIN_TASK_ID as f64));
+    assert_eq!(spec["serviceName"]["maxLength"], MAX_SERVICE_NAME_LEN);
+    assert_eq!(spec["agentName"]["maxLength"], MAX_AGENT_NAME_LEN);
+    let files = &spec["markdownFiles"];
+    assert_eq!(files["maxItems"], MAX_FILES);
+    let file = &files["items"]["properties"];
+    assert_eq!(file["filename"]["maxLength"], MAX_FILENAME_LEN);
+    assert_eq!(file["content"]["maxLength"], MAX_CONTENT_LEN);
+}
+
 fn rules(v: &Value) -> Vec<String> {
     v["x-kubernetes-validations"]
         .as_array()
