@@ -1,22 +1,29 @@
-//! One reconcile of one TaskRun: finalizer, children of the current version, status.
-//! The decisions are pure functions elsewhere (`job`, `status`); this file does the I/O.
+//! One reconcile of one TaskRun: finalizer, children of the current version, status. What
+//! to build and what the status says are pure functions elsewhere (`job`, `status`); the
+//! parts of a reconcile with a job of their own are the submodules: who holds a child's name
+//! (`claim`), older versions (`superseded`), deletion (`finalizer`) and Events (`events`).
 
-use std::fmt::Debug;
+mod claim;
+mod events;
+mod finalizer;
+mod superseded;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, GetParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate};
 
+use self::claim::{Claim, claim, judge};
+use self::events::record;
+use self::finalizer::{cleanup, set_finalizer};
+use self::superseded::{drop_superseded_config_maps, stop_superseded};
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
 use crate::{backoff, cache, job, writes};
@@ -285,89 +292,6 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Who holds a child's deterministic name.
-enum Claim<K> {
-    /// This TaskRun, which has just created it (at the time given, as the API server's
-    /// metadata-only answer says).
-    Created(Option<Time>),
-    /// This TaskRun, which created it before.
-    Ours(K),
-    /// Another live TaskRun: this one is a duplicate that raced past the webhook.
-    Duplicate(String),
-    /// A TaskRun that is being deleted, or one that is gone and whose children the garbage
-    /// collector has yet to remove: wait, then create.
-    Wait(String),
-    /// Something that no TaskRun controls.
-    Taken(String),
-}
-
-/// Creates the child (the caches did not show it as this TaskRun's); when its name is taken,
-/// reads it and says who controls it.
-async fn claim<K>(
-    api: &Api<K>,
-    taskruns: &Api<TaskRun>,
-    tr: &TaskRun,
-    desired: K,
-) -> Result<Claim<K>, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
-{
-    let name = desired.name_any();
-    match writes::create(api, &desired).await {
-        Ok(meta) => Ok(Claim::Created(meta.creation_timestamp)),
-        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
-            Some(existing) => judge(taskruns, tr, existing).await,
-            None => Ok(Claim::Wait(format!(
-                "{} {name} was just deleted",
-                K::kind(&())
-            ))),
-        },
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Who controls an existing child with the name of one of this TaskRun's.
-async fn judge<K>(taskruns: &Api<TaskRun>, tr: &TaskRun, existing: K) -> Result<Claim<K>, Error>
-where
-    K: Resource<DynamicType = ()>,
-{
-    let name = existing.name_any();
-    let kind = K::kind(&());
-    let controller = existing
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .cloned();
-    match controller {
-        Some(o) if Some(&o.uid) == tr.meta().uid.as_ref() => Ok(Claim::Ours(existing)),
-        Some(o) if o.kind == "TaskRun" && o.api_version.starts_with("orchestrator.io/") => {
-            match taskruns.get_opt(&o.name).await? {
-                Some(other) if other.meta().uid.as_deref() == Some(o.uid.as_str()) => {
-                    if other.meta().deletion_timestamp.is_some() {
-                        Ok(Claim::Wait(format!(
-                            "{kind} {name} still belongs to TaskRun {} which is being deleted",
-                            o.name
-                        )))
-                    } else {
-                        Ok(Claim::Duplicate(o.name))
-                    }
-                }
-                _ => Ok(Claim::Wait(format!(
-                    "{kind} {name} belonged to a deleted TaskRun {} and is being garbage-collected",
-                    o.name
-                ))),
-            }
-        }
-        _ if existing.meta().deletion_timestamp.is_some() => {
-            Ok(Claim::Wait(format!("{kind} {name} is being deleted")))
-        }
-        _ => Ok(Claim::Taken(format!(
-            "{kind} {name} already exists and no TaskRun controls it; this version will not run: \
-             remove it and recreate this TaskRun, or raise contextVersion (its children get new names)"
-        ))),
-    }
-}
-
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
 /// `cache::trim_taskrun`). None when what is read is another object or another version.
 ///
@@ -528,96 +452,6 @@ async fn write_status(
     Ok(())
 }
 
-/// Deletes the Jobs of older versions that are still running (background propagation: their
-/// pods go too): those `cache::Superseded` noted, and with `scan` those `superseded` finds in
-/// the cache and the status (a pass over the cached Jobs). Deleting rather than suspending
-/// frees the pods at once and leaves nothing for a later version to trip over; the old
-/// version's outcome is recorded as an Event.
-async fn stop_superseded(
-    tr: &TaskRun,
-    ctx: &Ctx,
-    jobs: &Api<Job>,
-    prev: &TaskRunStatus,
-    scan: bool,
-) -> Result<(), Error> {
-    let current = job::child_names(tr).0;
-    let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let mut names = ctx.children.superseded_of(uid, &ctx.taskruns).await;
-    // A Job named only by the status, which another writer may have set.
-    let mut named_only = None;
-    if scan {
-        let cached = ctx.children.jobs_of(uid).await;
-        for name in superseded(&current, &cached, prev) {
-            if !names.contains(&name) {
-                if !cached.iter().any(|c| c.name_any() == name) {
-                    named_only = Some(name.clone());
-                }
-                names.push(name);
-            }
-        }
-    }
-    for name in names {
-        let mut params = DeleteParams::background();
-        if named_only.as_ref() == Some(&name) {
-            // Deleted only if this TaskRun controls it, and only that Job (by uid).
-            match jobs.get_metadata_opt(&name).await? {
-                Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
-                    params.preconditions = Some(Preconditions {
-                        uid: j.metadata.uid,
-                        resource_version: None,
-                    });
-                }
-                found => {
-                    if found.is_some() {
-                        tracing::warn!(taskrun = %tr.name_any(), job = %name, "the status names a Job this TaskRun does not control; left alone");
-                    }
-                    continue;
-                }
-            }
-        }
-        match jobs.delete(&name, &params).await {
-            Ok(_) => ctx.children.stopped(uid, &name),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                ctx.children.stopped(uid, &name);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Superseded".into(),
-            note: Some(format!(
-                "stopped Job {name}: contextVersion {} replaces it",
-                tr.spec.context_version
-            )),
-            action: "StopJob".into(),
-            secondary: None,
-        };
-        record(ctx, tr, event);
-    }
-    Ok(())
-}
-
-/// Deletes the ConfigMaps of older versions: no Job will mount them again (a version never
-/// runs twice, and its Job is stopped or finished), and each holds all the context so far, up
-/// to a megabyte, which would otherwise stay in etcd until the TaskRun is deleted. Done while
-/// the status does not record this version yet, from the cache (one pass over it per raise);
-/// one the cache does not hold yet goes when the TaskRun does (`cleanup`).
-async fn drop_superseded_config_maps(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
-    let current = job::child_names(tr).1;
-    let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
-    for cm in ctx.children.config_maps_of(uid).await {
-        let name = cm.name_any();
-        if name != current && cm.metadata.deletion_timestamp.is_none() {
-            delete_ignoring_missing(&config_maps, &name).await?;
-            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version");
-        }
-    }
-    Ok(())
-}
-
 /// The older live TaskRun of `tr`'s identity that runs instead of `tr`, which has not run (its
 /// status names no Job), if there is one: the one the webhook names too
 /// (`taskrun::find_duplicate`). One pass over the cache when there is none.
@@ -639,188 +473,9 @@ fn runs_instead(tr: &TaskRun, taskruns: &Store<TaskRun>) -> Option<String> {
     Some(named.map_or_else(|| any.name_any(), str::to_owned))
 }
 
-/// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
-/// of other versions still running, and the one the status names for an older version that
-/// had not finished, even when the cache does not hold it yet. Two quick raises of
-/// contextVersion can reconcile the second before the Job watch brings the first one's Job,
-/// and once the status records the newest version nothing looks for older Jobs again.
-fn superseded(
-    current: &str,
-    cached: &[Arc<cache::CachedJob>],
-    prev: &TaskRunStatus,
-) -> Vec<String> {
-    let mut names: Vec<String> = cached
-        .iter()
-        .filter(|old| cache::runs_another_version(old, current))
-        .map(|old| old.name_any())
-        .collect();
-    let unfinished_before = prev
-        .observed_context_version
-        .is_some_and(|v| !status::is_final_for(Some(prev), v));
-    if let Some(named) = prev.job_name.as_deref().filter(|_| unfinished_before) {
-        let cached_already = cached.iter().any(|c| c.name_any() == named);
-        if named != current && !cached_already {
-            names.push(named.to_owned());
-        }
-    }
-    names
-}
-
-/// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
-/// They are found in the caches: a list per deletion (even narrowed by label, the API server
-/// reads the whole namespace from etcd for it) made deleting thousands of TaskRuns quadratic.
-async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
-    let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    for j in ctx.children.jobs_of(uid).await {
-        delete_ignoring_missing(&jobs, &j.name_any()).await?;
-    }
-    for cm in ctx.children.config_maps_of(uid).await {
-        delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
-    }
-    ctx.written.forget(uid);
-    ctx.children.forget_superseded(uid);
-    tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
-    Ok(())
-}
-
-async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Adds or removes the finalizer. The patch carries the resourceVersion it was computed
-/// from, so a concurrent change to the list makes it fail (and retry) instead of losing it.
-async fn set_finalizer(api: &Api<TaskRun>, tr: &TaskRun, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = tr
-        .finalizers()
-        .iter()
-        .filter(|f| f.as_str() != FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    }
-    let patch = serde_json::json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": tr.resource_version(),
-        }
-    });
-    match api
-        .patch_metadata(
-            &tr.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Already gone: nothing left to finalize.
-        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Records an Event on the TaskRun in the background: an Event is for people, and the
-/// TaskRun's progress must not wait for it. A new Recorder each time, so it only ever creates
-/// (a shared one patches repeats into a series); the RBAC grants `create` alone.
-fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
-    event.note = event.note.map(fit_note);
-    let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());
-    let (reference, name) = (tr.object_ref(&()), tr.name_any());
-    tokio::spawn(async move {
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            tracing::warn!(taskrun = %name, %error, "could not record an Event");
-        }
-    });
-}
-
-/// events.k8s.io refuses a note of more than 1 KiB, and a message can quote an API server's
-/// refusal at any length: the note is cut to fit, on a character boundary, marked with '…'.
-fn fit_note(mut note: String) -> String {
-    const MAX_NOTE_BYTES: usize = 1024;
-    if note.len() > MAX_NOTE_BYTES {
-        let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push('…');
-    }
-    note
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{denied_by_admission, fit_note, superseded};
-    use crate::cache::CachedJob;
-    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use std::sync::Arc;
-    use taskrun::{Phase, TaskRunStatus};
-
-    fn cached(name: &str, finished: bool) -> Arc<CachedJob> {
-        let conditions = finished.then(|| {
-            vec![JobCondition {
-                type_: "Complete".into(),
-                status: "True".into(),
-                ..JobCondition::default()
-            }]
-        });
-        Arc::new(CachedJob {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            status: Some(JobStatus {
-                conditions,
-                ..JobStatus::default()
-            }),
-        })
-    }
-
-    fn status(version: i64, job: &str, phase: Phase) -> TaskRunStatus {
-        TaskRunStatus {
-            observed_context_version: Some(version),
-            job_name: Some(job.into()),
-            phase: Some(phase),
-            ..TaskRunStatus::default()
-        }
-    }
-
-    #[test]
-    fn the_job_the_status_names_is_stopped_even_before_the_cache_holds_it() {
-        // Version 2's Job was created and recorded; version 3 reconciles before the watch
-        // brought that Job.
-        let prev = status(2, "svc-7-v2", Phase::Pending);
-        assert_eq!(superseded("svc-7-v3", &[], &prev), ["svc-7-v2"]);
-        // Once cached it is named once.
-        let running = [cached("svc-7-v2", false)];
-        assert_eq!(superseded("svc-7-v3", &running, &prev), ["svc-7-v2"]);
-    }
-
-    #[test]
-    fn finished_and_current_jobs_are_left_alone() {
-        let done = status(2, "svc-7-v2", Phase::Succeeded);
-        assert!(superseded("svc-7-v3", &[], &done).is_empty());
-        let cached_done = [cached("svc-7-v2", true), cached("svc-7-v3", false)];
-        let prev = status(2, "svc-7-v2", Phase::Running);
-        assert!(superseded("svc-7-v3", &cached_done, &prev).is_empty());
-        // A cached Job of a version the status never recorded still running.
-        let lost = [cached("svc-7-v1", false)];
-        assert_eq!(
-            superseded("svc-7-v3", &lost, &prev),
-            ["svc-7-v1", "svc-7-v2"]
-        );
-    }
+    use super::denied_by_admission;
 
     #[test]
     fn refusals_by_admission_are_told_from_an_invalid_object() {
@@ -836,18 +491,5 @@ mod tests {
         ] {
             assert!(!denied_by_admission(invalid), "{invalid}");
         }
-    }
-
-    #[test]
-    fn an_event_note_is_cut_to_one_kib_on_a_character_boundary() {
-        assert_eq!(fit_note("short".into()), "short");
-        let exact = "x".repeat(1024);
-        assert_eq!(fit_note(exact.clone()), exact);
-        // 'é' is two bytes: 1021 bytes of text do not end on a character boundary.
-        let long = format!("{}{}", "x", "é".repeat(1000));
-        let cut = fit_note(long.clone());
-        assert!(cut.len() <= 1024, "{}", cut.len());
-        assert!(cut.ends_with('…'));
-        assert!(long.starts_with(cut.trim_end_matches('…')));
     }
 }

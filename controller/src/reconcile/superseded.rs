@@ -1,0 +1,203 @@
+//! Older versions of a TaskRun: their Jobs still running are stopped, their ConfigMaps
+//! removed.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use taskrun::{TaskRun, TaskRunStatus};
+
+use super::Error;
+use super::events::record;
+use super::finalizer::delete_ignoring_missing;
+use crate::controller::Ctx;
+use crate::{cache, job, status};
+
+/// Deletes the Jobs of older versions that are still running (background propagation: their
+/// pods go too): those `cache::Superseded` noted, and with `scan` those `superseded` finds in
+/// the cache and the status (a pass over the cached Jobs). Deleting rather than suspending
+/// frees the pods at once and leaves nothing for a later version to trip over; the old
+/// version's outcome is recorded as an Event.
+pub(super) async fn stop_superseded(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    jobs: &Api<Job>,
+    prev: &TaskRunStatus,
+    scan: bool,
+) -> Result<(), Error> {
+    let current = job::child_names(tr).0;
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let mut names = ctx.children.superseded_of(uid, &ctx.taskruns).await;
+    // A Job named only by the status, which another writer may have set.
+    let mut named_only = None;
+    if scan {
+        let cached = ctx.children.jobs_of(uid).await;
+        for name in superseded(&current, &cached, prev) {
+            if !names.contains(&name) {
+                if !cached.iter().any(|c| c.name_any() == name) {
+                    named_only = Some(name.clone());
+                }
+                names.push(name);
+            }
+        }
+    }
+    for name in names {
+        let mut params = DeleteParams::background();
+        if named_only.as_ref() == Some(&name) {
+            // Deleted only if this TaskRun controls it, and only that Job (by uid).
+            match jobs.get_metadata_opt(&name).await? {
+                Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
+                    params.preconditions = Some(Preconditions {
+                        uid: j.metadata.uid,
+                        resource_version: None,
+                    });
+                }
+                found => {
+                    if found.is_some() {
+                        tracing::warn!(taskrun = %tr.name_any(), job = %name, "the status names a Job this TaskRun does not control; left alone");
+                    }
+                    continue;
+                }
+            }
+        }
+        match jobs.delete(&name, &params).await {
+            Ok(_) => ctx.children.stopped(uid, &name),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                ctx.children.stopped(uid, &name);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Superseded".into(),
+            note: Some(format!(
+                "stopped Job {name}: contextVersion {} replaces it",
+                tr.spec.context_version
+            )),
+            action: "StopJob".into(),
+            secondary: None,
+        };
+        record(ctx, tr, event);
+    }
+    Ok(())
+}
+
+/// Deletes the ConfigMaps of older versions: no Job will mount them again (a version never
+/// runs twice, and its Job is stopped or finished), and each holds all the context so far, up
+/// to a megabyte, which would otherwise stay in etcd until the TaskRun is deleted. Done while
+/// the status does not record this version yet, from the cache (one pass over it per raise);
+/// one the cache does not hold yet goes when the TaskRun does (`cleanup`).
+pub(super) async fn drop_superseded_config_maps(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    ns: &str,
+) -> Result<(), Error> {
+    let current = job::child_names(tr).1;
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
+    for cm in ctx.children.config_maps_of(uid).await {
+        let name = cm.name_any();
+        if name != current && cm.metadata.deletion_timestamp.is_none() {
+            delete_ignoring_missing(&config_maps, &name).await?;
+            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version");
+        }
+    }
+    Ok(())
+}
+
+/// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
+/// of other versions still running, and the one the status names for an older version that
+/// had not finished, even when the cache does not hold it yet. Two quick raises of
+/// contextVersion can reconcile the second before the Job watch brings the first one's Job,
+/// and once the status records the newest version nothing looks for older Jobs again.
+fn superseded(
+    current: &str,
+    cached: &[Arc<cache::CachedJob>],
+    prev: &TaskRunStatus,
+) -> Vec<String> {
+    let mut names: Vec<String> = cached
+        .iter()
+        .filter(|old| cache::runs_another_version(old, current))
+        .map(|old| old.name_any())
+        .collect();
+    let unfinished_before = prev
+        .observed_context_version
+        .is_some_and(|v| !status::is_final_for(Some(prev), v));
+    if let Some(named) = prev.job_name.as_deref().filter(|_| unfinished_before) {
+        let cached_already = cached.iter().any(|c| c.name_any() == named);
+        if named != current && !cached_already {
+            names.push(named.to_owned());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::superseded;
+    use crate::cache::CachedJob;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::sync::Arc;
+    use taskrun::{Phase, TaskRunStatus};
+
+    fn cached(name: &str, finished: bool) -> Arc<CachedJob> {
+        let conditions = finished.then(|| {
+            vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..JobCondition::default()
+            }]
+        });
+        Arc::new(CachedJob {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(JobStatus {
+                conditions,
+                ..JobStatus::default()
+            }),
+        })
+    }
+
+    fn status(version: i64, job: &str, phase: Phase) -> TaskRunStatus {
+        TaskRunStatus {
+            observed_context_version: Some(version),
+            job_name: Some(job.into()),
+            phase: Some(phase),
+            ..TaskRunStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_job_the_status_names_is_stopped_even_before_the_cache_holds_it() {
+        // Version 2's Job was created and recorded; version 3 reconciles before the watch
+        // brought that Job.
+        let prev = status(2, "svc-7-v2", Phase::Pending);
+        assert_eq!(superseded("svc-7-v3", &[], &prev), ["svc-7-v2"]);
+        // Once cached it is named once.
+        let running = [cached("svc-7-v2", false)];
+        assert_eq!(superseded("svc-7-v3", &running, &prev), ["svc-7-v2"]);
+    }
+
+    #[test]
+    fn finished_and_current_jobs_are_left_alone() {
+        let done = status(2, "svc-7-v2", Phase::Succeeded);
+        assert!(superseded("svc-7-v3", &[], &done).is_empty());
+        let cached_done = [cached("svc-7-v2", true), cached("svc-7-v3", false)];
+        let prev = status(2, "svc-7-v2", Phase::Running);
+        assert!(superseded("svc-7-v3", &cached_done, &prev).is_empty());
+        // A cached Job of a version the status never recorded still running.
+        let lost = [cached("svc-7-v1", false)];
+        assert_eq!(
+            superseded("svc-7-v3", &lost, &prev),
+            ["svc-7-v1", "svc-7-v2"]
+        );
+    }
+}
