@@ -231,7 +231,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                         seen.attempts = ran_before + 1;
                         let o = Outcome::new(
                             Phase::Failed,
-                            "JobLost",
+                            status::reason::JOB_LOST,
                             format!(
                                 "Job {job_name} was removed before its end was seen (deleted, or \
                                  finished and removed by its ttlSecondsAfterFinished); this version \
@@ -263,7 +263,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 {
                     let o = Outcome::new(
                         Phase::Failed,
-                        "InvalidTemplate",
+                        status::reason::INVALID_TEMPLATE,
                         format!("the Job for this TaskRun was refused: {}", s.message),
                     );
                     let next = status::next_status(&prev, &seen, &o, &now());
@@ -331,7 +331,7 @@ async fn settle_unclaimed<K>(
         Claim::Duplicate(other) => (
             Outcome::new(
                 Phase::Failed,
-                "Duplicate",
+                status::reason::DUPLICATE,
                 format!(
                     "TaskRun {other} already runs {identity} ({why}); \
                      delete this TaskRun, or add context to {other} with a higher contextVersion"
@@ -340,11 +340,15 @@ async fn settle_unclaimed<K>(
             Action::await_change(),
         ),
         Claim::Wait(message) => (
-            Outcome::new(Phase::Pending, status::WAITING_FOR_PREVIOUS_OWNER, message),
+            Outcome::new(
+                Phase::Pending,
+                status::reason::WAITING_FOR_PREVIOUS_OWNER,
+                message,
+            ),
             Action::requeue(status::wait_again(prev, seen.context_version, &now())),
         ),
         Claim::Taken(message) => (
-            Outcome::new(Phase::Failed, "NameConflict", message),
+            Outcome::new(Phase::Failed, status::reason::NAME_CONFLICT, message),
             Action::await_change(),
         ),
     };
@@ -389,7 +393,7 @@ async fn refused(
     }
     let o = Outcome::new(
         Phase::Pending,
-        status::CREATE_REFUSED,
+        status::reason::CREATE_REFUSED,
         format!(
             "the API server refused this version's {kind}: {}; retrying",
             s.message

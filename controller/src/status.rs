@@ -33,13 +33,60 @@ impl Outcome {
     }
 }
 
-/// Failure reasons the Job controller sets that are passed through as they are.
-const JOB_FAILURE_REASONS: [&str; 4] = [
-    "BackoffLimitExceeded",
-    "DeadlineExceeded",
-    "PodFailurePolicy",
-    "MaxFailedIndexesExceeded",
-];
+/// Every reason the conditions of a TaskRun can carry (README lists them).
+pub mod reason {
+    /// The Job exists and has no pod running yet.
+    pub const JOB_CREATED: &str = "JobCreated";
+    /// The Job has a pod running, or one that ended which the Job has not counted yet.
+    pub const RUNNING: &str = "Running";
+    /// A pod failed and the Job starts another.
+    pub const RETRYING: &str = "Retrying";
+    /// The Job is suspended.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The Job completed: the version succeeded.
+    pub const COMPLETED: &str = "Completed";
+    /// The Job failed for a reason other than those it names (`JOB_FAILURE`).
+    pub const JOB_FAILED: &str = "JobFailed";
+    /// Failure reasons the Job controller sets, passed through as they are.
+    pub const JOB_FAILURE: [&str; 4] = [
+        "BackoffLimitExceeded",
+        "DeadlineExceeded",
+        "PodFailurePolicy",
+        "MaxFailedIndexesExceeded",
+    ];
+    /// An older live TaskRun of the same identity runs instead (final).
+    pub const DUPLICATE: &str = "Duplicate";
+    /// The API server's own validation refused the Job: the template does not fit (final).
+    pub const INVALID_TEMPLATE: &str = "InvalidTemplate";
+    /// A child's name is held by something no TaskRun controls (final).
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    /// The version's Job was removed before its end was seen (final).
+    pub const JOB_LOST: &str = "JobLost";
+    /// A child's name is still held by a TaskRun that is going away.
+    pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
+    /// The API server refused a child's create for a reason that may pass; retried.
+    pub const CREATE_REFUSED: &str = "CreateRefused";
+
+    /// All of them.
+    pub fn all() -> impl Iterator<Item = &'static str> {
+        [
+            JOB_CREATED,
+            RUNNING,
+            RETRYING,
+            SUSPENDED,
+            COMPLETED,
+            JOB_FAILED,
+            DUPLICATE,
+            INVALID_TEMPLATE,
+            NAME_CONFLICT,
+            JOB_LOST,
+            WAITING_FOR_PREVIOUS_OWNER,
+            CREATE_REFUSED,
+        ]
+        .into_iter()
+        .chain(JOB_FAILURE)
+    }
+}
 
 fn is_true(c: &JobCondition, type_: &str) -> bool {
     c.type_ == type_ && c.status == "True"
@@ -64,7 +111,7 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
                 .or_else(|| c.last_transition_time.clone()),
             ..Outcome::new(
                 Phase::Succeeded,
-                "Completed",
+                reason::COMPLETED,
                 format!("Job {job_name} completed"),
             )
         };
@@ -73,8 +120,8 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
         let reason = c
             .reason
             .as_deref()
-            .filter(|r| JOB_FAILURE_REASONS.contains(r))
-            .unwrap_or("JobFailed");
+            .filter(|r| reason::JOB_FAILURE.contains(r))
+            .unwrap_or(reason::JOB_FAILED);
         let detail = c.message.as_deref().filter(|m| !m.is_empty());
         let message = match detail {
             Some(m) => format!("Job {job_name} failed: {m}"),
@@ -88,14 +135,14 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     if find(&["Suspended"]).is_some() {
         return Outcome::new(
             Phase::Pending,
-            "Suspended",
+            reason::SUSPENDED,
             format!("Job {job_name} is suspended"),
         );
     }
     if status.active.unwrap_or(0) > 0 || status.ready.unwrap_or(0) > 0 {
         return Outcome::new(
             Phase::Running,
-            "Running",
+            reason::RUNNING,
             format!("Job {job_name} has a pod running"),
         );
     }
@@ -111,7 +158,7 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     if ended > 0 && ended_failed == 0 {
         return Outcome::new(
             Phase::Running,
-            "Running",
+            reason::RUNNING,
             format!("Job {job_name}'s pod has ended; the Job is finishing"),
         );
     }
@@ -119,13 +166,13 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     if failed > 0 {
         return Outcome::new(
             Phase::Pending,
-            "Retrying",
+            reason::RETRYING,
             format!("Job {job_name} has {failed} failed pod(s) and is starting another"),
         );
     }
     Outcome::new(
         Phase::Pending,
-        "JobCreated",
+        reason::JOB_CREATED,
         format!("Job {job_name} created, waiting for its pod"),
     )
 }
@@ -133,11 +180,6 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
 fn count(pods: Option<&[String]>) -> i64 {
     pods.map_or(0, |p| i64::try_from(p.len()).unwrap_or(i64::MAX))
 }
-
-/// The reason of a version waiting for a child name held by a TaskRun that is going away.
-pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
-/// The API server refused a child's create (403); retried with backoff.
-pub const CREATE_REFUSED: &str = "CreateRefused";
 
 /// How soon to look again at a child name still held by a TaskRun that is going away: 2 s at
 /// first, then a quarter of the time this version has waited so far, at most 30 s. Garbage
@@ -147,7 +189,7 @@ pub fn wait_again(prev: &TaskRunStatus, version: i64, now: &Time) -> std::time::
     let waiting = prev
         .conditions
         .iter()
-        .find(|c| c.type_ == SUCCEEDED && c.reason == WAITING_FOR_PREVIOUS_OWNER)
+        .find(|c| c.type_ == SUCCEEDED && c.reason == reason::WAITING_FOR_PREVIOUS_OWNER)
         .filter(|_| prev.observed_context_version == Some(version));
     let waited = waiting.map_or(0, |c| {
         now.0.as_second() - c.last_transition_time.0.as_second()
@@ -280,7 +322,7 @@ mod tests {
             conditions: vec![Condition {
                 type_: SUCCEEDED.into(),
                 status: "Unknown".into(),
-                reason: WAITING_FOR_PREVIOUS_OWNER.into(),
+                reason: reason::WAITING_FOR_PREVIOUS_OWNER.into(),
                 message: String::new(),
                 observed_generation: None,
                 last_transition_time: t(since),
@@ -402,10 +444,10 @@ mod tests {
 
     #[test]
     fn failure_reasons_are_passed_through() {
-        for reason in JOB_FAILURE_REASONS {
+        for why in reason::JOB_FAILURE {
             for c in ["Failed", "FailureTarget"] {
-                let o = outcome(&with(vec![cond(c, "True", Some(reason))]));
-                assert_eq!((o.phase, o.reason.as_str()), (Phase::Failed, reason), "{c}");
+                let o = outcome(&with(vec![cond(c, "True", Some(why))]));
+                assert_eq!((o.phase, o.reason.as_str()), (Phase::Failed, why), "{c}");
                 assert!(o.message.contains("details"), "{}", o.message);
                 assert_eq!(o.finished_at, Some(t(200)));
             }

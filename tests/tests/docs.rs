@@ -1,6 +1,6 @@
 //! The documentation against the code: every metric the docs name (README, DESIGN, docs/)
 //! is one the webhook or the controller registers, so an alert or a dashboard written from
-//! the docs finds its series.
+//! the docs finds its series; every reason the controller's conditions carry is listed.
 
 use std::collections::BTreeSet;
 
@@ -94,4 +94,20 @@ fn every_metric_the_docs_name_is_served() {
         unknown.is_empty(),
         "named in the docs but not served: {unknown:?}\nserved: {served:?}"
     );
+}
+
+/// Every reason a TaskRun's conditions can carry is in the README's list of them.
+#[test]
+fn the_readme_lists_every_condition_reason() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let listed = readme
+        .split_once("Reasons:")
+        .map(|(_, rest)| rest.split("\n- ").next().unwrap_or_default())
+        .expect("README has a list of reasons");
+    for reason in taskrun_controller::status::reason::all() {
+        assert!(
+            listed.contains(&format!("`{reason}`")),
+            "README's reasons do not list {reason}"
+        );
+    }
 }
