@@ -170,7 +170,7 @@ impl Controller {
         ])
         .args(CONTROLLER_JOB_FLAGS)
         .env("KUBECONFIG", cp.kubeconfig())
-        .env("RUST_LOG", "info")
+        .env("TASKRUN_LOG_LEVEL", "info")
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE");
         let child = spawn_logged(cmd, &format!("taskrun-controller-{namespace}"))?;

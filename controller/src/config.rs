@@ -28,9 +28,12 @@ pub struct Args {
         default_value = "0.0.0.0:8080"
     )]
     pub http_addr: SocketAddr,
-    /// Log format.
+    /// Log format (on stderr).
     #[arg(long, env = "TASKRUN_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Log filter, e.g. "info" or "info,taskrun_controller=debug".
+    #[arg(long, env = "TASKRUN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TASKRUN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,

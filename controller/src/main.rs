@@ -10,7 +10,7 @@ use taskrun_controller::{config, controller, telemetry};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = config::Args::parse();
-    telemetry::init(args.log_format);
+    telemetry::init(args.log_format, &args.log_level)?;
     let template = args.job_template()?;
     let mut kube_config = kube::Config::infer().await?;
     kube_config.read_timeout = Some(controller::READ_TIMEOUT);

@@ -109,7 +109,7 @@ fn spawn(kubeconfig: &std::path::Path, args: &[String], name: &str) -> ChildGuar
     let mut cmd = Command::new(workspace_bin("taskrun-controller"));
     cmd.args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,taskrun_controller=debug")
+        .env("TASKRUN_LOG_LEVEL", "info,taskrun_controller=debug")
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE");
     spawn_logged(cmd, name).unwrap_or_else(|e| panic!("cannot start taskrun-controller: {e}"))

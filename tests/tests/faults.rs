@@ -1340,7 +1340,7 @@ impl FaultProxy {
         ])
         .args(extra_args)
         .env("KUBECONFIG", &self.kubeconfig)
-        .env("RUST_LOG", "info,taskrun_controller=debug");
+        .env("TASKRUN_LOG_LEVEL", "info,taskrun_controller=debug");
         spawn_logged(cmd, name).expect("start the controller")
     }
 

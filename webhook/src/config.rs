@@ -35,11 +35,11 @@ pub struct Config {
     pub metrics_listen: OptionalAddr,
 
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
     /// Log filter, e.g. "info" or "info,taskrun_webhook=debug".
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "WEBHOOK_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
     /// Largest accepted request body in bytes (413 beyond).
