@@ -4,21 +4,26 @@
 //!
 //! cert-manager (and any Secret volume) replaces the files by swapping a `..data` symlink in
 //! the directory, so the directory is watched, not the files; a periodic comparison catches
-//! anything the notifications miss. A pair that does not load (half-written, key not matching
-//! the certificate) is logged and counted, and the previous pair keeps serving.
+//! anything the notifications miss. Notifications that cannot mean a change (opens and reads,
+//! the webhook's own among them) are ignored. A pair read across a swap (the old certificate,
+//! then the new key) is read once more before it counts as failed. A pair that does not load
+//! (half-written, key not matching the certificate) is logged and counted, and the previous
+//! pair keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
+use x509_parser::time::ASN1Time;
 
 use crate::metrics::Metrics;
 
@@ -50,7 +55,10 @@ pub enum TlsError {
 pub enum Reload {
     /// The files are what is already served (or what already failed).
     Unchanged,
-    Loaded,
+    /// A new pair is served; its certificate expires at `not_after`.
+    Loaded {
+        not_after: ASN1Time,
+    },
     Failed(TlsError),
 }
 
@@ -90,6 +98,18 @@ impl CertStore {
 
     /// Re-reads the files and swaps the served pair if they changed and load.
     pub fn reload(&self) -> Reload {
+        match self.attempt() {
+            // The files may have been read across a rotation (the certificate before the
+            // kubelet swapped `..data`, the key after it): look once more before counting it.
+            Reload::Failed(first) => match self.attempt() {
+                Reload::Unchanged => Reload::Failed(first),
+                second => second,
+            },
+            done => done,
+        }
+    }
+
+    fn attempt(&self) -> Reload {
         let cert = match read(&self.cert_path) {
             Ok(b) => b,
             Err(e) => return self.failed_once(e),
@@ -109,9 +129,9 @@ impl CertStore {
         let result = self.parse(&pair.0, &pair.1);
         *last = Some(pair);
         match result {
-            Ok(key) => {
+            Ok((key, not_after)) => {
                 self.current.store(Some(Arc::new(key)));
-                Reload::Loaded
+                Reload::Loaded { not_after }
             }
             Err(e) => Reload::Failed(e),
         }
@@ -131,36 +151,46 @@ impl CertStore {
         Reload::Failed(e)
     }
 
-    fn parse(&self, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
+    /// The served pair and its certificate's notAfter.
+    fn parse(&self, cert: &[u8], key: &[u8]) -> Result<(CertifiedKey, ASN1Time), TlsError> {
         let cert_path = self.cert_path.display().to_string();
         let key_path = self.key_path.display().to_string();
+        let bad_certificate = |reason: String| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason,
+        };
         let chain = CertificateDer::pem_slice_iter(cert)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::BadCertificate {
-                path: cert_path.clone(),
-                reason: e.to_string(),
-            })?;
-        if chain.is_empty() {
+            .map_err(|e| bad_certificate(e.to_string()))?;
+        let Some(leaf) = chain.first() else {
             return Err(TlsError::NoCertificate { path: cert_path });
-        }
+        };
+        let not_after = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| bad_certificate(e.to_string()))?
+            .1
+            .validity()
+            .not_after;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::BadKey {
             path: key_path.clone(),
             reason: e.to_string(),
         })?;
-        CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| TlsError::Mismatch {
-            cert: cert_path,
-            key: key_path,
-            reason: e.to_string(),
-        })
+        let served =
+            CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| TlsError::Mismatch {
+                cert: cert_path,
+                key: key_path,
+                reason: e.to_string(),
+            })?;
+        Ok((served, not_after))
     }
 
     /// Reloads, logging and counting the outcome.
     pub fn reload_logged(&self, metrics: &Metrics) {
         match self.reload() {
             Reload::Unchanged => {}
-            Reload::Loaded => {
+            Reload::Loaded { not_after } => {
                 metrics.cert_reloads.inc();
-                tracing::info!(cert = %self.cert_path.display(), "serving certificate loaded");
+                metrics.cert_expiry.set(not_after.timestamp());
+                tracing::info!(cert = %self.cert_path.display(), %not_after, "serving certificate loaded");
             }
             Reload::Failed(e) => {
                 metrics.cert_reload_failures.inc();
@@ -209,9 +239,11 @@ pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
 pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>) {
     reload_off_thread(&store, &metrics).await;
     let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
-    let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-        // A full channel already means "look again".
-        let _ = tx.try_send(());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if may_change(&event) {
+            // A full channel already means "look again".
+            let _ = tx.try_send(());
+        }
     });
     // Kept alive for the life of the loop; the poll covers whatever it cannot watch.
     let _watcher = match watcher {
@@ -240,6 +272,20 @@ pub async fn watch(store: Arc<CertStore>, poll: Duration, metrics: Arc<Metrics>)
             _ = ticker.tick() => {}
         }
         reload_off_thread(&store, &metrics).await;
+    }
+}
+
+/// Whether a notification can mean the files changed. Opening and reading them cannot, and
+/// with plain files (not the Secret volume's symlinks into a subdirectory) each reload's own
+/// reads would otherwise queue the next one. Closing a file written to can (the end of a
+/// write); an error might (look again).
+fn may_change(event: &notify::Result<notify::Event>) -> bool {
+    match event {
+        Ok(event) => match event.kind {
+            EventKind::Access(access) => access == AccessKind::Close(AccessMode::Write),
+            _ => true,
+        },
+        Err(_) => true,
     }
 }
 
@@ -288,13 +334,13 @@ mod tests {
         first.write(dir.path(), "tls").expect("write");
         let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
         assert!(!store.is_loaded());
-        assert!(matches!(store.reload(), Reload::Loaded));
+        assert!(matches!(store.reload(), Reload::Loaded { .. }));
         assert!(matches!(store.reload(), Reload::Unchanged));
         assert_eq!(served(&store), der(&first.cert_pem));
 
         let second = ca.serving(&["127.0.0.1"]).expect("cert");
         second.write(dir.path(), "tls").expect("write");
-        assert!(matches!(store.reload(), Reload::Loaded));
+        assert!(matches!(store.reload(), Reload::Loaded { .. }));
         assert_eq!(served(&store), der(&second.cert_pem));
     }
 
@@ -305,7 +351,7 @@ mod tests {
         let good = ca.serving(&["127.0.0.1"]).expect("cert");
         good.write(dir.path(), "tls").expect("write");
         let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        assert!(matches!(store.reload(), Reload::Loaded));
+        assert!(matches!(store.reload(), Reload::Loaded { .. }));
 
         // A certificate with somebody else's key.
         let other = ca.serving(&["127.0.0.1"]).expect("cert");
@@ -333,7 +379,7 @@ mod tests {
 
         // Fixed: the matching pair loads again.
         other.write(dir.path(), "tls").expect("write");
-        assert!(matches!(store.reload(), Reload::Loaded));
+        assert!(matches!(store.reload(), Reload::Loaded { .. }));
         assert_eq!(served(&store), der(&other.cert_pem));
     }
 
@@ -377,6 +423,128 @@ mod tests {
         }
         assert_eq!(metrics.cert_reloads.get(), 2);
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_watchers_own_reads_of_plain_files_do_not_trigger_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        // Plain files, as in the dev stack's .dev/certs: their opens show in the directory.
+        ca.serving(&["127.0.0.1"])
+            .expect("cert")
+            .write(dir.path(), "tls")
+            .expect("write");
+        let store = Arc::new(CertStore::new(
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+        ));
+        // A long poll: any read after the first two (start, first tick) is the watcher's own.
+        let task = tokio::spawn(watch(
+            store.clone(),
+            Duration::from_secs(3600),
+            Arc::new(Metrics::default()),
+        ));
+        while !store.is_loaded() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = opens.clone();
+        let mut spy = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| matches!(e.kind, EventKind::Access(AccessKind::Open(_)))) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .expect("watcher");
+        spy.watch(dir.path(), RecursiveMode::NonRecursive)
+            .expect("watch");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let opened = opens.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            opened, 0,
+            "the files were opened {opened} times while nothing changed"
+        );
+        task.abort();
+    }
+
+    #[test]
+    fn a_pair_read_across_a_rotation_is_read_again_not_counted_as_failed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("test").expect("ca");
+        let old = ca.serving(&["127.0.0.1"]).expect("cert");
+        let new = ca.serving(&["127.0.0.1"]).expect("cert");
+        // FIFOs, so the test decides what each read returns, in the order the store reads:
+        // a writer's open waits until the store opens that file.
+        let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        for fifo in [&crt, &key] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(fifo)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success(), "mkfifo failed");
+        }
+        let store = CertStore::new(crt.clone(), key.clone());
+        let feed = |path: &std::path::Path, pem: &str| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open fifo");
+            f.write_all(pem.as_bytes()).expect("write fifo");
+        };
+        let (old_cert, new_pair) = (old.cert_pem.clone(), new.clone());
+        // Not joined: without a second read it would wait for one forever.
+        std::thread::spawn(move || {
+            // The rotation lands between the two reads: the old certificate, the new key.
+            feed(&crt, &old_cert);
+            feed(&key, &new_pair.key_pem);
+            // Read again: the new pair, whole.
+            feed(&crt, &new_pair.cert_pem);
+            feed(&key, &new_pair.key_pem);
+        });
+        let metrics = Metrics::default();
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_reload_failures.get(), 0);
+        assert_eq!(metrics.cert_reloads.get(), 1);
+        assert_eq!(served(&store), der(&new.cert_pem));
+    }
+
+    /// A self-signed pair for 127.0.0.1 that expires at midnight UTC of that day.
+    fn expiring(year: i32, month: u8, day: u8) -> taskrun_certs::Pair {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let cert = params.self_signed(&key).expect("cert");
+        taskrun_certs::Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn the_expiry_gauge_is_the_served_certificates_not_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let metrics = Metrics::default();
+        expiring(2031, 1, 2)
+            .write(dir.path(), "tls")
+            .expect("write");
+        store.reload_logged(&metrics);
+        // date -u -d 2031-01-02T00:00:00Z +%s
+        assert_eq!(metrics.cert_expiry.get(), 1_925_078_400);
+
+        let renewed = expiring(2032, 6, 30);
+        renewed.write(dir.path(), "tls").expect("write");
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_expiry.get(), 1_972_166_400);
+
+        // A pair that does not load leaves the gauge at what is still served.
+        std::fs::write(dir.path().join("tls.crt"), "garbage").expect("write");
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_reload_failures.get(), 1);
+        assert_eq!(metrics.cert_expiry.get(), 1_972_166_400);
     }
 
     #[test]
