@@ -170,6 +170,19 @@ fn every_overlay_builds() {
             );
         }
     }
+    // A drain evicts pods that are not ready even when the budget is not met: they serve
+    // nothing, and otherwise two unready replicas hang every drain of their nodes.
+    let budgets: Vec<_> = base
+        .iter()
+        .filter(|o| o["kind"] == "PodDisruptionBudget")
+        .collect();
+    assert_eq!(budgets.len(), 2, "one PodDisruptionBudget per Deployment");
+    for budget in budgets {
+        assert_eq!(
+            budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow",
+            "{budget}"
+        );
+    }
     // The controller mounts the generated Job template (its name carries a content hash).
     let template = find(&base, "ConfigMap", "taskrun-controller-job-template");
     let controller = find(&base, "Deployment", "taskrun-controller");
