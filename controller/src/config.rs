@@ -21,12 +21,7 @@ use crate::template::{
 )]
 pub struct Args {
     /// Address of the plain-HTTP server for /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        visible_alias = "http-listen",
-        env = "TASKRUN_HTTP_ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "TASKRUN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// Log format (on stderr).
     #[arg(long, env = "TASKRUN_LOG_FORMAT", value_enum, default_value = "json")]

@@ -21,14 +21,6 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_CERT_DIR", default_value = "/certs")]
     pub cert_dir: PathBuf,
 
-    /// PEM certificate chain served to clients, if not <cert-dir>/tls.crt.
-    #[arg(long, env = "WEBHOOK_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key of the certificate, if not <cert-dir>/tls.key.
-    #[arg(long, env = "WEBHOOK_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
     /// Address of a plain-HTTP listener for /metrics, /healthz and /readyz (no admission);
     /// "off" disables it.
     #[arg(long, env = "WEBHOOK_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_optional_addr)]
@@ -99,19 +91,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
-impl Config {
-    /// The certificate and key files to serve.
-    pub fn cert_paths(&self) -> (PathBuf, PathBuf) {
-        (
-            self.tls_cert
-                .clone()
-                .unwrap_or_else(|| self.cert_dir.join("tls.crt")),
-            self.tls_key
-                .clone()
-                .unwrap_or_else(|| self.cert_dir.join("tls.key")),
-        )
-    }
-}
 
 /// An address, or none when the listener is switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +194,5 @@ mod tests {
         let c =
             Config::try_parse_from(["taskrun-webhook", "--metrics-listen", "off"]).expect("off");
         assert_eq!(c.metrics_listen, OptionalAddr(None));
-        let c = Config::try_parse_from(["taskrun-webhook", "--cert-dir", "/x", "--tls-key", "/k"])
-            .expect("paths");
-        assert_eq!(c.cert_paths(), ("/x/tls.crt".into(), "/k".into()));
     }
 }

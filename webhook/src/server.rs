@@ -104,8 +104,10 @@ pub async fn serve(
     index: Arc<Index>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServerError> {
-    let (cert, key) = config.cert_paths();
-    let certs = Arc::new(CertStore::new(cert, key));
+    let certs = Arc::new(CertStore::new(
+        config.cert_dir.join("tls.crt"),
+        config.cert_dir.join("tls.key"),
+    ));
     tokio::spawn(tls::watch(
         certs.clone(),
         config.cert_poll_interval,
