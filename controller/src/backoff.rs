@@ -1,6 +1,6 @@
 //! How the controller waits before trying again:
 //! - a reconcile that failed: per object, base, 2x base, 4x base ... up to a cap, the count
-//!   reset by the object's next successful reconcile ([`delay`]);
+//!   reset by the object's next successful reconcile (`taskrun::client::retry_delay`);
 //! - a watch that failed: each watch on its own ([`watch`]);
 //! - the Controller's merged trigger stream: not at all ([`NoPause`]).
 
@@ -8,12 +8,6 @@ use std::time::Duration;
 
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::ExponentialBackoff;
-
-/// The delay before retrying an object that has failed `failures` times in a row (>= 1).
-pub fn delay(failures: u32, base: Duration, cap: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    base.saturating_mul(1u32 << doublings).min(cap)
-}
 
 /// How a failed watch is retried: after 100 ms, doubling up to 2 s, each delay plus up to as
 /// much again of jitter (so at most 4 s apart), reset after 2 minutes of health or by any
@@ -55,27 +49,6 @@ impl Backoff for NoPause {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BASE: Duration = Duration::from_millis(500);
-    const CAP: Duration = Duration::from_secs(300);
-
-    #[test]
-    fn doubles_per_failure() {
-        let got: Vec<u128> = (1..=6).map(|n| delay(n, BASE, CAP).as_millis()).collect();
-        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 16000]);
-    }
-
-    #[test]
-    fn is_capped_and_never_overflows() {
-        assert_eq!(delay(11, BASE, CAP), CAP);
-        assert_eq!(delay(u32::MAX, BASE, CAP), CAP);
-        assert_eq!(delay(40, Duration::MAX, CAP), CAP);
-    }
-
-    #[test]
-    fn zero_failures_is_treated_as_the_first() {
-        assert_eq!(delay(0, BASE, CAP), BASE);
-    }
 
     #[test]
     fn a_failed_watch_is_retried_within_4_s_however_often_it_failed() {

@@ -34,16 +34,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// TaskRun's reconcile (`cache::Departed`): far longer than a reconcile waits in the queue.
 const DEPARTED_TTL: Duration = Duration::from_secs(300);
 
-/// How long one watch request lasts: the API server ends it then, and the watcher resumes from
-/// where it was, with no list.
-const WATCH_TIMEOUT_SECS: u32 = 60;
-
-/// How long a request may hear nothing from the API server: longer than a quiet watch lasts,
-/// far shorter than TCP takes to give up on a connection gone silently dead (a dropped NAT
-/// entry, a peer gone without a reset). The request then fails and is retried on a new one,
-/// and a watch is resumed, instead of the controller missing every change for minutes.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
-
 /// State the HTTP server reads.
 #[derive(Default)]
 pub struct Shared {
@@ -268,8 +258,8 @@ async fn run_controller(
     // resourceVersion whole from the cache, ignoring the page size, and all the TaskRuns at
     // once may not fit in memory. The children are small: any resourceVersion, from cache.
     let taskrun_watch = watcher::Config::default()
-        .page_size(taskrun::limits::LIST_PAGE_SIZE)
-        .timeout(WATCH_TIMEOUT_SECS);
+        .page_size(taskrun::client::LIST_PAGE_SIZE)
+        .timeout(taskrun::client::WATCH_TIMEOUT_SECS);
     // A list's TaskRuns trigger their reconciles once the whole list is in the cache
     // (relist.rs).
     let taskrun_events = watcher(taskruns, taskrun_watch)
@@ -294,7 +284,7 @@ async fn run_controller(
             labels::MANAGED_BY_VALUE
         ))
         .any_semantic()
-        .timeout(WATCH_TIMEOUT_SECS);
+        .timeout(taskrun::client::WATCH_TIMEOUT_SECS);
     // A child deleted while its watch was down is reported when the watch lists again, so
     // its TaskRun learns of it, and a list's children trigger their TaskRuns once the whole
     // list is in the cache (relist.rs).

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_level)?;
     let template = args.job_template()?;
     let mut kube_config = kube::Config::infer().await?;
-    kube_config.read_timeout = Some(controller::READ_TIMEOUT);
+    kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
     let client = kube::Client::try_from(kube_config)?;
     controller::run(args, template, client).await?;
     Ok(())

@@ -26,7 +26,7 @@ use self::finalizer::{cleanup, set_finalizer};
 use self::superseded::{drop_superseded_config_maps, stop_superseded};
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
-use crate::{backoff, cache, job, writes};
+use crate::{cache, job, writes};
 
 pub const FIELD_MANAGER: &str = "taskrun-controller";
 /// How another TaskRun holds what this one needs, in a Duplicate message.
@@ -84,7 +84,7 @@ pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
         }
         Err(_) => 1,
     };
-    let delay = backoff::delay(failures, ctx.base.backoff_base, ctx.base.backoff_max);
+    let delay = taskrun::client::retry_delay(failures, ctx.base.backoff_base, ctx.base.backoff_max);
     tracing::warn!(
         taskrun = %tr.name_any(),
         namespace = tr.namespace().unwrap_or_default(),

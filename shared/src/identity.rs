@@ -168,9 +168,8 @@ mod tests {
                      "markdownFiles": []},
         }))
         .expect("a TaskRun");
-        tr.metadata.creation_timestamp = Some(Time(
-            Timestamp::from_second(created).expect("a time"),
-        ));
+        tr.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(created).expect("a time")));
         tr
     }
 

@@ -3,6 +3,7 @@
 //! Pure: no network and no async runtime, so all of it is unit-testable.
 
 mod api;
+pub mod client;
 pub mod crd;
 mod identity;
 pub mod labels;

@@ -25,9 +25,3 @@ pub const MAX_STORED_BYTES: usize = 1_200_000;
 /// applies; this one keeps the API server's CEL cost estimate within its budget: 64 files at
 /// the bound must stay under 10M estimated cost units per rule).
 pub const MAX_CONTENT_LEN: usize = 256 * 1024;
-/// TaskRuns per page when the webhook and the controller list them. A client holds a whole
-/// page in memory, about four times over (kube buffers the response body, copies it, then
-/// decodes it), and a TaskRun may carry up to `MAX_TOTAL_BYTES` of markdown: a page of the
-/// largest is 8 MB of JSON here, within the pods' memory limits, where kube-runtime's default
-/// of 500 would be 500 MB (tests/tests/large.rs).
-pub const LIST_PAGE_SIZE: u32 = 8;

@@ -908,7 +908,7 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
     // No leader election: a new term would list afresh before reconciling, hiding the re-list.
     let ctrl = proxy.controller("relisting-controller", &ns, &["--leader-elect=false"]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
-    // Several pages of the controller's list (taskrun::limits::LIST_PAGE_SIZE).
+    // Several pages of the controller's list (taskrun::client::LIST_PAGE_SIZE).
     let names: Vec<String> = (1..=20).map(|i| format!("t{i:02}")).collect();
     for (i, name) in (1..).zip(&names) {
         api.create(&PostParams::default(), &taskrun(name, "relist", i))

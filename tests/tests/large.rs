@@ -1,7 +1,7 @@
 //! The largest TaskRuns the API admits (about 1 MB of markdown each), on the real control
 //! plane: a webhook and a controller started afresh list them all and stay within the memory
 //! limits of their Deployments in `manifests/base`. kube buffers a whole list page, so what
-//! bounds this is how many TaskRuns a page holds (`taskrun::limits::LIST_PAGE_SIZE`).
+//! bounds this is how many TaskRuns a page holds (`taskrun::client::LIST_PAGE_SIZE`).
 
 use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};

@@ -91,7 +91,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
-
 /// An address, or none when the listener is switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalAddr(pub Option<SocketAddr>);

@@ -224,24 +224,13 @@ const RELIST_DELAY_MAX: Duration = Duration::from_secs(5);
 /// in a tight loop.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// How long one watch request lasts. The API server ends it then and the watcher resumes from
-/// where it was, with no list; a connection that went silently dead (a dropped NAT entry, a
-/// peer gone without a reset) is noticed this long plus 5 s after its last event, instead of
-/// after kube-runtime's default of 290 s, during which the index would miss every change.
-const WATCH_TIMEOUT_SECS: u32 = 60;
-
-/// How long a request may hear nothing from the API server (longer than a quiet watch lasts):
-/// a list or a watch started on a connection gone silently dead fails then, instead of when
-/// TCP gives up, and is retried on a new one.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
-
 /// Keeps `index` in step with the TaskRuns of every namespace, forever: after each watch
 /// failure a fresh watcher lists them all again (see the module documentation).
 pub async fn run(client: Client, index: &Index, metrics: &Metrics) {
     let api: Api<SlimTaskRun> = Api::all(client);
     let config = watcher::Config::default()
-        .page_size(taskrun::limits::LIST_PAGE_SIZE)
-        .timeout(WATCH_TIMEOUT_SECS);
+        .page_size(taskrun::client::LIST_PAGE_SIZE)
+        .timeout(taskrun::client::WATCH_TIMEOUT_SECS);
     follow(index, metrics, || watcher(api.clone(), config.clone())).await
 }
 
@@ -314,10 +303,7 @@ where
 /// [`RELIST_DELAY_MIN`] doubled per failure up to [`RELIST_DELAY_MAX`], then scaled by
 /// `jitter` in [0, 1) to between half and all of that, so that replicas do not list in step.
 fn relist_delay(failures: u32, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let nominal = RELIST_DELAY_MIN
-        .saturating_mul(1 << doublings)
-        .min(RELIST_DELAY_MAX);
+    let nominal = taskrun::client::retry_delay(failures, RELIST_DELAY_MIN, RELIST_DELAY_MAX);
     nominal.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 

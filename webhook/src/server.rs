@@ -87,7 +87,7 @@ struct Limits {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
     let mut kube_config = kube::Config::infer().await?;
-    kube_config.read_timeout = Some(index::READ_TIMEOUT);
+    kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
     let client = kube::Client::try_from(kube_config)?;
     let index = Arc::new(Index::default());
     tokio::spawn({

@@ -1,0 +1,55 @@
+//! How the webhook and the controller use the API server: how long a watch request lasts, how
+//! long a request may hear nothing, how many TaskRuns a list page holds, and how retries
+//! space out. Both read TaskRuns the same way, so these are decided once.
+
+use std::time::Duration;
+
+/// How long one watch request lasts. The API server ends it then and the watcher resumes from
+/// where it was, with no list; a connection that went silently dead (a dropped NAT entry, a
+/// peer gone without a reset) is noticed this long plus a few seconds after its last event,
+/// instead of after kube-runtime's default of 290 s, during which every change is missed.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// How long a request may hear nothing from the API server: longer than a quiet watch lasts,
+/// far shorter than TCP takes to give up on a connection gone silently dead. The request then
+/// fails and is retried on a new connection, and a watch is resumed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
+
+/// TaskRuns per page when the webhook and the controller list them. A client holds a whole
+/// page in memory, about four times over (kube buffers the response body, copies it, then
+/// decodes it), and a TaskRun may carry up to `limits::MAX_TOTAL_BYTES` of markdown: a page of
+/// the largest is 8 MB of JSON here, within the pods' memory limits, where kube-runtime's
+/// default of 500 would be 500 MB (tests/tests/large.rs).
+pub const LIST_PAGE_SIZE: u32 = 8;
+
+/// The delay before the next try after `failures` failures in a row (from 1; 0 counts as 1):
+/// `base`, doubled per failure, at most `cap`. Callers add their own jitter.
+pub fn retry_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    base.saturating_mul(1u32 << doublings).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn retries_double_from_the_base_up_to_the_cap() {
+        let got: Vec<u128> = (1..=6)
+            .map(|n| retry_delay(n, BASE, CAP).as_millis())
+            .collect();
+        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 16000]);
+        assert_eq!(retry_delay(11, BASE, CAP), CAP);
+        assert_eq!(retry_delay(u32::MAX, BASE, CAP), CAP);
+        assert_eq!(retry_delay(40, Duration::MAX, CAP), CAP, "no overflow");
+        assert_eq!(retry_delay(0, BASE, CAP), BASE);
+    }
+
+    #[test]
+    fn a_watch_ends_before_a_request_times_out() {
+        assert!(Duration::from_secs(WATCH_TIMEOUT_SECS.into()) < READ_TIMEOUT);
+    }
+}
