@@ -37,7 +37,8 @@ pub struct Cli {
 /// Where the API server is, as kubectl takes it.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Connection {
-    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    /// Path to the kubeconfig file (default, as kubectl: the files $KUBECONFIG lists that exist,
+    /// merged; else ~/.kube/config; only when neither is there, the in-cluster service account).
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
@@ -82,9 +83,10 @@ pub enum ContextCommand {
     /// spec.markdownFiles by filename, and every other file and field (including those owned by
     /// other managers, such as a GitOps tool) is left as it is. Concurrent calls never lose an
     /// update: each apply is conditional on the resourceVersion it read, and retried on conflict.
-    /// Files are checked (name, content, total size) before anything is sent. A file whose name
-    /// the TaskRun already has is refused: context is added, never replaced. If it already has
-    /// every file exactly as given, nothing is sent (a retried call does not add a version).
+    /// Files are checked with the webhook's rules for files (name, content, size, number) before
+    /// anything is sent. A file whose name the TaskRun already has is refused: context is added,
+    /// never replaced. If it already has every file exactly as given, nothing is sent (a retried
+    /// call does not add a version).
     #[command(after_help = EXIT_CODES)]
     Add(ContextAddArgs),
 }
@@ -98,31 +100,16 @@ pub struct ContextAddArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE.md", required = true)]
     pub files: Vec<PathBuf>,
 
-    /// The fileType the added files get.
-    #[arg(long = "type", value_enum, default_value_t = FileTypeArg::Context)]
-    pub file_type: FileTypeArg,
+    /// The fileType the added files get: task, design-spec, prompt, context or
+    /// acceptance-criteria.
+    #[arg(long = "type", value_name = "TYPE", value_parser = file_type, default_value = "context")]
+    pub file_type: FileType,
 }
 
-/// `FileType` as a command-line value (same wire names as in manifests).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum FileTypeArg {
-    Task,
-    DesignSpec,
-    Prompt,
-    Context,
-    AcceptanceCriteria,
-}
-
-impl From<FileTypeArg> for FileType {
-    fn from(arg: FileTypeArg) -> Self {
-        match arg {
-            FileTypeArg::Task => FileType::Task,
-            FileTypeArg::DesignSpec => FileType::DesignSpec,
-            FileTypeArg::Prompt => FileType::Prompt,
-            FileTypeArg::Context => FileType::Context,
-            FileTypeArg::AcceptanceCriteria => FileType::AcceptanceCriteria,
-        }
-    }
+/// A `FileType` by its wire name, as in manifests; an unknown one is refused with the list of
+/// those there are.
+fn file_type(value: &str) -> Result<FileType, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +164,55 @@ mod tests {
             panic!("not context add")
         };
         assert_eq!(add.files.len(), 2);
-        assert!(matches!(add.file_type, FileTypeArg::Context));
+        assert_eq!(add.file_type, FileType::Context);
+    }
+
+    #[test]
+    fn every_file_type_is_taken_by_its_wire_name_and_listed_in_the_help() {
+        // The parser's refusal lists every FileType there is, as serde knows them.
+        let refusal = file_type("nope").expect_err("unknown");
+        let names: Vec<&str> = refusal.split('`').skip(3).step_by(2).collect();
+        assert_eq!(names.len(), 5, "{refusal}");
+        let mut add = Cli::command();
+        let help = add
+            .find_subcommand_mut("context")
+            .and_then(|c| c.find_subcommand_mut("add"))
+            .expect("context add")
+            .render_long_help()
+            .to_string();
+        let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for name in names {
+            assert_eq!(file_type(name).map(FileType::as_str), Ok(name));
+            assert!(help.contains(name), "{name} is not in the help:\n{help}");
+        }
+        let cli = Cli::try_parse_from([
+            "kubectl-taskrun",
+            "context",
+            "add",
+            "t1",
+            "-f",
+            "a.md",
+            "--type",
+            "design-spec",
+        ])
+        .expect("parses");
+        let Command::Context(ContextCommand::Add(add)) = cli.command else {
+            panic!("not context add")
+        };
+        assert_eq!(add.file_type, FileType::DesignSpec);
+        let err = Cli::try_parse_from([
+            "kubectl-taskrun",
+            "context",
+            "add",
+            "t1",
+            "-f",
+            "a.md",
+            "--type",
+            "notes",
+        ])
+        .expect_err("unknown type");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("acceptance-criteria"), "{err}");
     }
 
     #[test]

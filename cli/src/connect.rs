@@ -1,4 +1,15 @@
 //! A client from the kubectl-style connection flags, and whether its cluster serves TaskRuns.
+//!
+//! The kubeconfig is found as kubectl finds it: `--kubeconfig` alone; else the files listed in
+//! `$KUBECONFIG` that exist, merged (a missing one is skipped); else `~/.kube/config`; and only
+//! when none of these is there, the pod's service account (in-cluster). A kubeconfig that was
+//! asked for but cannot be used is an error, never a reason to act on whatever cluster the
+//! process runs in: `migrate-helm --delete-releases` run in a pod must not reach the pod's own
+//! cluster because a file name was mistyped.
+
+use std::ffi::OsStr;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 use kube::Resource;
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
@@ -7,33 +18,148 @@ use taskrun::TaskRun;
 use crate::args::Connection;
 use crate::error::Error;
 
+/// Where the client's configuration comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// These kubeconfig files, merged in order (the first to set a value wins).
+    Files(Vec<PathBuf>),
+    /// The pod's service account: no kubeconfig was given and there is none at the default
+    /// path.
+    InCluster,
+}
+
+/// kubectl's choice of configuration, from `--kubeconfig` (`flag`), `$KUBECONFIG` (`env`), the
+/// default path (`~/.kube/config`, `None` without a home directory) and `--context`; `missing`
+/// says whether a path does not exist.
+pub fn choose_source(
+    flag: Option<&Path>,
+    env: Option<&OsStr>,
+    default: Option<&Path>,
+    context: Option<&str>,
+    missing: impl Fn(&Path) -> bool,
+) -> Result<Source, Error> {
+    if let Some(path) = flag {
+        return Ok(Source::Files(vec![path.to_owned()]));
+    }
+    let listed: Vec<PathBuf> = env
+        .map(|value| std::env::split_paths(value).collect())
+        .unwrap_or_default();
+    let listed: Vec<PathBuf> = listed
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    if !listed.is_empty() {
+        let present: Vec<PathBuf> = listed.iter().filter(|p| !missing(p)).cloned().collect();
+        if present.is_empty() {
+            return Err(Error::Connection(format!(
+                "none of the kubeconfig files KUBECONFIG lists exists ({}): fix KUBECONFIG or give --kubeconfig",
+                shown_paths(&listed)
+            )));
+        }
+        return Ok(Source::Files(present));
+    }
+    if let Some(default) = default.filter(|p| !missing(p)) {
+        return Ok(Source::Files(vec![default.to_owned()]));
+    }
+    if let Some(context) = context {
+        return Err(Error::Connection(format!(
+            "--context {context:?} names a kubeconfig context, but there is no kubeconfig (KUBECONFIG is not set and {} does not exist): give --kubeconfig",
+            default.map_or_else(|| "~/.kube/config".into(), |p| p.display().to_string())
+        )));
+    }
+    Ok(Source::InCluster)
+}
+
+/// The context to use: `--context`, else the kubeconfig's current-context; it must be one the
+/// kubeconfig (read from `files`) has.
+pub fn pick_context<'a>(
+    kubeconfig: &'a Kubeconfig,
+    flag: Option<&'a str>,
+    files: &[PathBuf],
+) -> Result<&'a str, Error> {
+    let known: Vec<&str> = kubeconfig
+        .contexts
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let has = if known.is_empty() {
+        "it has none".to_owned()
+    } else {
+        format!("it has {}", known.join(", "))
+    };
+    let current = kubeconfig
+        .current_context
+        .as_deref()
+        .filter(|c| !c.is_empty());
+    let Some(name) = flag.or(current) else {
+        return Err(Error::Connection(format!(
+            "the kubeconfig ({}) sets no current-context: choose one with --context ({has})",
+            shown_paths(files)
+        )));
+    };
+    if known.contains(&name) {
+        Ok(name)
+    } else {
+        let from = if flag.is_some() {
+            "--context"
+        } else {
+            "current-context"
+        };
+        Err(Error::Connection(format!(
+            "context {name:?} ({from}) is not in the kubeconfig ({}): {has}",
+            shown_paths(files)
+        )))
+    }
+}
+
+fn shown_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
+}
+
 /// The client and the namespace to work in (the flag, else the context's, else `default`).
 pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error> {
-    let options = KubeConfigOptions {
-        context: conn.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    let config = match (&conn.kubeconfig, &conn.context) {
-        (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let default = std::env::home_dir().map(|home| home.join(".kube").join("config"));
+    let source = choose_source(
+        conn.kubeconfig.as_deref(),
+        std::env::var_os("KUBECONFIG").as_deref(),
+        default.as_deref(),
+        conn.context.as_deref(),
+        |path| matches!(std::fs::metadata(path), Err(e) if e.kind() == ErrorKind::NotFound),
+    )?;
+    let config = match source {
+        Source::Files(files) => {
+            let kubeconfig = files
+                .iter()
+                .try_fold(Kubeconfig::default(), |merged, path| {
+                    Kubeconfig::read_from(path).and_then(|next| merged.merge(next))
+                })
+                .map_err(|source| Error::Kubeconfig {
+                    files: shown_paths(&files),
+                    source,
+                })?;
+            let context = pick_context(&kubeconfig, conn.context.as_deref(), &files)?.to_owned();
+            let options = KubeConfigOptions {
+                context: Some(context),
+                ..KubeConfigOptions::default()
+            };
             Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|e| Error::Config(e.to_string()))?
+                .map_err(|source| Error::Kubeconfig {
+                    files: shown_paths(&files),
+                    source,
+                })?
         }
-        // A named context only exists in a kubeconfig: no in-cluster fallback.
-        (None, Some(_)) => Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?,
-        (None, None) => Config::infer()
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?,
+        Source::InCluster => Config::incluster().map_err(|source| Error::InCluster {
+            default: default.map_or_else(|| "~/.kube/config".into(), |p| p.display().to_string()),
+            source,
+        })?,
     };
     let namespace = conn
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(Error::Client)?;
     Ok((client, namespace))
 }
 
@@ -59,5 +185,143 @@ pub async fn check_taskruns_served(client: &kube::Client) -> Result<(), Error> {
         Err(Error::NotServed {
             resource: format!("{plural}.{api_version}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn paths(list: &[&str]) -> Vec<PathBuf> {
+        list.iter().map(PathBuf::from).collect()
+    }
+
+    /// `choose_source` where only the paths in `present` exist.
+    fn choose(
+        flag: Option<&str>,
+        env: Option<&str>,
+        context: Option<&str>,
+        present: &[&str],
+    ) -> Result<Source, Error> {
+        let env = env.map(OsString::from);
+        choose_source(
+            flag.map(Path::new),
+            env.as_deref(),
+            Some(Path::new("/home/u/.kube/config")),
+            context,
+            |p| !present.iter().any(|q| Path::new(q) == p),
+        )
+    }
+
+    fn message(result: Result<Source, Error>) -> String {
+        match result {
+            Err(e) => e.to_string(),
+            Ok(source) => panic!("expected an error, got {source:?}"),
+        }
+    }
+
+    #[test]
+    fn the_flag_wins_and_must_be_read_even_if_missing() {
+        let source = choose(Some("/x/given"), Some("/a"), None, &["/a"]);
+        assert_eq!(source.ok(), Some(Source::Files(paths(&["/x/given"]))));
+    }
+
+    #[test]
+    fn missing_files_in_kubeconfig_are_skipped_as_kubectl_does() {
+        let source = choose(
+            None,
+            Some("/gone:/real::/also-real"),
+            None,
+            &["/real", "/also-real"],
+        );
+        assert_eq!(
+            source.ok(),
+            Some(Source::Files(paths(&["/real", "/also-real"])))
+        );
+    }
+
+    #[test]
+    fn a_kubeconfig_list_with_no_file_is_an_error_not_in_cluster() {
+        let e = message(choose(None, Some("/gone:/also-gone"), None, &[]));
+        assert!(
+            e.contains("KUBECONFIG") && e.contains("/gone, /also-gone"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_default_path_comes_before_in_cluster() {
+        let default = "/home/u/.kube/config";
+        assert_eq!(
+            choose(None, None, None, &[default]).ok(),
+            Some(Source::Files(paths(&[default])))
+        );
+        // An empty KUBECONFIG counts as unset, as with kubectl.
+        assert_eq!(
+            choose(None, Some(""), None, &[default]).ok(),
+            Some(Source::Files(paths(&[default])))
+        );
+    }
+
+    #[test]
+    fn in_cluster_only_without_any_kubeconfig_or_context() {
+        assert_eq!(choose(None, None, None, &[]).ok(), Some(Source::InCluster));
+        assert_eq!(
+            choose(None, Some(""), None, &[]).ok(),
+            Some(Source::InCluster)
+        );
+        let e = message(choose(None, None, Some("prod"), &[]));
+        assert!(
+            e.contains("\"prod\"") && e.contains("no kubeconfig") && e.contains("--kubeconfig"),
+            "{e}"
+        );
+    }
+
+    fn kubeconfig(current: Option<&str>, contexts: &[&str]) -> Kubeconfig {
+        let contexts: Vec<String> = contexts
+            .iter()
+            .map(|c| format!("- name: {c}\n  context: {{cluster: c, user: u}}\n"))
+            .collect();
+        let current = current.map_or_else(String::new, |c| format!("current-context: {c}\n"));
+        Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\n{current}contexts:\n{}",
+            contexts.concat()
+        ))
+        .expect("a kubeconfig")
+    }
+
+    #[test]
+    fn the_context_must_be_in_the_kubeconfig() {
+        let files = paths(&["/k1", "/k2"]);
+        let config = kubeconfig(Some("dev"), &["dev", "prod"]);
+        assert_eq!(pick_context(&config, None, &files).ok(), Some("dev"));
+        assert_eq!(
+            pick_context(&config, Some("prod"), &files).ok(),
+            Some("prod")
+        );
+
+        let e = pick_context(&config, Some("stage"), &files)
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            e.contains("\"stage\" (--context)")
+                && e.contains("/k1, /k2")
+                && e.contains("it has dev, prod"),
+            "{e}"
+        );
+        let stale = kubeconfig(Some("gone"), &["dev"]);
+        let e = pick_context(&stale, None, &files)
+            .expect_err("unknown")
+            .to_string();
+        assert!(e.contains("\"gone\" (current-context)"), "{e}");
+        let unset = kubeconfig(None, &["dev"]);
+        let e = pick_context(&unset, None, &files)
+            .expect_err("unset")
+            .to_string();
+        assert!(
+            e.contains("no current-context") && e.contains("--context"),
+            "{e}"
+        );
     }
 }

@@ -17,8 +17,28 @@ pub enum Error {
     #[error("nothing was changed:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 
-    #[error("cannot load the kubeconfig: {0}")]
-    Config(String),
+    /// No usable connection configuration: what is wrong and what to do.
+    #[error("{0}")]
+    Connection(String),
+
+    #[error("cannot use the kubeconfig ({files}): {source}")]
+    Kubeconfig {
+        files: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+
+    #[error(
+        "no kubeconfig (KUBECONFIG is not set and {default} does not exist), and no in-cluster service account either: {source}; give --kubeconfig"
+    )]
+    InCluster {
+        default: String,
+        #[source]
+        source: kube::config::InClusterError,
+    },
+
+    #[error("cannot make a client from the configuration: {0}")]
+    Client(#[source] kube::Error),
 
     #[error(
         "this cluster does not serve {resource}: install the TaskRun CRD first (docs/install.md)"
@@ -39,6 +59,22 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    /// The apply got no clear answer (no response, or a server error): it may have been
+    /// applied all the same.
+    #[error(
+        "applying to TaskRun {name}: {}; the change may have been applied all the same: running the same command again is safe (it finds the files already added and adds nothing twice)",
+        describe(.source)
+    )]
+    MaybeApplied {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The output could not be written (other than to a reader that went away).
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl Error {
@@ -55,6 +91,13 @@ impl Error {
             _ => FAILURE,
         })
     }
+}
+
+/// False only when the API server answered that it refused the request (a 4xx status): after
+/// no answer, an answer that could not be read, or a server error (5xx: a timeout, a webhook
+/// call that failed), the request may have taken effect.
+pub fn may_have_taken_effect(err: &kube::Error) -> bool {
+    !matches!(err, kube::Error::Api(status) if (400..500).contains(&status.code))
 }
 
 /// The API server's HTTP status code for a failed call, if it answered.
@@ -111,6 +154,33 @@ mod tests {
 
     fn api(code: u16, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(Status::failure(message, "Reason").with_code(code)))
+    }
+
+    #[test]
+    fn only_a_refusal_says_the_request_took_no_effect() {
+        assert!(!may_have_taken_effect(&api(422, "invalid")));
+        assert!(!may_have_taken_effect(&api(403, "forbidden")));
+        assert!(!may_have_taken_effect(&api(404, "not found")));
+        assert!(may_have_taken_effect(&api(500, "etcd")));
+        assert!(may_have_taken_effect(&api(504, "timeout")));
+        let unreadable = serde_json::from_str::<u8>("x").expect_err("not JSON");
+        assert!(may_have_taken_effect(&kube::Error::SerdeError(unreadable)));
+    }
+
+    #[test]
+    fn a_maybe_applied_error_says_a_rerun_is_safe() {
+        let e = Error::MaybeApplied {
+            name: "t1".into(),
+            source: api(504, "the request timed out"),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("applying to TaskRun t1: the request timed out")
+                && text.contains("may have been applied")
+                && text.contains("running the same command again is safe"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::from(FAILURE));
     }
 
     #[test]

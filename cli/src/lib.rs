@@ -7,3 +7,4 @@ pub mod connect;
 pub mod context_add;
 pub mod error;
 pub mod migrate;
+pub mod output;

@@ -1,11 +1,12 @@
 //! `kubectl-taskrun`: a kubectl plugin for TaskRuns. See `kubectl taskrun --help`.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use kubectl_taskrun::args::{Cli, Command, ContextCommand, LogFormat};
-use kubectl_taskrun::{connect, context_add, error, migrate};
+use kubectl_taskrun::{connect, context_add, error, migrate, output};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,7 +15,8 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err}");
+            // Nowhere left to say it if stderr is gone too; the exit code still tells.
+            let _ = writeln!(std::io::stderr(), "error: {err}");
             err.exit_code()
         }
     }
@@ -24,34 +26,25 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
     match cli.command {
         Command::Context(ContextCommand::Add(add)) => {
             // Files first: a bad file is reported before anything else is even tried.
-            let files = context_add::load(&add.files, add.file_type.into())?;
+            let files = context_add::load(&add.files, add.file_type)?;
             let (client, namespace) = connect::connect(&cli.conn).await?;
             connect::check_taskruns_served(&client).await?;
             let done = context_add::run(client, &namespace, &add.name, files).await?;
-            let what = if done.changed {
-                "added"
-            } else {
-                "already has, as given (nothing sent)"
-            };
-            println!(
-                "taskrun/{} context version {}: {what} {}",
-                add.name,
-                done.context_version,
-                done.files.join(", ")
-            );
             tracing::info!(attempts = done.attempts, "context added");
+            output::print(&format!("{}\n", done.summary(&add.name)))?;
             Ok(ExitCode::from(error::OK))
         }
         Command::MigrateHelm(args) => {
             let (client, namespace) = connect::connect(&cli.conn).await?;
             connect::check_taskruns_served(&client).await?;
             let rows = migrate::run(client, &namespace, &args).await?;
+            let code = ExitCode::from(migrate::exit_code(&rows));
             if rows.is_empty() {
-                println!("no Helm releases of the legacy claude-code chart found");
+                output::print(&migrate::nothing_found(&namespace, args.all_namespaces))?;
             } else {
-                print!("{}", migrate::render(&rows));
+                output::print(&migrate::render(&rows))?;
             }
-            Ok(ExitCode::from(migrate::exit_code(&rows)))
+            Ok(code)
         }
     }
 }

@@ -210,7 +210,11 @@ fn check_context_version(version: i64, out: &mut Vec<Violation>) {
 }
 
 /// `before`: the files of the spec this one replaces, if any.
-fn check_files(files: &[MarkdownFile], before: Option<&[MarkdownFile]>, out: &mut Vec<Violation>) {
+pub fn check_files(
+    files: &[MarkdownFile],
+    before: Option<&[MarkdownFile]>,
+    out: &mut Vec<Violation>,
+) {
     if files.is_empty() {
         out.push(Violation::new(
             "spec.markdownFiles",

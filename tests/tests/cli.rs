@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -244,7 +244,7 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
     for (name, content, wanted) in [
         ("design.md", "# again", "already has a file"),
         ("blank.md", "  \n", "empty or only whitespace"),
-        ("notes.txt", "text", "not a valid markdown filename"),
+        ("notes.txt", "text", "is not allowed: use letters, digits"),
     ] {
         let (code, out, err) = run({
             let mut cmd = plugin(cp);
@@ -396,6 +396,79 @@ async fn twenty_concurrent_context_adds_lose_no_update() {
         (0..CALLERS).map(|i| format!("caller-{i:02}.md")).collect();
     expected.insert("task.md".into());
     assert_eq!(filenames(&tr), expected);
+}
+
+// ---- connection and output ----
+
+/// Like kubectl: a file KUBECONFIG lists that does not exist is skipped, the others merged; a
+/// list of only missing files, or a context the kubeconfig has not, is an error that says so
+/// (never a silent fall back to the in-cluster service account).
+#[tokio::test]
+async fn the_kubeconfig_is_found_as_kubectl_finds_it() {
+    let cp = cluster().await;
+    let ns = cp.namespace("kubeconfig").await;
+    let missing = work_dir().join(&ns).join("no-such-kubeconfig");
+    let with_env = |list: Vec<&Path>, extra: &[&str]| {
+        let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+        cmd.env(
+            "KUBECONFIG",
+            std::env::join_paths(list).expect("a KUBECONFIG list"),
+        )
+        .args(["migrate-helm", "-n", &ns])
+        .args(extra);
+        run(cmd)
+    };
+
+    let (code, out, err) = with_env(vec![&missing, cp.kubeconfig()], &[]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&format!("found in namespace {ns}")), "{out}");
+
+    let (code, out, err) = with_env(vec![&missing], &[]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("none of the kubeconfig files KUBECONFIG lists exists")
+            && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let (code, out, err) = with_env(vec![&missing, cp.kubeconfig()], &["--context", "nope"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("context \"nope\" (--context) is not in the kubeconfig"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_helm_says_where_it_found_nothing() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-none").await;
+    let (code, out) = migrate(cp, &ns, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "No Helm releases of the legacy claude-code chart found in namespace {ns}; look in another with -n NAMESPACE, or in all with -A.\n"
+        )
+    );
+}
+
+/// `kubectl taskrun ... | head -1`: the reader goes away before the plugin writes. The plugin
+/// ends with the exit code its work earned, not a panic (exit code 101).
+#[tokio::test]
+async fn a_reader_that_stops_early_does_not_crash_the_plugin() {
+    let cp = cluster().await;
+    let ns = cp.namespace("closed-pipe").await;
+    let mut cmd = plugin(cp);
+    cmd.args(["migrate-helm", "-n", &ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl-taskrun runs");
+    // Closed before the plugin has even connected to the API server, let alone written.
+    drop(child.stdout.take());
+    let (code, _, err) = decode(child.wait_with_output().expect("kubectl-taskrun ends"));
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 // ---- migrate-helm ----
@@ -628,9 +701,14 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             broken.contains("FAILED") && broken.contains("empty.md"),
             "{broken}"
         );
+        // The webhook's advice (add context to the other TaskRun, or delete it) is not for a
+        // migration: the row says what to do with the release.
         let dup = row(out, "dup-task-4");
         assert!(
-            dup.contains("FAILED") && dup.contains("dup-manual"),
+            dup.contains("FAILED")
+                && dup.contains("already served by TaskRun dup-manual")
+                && dup.contains(&format!("`helm uninstall dup-task-4 -n {ns}`"))
+                && !dup.contains("context add"),
             "{dup}"
         );
         let nocm = row(out, "nocm-task-5");
@@ -1089,8 +1167,10 @@ async fn a_run_after_an_uninstall_that_stopped_partway_finishes_it() {
     assert_eq!(code, 3, "{out}");
     let resumed = row(&out, "resume-task-1");
     assert!(
-        resumed.contains("exists, matches") && resumed.contains("uninstalled"),
-        "{resumed}"
+        resumed.contains("exists, matches")
+            && resumed.contains("uninstalled")
+            && resumed.contains("deleted 0 resource(s) and 2 revision(s)"),
+        "only what this run deleted counts: {resumed}"
     );
     // Without the files, a TaskRun this tool did not make proves nothing: kept, reported.
     let hand = row(&out, "hand-task-2");

@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use taskrun::{MarkdownFile, TaskRun};
 
-use crate::error::{Error, describe, status_code};
+use crate::error::{Error, describe, may_have_taken_effect, status_code};
 
 pub use files::load;
 pub use patch::MANAGER;
@@ -30,6 +30,27 @@ pub struct Added {
     pub attempts: u32,
     /// False when the TaskRun already had every file as given, and nothing was sent.
     pub changed: bool,
+}
+
+impl Added {
+    /// The line `context add` prints for TaskRun `name`.
+    pub fn summary(&self, name: &str) -> String {
+        let files = self.files.join(", ");
+        let what = match (self.changed, self.attempts) {
+            (true, _) => format!("added {files}"),
+            (false, 1) => format!("already has, as given (nothing sent) {files}"),
+            // An apply of this call was answered 409 Conflict: not applied then, but the client
+            // itself resends an apply answered 503/504, and one that went through all the same
+            // is answered 409 the second time. This call or another added them meanwhile.
+            (false, _) => format!(
+                "has, as given, {files} (added while this call retried, by it or by another call)"
+            ),
+        };
+        format!(
+            "taskrun/{name} context version {}: {what}",
+            self.context_version
+        )
+    }
 }
 
 /// Adds `new_files` (already read and checked with `load`) to TaskRun `name`.
@@ -85,6 +106,12 @@ pub async fn run(
                 );
                 tokio::time::sleep(wait).await;
             }
+            Err(e) if may_have_taken_effect(&e) => {
+                return Err(Error::MaybeApplied {
+                    name: name.to_owned(),
+                    source: e,
+                });
+            }
             Err(e) => return Err(Error::api(format!("applying to TaskRun {name}"), e)),
         }
     }
@@ -107,6 +134,32 @@ pub fn backoff(attempt: u32, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn added(changed: bool, attempts: u32) -> Added {
+        Added {
+            context_version: 4,
+            files: vec!["a.md".into(), "b.md".into()],
+            attempts,
+            changed,
+        }
+    }
+
+    #[test]
+    fn the_summary_claims_nothing_sent_only_when_nothing_was() {
+        assert_eq!(
+            added(true, 3).summary("t1"),
+            "taskrun/t1 context version 4: added a.md, b.md"
+        );
+        assert_eq!(
+            added(false, 1).summary("t1"),
+            "taskrun/t1 context version 4: already has, as given (nothing sent) a.md, b.md"
+        );
+        let retried = added(false, 2).summary("t1");
+        assert!(
+            retried.contains("has, as given") && !retried.contains("nothing sent"),
+            "{retried}"
+        );
+    }
 
     #[test]
     fn backoff_grows_then_caps() {

@@ -17,14 +17,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use taskrun::TaskRun;
+use taskrun::validation::shown;
+use taskrun::{TaskRun, labels};
 
 use crate::args::MigrateArgs;
 use crate::context_add::MANAGER;
 use crate::error::{Error, describe, retry_later};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
-pub use report::{Helm, Outcome, Row, exit_code, render};
+pub use report::{Helm, Outcome, Row, exit_code, nothing_found, render};
 use uninstall::NotUninstalled;
 
 pub async fn run(
@@ -258,14 +259,14 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.create(&params, &taskrun).await {
         Ok(would_be) if plan::admitted(&would_be) => {}
         Ok(_) => return Outcome::Failed(format!("not created: {}", not_admitted())),
-        Err(e) => return refused(&taskruns, name, &spec, e, dry_run).await,
+        Err(e) => return refused(&taskruns, release, &spec, e, dry_run).await,
     }
     if dry_run {
         return Outcome::WouldCreate;
     }
     params.dry_run = false;
     if let Err(e) = taskruns.create(&params, &taskrun).await {
-        return refused(&taskruns, name, &spec, e, dry_run).await;
+        return refused(&taskruns, release, &spec, e, dry_run).await;
     }
     // Verify from a fresh read, not the create response.
     match taskruns.get_opt(name).await {
@@ -282,16 +283,26 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
 /// TaskRun meanwhile: then what is there is judged (not in a dry run, which creates nothing).
 async fn refused(
     taskruns: &Api<TaskRun>,
-    name: &str,
+    release: &Release,
     spec: &taskrun::TaskRunSpec,
     e: kube::Error,
     dry_run: bool,
 ) -> Outcome {
+    let name = release.name.as_str();
     if !dry_run && let Ok(Some(live)) = taskruns.get_opt(name).await {
         return judge(spec, &live, Outcome::AlreadyMigrated);
     }
     if retry_later(&e) {
         return not_judged(&e);
+    }
+    if duplicate(&e) {
+        let holder = holder(taskruns, name, spec).await;
+        return Outcome::Failed(served_elsewhere(
+            &release.namespace,
+            name,
+            spec,
+            holder.as_deref(),
+        ));
     }
     let refused = if dry_run {
         "would be refused"
@@ -299,6 +310,78 @@ async fn refused(
         "refused"
     };
     Outcome::Failed(format!("{refused}: {}", describe(&e)))
+}
+
+/// True when the webhook refused a create because another TaskRun already holds its task: 409
+/// Conflict (DESIGN section 4), where a name already taken is 409 AlreadyExists.
+fn duplicate(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict")
+}
+
+/// The live TaskRun other than `name` that holds the task of `spec`, found by the labels the
+/// mutating webhook stamps; `None` when it cannot be told.
+async fn holder(
+    taskruns: &Api<TaskRun>,
+    name: &str,
+    spec: &taskrun::TaskRunSpec,
+) -> Option<String> {
+    let selector = task_selector(spec);
+    let list = match taskruns
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::debug!(error = %describe(&e), "cannot list the TaskRuns of the task");
+            return None;
+        }
+    };
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+        .filter_map(|t| t.metadata.name)
+        .filter(|n| n != name)
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// Why a release whose task another TaskRun already serves is not migrated, and what to do:
+/// this command makes and uninstalls only the TaskRun named after the release, so the release
+/// is for its owner to check and remove.
+fn served_elsewhere(
+    ns: &str,
+    name: &str,
+    spec: &taskrun::TaskRunSpec,
+    holder: Option<&str>,
+) -> String {
+    let task = format!(
+        "task {} of service {}",
+        spec.task_id,
+        shown(&spec.service_name)
+    );
+    let uninstall = format!("`helm uninstall {name} -n {ns}`");
+    match holder {
+        Some(holder) => format!(
+            "{task} is already served by TaskRun {holder}, which was not made from this release; check that {holder} is the task you want, then remove the release with {uninstall}"
+        ),
+        None => format!(
+            "another TaskRun already serves {task} (`kubectl get taskruns -n {ns} -l {}`); check it, then remove the release with {uninstall}",
+            task_selector(spec)
+        ),
+    }
+}
+
+/// The label selector of the TaskRuns of the task of `spec`, as the mutating webhook labels them.
+fn task_selector(spec: &taskrun::TaskRunSpec) -> String {
+    format!(
+        "{}={},{}={}",
+        labels::SERVICE_NAME,
+        spec.service_name,
+        labels::TASK_ID,
+        spec.task_id
+    )
 }
 
 /// A create refused before anyone judged the TaskRun (the webhook's index not synced yet, the
@@ -389,6 +472,36 @@ mod tests {
                 .collect(),
         );
         tr
+    }
+
+    fn status(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("refused", reason).with_code(code),
+        ))
+    }
+
+    #[test]
+    fn only_the_webhooks_conflict_is_a_duplicate() {
+        assert!(duplicate(&status(409, "Conflict")));
+        assert!(!duplicate(&status(409, "AlreadyExists")));
+        assert!(!duplicate(&status(422, "Invalid")));
+    }
+
+    #[test]
+    fn a_task_served_elsewhere_gets_migration_advice() {
+        let why = served_elsewhere("team-a", "billing-task-7", &spec(), Some("billing-manual"));
+        assert_eq!(
+            why,
+            "task 7 of service \"billing\" is already served by TaskRun billing-manual, which was not made from this release; check that billing-manual is the task you want, then remove the release with `helm uninstall billing-task-7 -n team-a`"
+        );
+        assert!(!why.contains("context add"), "{why}");
+        let why = served_elsewhere("team-a", "billing-task-7", &spec(), None);
+        assert!(
+            why.contains(
+                "kubectl get taskruns -n team-a -l orchestrator.io/service-name=billing,orchestrator.io/task-id=7"
+            ) && why.contains("helm uninstall billing-task-7 -n team-a"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use super::plan::LEGACY_CHART;
+
 /// What happened to one release's TaskRun.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -69,6 +71,18 @@ pub fn exit_code(rows: &[Row]) -> u8 {
         crate::error::PARTIAL
     } else {
         crate::error::OK
+    }
+}
+
+/// What a run that found no release says: where it looked, and how to look elsewhere.
+pub fn nothing_found(namespace: &str, all_namespaces: bool) -> String {
+    if all_namespaces {
+        format!("No Helm releases of the legacy {LEGACY_CHART} chart found in any namespace.\n")
+    } else {
+        format!(
+            "No Helm releases of the legacy {LEGACY_CHART} chart found in namespace {namespace}; \
+             look in another with -n NAMESPACE, or in all with -A.\n"
+        )
     }
 }
 
@@ -281,6 +295,19 @@ mod tests {
         assert_eq!(
             lines[4],
             "3 release(s), 1 already migrated, 1 not yet migrated (run again later), 1 skipped, 1 not yet uninstalled (run again later)"
+        );
+    }
+
+    #[test]
+    fn nothing_found_says_where_it_looked() {
+        assert_eq!(
+            nothing_found("team-a", false),
+            "No Helm releases of the legacy claude-code chart found in namespace team-a; \
+             look in another with -n NAMESPACE, or in all with -A.\n"
+        );
+        assert_eq!(
+            nothing_found("team-a", true),
+            "No Helm releases of the legacy claude-code chart found in any namespace.\n"
         );
     }
 

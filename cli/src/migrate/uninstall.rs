@@ -225,22 +225,28 @@ pub async fn uninstall(
             newer.version, newer.status, release.version, release.name, release.namespace
         )));
     }
-    let mut done = Uninstalled {
-        resources: objects.iter().filter(|o| !o.keep).count(),
-        revisions: revisions.items.len(),
-    };
-    if dry_run {
-        return Ok(done);
-    }
     // Reverse manifest order: dependants are usually rendered after what they use.
-    for (kind, object) in owned.iter().rev().filter(|(_, o)| !o.keep) {
-        delete_object(client, *kind, object, &release.namespace).await?;
+    let doomed: Vec<&(Owned, &ManifestObject)> =
+        owned.iter().rev().filter(|(_, o)| !o.keep).collect();
+    if dry_run {
+        return Ok(Uninstalled {
+            resources: doomed.len(),
+            revisions: revisions.items.len(),
+        });
+    }
+    // Only what this run deleted counts: a run that finishes an uninstall stopped partway
+    // finds some of it gone already.
+    let mut done = Uninstalled::default();
+    for (kind, object) in doomed {
+        if delete_object(client, *kind, object, &release.namespace).await? {
+            done.resources += 1;
+        }
     }
     let records = revisions.items.iter().map(|s| &s.metadata);
     for secret in deletion_order(records, release.version) {
         match secrets.delete(secret, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if status_code(&e) == Some(404) => done.revisions -= 1,
+            Ok(_) => done.revisions += 1,
+            Err(e) if status_code(&e) == Some(404) => {}
             Err(e) => {
                 return Err(NotUninstalled::Failed(format!(
                     "deleting release record {secret}: {}",
@@ -280,12 +286,14 @@ fn deletion_order<'a>(
     records.iter().filter_map(|m| m.name.as_deref()).collect()
 }
 
+/// Deletes one object of the release: true when it was there to delete, false when it was gone
+/// already.
 async fn delete_object(
     client: &kube::Client,
     kind: Owned,
     object: &ManifestObject,
     release_namespace: &str,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let what = format!("{} {}", object.kind, shown(&object.name));
     // Background propagation: a Job's pods go with it, as with `helm uninstall`.
     let params = DeleteParams::background();
@@ -300,8 +308,8 @@ async fn delete_object(
             .map(|_| ()),
     };
     match deleted {
-        Ok(()) => Ok(()),
-        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if status_code(&e) == Some(404) => Ok(false),
         Err(e) => Err(format!("deleting {what}: {}", describe(&e))),
     }
 }
