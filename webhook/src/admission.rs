@@ -2,19 +2,18 @@
 //! Pure apart from the duplicate lookup (an in-memory read), so every branch is unit-tested
 //! without a server or a cluster.
 
-use std::collections::BTreeMap;
-
 use kube::core::Status;
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::response::{StatusCause, StatusDetails};
 use serde_json::Value;
-use taskrun::validation::{Reason, filenames_not_in, shown};
-use taskrun::{Identity, MarkdownFile, TaskRunSpec, Violation, validate_create, validate_update};
+use taskrun::validation::Reason;
+use taskrun::{Identity, TaskRunSpec, Violation, validate_create, validate_update};
 
 use crate::metrics::Outcome;
 use crate::mutate::{finalizer_patch, label_patch};
 
 mod reviewed;
+mod warnings;
 use reviewed::{Request, cut, cut_error};
 
 const GROUP: &str = "orchestrator.io";
@@ -155,7 +154,6 @@ fn decide(
     let Some(object) = req.object.as_ref() else {
         return Ok(refuse(allow, "the admission request has no object".into()));
     };
-    let spec = object.spec.as_ref();
     let name = match object.name.as_deref() {
         Some(n) if !n.is_empty() => n.to_owned(),
         _ => req.name.clone(),
@@ -166,82 +164,103 @@ fn decide(
         .or_else(|| req.namespace.clone())
         .unwrap_or_default();
     Ok(match hook {
-        Hook::Mutate => {
-            // A spec that cannot be read is the schema's to refuse, with its own message.
-            let Ok(spec) = spec else { return Ok(allow) };
-            let mut ops = label_patch(object.labels.as_ref(), spec);
-            let warnings = overridden_labels(&ops, object.labels.as_ref(), req.old_object.as_ref());
-            if req.operation == Operation::Create {
-                ops.extend(finalizer_patch(object.finalizers.as_deref()));
+        Hook::Mutate => mutate(allow, &req, object),
+        Hook::Validate => match object.spec.as_ref() {
+            Ok(spec) if req.operation == Operation::Create => {
+                validate_create_request(allow, spec, &namespace, &name, index)?
             }
-            if ops.is_empty() {
-                return Ok(allow);
+            Ok(spec) => validate_update_request(allow, &req, spec, &namespace, &name),
+            Err(e) => {
+                let v = Violation {
+                    field: "spec".into(),
+                    reason: Reason::Invalid,
+                    message: format!(
+                        "the spec cannot be read as a TaskRun spec: {}",
+                        cut_error(e)
+                    ),
+                };
+                deny(allow, &namespace, &name, None, &[v])
             }
-            match allow.clone().with_patch(json_patch::Patch(ops)) {
-                Ok(mut patched) => {
-                    if !warnings.is_empty() {
-                        patched.warnings = Some(warnings);
-                    }
-                    patched
-                }
-                Err(e) => refuse(allow, format!("cannot encode the patch: {e}")),
-            }
-        }
-        Hook::Validate => {
-            let spec = match spec {
-                Ok(spec) => spec,
-                Err(e) => {
-                    let v = Violation {
-                        field: "spec".into(),
-                        reason: Reason::Invalid,
-                        message: format!(
-                            "the spec cannot be read as a TaskRun spec: {}",
-                            cut_error(e)
-                        ),
-                    };
-                    return Ok(deny(allow, &namespace, &name, None, &[v]));
-                }
-            };
-            match req.operation {
-                Operation::Create => {
-                    let violations = validate_create(spec);
-                    let identity = Identity::new(&namespace, &spec.service_name, spec.task_id);
-                    // An invalid TaskRun is refused for what is wrong with it even while the
-                    // index cannot say whether it is also a duplicate.
-                    let existing = match index.duplicate_of(&identity, &name) {
-                        Err(NotSynced) if !violations.is_empty() => None,
-                        found => found?,
-                    };
-                    if violations.is_empty() && existing.is_none() {
-                        return Ok(allow);
-                    }
-                    let dup = existing.map(|e| (identity, e));
-                    deny(allow, &namespace, &name, dup.as_ref(), &violations)
-                }
-                _ => {
-                    let old = req.old_object.as_ref().map(|o| o.spec.as_ref());
-                    let violations = match &old {
-                        // An unchanged spec is always allowed (re-applies, metadata edits,
-                        // finalizers), even if a rule was added since it was created.
-                        Some(Ok(old)) if *old == spec => return Ok(allow),
-                        Some(Ok(old)) => validate_update(old, spec),
-                        _ => validate_create(spec),
-                    };
-                    if !violations.is_empty() {
-                        return Ok(deny(allow, &namespace, &name, None, &violations));
-                    }
-                    let mut allow = allow;
-                    if let Some(Ok(old)) = &old {
-                        let warnings = update_warnings(old, spec);
-                        if !warnings.is_empty() {
-                            allow.warnings = Some(warnings);
-                        }
-                    }
-                    allow
-                }
-            }
-        }
+        },
     })
+}
+
+/// The mutating webhook: the labels the spec implies and, on create, the finalizer.
+fn mutate(allow: AdmissionResponse, req: &Request, object: &reviewed::Object) -> AdmissionResponse {
+    // A spec that cannot be read is the schema's to refuse, with its own message.
+    let Ok(spec) = object.spec.as_ref() else {
+        return allow;
+    };
+    let mut ops = label_patch(object.labels.as_ref(), spec);
+    let warnings =
+        warnings::overridden_labels(&ops, object.labels.as_ref(), req.old_object.as_ref());
+    if req.operation == Operation::Create {
+        ops.extend(finalizer_patch(object.finalizers.as_deref()));
+    }
+    if ops.is_empty() {
+        return allow;
+    }
+    match allow.clone().with_patch(json_patch::Patch(ops)) {
+        Ok(mut patched) => {
+            if !warnings.is_empty() {
+                patched.warnings = Some(warnings);
+            }
+            patched
+        }
+        Err(e) => refuse(allow, format!("cannot encode the patch: {e}")),
+    }
+}
+
+/// A new TaskRun: the rules, and no other live TaskRun of its identity.
+fn validate_create_request(
+    allow: AdmissionResponse,
+    spec: &TaskRunSpec,
+    namespace: &str,
+    name: &str,
+    index: &dyn Duplicates,
+) -> Result<AdmissionResponse, NotSynced> {
+    let violations = validate_create(spec);
+    let identity = Identity::new(namespace, &spec.service_name, spec.task_id);
+    // An invalid TaskRun is refused for what is wrong with it even while the index cannot say
+    // whether it is also a duplicate.
+    let existing = match index.duplicate_of(&identity, name) {
+        Err(NotSynced) if !violations.is_empty() => None,
+        found => found?,
+    };
+    if violations.is_empty() && existing.is_none() {
+        return Ok(allow);
+    }
+    let dup = existing.map(|e| (identity, e));
+    Ok(deny(allow, namespace, name, dup.as_ref(), &violations))
+}
+
+/// A changed TaskRun: the rules for the change (immutable fields, contextVersion never
+/// lower), and warnings for a change that is allowed but probably not what was meant.
+fn validate_update_request(
+    mut allow: AdmissionResponse,
+    req: &Request,
+    spec: &TaskRunSpec,
+    namespace: &str,
+    name: &str,
+) -> AdmissionResponse {
+    let old = req.old_object.as_ref().map(|o| o.spec.as_ref());
+    let violations = match &old {
+        // An unchanged spec is always allowed (re-applies, metadata edits, finalizers), even
+        // if a rule was added since it was created.
+        Some(Ok(old)) if *old == spec => return allow,
+        Some(Ok(old)) => validate_update(old, spec),
+        _ => validate_create(spec),
+    };
+    if !violations.is_empty() {
+        return deny(allow, namespace, name, None, &violations);
+    }
+    if let Some(Ok(old)) = &old {
+        let warnings = warnings::update_warnings(old, spec);
+        if !warnings.is_empty() {
+            allow.warnings = Some(warnings);
+        }
+    }
+    allow
 }
 
 /// A denial listing every problem: 409 Conflict when the identity is taken, 422 otherwise.
@@ -327,77 +346,6 @@ fn bad_request(message: String) -> Answer {
         dry_run: false,
         message,
     }
-}
-
-/// Warnings for labels the request set and the patch corrects or removes: a manifest that
-/// carries them (exported with `kubectl get -o yaml`, say) sends the old value on every apply,
-/// and a GitOps tool comparing client-side would show it out of sync for ever. On an update,
-/// only a value the request changed from the stored one counts: a stored label that the spec
-/// has moved past (contextVersion raised) is the webhook's to correct, without a word.
-fn overridden_labels(
-    ops: &[json_patch::PatchOperation],
-    labels: Option<&BTreeMap<String, String>>,
-    old: Option<&reviewed::Object>,
-) -> Vec<String> {
-    use json_patch::PatchOperation::{Remove, Replace};
-    let value = |labels: Option<&BTreeMap<String, String>>, key: &str| {
-        labels.and_then(|l| l.get(key).cloned())
-    };
-    ops.iter()
-        .filter_map(|op| match op {
-            Replace(r) => r.path.last(),
-            Remove(r) => r.path.last(),
-            _ => None,
-        })
-        .map(|key| key.decoded().into_owned())
-        .filter(|key| old.is_none_or(|o| value(o.labels.as_ref(), key) != value(labels, key)))
-        .map(|key| {
-            format!("label {key} is set by the webhook from the spec; leave it out of the manifest")
-        })
-        .collect()
-}
-
-/// Hints for updates that are allowed but probably not what was meant.
-fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
-    let same_files = sorted(&old.markdown_files) == sorted(&new.markdown_files);
-    let mut out = Vec::new();
-    if new.context_version > old.context_version && same_files {
-        out.push(format!(
-            "contextVersion raised to {} without new or changed markdown files: the new run gets the same context",
-            new.context_version
-        ));
-    }
-    let removed = filenames_not_in(&old.markdown_files, &new.markdown_files);
-    if new.context_version == old.context_version && !removed.is_empty() {
-        // Most often not meant: a client-side apply sends the manifest's whole list.
-        out.push(format!(
-            "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command (it raises contextVersion, so the task runs again with them) and apply the manifest server-side from then on",
-            listed(&removed),
-            new.context_version
-        ));
-    } else if new.context_version == old.context_version && !same_files {
-        out.push(format!(
-            "markdownFiles changed but contextVersion is still {}: raise it to run the task with the new files",
-            new.context_version
-        ));
-    }
-    out
-}
-
-/// File names in a message: quoted, the first few.
-fn listed(names: &[&str]) -> String {
-    const SHOWN: usize = 5;
-    let mut out: Vec<String> = names.iter().take(SHOWN).map(|n| shown(n)).collect();
-    if names.len() > SHOWN {
-        out.push(format!("{} more", names.len() - SHOWN));
-    }
-    out.join(", ")
-}
-
-fn sorted(files: &[MarkdownFile]) -> Vec<&MarkdownFile> {
-    let mut v: Vec<&MarkdownFile> = files.iter().collect();
-    v.sort_by(|a, b| a.filename.cmp(&b.filename));
-    v
 }
 
 fn cause_reason(r: Reason) -> &'static str {
