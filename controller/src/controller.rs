@@ -200,10 +200,10 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
         }
         tracing::warn!(%identity, "lost the Lease: stopped acting");
     }
-    // A write of a reconcile dropped at the end of the shutdown grace may still land: the
-    // Lease is let go only after the grace a lost Lease gives, so that a successor's write
-    // cannot come first and be overwritten by it.
-    if dropped_reconciles && args.leader_elect {
+    // A write of a reconcile dropped at the end of the shutdown grace may still land: while
+    // this replica still holds the Lease, it lets go only after the grace a lost Lease gives,
+    // so that such a write has that long to land before a successor writes.
+    if dropped_reconciles && args.leader_elect && *leading.borrow() {
         let grace = Duration::from_secs(args.lease_grace_seconds);
         tracing::info!(
             grace_seconds = grace.as_secs(),

@@ -23,7 +23,7 @@ use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate
 use self::claim::{Claim, claim, judge};
 use self::events::record;
 use self::finalizer::{cleanup, set_finalizer};
-use self::superseded::{drop_superseded_config_maps, stop_superseded};
+use self::superseded::{drop_superseded_config_map, stop_superseded};
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
 use crate::{cache, job, writes};
@@ -128,7 +128,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         let scan = prev.observed_context_version != Some(version);
         stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
         if scan {
-            drop_superseded_config_maps(tr, ctx, &ns).await?;
+            drop_superseded_config_map(tr, ctx, &ns, &prev).await;
         }
     }
     // A finished version stays finished: decided from the status alone, before any child is
@@ -457,29 +457,118 @@ async fn write_status(
 }
 
 /// The older live TaskRun of `tr`'s identity that runs instead of `tr`, which has not run (its
-/// status names no Job), if there is one: the one the webhook names too
-/// (`taskrun::find_duplicate`). One pass over the cache when there is none.
+/// status names no Job), if there is one. One pass over the cache, copying nothing, when there
+/// is none (the common case); the cache is copied only when two TaskRuns of one task got past
+/// the webhook.
 fn runs_instead(tr: &TaskRun, taskruns: &Store<TaskRun>) -> Option<String> {
-    let me = Existing {
+    let me = not_run(tr);
+    taskruns.find(|o| o.same_task(tr) && Existing::of(o).holds_before(&me))?;
+    runs_instead_of(tr, taskruns.state().iter().map(AsRef::as_ref))
+}
+
+/// Of `cached`, the TaskRun that runs instead of `tr`: of those of its identity that hold it
+/// before `tr`, the one the webhook names too (`taskrun::find_duplicate`).
+fn runs_instead_of<'a>(
+    tr: &TaskRun,
+    cached: impl IntoIterator<Item = &'a TaskRun>,
+) -> Option<String> {
+    let me = not_run(tr);
+    let before: Vec<Existing<'_>> = cached
+        .into_iter()
+        .filter(|o| o.same_task(tr))
+        .map(Existing::of)
+        .filter(|o| o.holds_before(&me))
+        .collect();
+    find_duplicate(me.name, before).map(str::to_owned)
+}
+
+/// `tr` for the duplicate rule, as one that has not run: its status may be a lagging cache's,
+/// and the reconcile asks only while the latest status it knows names no Job.
+fn not_run(tr: &TaskRun) -> Existing<'_> {
+    Existing {
         has_run: false,
         ..Existing::of(tr)
-    };
-    let any = taskruns.find(|o| o.same_task(tr) && Existing::of(o).holds_before(&me))?;
-    // Rare (two TaskRuns of one task got past the webhook): of several, name the one that runs.
-    let holders = taskruns.state();
-    let named = find_duplicate(
-        &tr.name_any(),
-        holders
-            .iter()
-            .filter(|o| o.same_task(tr))
-            .map(|o| Existing::of(o)),
-    );
-    Some(named.map_or_else(|| any.name_any(), str::to_owned))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::denied_by_admission;
+    use super::{denied_by_admission, runs_instead_of};
+    use taskrun::{TaskRun, TaskRunStatus};
+
+    fn taskrun(name: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
+        let mut tr: TaskRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "spec": {"taskId": task_id, "serviceName": service, "contextVersion": 1,
+                     "markdownFiles": []},
+        }))
+        .expect("a TaskRun");
+        tr.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(created).expect("time"),
+            ));
+        tr
+    }
+
+    fn ran(mut tr: TaskRun) -> TaskRun {
+        tr.status = Some(TaskRunStatus {
+            job_name: Some("svc-7-v1".into()),
+            ..TaskRunStatus::default()
+        });
+        tr
+    }
+
+    fn instead(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
+        runs_instead_of(tr, cached)
+    }
+
+    #[test]
+    fn a_taskrun_that_has_not_run_yields_to_the_holder_that_runs() {
+        let (older, newer) = (taskrun("b", 100, "svc", 7), taskrun("a", 200, "svc", 7));
+        let cached = [older.clone(), newer.clone()];
+        assert_eq!(
+            instead(&newer, &cached).as_deref(),
+            Some("b"),
+            "the older one"
+        );
+        assert_eq!(instead(&older, &cached), None, "the oldest runs");
+        // Created in one second: the uid decides, one way only.
+        let (x, y) = (taskrun("x", 100, "svc", 7), taskrun("y", 100, "svc", 7));
+        let pair = [x.clone(), y.clone()];
+        assert!(instead(&x, &pair).is_some() != instead(&y, &pair).is_some());
+        // One that has run holds the task whatever its age, and is the one named.
+        let late = ran(taskrun("n", 300, "svc", 7));
+        let cached = [
+            taskrun("m", 100, "svc", 7),
+            late.clone(),
+            taskrun("l", 200, "svc", 7),
+        ];
+        assert_eq!(
+            instead(&taskrun("z", 400, "svc", 7), &cached).as_deref(),
+            Some("n")
+        );
+        assert_eq!(instead(&cached[0], &cached).as_deref(), Some("n"));
+        // A lagging cache's status saying this one ran does not make it hold the task: the
+        // reconcile asks only while the status it knows names no Job.
+        let lagging = ran(taskrun("c", 500, "svc", 7));
+        assert_eq!(
+            instead(&lagging, &[older.clone(), lagging.clone()]).as_deref(),
+            Some("b")
+        );
+        // Another task, service or namespace, or one being deleted, holds nothing of it.
+        let mut elsewhere = taskrun("e", 1, "svc", 7);
+        elsewhere.metadata.namespace = Some("team-b".into());
+        let mut going = taskrun("f", 1, "svc", 7);
+        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        let others = [
+            taskrun("c", 1, "svc", 8),
+            taskrun("d", 1, "other", 7),
+            elsewhere,
+            going,
+        ];
+        assert_eq!(instead(&newer, &others), None);
+    }
 
     #[test]
     fn refusals_by_admission_are_told_from_an_invalid_object() {

@@ -5,7 +5,7 @@
 CONTROLLER_HTTP_ADDR="${CONTROLLER_HTTP_ADDR:-127.0.0.1:8082}"
 
 start_bg taskrun-controller \
-  env KUBECONFIG="$KUBECONFIG" TASKRUN_LOG_LEVEL="${CONTROLLER_LOG_LEVEL:-info}" \
+  env KUBECONFIG="$KUBECONFIG" TASKRUN_LOG_LEVEL="${TASKRUN_LOG_LEVEL:-info}" \
   "$RUST_BIN_DIR/taskrun-controller" \
     --log-format=text \
     --http-addr="$CONTROLLER_HTTP_ADDR" \

@@ -74,7 +74,7 @@ pub struct TaskRunSpec {
     /// The version of the task's context, 1 for the first run. Raise it (and add markdown
     /// files) to run the task again with more context; it may never go down.
     #[serde(default = "default_context_version")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = crate::limits::MIN_CONTEXT_VERSION))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("contextVersion may not decrease; raise it to run the task with new context"))]
     pub context_version: i64,
 
@@ -86,7 +86,7 @@ pub struct TaskRunSpec {
 }
 
 fn default_context_version() -> i64 {
-    1
+    crate::limits::MIN_CONTEXT_VERSION
 }
 
 /// One markdown file given to the agent, mounted at `$CONTEXT_DIR/<filename>`.

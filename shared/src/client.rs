@@ -23,7 +23,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64
 pub const LIST_PAGE_SIZE: u32 = 8;
 
 /// The delay before the next try after `failures` failures in a row (from 1; 0 counts as 1):
-/// `base`, doubled per failure, at most `cap`. Callers add their own jitter.
+/// `base`, doubled per failure, at most `cap`. The webhook's re-lists add jitter, so that its
+/// replicas do not list in step; the controller's retries are per object and spread already.
 pub fn retry_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(31);
     base.saturating_mul(1u32 << doublings).min(cap)

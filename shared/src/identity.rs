@@ -209,29 +209,6 @@ mod tests {
         assert!(!holds_before(&going, &younger));
     }
 
-    /// The webhook's duplicate message names, of several holders of an identity, the one the
-    /// controller runs: the one that has run, or that no other holds the identity before.
-    #[test]
-    fn the_duplicate_named_is_the_holder_the_controller_runs() {
-        let cases = [
-            vec![taskrun("b", 100, "svc", 7), taskrun("a", 101, "svc", 7)],
-            vec![taskrun("y", 100, "svc", 7), taskrun("x", 100, "svc", 7)],
-            vec![
-                taskrun("m", 100, "svc", 7),
-                ran(taskrun("n", 300, "svc", 7)),
-                taskrun("l", 200, "svc", 7),
-            ],
-        ];
-        for holders in cases {
-            let runs = holders
-                .iter()
-                .find(|t| !holders.iter().any(|o| holds_before(o, t)))
-                .and_then(|t| t.metadata.name.as_deref());
-            let named = find_duplicate("newcomer", holders.iter().map(Existing::of));
-            assert_eq!(named, runs, "{holders:?}");
-        }
-    }
-
     #[test]
     fn no_holders_no_duplicate() {
         assert_eq!(find_duplicate("a", []), None);

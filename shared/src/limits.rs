@@ -4,6 +4,8 @@
 
 /// `spec.taskId` is at least this.
 pub const MIN_TASK_ID: i64 = 1;
+/// `spec.contextVersion` is at least this (and the default: the first run).
+pub const MIN_CONTEXT_VERSION: i64 = 1;
 /// `spec.serviceName` is at most this many characters (it is the prefix of child names).
 pub const MAX_SERVICE_NAME_LEN: usize = 40;
 /// `spec.agentName` is at most this many characters (a DNS-1123 label).

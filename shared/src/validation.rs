@@ -200,11 +200,11 @@ fn check_agent_name(name: &str, out: &mut Vec<Violation>) {
 }
 
 fn check_context_version(version: i64, out: &mut Vec<Violation>) {
-    if version < 1 {
+    if version < MIN_CONTEXT_VERSION {
         out.push(Violation::new(
             "spec.contextVersion",
             Reason::Invalid,
-            format!("contextVersion must be at least 1, got {version}"),
+            format!("contextVersion must be at least {MIN_CONTEXT_VERSION}, got {version}"),
         ));
     }
 }

@@ -52,6 +52,10 @@ fn the_schema_bounds_are_the_validation_bounds() {
     let crd = generated();
     let spec = at(&crd, &format!("{SPEC}/properties"));
     assert_eq!(spec["taskId"]["minimum"].as_f64(), Some(MIN_TASK_ID as f64));
+    assert_eq!(
+        spec["contextVersion"]["minimum"].as_f64(),
+        Some(MIN_CONTEXT_VERSION as f64)
+    );
     assert_eq!(spec["serviceName"]["maxLength"], MAX_SERVICE_NAME_LEN);
     assert_eq!(spec["agentName"]["maxLength"], MAX_AGENT_NAME_LEN);
     let files = &spec["markdownFiles"];

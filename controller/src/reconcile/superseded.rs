@@ -87,27 +87,40 @@ pub(super) async fn stop_superseded(
     Ok(())
 }
 
-/// Deletes the ConfigMaps of older versions: no Job will mount them again (a version never
-/// runs twice, and its Job is stopped or finished), and each holds all the context so far, up
-/// to a megabyte, which would otherwise stay in etcd until the TaskRun is deleted. Done while
-/// the status does not record this version yet, from the cache (one pass over it per raise);
-/// one the cache does not hold yet goes when the TaskRun does (`cleanup`).
-pub(super) async fn drop_superseded_config_maps(
+/// Deletes the ConfigMap of the version the status records, once a newer one is asked for:
+/// no Job mounts it again (a version never runs twice, and its Job is stopped or finished), and
+/// it holds all the context so far, up to a megabyte, which would otherwise stay in etcd until
+/// the TaskRun goes. Found by the name the status gives, so this costs no pass over the cache;
+/// a version whose status was never written keeps its ConfigMap until the TaskRun is deleted
+/// (`finalizer::cleanup`). Best effort: a refusal is logged, and the new version runs anyway.
+pub(super) async fn drop_superseded_config_map(
     tr: &TaskRun,
     ctx: &Ctx,
     ns: &str,
-) -> Result<(), Error> {
+    prev: &TaskRunStatus,
+) {
     let current = job::child_names(tr).1;
-    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let Some(name) = prev.config_map_name.as_deref().filter(|n| *n != current) else {
+        return;
+    };
+    let uid = tr.meta().uid.as_deref();
+    let ours = ctx
+        .children
+        .config_map(ns, name)
+        .await
+        .is_some_and(|cm| cache::controlled_by(&cm.metadata, uid));
+    if !ours {
+        return;
+    }
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
-    for cm in ctx.children.config_maps_of(uid).await {
-        let name = cm.name_any();
-        if name != current && cm.metadata.deletion_timestamp.is_none() {
-            delete_ignoring_missing(&config_maps, &name).await?;
-            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version");
+    match delete_ignoring_missing(&config_maps, name).await {
+        Ok(()) => {
+            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version")
+        }
+        Err(error) => {
+            tracing::warn!(taskrun = %tr.name_any(), config_map = %name, %error, "could not remove the ConfigMap of a superseded version; it goes with the TaskRun")
         }
     }
-    Ok(())
 }
 
 /// The Jobs to stop for a TaskRun whose current version's Job is `current`: the cached ones
