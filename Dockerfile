@@ -16,10 +16,12 @@ RUN case "$TARGETARCH" in \
  && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY . .
-# `sharing=locked`: the platforms of one buildx build share the cache, one at a time.
+# `sharing=locked`: the platforms of one buildx build share the caches, one at a time (for the
+# registry too: cargo's package-cache lock lives in CARGO_HOME, outside the mount, so it cannot
+# keep two builds from unpacking the same crate at once).
 # CC_<target>: the C code (ring, mimalloc) for the musl target is compiled with musl-gcc
 # (cc-rs would look for aarch64-linux-musl-gcc, which musl-tools does not install).
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     target="$(cat /rust-target)" \
  && env "CC_$(echo "$target" | tr - _)=musl-gcc" \

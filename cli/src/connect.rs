@@ -12,7 +12,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use kube::Resource;
-use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+use kube::config::{Config, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use taskrun::TaskRun;
 
 use crate::args::Connection;
@@ -117,6 +117,36 @@ fn shown_paths(paths: &[PathBuf]) -> String {
     shown.join(", ")
 }
 
+/// The kubeconfig files read and merged in order, as kubectl merges them: the first file to set
+/// a value wins, and a value set to the empty string counts as not set (client-go merges with
+/// mergo, which skips empty values). kube's `Kubeconfig::merge` keeps the first value present
+/// even when empty, so a file with `current-context: ""` ahead of the one that names the
+/// context would leave none; such values are cleared in each file before merging.
+fn read_merged(files: &[PathBuf]) -> Result<Kubeconfig, KubeconfigError> {
+    files
+        .iter()
+        .try_fold(Kubeconfig::default(), |merged, path| {
+            Kubeconfig::read_from(path).and_then(|next| merged.merge(without_empty(next)))
+        })
+}
+
+/// `config` with its empty top-level values unset. The named clusters, users and contexts are
+/// merged whole, first name wins, as kubectl does, so only these can shadow a later file:
+/// `current-context`, and `kind`/`apiVersion`, which kube compares across files (an empty one
+/// against `Config` would be refused as a mismatch).
+fn without_empty(mut config: Kubeconfig) -> Kubeconfig {
+    for value in [
+        &mut config.current_context,
+        &mut config.kind,
+        &mut config.api_version,
+    ] {
+        if value.as_deref() == Some("") {
+            *value = None;
+        }
+    }
+    config
+}
+
 /// The client and the namespace to work in (the flag, else the context's, else `default`).
 pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error> {
     let default = std::env::home_dir().map(|home| home.join(".kube").join("config"));
@@ -129,15 +159,10 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
     )?;
     let config = match source {
         Source::Files(files) => {
-            let kubeconfig = files
-                .iter()
-                .try_fold(Kubeconfig::default(), |merged, path| {
-                    Kubeconfig::read_from(path).and_then(|next| merged.merge(next))
-                })
-                .map_err(|source| Error::Kubeconfig {
-                    files: shown_paths(&files),
-                    source,
-                })?;
+            let kubeconfig = read_merged(&files).map_err(|source| Error::Kubeconfig {
+                files: shown_paths(&files),
+                source,
+            })?;
             let context = pick_context(&kubeconfig, conn.context.as_deref(), &files)?.to_owned();
             let options = KubeConfigOptions {
                 context: Some(context),
@@ -289,6 +314,38 @@ mod tests {
             contexts.concat()
         ))
         .expect("a kubeconfig")
+    }
+
+    /// `KUBECONFIG=extra:config`, extra setting empty values: kubectl takes config's.
+    #[test]
+    fn empty_values_in_an_earlier_file_do_not_shadow_a_later_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = dir.path().join("extra.yaml");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &extra,
+            "apiVersion: \"\"\nkind: \"\"\ncurrent-context: \"\"\ncontexts:\n- name: extra\n  context: {cluster: c, user: u}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            &config,
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\ncontexts:\n- name: dev\n  context: {cluster: c, user: u}\n",
+        )
+        .expect("write");
+        let files = vec![extra.clone(), config.clone()];
+        let merged = read_merged(&files).expect("merged");
+        assert_eq!(pick_context(&merged, None, &files).ok(), Some("dev"));
+        assert_eq!(merged.kind.as_deref(), Some("Config"));
+        assert_eq!(merged.api_version.as_deref(), Some("v1"));
+
+        // A value that is set still wins from the first file that sets it.
+        std::fs::write(
+            &extra,
+            "current-context: extra\ncontexts:\n- name: extra\n  context: {cluster: c, user: u}\n",
+        )
+        .expect("write");
+        let merged = read_merged(&files).expect("merged");
+        assert_eq!(pick_context(&merged, None, &files).ok(), Some("extra"));
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct Metrics {
     pub index_watch_failures: Counter,
     pub cert_reloads: Counter,
     pub cert_reload_failures: Counter,
-    /// notAfter of the certificate served, as Unix seconds; 0 until one has loaded.
+    /// notAfter of the certificate served, as Unix seconds; 0 when unknown (none loaded yet,
+    /// or the served one's notAfter cannot be parsed).
     pub cert_expiry: Gauge,
     pub tls_handshake_failures: Counter,
 }
@@ -96,7 +97,7 @@ impl Default for Metrics {
         );
         registry.register(
             "certificate_expiry_timestamp_seconds",
-            "notAfter of the serving certificate loaded last, as Unix seconds (0 until one has loaded)",
+            "notAfter of the serving certificate loaded last, as Unix seconds (0: unknown, none loaded yet or its notAfter unreadable)",
             cert_expiry.clone(),
         );
         registry.register(

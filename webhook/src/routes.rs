@@ -54,6 +54,7 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let route = route_name(req.uri().path());
+        let label = route_label(route, req.method(), listener);
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
         let http1 = req.version() < Version::HTTP_2;
@@ -71,14 +72,14 @@ impl App {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                route,
+                route: label,
                 operation,
                 result,
             })
             .inc();
         self.metrics
             .latency
-            .get_or_create(&RouteLabels { route })
+            .get_or_create(&RouteLabels { route: label })
             .observe(started.elapsed().as_secs_f64());
         Ok(response)
     }
@@ -270,6 +271,17 @@ fn route_name(path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         _ => "other",
+    }
+}
+
+/// The `route` label of a request: `validate` and `mutate` only for what can be an admission
+/// call (a POST on the TLS listener), so that their `error` count means reviews the webhook
+/// could not decide; the same paths asked otherwise (a scanner's GET, the plain listener,
+/// which serves no admission) count as `other`, with the unknown paths.
+fn route_label(route: &'static str, method: &Method, listener: Listener) -> &'static str {
+    match route {
+        "validate" | "mutate" if listener != Listener::Tls || method != Method::POST => "other",
+        route => route,
     }
 }
 

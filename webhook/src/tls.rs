@@ -8,7 +8,8 @@
 //! the webhook's own among them) are ignored. A pair read across a swap (the old certificate,
 //! then the new key) is read once more before it counts as failed. A pair that does not load
 //! (half-written, key not matching the certificate) is logged and counted, and the previous
-//! pair keeps serving.
+//! pair keeps serving. Whether a pair loads is rustls' call: the expiry gauge's parser only
+//! reads the notAfter, and a certificate it cannot read is served with the gauge at 0.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,14 +51,19 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// A certificate's notAfter, or why it cannot be read.
+pub type NotAfter = Result<ASN1Time, String>;
+
 /// What a reload attempt found.
 #[derive(Debug)]
 pub enum Reload {
     /// The files are what is already served (or what already failed).
     Unchanged,
-    /// A new pair is served; its certificate expires at `not_after`.
+    /// A new pair is served; its certificate expires at `not_after`, or, when the certificate
+    /// parser (stricter than rustls, which serves it) cannot read its validity, at a time not
+    /// known, for the reason given.
     Loaded {
-        not_after: ASN1Time,
+        not_after: NotAfter,
     },
     Failed(TlsError),
 }
@@ -151,8 +157,9 @@ impl CertStore {
         Reload::Failed(e)
     }
 
-    /// The served pair and its certificate's notAfter.
-    fn parse(&self, cert: &[u8], key: &[u8]) -> Result<(CertifiedKey, ASN1Time), TlsError> {
+    /// The served pair and its certificate's notAfter. Whether the pair is served is rustls'
+    /// call alone: a leaf only the expiry's parser refuses is served, its notAfter unknown.
+    fn parse(&self, cert: &[u8], key: &[u8]) -> Result<(CertifiedKey, NotAfter), TlsError> {
         let cert_path = self.cert_path.display().to_string();
         let key_path = self.key_path.display().to_string();
         let bad_certificate = |reason: String| TlsError::BadCertificate {
@@ -165,11 +172,7 @@ impl CertStore {
         let Some(leaf) = chain.first() else {
             return Err(TlsError::NoCertificate { path: cert_path });
         };
-        let not_after = x509_parser::parse_x509_certificate(leaf)
-            .map_err(|e| bad_certificate(e.to_string()))?
-            .1
-            .validity()
-            .not_after;
+        let not_after = not_after(leaf);
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::BadKey {
             path: key_path.clone(),
             reason: e.to_string(),
@@ -189,8 +192,18 @@ impl CertStore {
             Reload::Unchanged => {}
             Reload::Loaded { not_after } => {
                 metrics.cert_reloads.inc();
-                metrics.cert_expiry.set(not_after.timestamp());
-                tracing::info!(cert = %self.cert_path.display(), %not_after, "serving certificate loaded");
+                metrics.cert_expiry.set(expiry_gauge(&not_after));
+                match not_after {
+                    Ok(not_after) => {
+                        tracing::info!(cert = %self.cert_path.display(), %not_after, "serving certificate loaded");
+                    }
+                    Err(reason) => {
+                        tracing::warn!(
+                            cert = %self.cert_path.display(), %reason,
+                            "serving certificate loaded, but its notAfter unknown: it cannot be parsed as X.509 (the TLS library accepts it); the expiry gauge reads 0 until a certificate whose expiry can be read is loaded"
+                        );
+                    }
+                }
             }
             Reload::Failed(e) => {
                 metrics.cert_reload_failures.inc();
@@ -298,6 +311,18 @@ async fn reload_off_thread(store: &Arc<CertStore>, metrics: &Arc<Metrics>) {
     if let Err(e) = tokio::task::spawn_blocking(move || store.reload_logged(&metrics)).await {
         tracing::error!(error = %e, "the certificate reload failed; trying again on the next change");
     }
+}
+
+/// The leaf's notAfter, or why it cannot be read.
+fn not_after(leaf: &[u8]) -> NotAfter {
+    x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| cert.validity().not_after)
+        .map_err(|e| e.to_string())
+}
+
+/// The expiry gauge's value: notAfter as Unix seconds, 0 when it is not known.
+fn expiry_gauge(not_after: &NotAfter) -> i64 {
+    not_after.as_ref().map_or(0, ASN1Time::timestamp)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -545,6 +570,70 @@ mod tests {
         store.reload_logged(&metrics);
         assert_eq!(metrics.cert_reload_failures.get(), 1);
         assert_eq!(metrics.cert_expiry.get(), 1_972_166_400);
+    }
+
+    /// `der` as a PEM certificate.
+    fn pem(der: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).expect("ascii"))
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    }
+
+    /// A leaf rustls accepts but the X.509 parser refuses (its notAfter names month 13; rustls
+    /// reads neither the validity nor the signature of its own certificate): served, with the
+    /// expiry gauge at 0 (unknown), not the previous certificate's date.
+    #[test]
+    fn a_certificate_whose_expiry_cannot_be_read_is_served_with_the_gauge_at_0() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let metrics = Metrics::default();
+        expiring(2031, 1, 2)
+            .write(dir.path(), "tls")
+            .expect("write");
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_expiry.get(), 1_925_078_400);
+
+        let pair = expiring(2032, 6, 30);
+        let mut leaf = der(&pair.cert_pem);
+        let at = leaf
+            .windows(13)
+            .position(|w| w == b"320630000000Z")
+            .expect("notAfter as UTCTime");
+        leaf[at..at + 13].copy_from_slice(b"321330000000Z");
+        assert!(not_after(&leaf).is_err(), "the parser should refuse it");
+        taskrun_certs::Pair {
+            cert_pem: pem(&leaf),
+            key_pem: pair.key_pem,
+        }
+        .write(dir.path(), "tls")
+        .expect("write");
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_reload_failures.get(), 0);
+        assert_eq!(metrics.cert_reloads.get(), 2);
+        assert_eq!(served(&store), leaf);
+        assert_eq!(metrics.cert_expiry.get(), 0);
     }
 
     #[test]

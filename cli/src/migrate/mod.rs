@@ -296,7 +296,12 @@ async fn refused(
         return not_judged(&e);
     }
     if duplicate(&e) {
-        let holder = holder(taskruns, name, spec).await;
+        // The webhook names the holder the controller runs; the labels are asked only when
+        // its answer does not say (an older webhook, a message reworded).
+        let holder = match named_holder(&e, &release.namespace) {
+            Some(named) => Some(named),
+            None => holder(taskruns, name, spec).await,
+        };
         return Outcome::Failed(served_elsewhere(
             &release.namespace,
             name,
@@ -318,8 +323,42 @@ fn duplicate(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict")
 }
 
+/// The TaskRun the webhook's duplicate refusal names ("TaskRun NS/NAME already holds ..."):
+/// of several holders, the one the controller runs (DESIGN section 4). Read from the cause the
+/// webhook marks (`FieldValueDuplicate` on `spec.taskId`), else from the message, which the
+/// API server prefixes with the webhook's name.
+fn named_holder(e: &kube::Error, ns: &str) -> Option<String> {
+    let kube::Error::Api(status) = e else {
+        return None;
+    };
+    let causes = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .filter(|c| c.reason == "FieldValueDuplicate" && c.field == "spec.taskId")
+        .map(|c| c.message.as_str());
+    causes
+        .chain(std::iter::once(status.message.as_str()))
+        .find_map(|message| holder_in(message, ns))
+        .map(str::to_owned)
+}
+
+/// NAME in "... TaskRun NS/NAME already holds ...", when it is a plausible object name.
+fn holder_in<'m>(message: &'m str, ns: &str) -> Option<&'m str> {
+    let marker = format!("TaskRun {ns}/");
+    let (_, rest) = message.split_once(&marker)?;
+    let (name, _) = rest.split_once(" already holds ")?;
+    let plausible = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    plausible.then_some(name)
+}
+
 /// The live TaskRun other than `name` that holds the task of `spec`, found by the labels the
-/// mutating webhook stamps; `None` when it cannot be told.
+/// mutating webhook stamps (the first by name, which may not be the one the controller runs);
+/// `None` when it cannot be told.
 async fn holder(
     taskruns: &Api<TaskRun>,
     name: &str,
@@ -485,6 +524,55 @@ mod tests {
         assert!(duplicate(&status(409, "Conflict")));
         assert!(!duplicate(&status(409, "AlreadyExists")));
         assert!(!duplicate(&status(422, "Invalid")));
+    }
+
+    /// The webhook's 409 as the API server passes it on.
+    fn refused_as_duplicate(cause: Option<&str>, message: &str) -> kube::Error {
+        let mut status = kube::core::Status::failure(
+            &format!("admission webhook \"validate.taskruns.orchestrator.io\" denied the request: {message}"),
+            "Conflict",
+        )
+        .with_code(409);
+        if let Some(cause) = cause {
+            status = status.with_details(kube::core::response::StatusDetails {
+                name: "billing-task-7".into(),
+                group: "orchestrator.io".into(),
+                kind: "TaskRun".into(),
+                uid: String::new(),
+                causes: vec![
+                    kube::core::response::StatusCause {
+                        reason: "FieldValueDuplicate".into(),
+                        message: "TaskRun team-a/not-this already holds nothing".into(),
+                        field: "spec.markdownFiles[1].filename".into(),
+                    },
+                    kube::core::response::StatusCause {
+                        reason: "FieldValueDuplicate".into(),
+                        message: cause.into(),
+                        field: "spec.taskId".into(),
+                    },
+                ],
+                retry_after_seconds: 0,
+            });
+        }
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn the_holder_is_the_one_the_webhook_names() {
+        let held = "TaskRun team-a/billing-b.2 already holds task 7 of service billing in namespace team-a; add context to it with \"kubectl taskrun context add billing-b.2 -n team-a -f FILE.md\"";
+        // From the cause on spec.taskId, whatever the message says.
+        let e = refused_as_duplicate(Some(held), "reworded");
+        assert_eq!(named_holder(&e, "team-a").as_deref(), Some("billing-b.2"));
+        // From the message when there are no causes.
+        let e = refused_as_duplicate(None, held);
+        assert_eq!(named_holder(&e, "team-a").as_deref(), Some("billing-b.2"));
+        // Not told: another namespace, another wording, a name no object can have.
+        assert_eq!(named_holder(&e, "team-b"), None);
+        let e = refused_as_duplicate(None, "the task is taken");
+        assert_eq!(named_holder(&e, "team-a"), None);
+        let e = refused_as_duplicate(None, "TaskRun team-a/Not a name already holds task 7");
+        assert_eq!(named_holder(&e, "team-a"), None);
+        assert_eq!(named_holder(&status(409, "Conflict"), "team-a"), None);
     }
 
     #[test]

@@ -98,6 +98,47 @@ async fn admission_is_answered_over_tls_only() {
     );
 }
 
+/// What no API server sends (a GET on the admission paths, either path on the plain
+/// listener) counts as `other`: the admission routes' errors are the reviews that failed.
+#[tokio::test]
+async fn only_admission_calls_count_under_the_admission_routes() {
+    let app = app(true);
+    for path in ["/validate", "/mutate"] {
+        let get = Request::get(path)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(
+            call(&app, get, Listener::Tls).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let plain = post(path, Some("application/json"), review());
+        assert_eq!(
+            call(&app, plain, Listener::Plain).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // A POST on the TLS listener is an admission call, even a bad one.
+    let bad = post("/mutate", Some("text/plain"), review());
+    assert_eq!(
+        call(&app, bad, Listener::Tls).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let text = app.metrics.encode();
+    assert!(
+        text.contains(
+            r#"taskrun_webhook_requests_total{route="other",operation="",result="error"} 4"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(r#"route="validate""#), "{text}");
+    assert!(
+        text.contains(
+            r#"taskrun_webhook_requests_total{route="mutate",operation="",result="error"} 1"#
+        ),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn wrong_method_content_type_and_size_are_refused() {
     let app = app(true);
