@@ -572,35 +572,6 @@ mod tests {
         assert_eq!(metrics.cert_expiry.get(), 1_972_166_400);
     }
 
-    /// `der` as a PEM certificate.
-    fn pem(der: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = String::new();
-        for chunk in der.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    b64.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-                } else {
-                    b64.push('=');
-                }
-            }
-        }
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).expect("ascii"))
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
-    }
-
     /// A leaf rustls accepts but the X.509 parser refuses (its notAfter names month 13; rustls
     /// reads neither the validity nor the signature of its own certificate): served, with the
     /// expiry gauge at 0 (unknown), not the previous certificate's date.
@@ -624,7 +595,7 @@ mod tests {
         leaf[at..at + 13].copy_from_slice(b"321330000000Z");
         assert!(not_after(&leaf).is_err(), "the parser should refuse it");
         taskrun_certs::Pair {
-            cert_pem: pem(&leaf),
+            cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", leaf.clone())),
             key_pem: pair.key_pem,
         }
         .write(dir.path(), "tls")
