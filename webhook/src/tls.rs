@@ -548,8 +548,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_expiry_gauge_is_the_served_certificates_not_after() {
+    /// `date -u -d 2031-01-02T00:00:00Z +%s`
+    const JAN_2_2031: i64 = 1_925_078_400;
+
+    /// A store serving a pair that expires on 2031-01-02, loaded and counted.
+    fn serving_2031() -> (tempfile::TempDir, CertStore, Metrics) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let metrics = Metrics::default();
@@ -557,8 +560,13 @@ mod tests {
             .write(dir.path(), "tls")
             .expect("write");
         store.reload_logged(&metrics);
-        // date -u -d 2031-01-02T00:00:00Z +%s
-        assert_eq!(metrics.cert_expiry.get(), 1_925_078_400);
+        assert_eq!(metrics.cert_expiry.get(), JAN_2_2031);
+        (dir, store, metrics)
+    }
+
+    #[test]
+    fn the_expiry_gauge_is_the_served_certificates_not_after() {
+        let (dir, store, metrics) = serving_2031();
 
         let renewed = expiring(2032, 6, 30);
         renewed.write(dir.path(), "tls").expect("write");
@@ -577,14 +585,7 @@ mod tests {
     /// expiry gauge at 0 (unknown), not the previous certificate's date.
     #[test]
     fn a_certificate_whose_expiry_cannot_be_read_is_served_with_the_gauge_at_0() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = CertStore::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        let metrics = Metrics::default();
-        expiring(2031, 1, 2)
-            .write(dir.path(), "tls")
-            .expect("write");
-        store.reload_logged(&metrics);
-        assert_eq!(metrics.cert_expiry.get(), 1_925_078_400);
+        let (dir, store, metrics) = serving_2031();
 
         let pair = expiring(2032, 6, 30);
         let mut leaf = der(&pair.cert_pem);
