@@ -172,9 +172,11 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// Writes `contents` with `mode`, also when the file exists with another mode: the mode is set
+/// before the contents arrive, so a key never sits in a file others may read.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |source| Error::Write {
         path: path.display().to_string(),
         source,
@@ -186,12 +188,30 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
         .mode(mode)
         .open(path)
         .map_err(err)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
     file.write_all(contents.as_bytes()).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_over_a_readable_file_is_no_longer_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("taskrun-certs-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("tls.key");
+        std::fs::write(&path, "old").expect("old key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_file(&path, "new", 0o600).expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        let contents = std::fs::read_to_string(&path).expect("read");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert_eq!(mode, 0o600);
+        assert_eq!(contents, "new");
+    }
 
     #[test]
     fn serving_and_client_certificates_are_pem() {
