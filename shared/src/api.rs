@@ -51,7 +51,14 @@ pub struct TaskRunSpec {
     /// The task's number within its service. At least 1. Immutable: to run another task,
     /// create another TaskRun.
     #[schemars(range(min = crate::limits::MIN_TASK_ID))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("taskId is immutable; create a new TaskRun for another task"))]
+    // The API server checks these rules before calling the webhook, so their messages are
+    // the ones `kubectl apply`, Argo CD and Flux show: they name both values and the way out,
+    // in the words of the webhook's own check (`validation::validate_update`). `format`, not
+    // `+` with `string(...)`: the API server cannot bound the size of `string(int)`, and
+    // estimates a concatenation with it far over the CRD's cost budget.
+    #[x_kube(validation = Rule::new("self == oldSelf").message(Message::Expression(
+        "'taskId is immutable (was %d, now %d): to run another task, create a new TaskRun under another metadata.name instead of changing this one'.format([oldSelf, self])".into()
+    )).reason(Reason::FieldValueForbidden))]
     pub task_id: i64,
 
     /// The service the task belongs to: a DNS-1123 label (lowercase letters, digits and '-',
@@ -60,7 +67,9 @@ pub struct TaskRunSpec {
         length(min = 1, max = crate::limits::MAX_SERVICE_NAME_LEN),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("serviceName is immutable; create a new TaskRun for another service"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(Message::Expression(
+        "'serviceName is immutable (was \"%s\", now \"%s\"): to run a task of another service, create a new TaskRun under another metadata.name instead of changing this one'.format([oldSelf, self])".into()
+    )).reason(Reason::FieldValueForbidden))]
     pub service_name: String,
 
     /// The agent that runs the task, if it matters which: a DNS-1123 label when set.
@@ -75,18 +84,49 @@ pub struct TaskRunSpec {
     /// files) to run the task again with more context; it may never go down.
     #[serde(default = "default_context_version")]
     #[schemars(range(min = crate::limits::MIN_CONTEXT_VERSION))]
-    #[x_kube(validation = Rule::new("self >= oldSelf").message("contextVersion may not decrease; raise it to run the task with new context"))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message(Message::Expression(
+        "'contextVersion may not decrease (was %d, now %d): set it to %d or more in your manifest, or leave it out; raise it to run the task with new context'.format([oldSelf, self, oldSelf])".into()
+    )).reason(Reason::FieldValueForbidden))]
     pub context_version: i64,
 
     /// The markdown files the agent reads, 1 to 64, keyed by filename: server-side apply by
     /// several managers merges entries instead of replacing the list.
     #[schemars(length(min = 1, max = crate::limits::MAX_FILES))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["filename".into()]))]
+    #[serde(deserialize_with = "first_files")]
     pub markdown_files: Vec<MarkdownFile>,
 }
 
 fn default_context_version() -> i64 {
     crate::limits::MIN_CONTEXT_VERSION
+}
+
+/// Reads `markdownFiles` keeping only its first `MAX_FILES + 1` entries: one more than
+/// allowed, so validation still refuses the list for its length. The rest is read past (it
+/// must still be JSON) without being kept. The mutating webhook reads a spec before the API
+/// server checks the schema, and a request within the API server's size limit can carry tens
+/// of thousands of tiny entries, each taking several times its bytes once read.
+fn first_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<MarkdownFile>, D::Error> {
+    use serde::de::{IgnoredAny, SeqAccess, Visitor};
+    struct FirstFiles;
+    impl<'de> Visitor<'de> for FirstFiles {
+        type Value = Vec<MarkdownFile>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of markdown files")
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+            let mut kept = Vec::new();
+            while kept.len() <= crate::limits::MAX_FILES {
+                match seq.next_element()? {
+                    Some(file) => kept.push(file),
+                    None => return Ok(kept),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(kept)
+        }
+    }
+    d.deserialize_seq(FirstFiles)
 }
 
 /// One markdown file given to the agent, mounted at `$CONTEXT_DIR/<filename>`.
@@ -290,7 +330,31 @@ impl TaskRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// Of a list of files far beyond the limit, one more than allowed is kept; the entries past
+    /// it are not read as files, but must still be JSON.
+    #[test]
+    fn at_most_one_file_more_than_allowed_is_kept() {
+        use crate::limits::MAX_FILES;
+        let mut files: Vec<Value> = (0..10_000)
+            .map(|_| json!({"filename": "a.md", "content": "x"}))
+            .collect();
+        files.push(json!({"not": "a file"}));
+        let spec = json!({"taskId": 1, "serviceName": "s", "markdownFiles": files});
+        let read: TaskRunSpec = serde_json::from_value(spec.clone()).expect("spec");
+        assert_eq!(read.markdown_files.len(), MAX_FILES + 1);
+
+        let text = serde_json::to_string(&spec).expect("json");
+        let broken = text.replacen(r#"{"not":"a file"}"#, "{", 1);
+        assert!(serde_json::from_str::<TaskRunSpec>(&broken).is_err());
+        let few = json!({"taskId": 1, "serviceName": "s",
+                         "markdownFiles": [{"filename": "a.md", "content": "x"}]});
+        let read: TaskRunSpec = serde_json::from_value(few).expect("spec");
+        assert_eq!(read.markdown_files.len(), 1);
+        let bad = json!({"taskId": 1, "serviceName": "s", "markdownFiles": [{"filename": 1}]});
+        assert!(serde_json::from_value::<TaskRunSpec>(bad).is_err());
+    }
 
     /// A status with times the API server accepts and this reader does not: the TaskRun is
     /// still read, with what says which version ran.

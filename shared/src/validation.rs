@@ -78,7 +78,7 @@ pub fn validate_update(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Violation> {
             "spec.taskId",
             Reason::Forbidden,
             format!(
-                "taskId is immutable (was {}, now {}); create a new TaskRun for another task",
+                "taskId is immutable (was {}, now {}): to run another task, create a new TaskRun under another metadata.name instead of changing this one",
                 old.task_id, new.task_id
             ),
         ));
@@ -88,7 +88,7 @@ pub fn validate_update(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Violation> {
             "spec.serviceName",
             Reason::Forbidden,
             format!(
-                "serviceName is immutable (was {}, now {}); create a new TaskRun for another service",
+                "serviceName is immutable (was {}, now {}): to run a task of another service, create a new TaskRun under another metadata.name instead of changing this one",
                 shown(&old.service_name),
                 shown(&new.service_name)
             ),
@@ -99,8 +99,9 @@ pub fn validate_update(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Violation> {
             "spec.contextVersion",
             Reason::Forbidden,
             format!(
-                "contextVersion may not decrease (was {}, now {}); raise it to run the task with new context",
-                old.context_version, new.context_version
+                "contextVersion may not decrease (was {was}, now {now}): set it to {was} or more in your manifest, or leave it out; raise it to run the task with new context",
+                was = old.context_version,
+                now = new.context_version
             ),
         ));
     }
@@ -228,8 +229,8 @@ pub fn check_files(
             "spec.markdownFiles",
             Reason::TooMany,
             format!(
-                "markdownFiles has {} files, at most {MAX_FILES} are allowed; merge some of them",
-                files.len()
+                "markdownFiles has more than {MAX_FILES} files, at most {MAX_FILES} are \
+                 allowed; merge some of them"
             ),
         ));
     }

@@ -94,6 +94,85 @@ fn context_version_never_goes_down_and_defaults_to_one() {
     assert_eq!(schema["minimum"].as_f64(), Some(1.0));
 }
 
+/// Evaluates a messageExpression of the one shape the transition rules' messages use: a
+/// string literal with `%d`/`%s` placeholders, formatted with a list of `self`/`oldSelf`.
+fn formatted(expr: &str, old: &str, new: &str) -> String {
+    let (template, args) = expr
+        .strip_prefix('\'')
+        .and_then(|e| e.strip_suffix("])"))
+        .and_then(|e| e.split_once("'.format(["))
+        .unwrap_or_else(|| panic!("not 'literal'.format([...]): {expr}"));
+    let mut out = template.to_owned();
+    for arg in args.split(", ") {
+        let value = match arg {
+            "self" => new,
+            "oldSelf" => old,
+            other => panic!("unexpected argument {other:?} in {expr}"),
+        };
+        let at = out
+            .find('%')
+            .unwrap_or_else(|| panic!("more arguments than placeholders: {expr}"));
+        assert!(matches!(&out[at..at + 2], "%d" | "%s"), "{expr}");
+        out.replace_range(at..at + 2, value);
+    }
+    assert!(
+        !out.contains('%'),
+        "more placeholders than arguments: {expr}"
+    );
+    out
+}
+
+/// The API server checks the transition rules before it calls the webhook, so theirs are the
+/// messages users see: the same words as the webhook's, with both values, reason Forbidden.
+#[test]
+fn transition_messages_name_both_values_as_the_webhook_does() {
+    use taskrun::validation::Reason;
+    let crd = generated();
+    let old = taskrun::TaskRunSpec {
+        task_id: 7,
+        service_name: "billing".into(),
+        agent_name: None,
+        context_version: 3,
+        markdown_files: vec![taskrun::MarkdownFile {
+            filename: "task.md".into(),
+            content: "# Task".into(),
+            file_type: None,
+        }],
+    };
+    let cases = [
+        ("taskId", ("7", "8"), {
+            let mut new = old.clone();
+            new.task_id = 8;
+            new
+        }),
+        ("serviceName", ("billing", "payments"), {
+            let mut new = old.clone();
+            new.service_name = "payments".into();
+            new
+        }),
+        ("contextVersion", ("3", "2"), {
+            let mut new = old.clone();
+            new.context_version = 2;
+            new
+        }),
+    ];
+    for (field, (was, now), new) in cases {
+        let schema = at(&crd, &format!("{SPEC}/properties/{field}"));
+        let rule = &schema["x-kubernetes-validations"][0];
+        assert_eq!(rule["reason"], "FieldValueForbidden", "{field}");
+        let expr = rule["messageExpression"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: no messageExpression in {rule}"));
+        let cel = formatted(expr, was, now);
+        let webhook = taskrun::validate_update(&old, &new);
+        assert_eq!(webhook.len(), 1, "{field}: {webhook:?}");
+        assert_eq!(webhook[0].reason, Reason::Forbidden);
+        assert_eq!(cel, webhook[0].message, "{field}");
+        assert!(cel.contains(was) && cel.contains(now), "{cel}");
+        assert!(!cel.contains('\n'), "a line break voids the message: {cel}");
+    }
+}
+
 #[test]
 fn content_must_have_a_visible_character_and_the_message_names_the_file() {
     let crd = generated();

@@ -200,7 +200,22 @@ async fn the_schema_alone_rejects_bad_task_runs() {
         .await,
     );
     assert!(
-        msg.contains("spec.taskId") && msg.contains("taskId is immutable"),
+        msg.contains("spec.taskId: Forbidden: taskId is immutable (was 7, now 8)")
+            && msg.contains("create a new TaskRun"),
+        "{msg}"
+    );
+    let msg = invalid_message(
+        api.patch(
+            "update",
+            &PatchParams::default(),
+            &patch(json!({"serviceName": "payments"})),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains(
+            r#"spec.serviceName: Forbidden: serviceName is immutable (was "billing", now "payments")"#
+        ) && msg.contains("create a new TaskRun"),
         "{msg}"
     );
     let msg = invalid_message(
@@ -211,7 +226,12 @@ async fn the_schema_alone_rejects_bad_task_runs() {
         )
         .await,
     );
-    assert!(msg.contains("contextVersion may not decrease"), "{msg}");
+    assert!(
+        msg.contains(
+            "spec.contextVersion: Forbidden: contextVersion may not decrease (was 2, now 1)"
+        ) && msg.contains("set it to 2 or more"),
+        "{msg}"
+    );
     let raised = api
         .patch(
             "update",

@@ -97,9 +97,10 @@ fn manifest(name: &str, task_id: i64, service: &str) -> Value {
 }
 
 fn add_file(m: &mut Value, filename: &str, content: &str) {
-    if let Some(files) = m["spec"]["markdownFiles"].as_array_mut() {
-        files.push(json!({"filename": filename, "content": content}));
-    }
+    m["spec"]["markdownFiles"]
+        .as_array_mut()
+        .expect("the manifest has a spec.markdownFiles list")
+        .push(json!({"filename": filename, "content": content}));
 }
 
 async fn labels(cp: &ControlPlane, ns: &str, name: &str) -> BTreeMap<String, String> {
@@ -117,16 +118,28 @@ fn project_labels(l: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
 
 // ---- rejections and acceptance -------------------------------------------------------------
 
+/// What a user applying a bad TaskRun reads, whichever layer refuses it. The empty file list,
+/// the blank file, the changed taskId and the lowered contextVersion are refused by the CRD's
+/// schema and CEL rules, which the API server checks before it calls the webhook: these cases
+/// would pass with the webhook's own rules deleted (`webhook/src/admission/tests.rs` covers
+/// those; `control_plane.rs`, `the_schema_alone_rejects_bad_task_runs`, the schema without a
+/// webhook). Only the duplicate is the webhook's alone.
 #[tokio::test]
 async fn bad_taskruns_are_rejected_with_the_cause_named() {
     let (cp, _) = setup().await;
     let ns = cp.namespace("wh-reject").await;
 
+    // Refused by the schema (minItems).
     let mut empty = manifest("empty", 1, "billing");
     empty["spec"]["markdownFiles"] = json!([]);
     let err = refused(cp, &ns, &empty, &[]);
-    assert!(err.contains("spec.markdownFiles"), "{err}");
+    assert!(
+        err.contains("spec.markdownFiles") && err.contains("should have at least 1 items"),
+        "{err}"
+    );
+    assert!(!err.contains("admission webhook"), "{err}");
 
+    // Refused by a CEL rule, which names the file.
     let mut blank = manifest("blank", 2, "billing");
     add_file(&mut blank, "notes.md", " \n\t ");
     let err = refused(cp, &ns, &blank, &[]);
@@ -138,9 +151,11 @@ async fn bad_taskruns_are_rejected_with_the_cause_named() {
         !err.contains("task.md"),
         "only the blank file is named: {err}"
     );
+    assert!(!err.contains("admission webhook"), "{err}");
 
-    // A second TaskRun for a task that already has one. The index follows a watch, so wait
-    // until a dry run is refused before the real attempt (the dry run changes nothing).
+    // Refused by the webhook: a second TaskRun for a task that already has one. The index
+    // follows a watch, so wait until a dry run is refused before the real attempt (the dry
+    // run changes nothing).
     applied(cp, &ns, &manifest("original", 7, "billing"), &[]);
     let duplicate = manifest("second-try", 7, "billing");
     wait_for("the index to see the original", TIMEOUT, || async {
@@ -160,9 +175,26 @@ async fn bad_taskruns_are_rejected_with_the_cause_named() {
     let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
     assert!(api.get_opt("second-try").await.expect("get").is_none());
 
+    // Refused by the CRD's transition rules, whose messages name both values and the way out.
     let moved = manifest("original", 8, "billing");
     let err = refused(cp, &ns, &moved, &[]);
-    assert!(err.contains("taskId is immutable"), "{err}");
+    for expected in [
+        "spec.taskId: Forbidden: taskId is immutable (was 7, now 8)",
+        "create a new TaskRun under another metadata.name",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing in: {err}");
+    }
+    assert!(!err.contains("admission webhook"), "{err}");
+
+    let renamed = manifest("original", 7, "payments");
+    let err = refused(cp, &ns, &renamed, &[]);
+    for expected in [
+        r#"spec.serviceName: Forbidden: serviceName is immutable (was "billing", now "payments")"#,
+        "create a new TaskRun under another metadata.name",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing in: {err}");
+    }
+    assert!(!err.contains("admission webhook"), "{err}");
 
     let mut raised = manifest("original", 7, "billing");
     raised["spec"]["contextVersion"] = json!(3);
@@ -170,7 +202,13 @@ async fn bad_taskruns_are_rejected_with_the_cause_named() {
     applied(cp, &ns, &raised, &[]);
     raised["spec"]["contextVersion"] = json!(2);
     let err = refused(cp, &ns, &raised, &[]);
-    assert!(err.contains("contextVersion may not decrease"), "{err}");
+    for expected in [
+        "spec.contextVersion: Forbidden: contextVersion may not decrease (was 3, now 2)",
+        "set it to 3 or more in your manifest, or leave it out",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing in: {err}");
+    }
+    assert!(!err.contains("admission webhook"), "{err}");
 }
 
 #[tokio::test]

@@ -113,7 +113,11 @@ fn files_past_the_limit_add_no_violations_of_their_own() {
     let v = validate_create(&s);
     assert_eq!(v[0].field, "spec.markdownFiles");
     assert_eq!(v[0].reason, Reason::TooMany);
-    assert!(v[0].message.contains("290000 files"), "{}", v[0].message);
+    assert!(
+        v[0].message.contains("more than 64 files"),
+        "{}",
+        v[0].message
+    );
     // The first 64 files are still named, each once per broken rule, and nothing after them.
     assert_eq!(v.len(), 1 + 2 * MAX_FILES, "{:?}", &v[..3]);
     assert_eq!(
@@ -232,16 +236,21 @@ fn task_id_is_immutable() {
     assert_eq!(fields(&v), ["spec.taskId"]);
     assert_eq!(v[0].reason, Reason::Forbidden);
     assert!(v[0].message.contains("was 1, now 2"), "{}", v[0]);
+    assert!(v[0].message.contains("create a new TaskRun"), "{}", v[0]);
 }
 
 #[test]
 fn service_name_is_immutable() {
     let mut new = valid();
     new.service_name = "payments".into();
-    assert_eq!(
-        fields(&validate_update(&valid(), &new)),
-        ["spec.serviceName"]
+    let v = validate_update(&valid(), &new);
+    assert_eq!(fields(&v), ["spec.serviceName"]);
+    assert!(
+        v[0].message.contains(r#"was "billing", now "payments""#),
+        "{}",
+        v[0]
     );
+    assert!(v[0].message.contains("create a new TaskRun"), "{}", v[0]);
 }
 
 #[test]
@@ -254,7 +263,12 @@ fn context_version_may_grow_but_never_shrink() {
     new.context_version = 2;
     let v = validate_update(&old, &new);
     assert_eq!(fields(&v), ["spec.contextVersion"]);
-    assert!(v[0].message.contains("may not decrease"), "{}", v[0]);
+    assert!(
+        v[0].message
+            .contains("contextVersion may not decrease (was 3, now 2): set it to 3 or more"),
+        "{}",
+        v[0]
+    );
 }
 
 #[test]
