@@ -170,13 +170,21 @@ fn decide(
                 validate_create_request(allow, spec, &namespace, &name, index)?
             }
             Ok(spec) => validate_update_request(allow, &req, spec, &namespace, &name),
+            // A spec this binary cannot read (a CRD newer than it), left as it was: the update
+            // is to the metadata (annotations, a finalizer removed) and must not be blocked.
+            Err(e)
+                if req.operation == Operation::Update
+                    && e.is_unchanged_in(req.old_object.as_ref()) =>
+            {
+                allow
+            }
             Err(e) => {
                 let v = Violation {
                     field: "spec".into(),
                     reason: Reason::Invalid,
                     message: format!(
                         "the spec cannot be read as a TaskRun spec: {}",
-                        cut_error(e)
+                        cut_error(&e.error)
                     ),
                 };
                 deny(allow, &namespace, &name, None, &[v])
@@ -278,7 +286,9 @@ fn deny(
             "TaskRun {namespace}/{existing} already holds {identity}; add context to it with \
              \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete it \
              first with \"kubectl delete taskrun {existing} -n {namespace}\" (a duplicate task, \
-             not a field-manager conflict: --force-conflicts does not help)"
+             not a field-manager conflict: --force-conflicts does not help; renamed in git? \
+             GitOps tools create the new name before they prune the old, so delete \
+             {existing} first)"
         );
         causes.push(StatusCause {
             reason: "FieldValueDuplicate".into(),

@@ -101,7 +101,11 @@ pub enum LogFormat {
     Text,
 }
 
-/// "250ms", "10s", "2m" or a bare number of seconds.
+/// The longest duration a flag takes. Deadlines are the time now plus a duration, which
+/// panics when it overflows; none of these needs to be longer.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// "250ms", "10s", "2m" or a bare number of seconds; at most `MAX_DURATION`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -117,7 +121,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s or 2m"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+    let seconds = value * scale;
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{s:?} is too long: at most 1440m (one day)"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// A duration of more than zero: a timeout or interval of zero would end every connection at
@@ -159,6 +167,21 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    /// A deadline this far away would overflow the clock and panic the server.
+    #[test]
+    fn durations_longer_than_a_day_are_refused() {
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+        for long in ["86401s", "1e30", "inf", "1e300m"] {
+            assert_eq!(
+                parse_duration(long),
+                Err(format!("{long:?} is too long: at most 1440m (one day)"))
+            );
+        }
+        let e = Config::try_parse_from(["taskrun-webhook", "--idle-timeout=1e20s"])
+            .expect_err("too long");
+        assert!(e.to_string().contains("\"1e20s\" is too long"), "{e}");
     }
 
     #[test]

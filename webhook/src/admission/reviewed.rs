@@ -5,7 +5,8 @@
 //! this webhook never looks at. Here the review is read into small types that skip everything
 //! else, and the spec goes straight into `TaskRunSpec`. Only when that fails (a spec of the
 //! wrong shape, or no review at all) is the body read a second time with the spec kept as raw
-//! JSON, so that a bad spec becomes a message for `decide` rather than a failed review.
+//! JSON, so that a bad spec becomes a message for `decide` rather than a failed review. Either
+//! way at most `MAX_FILES + 1` markdown files are kept (`TaskRunSpec`'s own reader).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -47,7 +48,27 @@ pub struct Object {
     pub labels: Option<BTreeMap<String, String>>,
     pub finalizers: Option<Vec<String>>,
     /// The spec, or why it cannot be read as a TaskRun spec.
-    pub spec: Result<TaskRunSpec, serde_json::Error>,
+    pub spec: Result<TaskRunSpec, Unreadable>,
+}
+
+/// A spec that cannot be read as a TaskRun spec (say, a `fileType` newer than this binary).
+#[derive(Debug)]
+pub struct Unreadable {
+    pub error: serde_json::Error,
+    /// The spec as sent; None when there is none (or it is null).
+    raw: Option<Box<RawValue>>,
+}
+
+impl Unreadable {
+    /// Whether `old` holds this very spec, unreadable too: an update of the metadata only. The
+    /// API server writes both objects with one encoder (map keys sorted), so the same spec is
+    /// the same text; a spec written differently only counts as changed.
+    pub fn is_unchanged_in(&self, old: Option<&Object>) -> bool {
+        fn text(raw: &Option<Box<RawValue>>) -> Option<&str> {
+            raw.as_deref().map(RawValue::get)
+        }
+        matches!(old.map(|o| &o.spec), Some(Err(old)) if text(&old.raw) == text(&self.raw))
+    }
 }
 
 /// Why a body is not an admission request.
@@ -72,7 +93,10 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
     }
     let review = serde_json::from_slice::<Review<Option<Box<RawValue>>>>(body)
         .map_err(|e| ParseError::NotAReview(cut_error(&e)))?;
-    review.into_request(|raw| serde_json::from_str(raw.as_deref().map_or("null", RawValue::get)))
+    review.into_request(|raw| {
+        let text = raw.as_deref().map_or("null", RawValue::get);
+        serde_json::from_str(text).map_err(|error| Unreadable { error, raw })
+    })
 }
 
 /// The wire shape, generic over how the spec is read: `TaskRunSpec` (the one-pass read) or
@@ -179,7 +203,7 @@ impl<'de> Deserialize<'de> for OwnFinalizer {
 impl<S> Review<S> {
     fn into_request(
         self,
-        read_spec: impl Fn(S) -> Result<TaskRunSpec, serde_json::Error>,
+        read_spec: impl Fn(S) -> Result<TaskRunSpec, Unreadable>,
     ) -> Result<Request, ParseError> {
         if self.api_version != REVIEW_API_VERSION || self.kind != "AdmissionReview" {
             return Err(ParseError::WrongVersion {
@@ -290,14 +314,52 @@ mod tests {
     fn a_spec_of_the_wrong_shape_or_none_is_an_error_of_its_own() {
         let o = object(&review(Some(json!({"taskId": "seven"}))));
         assert_eq!(o.labels, Some(BTreeMap::new()));
-        let e = o.spec.expect_err("unreadable");
+        let e = o.spec.expect_err("unreadable").error;
         assert!(
             e.to_string().contains("invalid type: string \"seven\""),
             "{e}"
         );
 
-        let e = object(&review(None)).spec.expect_err("missing");
+        let e = object(&review(None)).spec.expect_err("missing").error;
         assert!(e.to_string().contains("null"), "{e}");
+    }
+
+    /// Of a list of files far beyond the limit, one more than allowed is kept, whether the
+    /// review is read in one pass or (another spec being unreadable) in two.
+    #[test]
+    fn at_most_one_file_more_than_allowed_is_kept() {
+        use taskrun::limits::MAX_FILES;
+        let files: Vec<Value> = (0..10_000)
+            .map(|_| json!({"filename": "a.md", "content": "x"}))
+            .collect();
+        let spec = json!({"taskId": 1, "serviceName": "s", "markdownFiles": files});
+        let kept = |o: Object| o.spec.expect("spec").markdown_files.len();
+        assert_eq!(kept(object(&review(Some(spec.clone())))), MAX_FILES + 1);
+
+        let mut body: Value = serde_json::from_slice(&review(Some(spec))).expect("json");
+        body["request"]["oldObject"] = json!({"spec": {"taskId": "one"}});
+        let req = parse(&serde_json::to_vec(&body).expect("json")).expect("a request");
+        assert!(req.old_object.expect("old").spec.is_err());
+        assert_eq!(kept(req.object.expect("object")), MAX_FILES + 1);
+    }
+
+    /// An unreadable spec is unchanged when the old object holds the same text.
+    #[test]
+    fn an_unreadable_spec_is_compared_as_sent() {
+        let with_old = |new: Value, old: Option<Value>| {
+            let mut body: Value = serde_json::from_slice(&review(Some(new))).expect("json");
+            body["request"]["oldObject"] = old.map_or(Value::Null, |spec| json!({"spec": spec}));
+            let req = parse(&serde_json::to_vec(&body).expect("json")).expect("a request");
+            let object = req.object.as_ref().expect("object");
+            let e = object.spec.as_ref().expect_err("unreadable");
+            e.is_unchanged_in(req.old_object.as_ref())
+        };
+        let bad = json!({"taskId": 1, "markdownFiles": [{"fileType": "newer"}]});
+        assert!(with_old(bad.clone(), Some(bad.clone())));
+        assert!(!with_old(bad.clone(), None));
+        assert!(!with_old(bad.clone(), Some(json!({"taskId": 2}))));
+        let readable = json!({"taskId": 1, "serviceName": "s", "markdownFiles": []});
+        assert!(!with_old(bad, Some(readable)));
     }
 
     /// Many labels and finalizers of others are read past, not kept; the project's own, and

@@ -150,6 +150,28 @@ fn an_empty_file_list_is_denied_as_invalid() {
     );
 }
 
+/// A list far beyond the limit (what the schema's maxItems would refuse, had it run yet) is
+/// refused for its number, without every entry being kept.
+#[test]
+fn too_many_files_are_denied_as_too_many() {
+    let mut s = spec();
+    s["markdownFiles"] = (0..10_000)
+        .map(|i| json!({"filename": format!("f{i}.md"), "content": "x"}))
+        .collect();
+    let (answer, r) = validate(&create(s));
+    assert_eq!(answer.outcome, Outcome::denied);
+    assert_eq!(r["status"]["code"], 422);
+    assert_eq!(
+        r["status"]["details"]["causes"][0]["reason"],
+        "FieldValueTooMany"
+    );
+    assert!(
+        message(&r).contains("at most 64 are allowed"),
+        "{}",
+        message(&r)
+    );
+}
+
 #[test]
 fn a_whitespace_only_file_is_named() {
     let mut s = spec();
@@ -202,6 +224,14 @@ fn a_duplicate_names_the_existing_taskrun_and_what_to_do() {
     );
     assert!(
         m.contains("kubectl delete taskrun original -n team-a"),
+        "{m}"
+    );
+    // A rename in git: GitOps tools create the new name before they prune the old.
+    assert!(
+        m.ends_with(
+            "renamed in git? GitOps tools create the new name before they prune the old, so \
+             delete original first)"
+        ),
         "{m}"
     );
 }
@@ -420,6 +450,27 @@ fn an_unreadable_spec_is_denied_by_validate_and_left_to_the_schema_by_mutate() {
     let (answer, r) = call(Hook::Mutate, &body, &Fake::default());
     assert_eq!(answer.outcome, Outcome::allowed);
     assert!(r.get("patch").is_none());
+}
+
+/// A spec this binary cannot read (a fileType the CRD gained after it was built) does not
+/// block updates that leave the spec as it was (an annotation, a finalizer removed), and
+/// still blocks those that change it.
+#[test]
+fn an_unreadable_spec_left_unchanged_does_not_block_an_update() {
+    let mut newer = spec();
+    newer["markdownFiles"][0]["fileType"] = json!("rubric");
+    let old = taskrun("t1", newer.clone());
+    let mut annotated = old.clone();
+    annotated["metadata"]["annotations"] = json!({"argocd.argoproj.io/sync-wave": "1"});
+    let (answer, r) = validate(&review("UPDATE", Some(annotated), Some(old.clone())));
+    assert_eq!(answer.outcome, Outcome::allowed);
+    assert_eq!(r["allowed"], true, "{r}");
+
+    let mut changed = newer;
+    changed["markdownFiles"][1]["content"] = json!("changed");
+    let (_, r) = validate(&review("UPDATE", Some(taskrun("t1", changed)), Some(old)));
+    assert_eq!(r["status"]["code"], 422);
+    assert!(message(&r).contains("spec: the spec cannot be read"), "{r}");
 }
 
 /// The patch as the API server would decode it (kube writes the bytes as a JSON array).

@@ -7,13 +7,17 @@ use serde_json::{Value, json};
 use super::*;
 
 fn app(synced: bool) -> Arc<App> {
+    app_with_metrics(synced, Arc::new(Metrics::default()))
+}
+
+fn app_with_metrics(synced: bool, metrics: Arc<Metrics>) -> Arc<App> {
     let index = Index::default();
     if synced {
         index.init();
         index.init_done();
     }
     Arc::new(App {
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         bodies: BodyBudget::new(1024, 4),
         index: Arc::new(index),
         certs: Arc::new(CertStore::new(
@@ -316,6 +320,48 @@ async fn validation_waits_for_the_index() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// What docs/metrics.md alerts on: a denial is the user's (`denied`), a CREATE the index
+/// cannot answer yet is the webhook's (`error`).
+#[tokio::test]
+async fn denials_and_unsynced_creates_are_counted_apart() {
+    let mut empty: Value = serde_json::from_slice(&review()).expect("json");
+    empty["request"]["object"]["spec"]["markdownFiles"] = json!([]);
+    let empty = serde_json::to_vec(&empty).expect("json");
+    let app = app(true);
+    let (status, body) = call(
+        &app,
+        post("/validate", Some("application/json"), empty),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], false);
+
+    let unsynced = app_with_metrics(false, app.metrics.clone());
+    let (status, _) = call(
+        &unsynced,
+        post("/validate", Some("application/json"), review()),
+        Listener::Tls,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let text = app.metrics.encode();
+    let mut counted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("taskrun_webhook_requests_total{"))
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(
+        counted,
+        [
+            r#"taskrun_webhook_requests_total{route="validate",operation="CREATE",result="denied"} 1"#,
+            r#"taskrun_webhook_requests_total{route="validate",operation="CREATE",result="error"} 1"#,
+        ],
+        "{text}"
+    );
 }
 
 #[tokio::test]
