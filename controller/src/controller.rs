@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use taskrun::{TaskRun, labels};
+use kube::{Client, ResourceExt};
+use taskrun::{FINALIZER, TaskRun, labels};
 use tokio::sync::watch;
 
 use crate::backoff::{self, NoPause};
@@ -379,10 +379,13 @@ async fn term_ends(
 }
 
 /// What of a TaskRun, when it changes, calls for a reconcile: its spec (the generation), its
-/// deletion, or its being a new object under the same name. Not its status or finalizers:
-/// this controller writes those itself, and reconciling each echo of its own writes (from a
-/// cache that may not show them yet) is wasted work. Its Jobs and ConfigMaps trigger on their
-/// own, and every reconcile reads the whole TaskRun from the cache.
+/// deletion, its being a new object under the same name, or its losing or regaining this
+/// controller's finalizer. Not its status or other metadata: this controller writes the status
+/// itself, and reconciling each echo of its own writes (from a cache that may not show them
+/// yet) is wasted work. A finalizer removed by hand or by a GitOps tool is put back by the
+/// reconcile it triggers, whose echo triggers one more that finds nothing to do; nothing else
+/// would bring a finished TaskRun whose Job is gone back to the controller. Its Jobs and
+/// ConfigMaps trigger on their own, and every reconcile reads the whole TaskRun from the cache.
 fn reconcile_trigger(tr: &TaskRun) -> Option<u64> {
     let mut hasher = std::hash::DefaultHasher::new();
     let meta = &tr.metadata;
@@ -390,6 +393,7 @@ fn reconcile_trigger(tr: &TaskRun) -> Option<u64> {
         &meta.uid,
         meta.generation,
         meta.deletion_timestamp.is_some(),
+        tr.finalizers().iter().any(|f| f == FINALIZER),
     )
         .hash(&mut hasher);
     Some(hasher.finish())
@@ -457,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn only_spec_changes_deletion_and_a_new_object_trigger_a_reconcile() {
+    fn only_spec_changes_deletion_a_new_object_and_the_finalizer_trigger_a_reconcile() {
         let spec = TaskRunSpec {
             task_id: 1,
             service_name: "svc".into(),
@@ -468,12 +472,15 @@ mod tests {
         let mut tr = TaskRun::new("t", spec);
         tr.metadata.uid = Some("u1".into());
         tr.metadata.generation = Some(1);
+        tr.metadata.finalizers = Some(vec![FINALIZER.into()]);
         let base = reconcile_trigger(&tr);
 
+        // Echoes of status writes, and metadata this controller does not own.
         let mut echo = tr.clone();
         echo.status = Some(TaskRunStatus::default());
-        echo.metadata.finalizers = Some(vec![taskrun::FINALIZER.into()]);
         echo.metadata.resource_version = Some("2".into());
+        echo.metadata.finalizers = Some(vec!["example.com/hold".into(), FINALIZER.into()]);
+        echo.metadata.labels = Some([("team".to_owned(), "a".to_owned())].into());
         assert_eq!(reconcile_trigger(&echo), base);
 
         let mut spec = tr.clone();
@@ -482,8 +489,19 @@ mod tests {
         deleted.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         let mut recreated = tr.clone();
         recreated.metadata.uid = Some("u2".into());
-        for changed in [spec, deleted, recreated] {
+        let mut dropped = tr.clone();
+        dropped.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        let mut none = tr.clone();
+        none.metadata.finalizers = None;
+        assert_eq!(reconcile_trigger(&none), reconcile_trigger(&dropped));
+        for changed in [spec, deleted, recreated, dropped] {
             assert_ne!(reconcile_trigger(&changed), base);
         }
+        // Put back, it is the TaskRun as before: the echo of the controller's own patch
+        // triggers once, then nothing more.
+        let mut restored = none.clone();
+        restored.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        restored.metadata.resource_version = Some("3".into());
+        assert_eq!(reconcile_trigger(&restored), base);
     }
 }

@@ -218,7 +218,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 // controller's cache does not show yet (say, the previous leader's). A
                 // finished version must not run again: ask the API server, not the cache.
                 match jobs.get_opt(&job_name).await? {
-                    Some(job) => Some(judge(&api, tr, job).await?),
+                    Some(job) => Some(judge(&api, tr, &job_name, Some(job)).await?),
                     None => {
                         let fresh = api.get(&tr.name_any()).await?;
                         if status::is_final_for(fresh.status.as_ref(), version) {

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::identity::{self, CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE};
-use crate::{ChildGuard, ControlPlane, free_addr, spawn_logged, workspace_bin};
+use crate::{ChildGuard, ControlPlane, Ended, free_addr, spawn_logged, workspace_bin};
 
 /// Where the controllers of the tests hold their Leases: the operator's namespace, the only
 /// one where manifests/base lets the controller's ServiceAccount use Leases.
@@ -70,9 +70,9 @@ impl Controller {
         self.child.kill();
     }
 
-    /// SIGTERM and wait (SIGKILL after 10 s).
-    pub fn terminate(&mut self) {
-        self.child.terminate();
+    /// SIGTERM and wait (SIGKILL after 10 s); how it ended.
+    pub fn terminate(&mut self) -> Ended {
+        self.child.terminate()
     }
 
     /// Kills the process and starts it again with the same arguments.

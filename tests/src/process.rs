@@ -11,12 +11,15 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 const TEMP_PREFIX: &str = "taskrun-tests-";
+
+/// How long [`ChildGuard::terminate`] waits after SIGTERM before it sends SIGKILL.
+pub const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 
 /// A long-running child process, killed when dropped.
 #[derive(Debug)]
@@ -24,6 +27,19 @@ pub struct ChildGuard {
     child: Child,
     log_path: PathBuf,
     reaped: bool,
+    /// How it exited, once reaped (when the wait told).
+    status: Option<ExitStatus>,
+}
+
+/// How a child told to stop ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Its exit status; None when waiting for it failed.
+    pub status: Option<ExitStatus>,
+    /// From SIGTERM to its exit; None when it had exited before it was told.
+    pub after: Option<Duration>,
+    /// It outlived the grace and was sent SIGKILL.
+    pub killed: bool,
 }
 
 impl ChildGuard {
@@ -39,20 +55,32 @@ impl ChildGuard {
         }
     }
 
-    /// SIGTERM, wait up to 10 s for the process to exit, then SIGKILL.
-    pub fn terminate(&mut self) {
+    /// SIGTERM, wait up to [`TERMINATE_GRACE`] for the process to exit, then SIGKILL; says
+    /// how it ended.
+    pub fn terminate(&mut self) -> Ended {
         if self.reaped {
-            return;
+            return Ended {
+                status: self.status,
+                after: None,
+                killed: false,
+            };
         }
+        let sent = Instant::now();
         signal(self.pid(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                return;
+        let mut killed = false;
+        while self.is_running() {
+            if sent.elapsed() >= TERMINATE_GRACE {
+                self.kill();
+                killed = true;
+                break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        self.kill();
+        Ended {
+            status: self.status,
+            after: Some(sent.elapsed()),
+            killed,
+        }
     }
 
     /// The file the child's stdout and stderr are appended to.
@@ -66,7 +94,8 @@ impl ChildGuard {
         }
         match self.child.try_wait() {
             Ok(None) => true,
-            _ => {
+            exited => {
+                self.status = exited.ok().flatten();
                 self.reaped = true;
                 registry().remove(&self.child.id());
                 false
@@ -77,7 +106,7 @@ impl ChildGuard {
     fn reap(&mut self) {
         // Deregister before waiting: until it is reaped the pid cannot be reused.
         registry().remove(&self.child.id());
-        let _ = self.child.wait();
+        self.status = self.child.wait().ok();
         self.reaped = true;
     }
 }
@@ -127,6 +156,7 @@ pub fn spawn_logged(mut cmd: Command, name: &str) -> io::Result<ChildGuard> {
         child,
         log_path,
         reaped: false,
+        status: None,
     })
 }
 

@@ -3,13 +3,16 @@
 //! registered. There is no kubelet: pods are moved to Succeeded/Failed through the
 //! pods/status subresource, as a kubelet would, and the real Job controller does the rest.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
@@ -109,6 +112,32 @@ async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
         .await
         .map(|l| l.items)
         .unwrap_or_default()
+}
+
+/// The Events recorded about the TaskRun with `uid`.
+async fn events_of(client: &Client, ns: &str, uid: &str) -> Option<Vec<Event>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let list = events.list(&ListParams::default()).await.ok()?;
+    let about = |e: &Event| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid);
+    Some(list.items.into_iter().filter(about).collect())
+}
+
+/// How many times each reason was recorded: an Event that a recorder made into a series (or
+/// counted the old way) counts as often as it says.
+fn count_reasons(events: &[Event]) -> BTreeMap<String, i32> {
+    let mut counts = BTreeMap::new();
+    for e in events {
+        let times = e
+            .series
+            .as_ref()
+            .map(|s| s.count)
+            .or(e.deprecated_count)
+            .unwrap_or(1);
+        *counts
+            .entry(e.reason.clone().unwrap_or_default())
+            .or_insert(0) += times;
+    }
+    counts
 }
 
 #[tokio::test]
@@ -295,22 +324,15 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
         "a finished version got a new Job"
     );
 
-    // An Event for every phase the TaskRun went through.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    // An Event for every phase the TaskRun went through, each recorded once: the echoes of
+    // the controller's own status writes, and the look after the edit, record none again.
     let reasons = wait_for("Events for each phase", WAIT, || async {
-        let reasons: BTreeSet<String> = events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
-            .filter_map(|e| e.reason)
-            .collect();
-        reasons.contains("Completed").then_some(reasons)
+        let reasons = count_reasons(&events_of(&client, &ns, &uid).await?);
+        reasons.contains_key("Completed").then_some(reasons)
     })
     .await;
-    assert!(reasons.contains("Running"), "{reasons:?}");
+    let once = BTreeMap::from(["JobCreated", "Running", "Completed"].map(|r| (r.to_owned(), 1)));
+    assert_eq!(reasons, once);
 
     // Probes and metrics.
     assert!(
@@ -365,8 +387,8 @@ async fn failing_pods_fail_the_taskrun_with_backoff_limit_exceeded() {
     );
 }
 
-/// A raised contextVersion: the old version's Job is stopped and its ConfigMap removed (no Job
-/// mounts it again), the new version gets both.
+/// A raised contextVersion: the old version's Job is stopped (with a `Superseded` Event) and its
+/// ConfigMap removed (no Job mounts it again), the new version gets both.
 #[tokio::test]
 async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     let cp = ControlPlane::shared();
@@ -374,7 +396,8 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     let ns = cp.namespace("ctrl-update").await;
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
-    create(&api, &taskrun("t", "search", 3, 1, &[("task.md", "first")])).await;
+    let created = create(&api, &taskrun("t", "search", 3, 1, &[("task.md", "first")])).await;
+    let uid = created.uid().expect("uid");
     wait_status(&api, "t", "v1 Running", |tr| {
         phase(tr) == Some(Phase::Running)
     })
@@ -401,6 +424,22 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     wait_gone("the v1 Job to be stopped", WAIT, &jobs, "search-3-v1").await;
+    let superseded = wait_for("a Superseded Event", WAIT, || async {
+        let events = events_of(&client, &ns, &uid).await?;
+        events
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Superseded"))
+    })
+    .await;
+    assert_eq!(superseded.type_.as_deref(), Some("Normal"));
+    assert!(
+        superseded
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("stopped Job search-3-v1:")),
+        "{:?}",
+        superseded.note
+    );
     assert!(jobs.get_opt("search-3-v2").await.expect("get").is_some());
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
     wait_gone(
@@ -423,6 +462,9 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
         phase(tr) == Some(Phase::Running)
     })
     .await;
+    // The old Job was stopped once, and so said once.
+    let events = events_of(&client, &ns, &uid).await.expect("list Events");
+    assert_eq!(count_reasons(&events).get("Superseded"), Some(&1));
 }
 
 /// A Job of version 1 whose status write was lost (the controller killed right after creating
@@ -814,6 +856,87 @@ async fn a_task_recreated_while_its_old_job_goes_away_waits_then_runs() {
     );
 }
 
+/// Makes a ConfigMap that no TaskRun controls under the name of version 1's ConfigMap of the
+/// TaskRun "t", then "t"; returns the ConfigMap as made.
+async fn taskrun_whose_name_is_taken(client: &Client, ns: &str) -> ConfigMap {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut foreign = ConfigMap {
+        data: Some(BTreeMap::from([("keep.md".to_owned(), "mine".to_owned())])),
+        ..ConfigMap::default()
+    };
+    foreign.metadata.name = Some(names::config_map_name("taken", 1, 1));
+    let foreign = config_maps
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create the foreign ConfigMap");
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), ns);
+    create(&api, &taskrun("t", "taken", 1, 1, &[("task.md", "x")])).await;
+    foreign
+}
+
+/// A child name of the version held by a ConfigMap no TaskRun controls: the version fails
+/// with `NameConflict` (README) and gets no Job, and the ConfigMap is left as it was.
+#[tokio::test]
+async fn a_name_held_by_a_foreign_config_map_fails_the_version_and_leaves_it_alone() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-conflict").await;
+    let foreign = taskrun_whose_name_is_taken(&client, &ns).await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(condition(&tr, "Succeeded"), Some(("False", "NameConflict")));
+    let cm_name = foreign.name_any();
+    let message = tr.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("ConfigMap {cm_name} already exists")),
+        "{message}"
+    );
+
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list Jobs");
+    assert!(jobs.items.is_empty(), "a Job was made: {:?}", jobs.items);
+    let after = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get(&cm_name)
+        .await
+        .expect("the foreign ConfigMap");
+    assert_eq!(after.data, foreign.data);
+    assert_eq!(after.metadata.owner_references, None);
+    assert_eq!(after.metadata.labels, None);
+    assert_eq!(
+        after.metadata.resource_version, foreign.metadata.resource_version,
+        "the foreign ConfigMap was written to"
+    );
+}
+
+/// The finalizer removed from a finished TaskRun none of whose children will change again
+/// (a GitOps tool dropping it, say) is put back: only the TaskRun's own change can bring it
+/// back to the controller. A name conflict makes such a TaskRun at once.
+#[tokio::test]
+async fn a_finalizer_dropped_from_a_finished_taskrun_is_put_back() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-refinalize").await;
+    taskrun_whose_name_is_taken(&client, &ns).await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let has_finalizer = |tr: &TaskRun| tr.finalizers().iter().any(|f| f == taskrun::FINALIZER);
+    wait_status(&api, "t", "Failed, with the finalizer", |tr| {
+        phase(tr) == Some(Phase::Failed) && has_finalizer(tr)
+    })
+    .await;
+    api.patch(
+        "t",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop the finalizer");
+    wait_status(&api, "t", "the finalizer to be put back", has_finalizer).await;
+}
+
 #[tokio::test]
 async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() {
     const N: i64 = 200;
@@ -833,12 +956,20 @@ async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() 
     }))
     .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // Killed as soon as a watch shows the first Job, with up to eight reconciles in flight: a watch
+    // sees it within milliseconds, so most TaskRuns are still to do however fast the machine
+    // (a list every 200 ms could find all of them done).
+    let mut first_job = std::pin::pin!(
+        watcher(jobs.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
     let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--concurrency=8"]);
-    wait_for("the first Jobs", WAIT, || async {
-        let n = jobs.list(&ListParams::default()).await.ok()?.items.len();
-        (n >= 10).then_some(())
-    })
-    .await;
+    tokio::time::timeout(WAIT, first_job.try_next())
+        .await
+        .expect("no Job within a minute")
+        .expect("watch Jobs")
+        .expect("a Job");
     ctrl.kill();
     let before = jobs
         .list(&ListParams::default())
@@ -847,7 +978,7 @@ async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() 
         .items
         .len();
     assert!(
-        before < N as usize,
+        (1..N as usize).contains(&before),
         "the kill came too late to interrupt anything ({before} Jobs)"
     );
     ctrl.restart();
@@ -890,6 +1021,10 @@ async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() 
         assert_eq!(s.attempts, Some(1), "{}", tr.name_any());
     }
 }
+
+/// How soon a leader stops on SIGTERM at most: 5 s for the reconciles in flight, the Lease
+/// grace (2 s in these tests) when some had to be dropped, then 5 s to release the Lease.
+const STOPS_WITHIN: Duration = Duration::from_secs(5 + 2 + 5);
 
 #[tokio::test]
 async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
@@ -966,8 +1101,15 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     })
     .await;
 
-    // SIGTERM: a graceful exit gives the Lease up instead of leaving it to expire.
-    b.terminate();
+    // SIGTERM: a graceful exit, in time, gives the Lease up instead of leaving it to expire.
+    let ended = b.terminate();
+    assert!(
+        !ended.killed && ended.status.is_some_and(|s| s.success()),
+        "replica-b did not exit cleanly on SIGTERM: {ended:?}\n{}",
+        b.log_tail(20)
+    );
+    let after = ended.after.expect("replica-b ran until SIGTERM");
+    assert!(after <= STOPS_WITHIN, "replica-b took {after:?} to stop");
     assert!(!b.is_running());
     let released = leases.get(&lease).await.expect("lease");
     assert!(
