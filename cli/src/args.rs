@@ -38,7 +38,8 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Default)]
 pub struct Connection {
     /// Path to the kubeconfig file (default, as kubectl: the files $KUBECONFIG lists that exist,
-    /// merged; else ~/.kube/config; only when neither is there, the in-cluster service account).
+    /// merged (an error if none exists); when KUBECONFIG is unset or empty, ~/.kube/config;
+    /// only when that does not exist either, the in-cluster service account).
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 

@@ -265,7 +265,12 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
         cmd
     });
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not found"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: TaskRun nope not found in namespace {ns}\n"
+        )),
+        "{err}"
+    );
 }
 
 /// Flux's kustomize-controller, before each apply, takes over the fields of every field
@@ -835,24 +840,8 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     };
 
     // --dry-run changes nothing, even with --delete-releases, and says what would happen.
-    // Across all namespaces: the other tests' releases (some of the same names) are listed
-    // too, and only this namespace's rows are looked at.
-    let (code, out, err) = run({
-        let mut cmd = plugin(cp);
-        cmd.args(["migrate-helm", "-A", "--dry-run", "--delete-releases"]);
-        cmd
-    });
-    eprintln!("migrate-helm -A --dry-run --delete-releases -> {code}\n{out}{err}");
+    let (code, out) = migrate(cp, &ns, &["--dry-run", "--delete-releases"]);
     assert_eq!(code, 3, "some releases fail");
-    let out: String = out
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|c| c.starts_with(&format!("{ns}/")))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
     not_ours(&out);
     skipped(&out);
     running(&out);
@@ -865,6 +854,24 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
         );
     }
     assert_failures(&out);
+    // Across all namespaces, this namespace's rows are the same. The other tests, running
+    // meanwhile, install and delete releases of their own (some of the same names), so neither
+    // the exit code nor their rows are looked at.
+    let (code, all, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["migrate-helm", "-A", "--dry-run", "--delete-releases"]);
+        cmd
+    });
+    eprintln!("migrate-helm -A --dry-run --delete-releases -> {code}\n{all}{err}");
+    // The rows, without the padding (the columns are as wide as the widest cell of all).
+    let ours = |table: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| l.starts_with(&format!("{ns}/")))
+            .collect()
+    };
+    assert_eq!(ours(&all), ours(&out), "{all}");
     assert!(migrated().await.is_empty());
     assert_eq!(helm_releases(cp, &ns), releases_before);
     assert!(jobs.get_opt("billing-task-1").await.expect("get").is_some());

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use serde_json::Value;
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, labels, validate_create};
 
 use super::release::Release;
@@ -164,24 +163,24 @@ pub fn desired_spec(
     };
     let mut problems = Vec::new();
     let values = release.values();
-    let value_service = values.get("serviceName").and_then(Value::as_str);
-    if let Some(value) = value_service.filter(|v| !v.is_empty() && *v != service) {
+    if let Some(value) = values
+        .service_name
+        .filter(|v| !v.is_empty() && *v != service)
+    {
         problems.push(format!(
             "the release's value serviceName={value:?} disagrees with its name (service {service:?})"
         ));
     }
-    let value_task = values.get("taskId").and_then(number_or_string);
-    if let Some(value) = value_task.filter(|v| !v.is_empty() && *v != task_id.to_string()) {
+    if let Some(value) = values
+        .task_id
+        .filter(|v| !v.is_empty() && *v != task_id.to_string())
+    {
         problems.push(format!(
             "the release's value taskId={} disagrees with its name (task {task_id})",
             taskrun::validation::shown(&value)
         ));
     }
-    let agent_name = values
-        .get("agentName")
-        .and_then(Value::as_str)
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned);
+    let agent_name = values.agent_name.filter(|a| !a.is_empty());
 
     let cm_name = files_config_map(&release.name);
     let markdown_files = match files {
@@ -222,14 +221,6 @@ pub fn desired_spec(
         Ok(spec)
     } else {
         Err(problems)
-    }
-}
-
-fn number_or_string(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
@@ -349,7 +340,7 @@ mod tests {
     use crate::migrate::release::{decode, tests as rel};
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use kube::api::ObjectMeta;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn release(config: Value) -> Release {
         let mut record = rel::record();
@@ -513,12 +504,21 @@ mod tests {
         let rel = release(json!({"taskId": 7}));
         let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(spec.agent_name, None);
+        assert_eq!(spec.service_name, "billing");
+        assert_eq!(spec.task_id, 7);
         let rel = release(json!({}));
-        assert!(desired_spec(&rel, Some(&good_cm())).is_ok());
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        // The name gives the task; the chart default serviceName "" is no disagreement.
+        assert_eq!(spec.service_name, "billing");
+        assert_eq!(spec.task_id, 7);
+        assert_eq!(spec.agent_name, None);
         // The chart's defaults are empty strings: not a disagreement.
         let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
         let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
-        assert_eq!(spec.agent_name, None);
+        assert_eq!(
+            (spec.service_name.as_str(), spec.task_id, spec.agent_name),
+            ("billing", 7, None)
+        );
     }
 
     #[test]

@@ -117,16 +117,7 @@ fn owned_objects<'a>(
 
 /// The names of hooks that `helm uninstall` would run.
 pub fn delete_hooks(release: &Release) -> Vec<&str> {
-    release
-        .hooks
-        .iter()
-        .filter(|h| {
-            h.events
-                .iter()
-                .any(|e| e == "pre-delete" || e == "post-delete")
-        })
-        .map(|h| h.name.as_str())
-        .collect()
+    release.delete_hooks.iter().map(String::as_str).collect()
 }
 
 /// The first Job (`batch/v1`) among a release's manifest objects that exists and has not
