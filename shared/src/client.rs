@@ -7,7 +7,8 @@ use std::time::Duration;
 /// How long one watch request lasts. The API server ends it then and the watcher resumes from
 /// where it was, with no list; a connection that went silently dead (a dropped NAT entry, a
 /// peer gone without a reset) is noticed this long plus a few seconds after its last event,
-/// instead of after kube-runtime's default of 290 s, during which every change is missed.
+/// instead of after about 295 s (kube-runtime's default watch of 290 s and its margin), during
+/// which every change is missed.
 pub const WATCH_TIMEOUT_SECS: u32 = 60;
 
 /// How long a request may hear nothing from the API server: longer than a quiet watch lasts,

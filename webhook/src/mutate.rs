@@ -67,9 +67,10 @@ pub fn label_patch(
 ///
 /// Stamped at creation so that the controller does not have to write every new TaskRun once
 /// more just to add it (a write costs the API server as much as the status write does,
-/// docs/benchmarks.md). Only at creation: a user who removes the finalizer from a live TaskRun
-/// (docs/install.md, uninstalling) must not see it come back. The controller still adds it to
-/// a TaskRun admitted without this webhook.
+/// docs/benchmarks.md). Only at creation: a TaskRun whose finalizer was removed while the
+/// controller is away (docs/install.md, uninstalling) must not get it back from an update; the
+/// controller, while it runs, puts it back itself, as it adds it to a TaskRun admitted without
+/// this webhook.
 pub fn finalizer_patch(finalizers: Option<&[String]>) -> Option<PatchOperation> {
     match finalizers {
         Some(list) if list.iter().any(|f| f == FINALIZER) => None,
