@@ -172,25 +172,31 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
-/// Writes `contents` with `mode`, also when the file exists with another mode: the mode is set
-/// before the contents arrive, so a key never sits in a file others may read.
+/// Writes `contents` into a new file with `mode` and renames it over `path`, so a key never
+/// lands in a file that had another mode, nor in one a reader already holds open.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| Error::Write {
         path: path.display().to_string(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    // One left by a process of this pid that died mid-write.
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(err)?;
-    file.write_all(contents.as_bytes()).map_err(err)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(err)
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ pub struct TaskRunSpec {
     #[serde(default = "default_context_version")]
     #[schemars(range(min = crate::limits::MIN_CONTEXT_VERSION))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message(Message::Expression(
-        "'contextVersion may not decrease (was %d, now %d): set it to %d or more in your manifest, or leave it out; raise it to run the task with new context'.format([oldSelf, self, oldSelf])".into()
+        "'contextVersion may not decrease (was %d, now %d): set it to %d or more in your manifest (or, applying server-side, leave it out); raise it to run the task with new context'.format([oldSelf, self, oldSelf])".into()
     )).reason(Reason::FieldValueForbidden))]
     pub context_version: i64,
 

@@ -99,7 +99,7 @@ pub fn validate_update(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Violation> {
             "spec.contextVersion",
             Reason::Forbidden,
             format!(
-                "contextVersion may not decrease (was {was}, now {now}): set it to {was} or more in your manifest, or leave it out; raise it to run the task with new context",
+                "contextVersion may not decrease (was {was}, now {now}): set it to {was} or more in your manifest (or, applying server-side, leave it out); raise it to run the task with new context",
                 was = old.context_version,
                 now = new.context_version
             ),

@@ -70,7 +70,7 @@ impl Controller {
         self.child.kill();
     }
 
-    /// SIGTERM and wait (SIGKILL after 10 s); how it ended.
+    /// SIGTERM and wait (SIGKILL after `TERMINATE_GRACE`); how it ended.
     pub fn terminate(&mut self) -> Ended {
         self.child.terminate()
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const TEMP_PREFIX: &str = "taskrun-tests-";
 
 /// How long [`ChildGuard::terminate`] waits after SIGTERM before it sends SIGKILL.
-pub const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+pub const TERMINATE_GRACE: Duration = Duration::from_secs(15);
 
 /// A long-running child process, killed when dropped.
 #[derive(Debug)]

@@ -379,7 +379,7 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
         .expect("create");
     cp.stop_apiserver();
     let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
-    // Longer than a few quick retries: DESIGN promises the first read is retried for 60 s, and
+    // Longer than a few quick retries: README promises the first read is retried for 60 s, and
     // a controller that gave up after some seconds must fail here.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let running = ctrl.is_running();

@@ -204,7 +204,7 @@ async fn bad_taskruns_are_rejected_with_the_cause_named() {
     let err = refused(cp, &ns, &raised, &[]);
     for expected in [
         "spec.contextVersion: Forbidden: contextVersion may not decrease (was 3, now 2)",
-        "set it to 3 or more in your manifest, or leave it out",
+        "set it to 3 or more in your manifest (or, applying server-side, leave it out)",
     ] {
         assert!(err.contains(expected), "{expected:?} missing in: {err}");
     }

@@ -287,8 +287,8 @@ fn deny(
              \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete it \
              first with \"kubectl delete taskrun {existing} -n {namespace}\" (a duplicate task, \
              not a field-manager conflict: --force-conflicts does not help; renamed in git? \
-             GitOps tools create the new name before they prune the old, so delete \
-             {existing} first)"
+             Flux and Argo CD's PruneLast create the new name before they prune the old, so \
+             delete {existing} first)"
         );
         causes.push(StatusCause {
             reason: "FieldValueDuplicate".into(),

@@ -229,8 +229,8 @@ fn a_duplicate_names_the_existing_taskrun_and_what_to_do() {
     // A rename in git: GitOps tools create the new name before they prune the old.
     assert!(
         m.ends_with(
-            "renamed in git? GitOps tools create the new name before they prune the old, so \
-             delete original first)"
+            "renamed in git? Flux and Argo CD's PruneLast create the new name before they \
+             prune the old, so delete original first)"
         ),
         "{m}"
     );
