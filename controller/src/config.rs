@@ -32,8 +32,10 @@ pub struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TASKRUN_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// How many TaskRuns are reconciled at once.
-    #[arg(long, env = "TASKRUN_CONCURRENCY", default_value_t = 16)]
+    /// How many TaskRuns are reconciled at once, at least 1 (kube-runtime reads 0 as no
+    /// bound at all).
+    #[arg(long, env = "TASKRUN_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// First retry delay after a failed reconcile, in milliseconds; doubles per failure.
     #[arg(long, env = "TASKRUN_BACKOFF_BASE_MS", default_value_t = 500)]
@@ -240,6 +242,13 @@ mod tests {
     #[test]
     fn no_image_is_an_error() {
         assert!(parse(&[]).job_template().is_err());
+    }
+
+    #[test]
+    fn a_concurrency_of_zero_is_refused() {
+        assert_eq!(parse(&["--concurrency=1"]).concurrency, 1);
+        let zero = ["taskrun-controller", "--concurrency=0"];
+        assert!(Args::try_parse_from(zero).is_err());
     }
 
     #[test]
