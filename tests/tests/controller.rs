@@ -1252,8 +1252,11 @@ async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_statu
         )
         .await
         .expect("delete the ConfigMap");
+    // The reconcile that tried to make the ConfigMap again has failed: an error counted, and
+    // the refusal's own words in the controller's log (not some other error's).
     wait_for("a refused re-creation", WAIT, || async {
-        (errors().await > before).then_some(())
+        (errors().await > before && ctrl.log_tail(200).contains("no ConfigMaps here for now"))
+            .then_some(())
     })
     .await;
     let tr = api.get("t").await.expect("get");
