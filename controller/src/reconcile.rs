@@ -149,15 +149,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
 
     // Versions that ran before this one; this one counts once its Job exists.
-    let counted_here = prev.observed_context_version == Some(version) && prev.job_name.is_some();
-    // Another writer of the status may have set any number: read as a count, it cannot
-    // overflow below.
-    let ran_before = prev
-        .attempts
-        .unwrap_or(0)
-        .clamp(0, i64::from(u32::MAX))
-        .saturating_sub(i64::from(counted_here))
-        .max(0);
+    let ran_before = status::runs_before(&prev, version);
     let mut seen = Observed {
         generation: tr.meta().generation,
         context_version: version,

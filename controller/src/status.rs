@@ -306,10 +306,46 @@ pub fn is_final_for(status: Option<&TaskRunStatus>, context_version: i64) -> boo
     })
 }
 
+/// How many versions ran before `context_version`, from `status.attempts`, which counts this
+/// version too once its Job is named. Another writer of the status may have set any number:
+/// the count is read between 0 and `u32::MAX`, so adding this version cannot overflow.
+pub fn runs_before(status: &TaskRunStatus, context_version: i64) -> i64 {
+    let counted_here =
+        status.observed_context_version == Some(context_version) && status.job_name.is_some();
+    status
+        .attempts
+        .unwrap_or(0)
+        .clamp(0, i64::from(u32::MAX))
+        .saturating_sub(i64::from(counted_here))
+        .max(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::batch::v1::UncountedTerminatedPods;
+
+    #[test]
+    fn runs_before_counts_the_earlier_versions_whatever_the_status_says() {
+        let status = |attempts: Option<i64>, version: Option<i64>, job: bool| TaskRunStatus {
+            attempts,
+            observed_context_version: version,
+            job_name: job.then(|| "svc-1-v2".to_owned()),
+            ..TaskRunStatus::default()
+        };
+        // A first run, and a version whose Job is already counted.
+        assert_eq!(runs_before(&status(None, None, false), 1), 0);
+        assert_eq!(runs_before(&status(Some(1), Some(1), true), 1), 0);
+        // Version 2 of a task whose version 1 ran: before and after its Job is named.
+        assert_eq!(runs_before(&status(Some(1), Some(1), true), 2), 1);
+        assert_eq!(runs_before(&status(Some(2), Some(2), true), 2), 1);
+        // Counted here but with no count (a status written by someone else).
+        assert_eq!(runs_before(&status(None, Some(2), true), 2), 0);
+        assert_eq!(runs_before(&status(Some(-5), Some(2), false), 2), 0);
+        let huge = runs_before(&status(Some(i64::MAX), Some(1), false), 2);
+        assert_eq!(huge, i64::from(u32::MAX));
+        assert!(huge.checked_add(1).is_some());
+    }
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid time"))
