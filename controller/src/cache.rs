@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -132,11 +132,7 @@ fn controller_of<'a>(
     meta: &'a ObjectMeta,
     taskruns: &Store<TaskRun>,
 ) -> Option<(Arc<TaskRun>, &'a str)> {
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))?;
+    let owner = controller_ref(meta)?;
     let ns = meta.namespace.as_deref()?;
     let tr = taskruns.get(&ObjectRef::new(&owner.name).within(ns))?;
     (tr.metadata.uid.as_deref() == Some(owner.uid.as_str())).then_some((tr, owner.uid.as_str()))
@@ -198,13 +194,18 @@ impl Resource for CachedJob {
     }
 }
 
-/// True when `child` is controlled by the TaskRun with `uid`.
-pub fn controlled_by(child: &ObjectMeta, uid: Option<&str>) -> bool {
+/// The owner reference of `child` marked as its controller (the API server allows one).
+pub fn controller_ref(child: &ObjectMeta) -> Option<&OwnerReference> {
     child
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+        .find(|o| o.controller == Some(true))
+}
+
+/// True when `child` is controlled by the TaskRun with `uid`.
+pub fn controlled_by(child: &ObjectMeta, uid: Option<&str>) -> bool {
+    controller_ref(child).is_some_and(|o| Some(o.uid.as_str()) == uid)
 }
 
 /// The statuses this controller wrote that its TaskRun cache may not show yet, per TaskRun

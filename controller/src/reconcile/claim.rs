@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use taskrun::TaskRun;
 
 use super::Error;
+use crate::cache::controller_ref;
 use crate::writes;
 
 /// Who holds a child's deterministic name.
@@ -79,16 +80,7 @@ where
 /// The controller reference of `child` when it names a TaskRun other than the one with uid
 /// `ours`.
 fn foreign_owner<'a, K: Resource>(child: &'a K, ours: Option<&str>) -> Option<&'a OwnerReference> {
-    controller_of(child).filter(|o| is_taskrun(o) && Some(o.uid.as_str()) != ours)
-}
-
-fn controller_of<K: Resource>(child: &K) -> Option<&OwnerReference> {
-    child
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
+    controller_ref(child.meta()).filter(|o| is_taskrun(o) && Some(o.uid.as_str()) != ours)
 }
 
 fn is_taskrun(o: &OwnerReference) -> bool {
@@ -111,7 +103,7 @@ where
     let Some(existing) = existing else {
         return Claim::Wait(format!("{kind} {name} was just deleted"));
     };
-    match controller_of(&existing) {
+    match controller_ref(existing.meta()) {
         Some(o) if Some(o.uid.as_str()) == ours => Claim::Ours(existing),
         Some(o) if is_taskrun(o) => {
             let owner = o.name.clone();
