@@ -455,6 +455,7 @@ async fn raw_send(w: &Webhook, request: &[u8]) -> String {
         .await
         .expect("handshake");
     s.write_all(request).await.expect("write");
+    s.flush().await.expect("flush");
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw)).await;
     String::from_utf8_lossy(&raw).into_owned()

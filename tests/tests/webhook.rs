@@ -770,6 +770,11 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     .await
     .expect("answer");
     assert_eq!(r.status, 408, "{}", r.body);
+    assert!(
+        r.body.contains("within 2s (13 of 1000 bytes came)"),
+        "{}",
+        r.body
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Many slow and idle connections at once.
@@ -787,6 +792,7 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
         s.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
             .await
             .expect("write");
+        s.flush().await.expect("flush");
         slow_headers.push(s);
     }
     let mut silent_h2 = Vec::new();
@@ -852,6 +858,7 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .expect("preface");
+    s.flush().await.expect("flush");
     let (settings, connection_window) = server_settings(&mut s).await;
     // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE,
     // SETTINGS_MAX_HEADER_LIST_SIZE.
@@ -1050,6 +1057,7 @@ async fn sigterm_finishes_the_requests_in_flight_then_exits() {
     .await;
     for mut s in connections {
         s.write_all(&body[10..]).await.expect("write the rest");
+        s.flush().await.expect("flush");
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw).await;
         let r = Response::parse(&raw, Vec::new()).expect("a response");
@@ -1324,7 +1332,12 @@ async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
         .map(|c| c.to_vec())
         .unwrap_or_default();
     // A server that refuses early may close before everything is written; read what it said.
-    let written = s.write_all(request).await;
+    // The flush sends what TLS still holds: write_all may return with the last records
+    // buffered in the TLS session (the socket was full), and nothing else would send them.
+    let written = match s.write_all(request).await {
+        Ok(()) => s.flush().await,
+        failed => failed,
+    };
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut raw)).await;
     match Response::parse(&raw, peer_cert) {
@@ -1348,6 +1361,7 @@ where
     );
     s.write_all(head.as_bytes()).await.expect("write");
     s.write_all(body).await.expect("write");
+    s.flush().await.expect("flush");
     let (head, body) = read_response(s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.contains("\"allowed\":true"), "{body}");

@@ -37,8 +37,8 @@ pub struct Room {
 pub enum ReadError {
     /// It is longer than the limit.
     TooLarge,
-    /// Its bytes did not all arrive in time.
-    TimedOut,
+    /// Its bytes did not all arrive in time; `arrived` of them did.
+    TimedOut { arrived: usize },
     /// The budget had no room for the bytes that came, in time.
     NoRoom,
     /// The connection failed while it was read.
@@ -81,7 +81,7 @@ impl BodyBudget {
         };
         loop {
             let frame = match timeout_at(deadline, body.frame()).await {
-                Err(_) => return Err(ReadError::TimedOut),
+                Err(_) => return Err(ReadError::TimedOut { arrived: len }),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
                 Ok(Some(Ok(frame))) => frame,
@@ -351,7 +351,7 @@ mod tests {
         );
         assert_eq!(
             budget.read(stalled(10), 1024, SOON).await.err(),
-            Some(ReadError::TimedOut)
+            Some(ReadError::TimedOut { arrived: 10 })
         );
         let (body, _) = budget.read(full(0), 1024, SOON).await.expect("empty");
         assert!(body.is_empty());

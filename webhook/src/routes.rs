@@ -206,12 +206,13 @@ impl App {
                     format!("cannot read the request body: {e}"),
                 );
             }
-            Err(ReadError::TimedOut) => {
+            Err(ReadError::TimedOut { arrived }) => {
+                let of = declared.map_or_else(String::new, |n| format!(" of {n}"));
                 return error(
                     StatusCode::REQUEST_TIMEOUT,
                     "Timeout",
                     format!(
-                        "the request body did not arrive within {:?}",
+                        "the request body did not arrive within {:?} ({arrived}{of} bytes came)",
                         self.body_read_timeout
                     ),
                 );

@@ -96,6 +96,7 @@ impl LoopbackTls {
         );
         let exchange = async {
             stream.write_all(request.as_bytes()).await?;
+            stream.flush().await?;
             let mut response = Vec::new();
             stream.read_to_end(&mut response).await?;
             Ok::<_, std::io::Error>(response)
