@@ -12,26 +12,26 @@ use serde_json::{Value, json};
 
 use crate::{SERVING, SYSTEM_NS, WEBHOOK_CONFIG};
 
-/// What `cmctl renew` does: set the Certificate's Issuing condition to True
+/// What `cmctl renew` does to the Certificate `name`: set its Issuing condition to True
 /// (reason ManuallyTriggered) through the status subresource; cert-manager then issues a
 /// new revision.
-pub(crate) async fn force_renewal(client: kube::Client) {
+pub(crate) async fn force_renewal(client: kube::Client, name: &str) {
     let certificates = certificates(client);
     let mut certificate = certificates
-        .get(SERVING)
+        .get(name)
         .await
-        .unwrap_or_else(|e| panic!("Certificate {SERVING}: {e}"));
+        .unwrap_or_else(|e| panic!("Certificate {name}: {e}"));
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = certificate
         .data
         .get_mut("status")
         .and_then(Value::as_object_mut)
-        .unwrap_or_else(|| panic!("Certificate {SERVING} has no status"));
+        .unwrap_or_else(|| panic!("Certificate {name} has no status"));
     let conditions = status
         .entry("conditions")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .unwrap_or_else(|| panic!("Certificate {SERVING}: conditions is not a list"));
+        .unwrap_or_else(|| panic!("Certificate {name}: conditions is not a list"));
     conditions.retain(|c| c["type"] != "Issuing");
     conditions.push(json!({
         "type": "Issuing",
@@ -41,11 +41,12 @@ pub(crate) async fn force_renewal(client: kube::Client) {
         "lastTransitionTime": now,
     }));
     certificates
-        .replace_status(SERVING, &PostParams::default(), &certificate)
+        .replace_status(name, &PostParams::default(), &certificate)
         .await
-        .unwrap_or_else(|e| panic!("cannot trigger the renewal of {SERVING}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot trigger the renewal of {name}: {e}"));
 }
 
+/// The serving Certificate's revision.
 pub(crate) async fn certificate_revision(client: kube::Client) -> Option<i64> {
     let certificate = certificates(client).get(SERVING).await.ok()?;
     certificate.data["status"]["revision"].as_i64()

@@ -34,6 +34,8 @@ use tls::{LoopbackTls, hex, serial};
 /// The overlay's namespace (its kustomization sets it on every namespaced resource).
 const SYSTEM_NS: &str = "taskrun-system";
 const SERVING: &str = "taskrun-webhook-tls";
+/// The CA Certificate and its Secret.
+const CA: &str = "taskrun-ca";
 const WEBHOOK_CONFIG: &str = "taskrun-webhook";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,9 +103,9 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     .await;
     let ca_pem = issued["ca.crt"].clone();
     let ca_secret = secrets
-        .get("taskrun-ca")
+        .get(CA)
         .await
-        .unwrap_or_else(|e| panic!("the CA Secret taskrun-ca: {e}"));
+        .unwrap_or_else(|e| panic!("the CA Secret {CA}: {e}"));
     assert_eq!(
         secret_files(&ca_secret).get("tls.crt"),
         Some(&ca_pem),
@@ -195,7 +197,7 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     both_send_more(&sent, 3).await;
     let revision_before = certificate_revision(client.clone()).await;
     let triggered = Instant::now();
-    force_renewal(client.clone()).await;
+    force_renewal(client.clone(), SERVING).await;
     let renewed = wait_for(
         "the renewed serving Secret",
         Duration::from_secs(120),
@@ -270,6 +272,38 @@ async fn cert_manager_issues_injects_and_rotates_the_webhook_certificate() {
     ca_bundles_are(client.clone(), renewed["ca.crt"].clone())
         .await
         .unwrap_or_else(|| panic!("the caBundle no longer matches the CA after the renewal"));
+
+    // A renewal of the CA itself (cert-manager re-keys on renewal by default since v1.18)
+    // keeps its key: the certificate served now, signed before, verifies against the new CA,
+    // so the window between cainjector's new caBundle and the pods' new files fails nothing.
+    let ca_before = secret_files(
+        &secrets
+            .get(CA)
+            .await
+            .unwrap_or_else(|e| panic!("{CA}: {e}")),
+    );
+    force_renewal(client.clone(), CA).await;
+    let ca_after = wait_for("the renewed CA Secret", Duration::from_secs(120), || {
+        procs.check();
+        let (secrets, before) = (secrets.clone(), ca_before["tls.crt"].clone());
+        async move {
+            let files = secret_files(&secrets.get_opt(CA).await.ok()??);
+            (files.get("tls.crt")? != &before).then_some(files)
+        }
+    })
+    .await;
+    assert_eq!(
+        ca_before["tls.key"], ca_after["tls.key"],
+        "the CA's renewal changed its key (privateKey.rotationPolicy: Never)"
+    );
+    let verified = LoopbackTls::new(webhook_addr, &ca_after["tls.crt"])
+        .served_leaf()
+        .await;
+    assert_eq!(
+        verified.as_ref().ok(),
+        Some(&second_cert),
+        "the renewed CA does not verify the serving certificate issued before: {verified:?}"
+    );
 }
 
 fn task_run(name: &str, task_id: i64) -> Value {
