@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use taskrun_certs::Ca;
 use taskrun_tests::identity::{
     self, CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, WEBHOOK_SERVICE_ACCOUNT,
@@ -139,9 +139,38 @@ fn every_overlay_builds() {
     .into();
     assert_eq!(kinds(&base), expected);
     assert_waves_in_order(&base);
+    // Neither GitOps tool prunes or deletes the CRD, which would delete every TaskRun.
+    let crd = &find(&base, "CustomResourceDefinition", "taskruns.")["metadata"]["annotations"];
+    assert_eq!(
+        crd["argocd.argoproj.io/sync-options"], "Prune=false,Delete=false",
+        "{crd}"
+    );
+    assert_eq!(
+        crd["kustomize.toolkit.fluxcd.io/prune"], "disabled",
+        "{crd}"
+    );
     // A review waiting for room to read its body is answered ("retry shortly") before the
     // API server stops waiting for it.
     let webhook = find(&base, "Deployment", "taskrun-webhook");
+    // Its two replicas never share a node (a node loss would block every TaskRun write).
+    let spread = &webhook["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(
+        (
+            &spread["topologyKey"],
+            &spread["whenUnsatisfiable"],
+            &spread["maxSkew"]
+        ),
+        (
+            &json!("kubernetes.io/hostname"),
+            &json!("DoNotSchedule"),
+            &json!(1)
+        ),
+        "{spread}"
+    );
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        webhook["spec"]["selector"]["matchLabels"]
+    );
     let body_wait: u64 = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .into_iter()
