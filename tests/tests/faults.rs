@@ -582,6 +582,25 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
         refused.to_string().contains("failed calling webhook"),
         "{refused}"
     );
+    // What docs/metrics.md alerts on for a webhook that answers nothing: the API server's own
+    // count of the calls it could not make.
+    let metrics = client
+        .request_text(
+            http::Request::get("/metrics")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("the API server's /metrics");
+    let failed_calls = metrics.lines().find(|l| {
+        l.starts_with("apiserver_admission_webhook_rejection_count{")
+            && l.contains(r#"error_type="calling_webhook_error""#)
+            && l.contains(r#"name="mutate.taskruns.orchestrator.io""#)
+    });
+    assert!(
+        failed_calls.is_some_and(|l| !l.ends_with(" 0")),
+        "no failed webhook call counted: {failed_calls:?}"
+    );
     // Neither the controller's finalizer removal nor any update of a TaskRun being deleted
     // goes through the webhooks.
     api.delete("held", &DeleteParams::default())
