@@ -14,7 +14,7 @@ use crate::mutate::{finalizer_patch, label_patch};
 
 mod reviewed;
 mod warnings;
-use reviewed::{Request, cut, cut_error};
+use reviewed::{Request, cut, spec_error};
 
 const GROUP: &str = "orchestrator.io";
 const RESOURCE: &str = "taskruns";
@@ -182,9 +182,13 @@ fn decide(
                 let v = Violation {
                     field: "spec".into(),
                     reason: Reason::Invalid,
+                    // The schema refuses what no TaskRun spec is before the webhook is called,
+                    // so what reaches here is most likely a spec of a newer CRD. The error's
+                    // line and column are the AdmissionReview's, no help to the user.
                     message: format!(
-                        "the spec cannot be read as a TaskRun spec: {}",
-                        cut_error(&e.error)
+                        "the spec cannot be read as a TaskRun spec ({}); if the TaskRun CRD \
+                         is newer than the taskrun-webhook, upgrade the webhook",
+                        spec_error(&e.error)
                     ),
                 };
                 deny(allow, &namespace, &name, None, &[v])

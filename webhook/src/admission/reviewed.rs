@@ -245,8 +245,19 @@ pub fn cut(s: &str) -> String {
 /// A JSON error in a message, cut short: serde quotes the value it did not expect, which can
 /// be most of the body (a string of megabytes where a boolean belongs).
 pub fn cut_error(e: &serde_json::Error) -> String {
-    const MAX: usize = 300;
+    cut_text(e.to_string())
+}
+
+/// What is wrong with a spec, without the parser's line and column (those of the whole
+/// AdmissionReview, not of anything the user wrote), cut as [`cut_error`] cuts.
+pub fn spec_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    cut_text(text.strip_suffix(&position).unwrap_or(&text).to_owned())
+}
+
+fn cut_text(text: String) -> String {
+    const MAX: usize = 300;
     if text.chars().count() <= MAX {
         return text;
     }

@@ -47,7 +47,16 @@ pub(super) fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Strin
         ));
     }
     let removed = filenames_not_in(&old.markdown_files, &new.markdown_files);
-    if new.context_version == old.context_version && !removed.is_empty() {
+    if new.context_version > old.context_version && !removed.is_empty() {
+        // The same loss with a raise: a manifest bumped in git, applied client-side, drops
+        // what was added since; the new run goes without it.
+        out.push(format!(
+            "markdownFiles no longer has {} that contextVersion {} had: the run at contextVersion {} goes without them; a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened and they are still wanted, add them to the manifest, and apply it server-side from then on",
+            listed(&removed),
+            old.context_version,
+            new.context_version
+        ));
+    } else if new.context_version == old.context_version && !removed.is_empty() {
         // Most often not meant: a client-side apply sends the manifest's whole list.
         out.push(format!(
             "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command (it raises contextVersion, so the task runs again with them) and apply the manifest server-side from then on",
