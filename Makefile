@@ -7,7 +7,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskrun/cargo-target
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help deps test lint fmt clippy build control-plane crd cluster up down run bench helm go-tools fuzz
+.PHONY: help deps test lint fmt clippy fuzz-check build control-plane crd cluster up down run bench helm go-tools fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,7 +18,10 @@ test: deps control-plane go-tools lint build ## everything from a fresh clone: b
 deps: ## system packages the tests and make up need (lua5.1, openssl, curl), installed with apt-get when missing
 	@hack/install-deps.sh
 
-lint: fmt clippy ## rustfmt and clippy; says so loudly when a component is missing
+lint: fmt clippy fuzz-check ## rustfmt and clippy; says so loudly when a component is missing
+
+fuzz-check: ## the fuzz targets still build against the crates, with fuzz/Cargo.lock current
+	cd fuzz && cargo check --locked --bins --quiet
 
 fmt:
 	@if cargo fmt --version >/dev/null 2>&1; then \
