@@ -56,7 +56,11 @@ fn validate_spec(spec: &TaskRunSpec, before: Option<&TaskRunSpec>) -> Vec<Violat
     let mut out = Vec::new();
     check_task_id(spec.task_id, &mut out);
     check_service_name(&spec.service_name, &mut out);
-    if let Some(agent) = &spec.agent_name {
+    // What an update leaves as it was is not judged again, as the API server's schema
+    // ratcheting does not: a rule tightened since the TaskRun was stored must not block an
+    // update of something else (a file added with `kubectl taskrun context add`).
+    let kept_agent = before.is_some_and(|b| b.agent_name == spec.agent_name);
+    if let Some(agent) = spec.agent_name.as_ref().filter(|_| !kept_agent) {
         check_agent_name(agent, &mut out);
     }
     check_context_version(spec.context_version, &mut out);
@@ -241,7 +245,10 @@ pub fn check_files(
     let mut seen = HashSet::with_capacity(checked.len());
     for (i, file) in checked.iter().enumerate() {
         let at = |field: &str| format!("spec.markdownFiles[{i}].{field}");
-        if !is_valid_filename(&file.filename) {
+        // A file the update leaves as it was (see `validate_spec`); its name still counts
+        // for uniqueness.
+        let kept = before.is_some_and(|old| old.contains(file));
+        if !kept && !is_valid_filename(&file.filename) {
             out.push(Violation::new(
                 at("filename"),
                 Reason::Invalid,
@@ -262,6 +269,9 @@ pub fn check_files(
         }
         // Characters, as the schema's maxLength counts them; never more than the bytes, so
         // only a content of more bytes than that needs counting.
+        if kept {
+            continue;
+        }
         let too_many_chars = (file.content.len() > MAX_CONTENT_LEN)
             .then(|| file.content.chars().count())
             .filter(|&chars| chars > MAX_CONTENT_LEN);

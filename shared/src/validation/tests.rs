@@ -228,6 +228,43 @@ fn an_unchanged_update_is_valid() {
     assert_eq!(validate_update(&valid(), &valid()), vec![]);
 }
 
+/// As the API server's schema ratcheting does: what an update leaves as it was is not judged
+/// again (a rule tightened since it was stored), what it changes or adds is.
+#[test]
+fn an_update_judges_only_what_it_changes() {
+    let mut old = valid();
+    old.agent_name = Some("Claude".into());
+    old.markdown_files
+        .push(file("Notes.txt", "stored under older rules"));
+    old.markdown_files.push(file("blank.md", " "));
+    let mut new = old.clone();
+    new.context_version = 2;
+    new.markdown_files.push(file("context-2.md", "added"));
+    assert_eq!(validate_update(&old, &new), vec![]);
+    // Not kept: a changed content, a renamed file, a changed agentName, a new bad file.
+    let mut changed = new.clone();
+    changed.agent_name = Some("Other".into());
+    changed.markdown_files[2].content = "changed".into();
+    changed.markdown_files[3].filename = "Blank.md".into();
+    changed.markdown_files.push(file("empty.md", ""));
+    assert_eq!(
+        fields(&validate_update(&old, &changed)),
+        [
+            "spec.agentName",
+            "spec.markdownFiles[2].filename",
+            "spec.markdownFiles[3].content",
+            "spec.markdownFiles[5].content",
+        ]
+    );
+    // A kept name still counts for uniqueness.
+    let mut twice = new.clone();
+    twice.markdown_files.push(file("Notes.txt", "again"));
+    assert_eq!(
+        fields(&validate_update(&old, &twice)),
+        ["spec.markdownFiles[5].filename"]
+    );
+}
+
 #[test]
 fn task_id_is_immutable() {
     let mut new = valid();
