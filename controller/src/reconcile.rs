@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, GetParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate};
 
@@ -158,6 +158,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         attempts: ran_before,
         started_at: None,
     };
+    let (job_name, cm_name) = job::child_names(tr);
     // The deterministic names keep a second TaskRun of one identity from running the same
     // version, but only while the first one's children of that version exist: one created at
     // another version (while the webhook was not there), or after the first one's Job of this
@@ -165,13 +166,12 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // cache for an older live TaskRun of its identity, preferring one that has run (the one to
     // add context to, as the message says). One pass over the cache when there is none.
     if prev.job_name.is_none()
-        && let Some(other) = runs_instead(tr, &ctx.taskruns)
+        && let Some(other) = runs_instead(tr, ctx, &job_name, &cm_name).await
     {
         let duplicate = Claim::<Job>::Duplicate(other);
         return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }
 
-    let (job_name, cm_name) = job::child_names(tr);
     // Children are looked up in the caches first: a reconcile that finds them in place makes
     // no API call (most reconciles are echoes of this controller's own writes).
     let cached_cm = ctx.children.config_map(&ns, &cm_name).await;
@@ -213,7 +213,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     Some(job) => Some(judge(&api, tr, &job_name, Some(job)).await?),
                     None => {
                         let fresh = api.get(&tr.name_any()).await?;
-                        if status::is_final_for(fresh.status.as_ref(), version) {
+                        if !job_lost_applies(tr, &fresh) {
                             return Ok(Action::await_change());
                         }
                         // Gone before its end was seen: deleted by hand, or finished and
@@ -282,6 +282,21 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // would keep an entry per running TaskRun in kube-runtime's scheduler (about 640 bytes:
     // 6 MiB at 10,000) to find nothing new.
     Ok(Action::await_change())
+}
+
+/// Whether a Job that the status names, and that the API server no longer has, ends the
+/// version as `JobLost`, by `fresh`, the TaskRun read from the API server just now. Not when
+/// that version is final already (the cache lags behind a status written since), nor when the
+/// TaskRun is not the one reconciled any more: being deleted (a foreground deletion has the
+/// garbage collector delete the Job before the cache shows the deletionTimestamp), another
+/// object of the same name (deleted and created again), or at another version. Its own event
+/// reconciles it then.
+fn job_lost_applies(tr: &TaskRun, fresh: &TaskRun) -> bool {
+    let version = tr.spec.context_version;
+    fresh.meta().deletion_timestamp.is_none()
+        && fresh.meta().uid == tr.meta().uid
+        && fresh.spec.context_version == version
+        && !status::is_final_for(fresh.status.as_ref(), version)
 }
 
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
@@ -450,28 +465,63 @@ async fn write_status(
 
 /// The older live TaskRun of `tr`'s identity that runs instead of `tr`, which has not run (its
 /// status names no Job), if there is one. One pass over the cache, copying nothing, when there
-/// is none (the common case); the cache is copied only when two TaskRuns of one task got past
-/// the webhook.
-fn runs_instead(tr: &TaskRun, taskruns: &Store<TaskRun>) -> Option<String> {
-    let me = not_run(tr);
-    taskruns.find(|o| o.same_task(tr) && Existing::of(o).holds_before(&me))?;
-    runs_instead_of(tr, taskruns.state().iter().map(AsRef::as_ref))
+/// is none (the common case); the cache is copied, and `tr`'s children of this version looked
+/// up, only when two TaskRuns of one task got past the webhook.
+async fn runs_instead(tr: &TaskRun, ctx: &Ctx, job_name: &str, cm_name: &str) -> Option<String> {
+    // Holding a child takes holders away, never adds one: none without, none with.
+    ctx.taskruns.find(|o| holds_instead(o, tr, false))?;
+    let ns = tr.namespace().unwrap_or_default();
+    let uid = tr.meta().uid.as_deref();
+    let cm = ctx.children.config_map(&ns, cm_name).await;
+    let job = ctx.children.job(&ns, job_name).await;
+    let holds_a_child = cm.is_some_and(|c| cache::controlled_by(&c.metadata, uid))
+        || job.is_some_and(|j| cache::controlled_by(&j.metadata, uid));
+    runs_instead_of(
+        tr,
+        holds_a_child,
+        ctx.taskruns.state().iter().map(AsRef::as_ref),
+    )
 }
 
 /// Of `cached`, the TaskRun that runs instead of `tr`: of those of its identity that hold it
-/// before `tr`, the one the webhook names too (`taskrun::find_duplicate`).
+/// before `tr` (`holds_instead`), the one the webhook names too (`taskrun::find_duplicate`).
+/// `holds_a_child`: `tr` controls a child of its current version (the cache shows it).
 fn runs_instead_of<'a>(
     tr: &TaskRun,
+    holds_a_child: bool,
     cached: impl IntoIterator<Item = &'a TaskRun>,
 ) -> Option<String> {
-    let me = not_run(tr);
     let before: Vec<Existing<'_>> = cached
         .into_iter()
-        .filter(|o| o.same_task(tr))
+        .filter(|o| holds_instead(o, tr, holds_a_child))
         .map(Existing::of)
-        .filter(|o| o.holds_before(&me))
         .collect();
-    find_duplicate(me.name, before).map(str::to_owned)
+    find_duplicate(not_run(tr).name, before).map(str::to_owned)
+}
+
+/// True when the cached TaskRun `o` holds `tr`'s task before `tr`, which has not run: of its
+/// identity, live, and first by the duplicate rule (`Existing::holds_before`), except
+///
+/// - one whose current version ended without running (Failed as a Duplicate, say): it never
+///   runs that version, and counting it could fail every TaskRun of the task (two that raced
+///   past the webhook each failed for the other);
+/// - when `tr` already controls a child of its current version (`holds_a_child`), one that has
+///   not run, at the same version: the names of that version are `tr`'s, so the other one
+///   cannot get them (its reconcile finds them taken and fails it as a Duplicate of `tr`).
+fn holds_instead(o: &TaskRun, tr: &TaskRun, holds_a_child: bool) -> bool {
+    if !o.same_task(tr) {
+        return false;
+    }
+    let other = Existing::of(o);
+    if !other.has_run {
+        if status::is_final_for(o.status.as_ref(), o.spec.context_version) {
+            return false;
+        }
+        if holds_a_child && o.spec.context_version == tr.spec.context_version {
+            return false;
+        }
+    }
+    other.holds_before(&not_run(tr))
 }
 
 /// `tr` for the duplicate rule, as one that has not run: its status may be a lagging cache's,
@@ -485,8 +535,8 @@ fn not_run(tr: &TaskRun) -> Existing<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{denied_by_admission, runs_instead_of};
-    use taskrun::{TaskRun, TaskRunStatus};
+    use super::{denied_by_admission, job_lost_applies, runs_instead_of};
+    use taskrun::{Phase, TaskRun, TaskRunStatus};
 
     fn taskrun(name: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
         let mut tr: TaskRun = serde_json::from_value(serde_json::json!({
@@ -512,7 +562,118 @@ mod tests {
     }
 
     fn instead(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
-        runs_instead_of(tr, cached)
+        runs_instead_of(tr, false, cached)
+    }
+
+    /// The same, for a TaskRun that controls a child of its current version.
+    fn instead_holding(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
+        runs_instead_of(tr, true, cached)
+    }
+
+    /// `tr` with a status that ends its current version as `reason`, naming a Job or not.
+    fn ended(mut tr: TaskRun, reason: &str, job: Option<&str>) -> TaskRun {
+        let version = tr.spec.context_version;
+        tr.status = Some(TaskRunStatus {
+            phase: Some(Phase::Failed),
+            observed_context_version: Some(version),
+            job_name: job.map(Into::into),
+            message: Some(reason.into()),
+            ..TaskRunStatus::default()
+        });
+        tr
+    }
+
+    fn at_version(mut tr: TaskRun, version: i64) -> TaskRun {
+        tr.spec.context_version = version;
+        tr
+    }
+
+    /// Two TaskRuns of one identity created in the same second, `b` first by its uid.
+    fn raced() -> (TaskRun, TaskRun) {
+        let (mut a, mut b) = (taskrun("a", 100, "svc", 7), taskrun("b", 100, "svc", 7));
+        a.metadata.uid = Some("uid-2".into());
+        b.metadata.uid = Some("uid-1".into());
+        (a, b)
+    }
+
+    /// a created its ConfigMap, its Job was refused (a quota), and b came: b finds the
+    /// ConfigMap a's and fails as its Duplicate. Neither may then fail a as a duplicate of b,
+    /// or the task never runs.
+    #[test]
+    fn the_taskrun_holding_the_names_runs_when_both_raced_past_the_webhook() {
+        let (a, b) = raced();
+        assert_eq!(instead(&a, &[a.clone(), b.clone()]).as_deref(), Some("b"));
+        assert_eq!(
+            instead(&b, &[a.clone(), b.clone()]),
+            None,
+            "b goes to claim"
+        );
+        // a holds its ConfigMap before b's reconcile: b cannot take a's names.
+        assert_eq!(instead_holding(&a, &[a.clone(), b.clone()]), None);
+        // b failed as a's duplicate: it holds nothing, child or not.
+        let b_lost = ended(b.clone(), "Duplicate", None);
+        assert_eq!(instead(&a, &[a.clone(), b_lost.clone()]), None);
+        assert_eq!(instead_holding(&a, &[a.clone(), b_lost]), None);
+    }
+
+    #[test]
+    fn holding_a_child_does_not_beat_one_that_has_run_or_another_versions_first() {
+        let (a, b) = raced();
+        // One that has run goes on holding the task.
+        let b_ran = ran(b.clone());
+        assert_eq!(
+            instead_holding(&a, &[a.clone(), b_ran]).as_deref(),
+            Some("b")
+        );
+        // One first at another version can make its own children: it runs, not both.
+        let b_v2 = at_version(b.clone(), 2);
+        assert_eq!(
+            instead_holding(&a, &[a.clone(), b_v2]).as_deref(),
+            Some("b")
+        );
+        // Nor does it make a later one hold before an earlier one.
+        assert_eq!(instead_holding(&b, &[a.clone(), b.clone()]), None);
+    }
+
+    #[test]
+    fn a_version_that_ended_without_running_holds_nothing() {
+        let (a, b) = raced();
+        for reason in ["Duplicate", "InvalidTemplate", "NameConflict"] {
+            let gone = ended(b.clone(), reason, None);
+            assert_eq!(instead(&a, &[a.clone(), gone]), None, "{reason}");
+        }
+        // One that ran, then failed, still holds it (it is the one to add context to).
+        let lost = ended(b.clone(), "JobLost", Some("svc-7-v1"));
+        assert_eq!(instead(&a, &[a.clone(), lost]).as_deref(), Some("b"));
+        // A failure of an older version than the current one ends nothing of this one.
+        let raised = at_version(ended(b.clone(), "Duplicate", None), 2);
+        assert_eq!(instead(&a, &[a.clone(), raised]).as_deref(), Some("b"));
+        // Pending is not an end.
+        let mut pending = ended(b.clone(), "CreateRefused", None);
+        if let Some(s) = pending.status.as_mut() {
+            s.phase = Some(Phase::Pending);
+        }
+        assert_eq!(instead(&a, &[a.clone(), pending]).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_lost_job_ends_only_the_live_taskrun_at_its_version() {
+        let tr = taskrun("t", 100, "svc", 7);
+        assert!(job_lost_applies(&tr, &tr.clone()));
+        // Deleted in the foreground: the garbage collector removed the Job first.
+        let mut deleting = tr.clone();
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
+        assert!(!job_lost_applies(&tr, &deleting));
+        // Deleted and created again under the same name.
+        let mut other = tr.clone();
+        other.metadata.uid = Some("uid-new".into());
+        assert!(!job_lost_applies(&tr, &other));
+        // Raised to another version meanwhile, or ended already.
+        assert!(!job_lost_applies(&tr, &at_version(tr.clone(), 2)));
+        assert!(!job_lost_applies(
+            &tr,
+            &ended(tr.clone(), "JobLost", Some("svc-7-v1"))
+        ));
     }
 
     #[test]

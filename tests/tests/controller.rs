@@ -705,6 +705,88 @@ async fn a_duplicate_does_not_run_at_a_lower_version() {
     assert_eq!(names, ["duplow-1-v2"]);
 }
 
+/// Two TaskRuns of one task raced past the webhook: `a` made its ConfigMap and had its Job
+/// refused (a used-up quota, here an admission policy), and `b`, first by the duplicate rule
+/// (created a second earlier), came after and found that ConfigMap `a`'s. `b` fails as `a`'s
+/// duplicate; `a`, holding the names, does not then fail as `b`'s, and runs once allowed.
+#[tokio::test]
+async fn the_taskrun_holding_the_names_runs_though_its_duplicate_was_created_first() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dup-held").await;
+    let refusal = Refusal::of_job_creates(&client, &ns, "Forbidden", "jobs are capped here").await;
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let b = create(&api, &taskrun("b", "held", 1, 1, &[("task.md", "x")])).await;
+    // Creation times are whole seconds: a second later, b is first whatever the uids.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = create(&api, &taskrun("a", "held", 1, 1, &[("task.md", "x")])).await;
+    assert!(a.creation_timestamp() > b.creation_timestamp());
+    // a's ConfigMap, as its first reconcile made it before its Job was refused.
+    let cm_name = names::config_map_name("held", 1, 1);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": cm_name,
+            "labels": {labels::MANAGED_BY: labels::MANAGED_BY_VALUE},
+            "ownerReferences": [{
+                "apiVersion": "orchestrator.io/v1", "kind": "TaskRun", "name": "a",
+                "uid": a.uid().expect("uid"), "controller": true, "blockOwnerDeletion": true}]},
+        "data": {"task.md": "x"},
+    }))
+    .expect("a ConfigMap");
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create a's ConfigMap");
+
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let not_a_duplicate = |tr: &TaskRun| {
+        assert_ne!(
+            condition(tr, "Succeeded"),
+            Some(("False", "Duplicate")),
+            "a, which holds the names, failed as a duplicate: {:?}",
+            tr.status
+        );
+    };
+    wait_status(&api, "b", "b Duplicate of a", |tr| {
+        condition(tr, "Succeeded") == Some(("False", "Duplicate"))
+            && tr
+                .status
+                .as_ref()
+                .and_then(|s| s.message.as_deref())
+                .is_some_and(|m| m.contains("TaskRun a already runs"))
+    })
+    .await;
+    let tr = wait_status(&api, "a", "a's refused Job in its status", |tr| {
+        not_a_duplicate(tr);
+        condition(tr, "Succeeded").is_some_and(|(_, reason)| reason == "CreateRefused")
+    })
+    .await;
+    assert_eq!(phase(&tr), Some(Phase::Pending));
+
+    // a is looked at again with b final: still not b's duplicate, and it runs once allowed.
+    refusal.lift().await;
+    let tr = wait_status(&api, "a", "a's Job once allowed", |tr| {
+        not_a_duplicate(tr);
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some("held-1-v1")
+    })
+    .await;
+    assert_ne!(phase(&tr), Some(Phase::Failed));
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert_eq!(jobs.items.len(), 1);
+    assert_eq!(
+        Some(jobs.items[0].owner_references()[0].uid.clone()),
+        a.uid()
+    );
+    let b = api.get("b").await.expect("get b");
+    assert_eq!(
+        b.status.and_then(|s| s.job_name),
+        None,
+        "b never gets a Job"
+    );
+}
+
 #[tokio::test]
 async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     let cp = ControlPlane::shared();
