@@ -1,21 +1,25 @@
 //! The command line. Every command has `--help`; the connection flags are the ones kubectl
 //! users expect, and are global so they work before or after the subcommand.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use taskrun::FileType;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  runtime or API failure (cannot connect, TaskRun CRD not installed, TaskRun not found,
-     retries exhausted, ...)
+  1  runtime or API failure (cannot connect, TaskRun CRD not installed, TaskRun not found or
+     being deleted, retries exhausted, ...)
   2  usage error or invalid input (bad flags, a file that would be rejected, a file that already exists)
   3  migrate-helm: at least one release could not be migrated or uninstalled (the others were):
      it failed (the table says why), or it is not done yet because something was still under
      way (its legacy Job running, a Helm operation in progress): run the command again once that
-     has finished. Releases skipped for good (no deployed revision) do not count: with only
+     has finished. A release with no deployed revision (its install failed, or its --wait
+     timed out) fails: give it one (helm upgrade or rollback) or uninstall it. Releases skipped
+     for good (uninstalled with --keep-history, or being uninstalled) do not count: with only
      those, the exit code is 0";
 
 /// kubectl plugin for TaskRuns (taskruns.orchestrator.io): add context to a running task, and
@@ -32,6 +36,40 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process; on a usage error, says so and exits with code 2
+    /// (as `Cli::parse`, with the checks clap cannot make).
+    pub fn parse_checked() -> Self {
+        Self::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// `Cli::try_parse_from`, then the checks clap cannot make: a global flag given before the
+    /// subcommand reaches it only after clap has checked conflicts, so `-n NS migrate-helm -A`
+    /// would get through `conflicts_with` and widen the run to every namespace.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Self::try_parse_from(args)?;
+        if let Command::MigrateHelm(migrate) = &cli.command
+            && migrate.all_namespaces
+            && cli.conn.namespace.is_some()
+        {
+            let mut cmd = Self::command();
+            cmd.build();
+            let message = "-A/--all-namespaces cannot be used with -n/--namespace: -A looks in \
+                           every namespace, -n in one; give one of them";
+            let err = match cmd.find_subcommand_mut("migrate-helm") {
+                Some(sub) => sub.error(ErrorKind::ArgumentConflict, message),
+                None => cmd.error(ErrorKind::ArgumentConflict, message),
+            };
+            return Err(err);
+        }
+        Ok(cli)
+    }
 }
 
 /// Where the API server is, as kubectl takes it.
@@ -115,7 +153,8 @@ fn file_type(value: &str) -> Result<FileType, String> {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Look for releases in every namespace (instead of -n or the context's namespace).
+    /// Look for releases in every namespace (instead of the context's namespace); not with -n,
+    /// wherever that is given.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
 
@@ -135,7 +174,6 @@ pub struct MigrateArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
@@ -217,10 +255,52 @@ mod tests {
     }
 
     #[test]
-    fn all_namespaces_and_namespace_exclude_each_other() {
-        let err = Cli::try_parse_from(["kubectl-taskrun", "migrate-helm", "-A", "-n", "x"])
-            .expect_err("conflict");
-        assert_eq!(err.exit_code(), 2);
+    fn all_namespaces_and_namespace_exclude_each_other_in_any_order() {
+        for args in [
+            &["migrate-helm", "-A", "-n", "x"][..],
+            &["migrate-helm", "-n", "x", "-A"],
+            // -n before the subcommand reaches it after clap's conflict check.
+            &["-n", "team-a", "migrate-helm", "-A", "--delete-releases"],
+            &["--namespace=team-a", "migrate-helm", "--all-namespaces"],
+            &[
+                "-n",
+                "team-a",
+                "--context",
+                "dev",
+                "migrate-helm",
+                "--dry-run",
+                "-A",
+            ],
+        ] {
+            let err = Cli::try_parse_checked_from(["kubectl-taskrun"].iter().chain(args))
+                .expect_err("conflict");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("--all-namespaces") && text.contains("--namespace"),
+                "{args:?}: {text}"
+            );
+        }
+        // Each alone is fine, and -n still reaches context add from before the subcommand.
+        let cli =
+            Cli::try_parse_checked_from(["kubectl-taskrun", "migrate-helm", "-A"]).expect("parses");
+        assert!(matches!(cli.command, Command::MigrateHelm(m) if m.all_namespaces));
+        let cli = Cli::try_parse_checked_from(["kubectl-taskrun", "-n", "x", "migrate-helm"])
+            .expect("parses");
+        assert_eq!(cli.conn.namespace.as_deref(), Some("x"));
+        let cli = Cli::try_parse_checked_from([
+            "kubectl-taskrun",
+            "-n",
+            "x",
+            "context",
+            "add",
+            "t1",
+            "-f",
+            "a.md",
+        ])
+        .expect("parses");
+        assert_eq!(cli.conn.namespace.as_deref(), Some("x"));
     }
 
     #[test]

@@ -48,12 +48,21 @@ pub enum Error {
     #[error("TaskRun {name} not found in namespace {namespace}")]
     NotFound { namespace: String, name: String },
 
+    /// The TaskRun is being deleted (its deletionTimestamp set, a finalizer holding it): cluster
+    /// state, not bad input. No new version of it would run.
+    #[error(
+        "TaskRun {name} in namespace {namespace} is being deleted, so no new version of it would run: wait until it is gone (`kubectl wait --for=delete taskrun/{name} -n {namespace}`), then create it again and add the context to the new one. If it stays, a finalizer holds it (`kubectl get taskrun {name} -n {namespace} -o jsonpath='{{.metadata.finalizers}}'`): `orchestrator.io/cleanup` is removed by the taskrun controller once the TaskRun's Jobs and ConfigMaps are gone, so check that the controller runs"
+    )]
+    BeingDeleted { namespace: String, name: String },
+
     #[error(
         "gave up after {attempts} attempts: the TaskRun kept changing under us; last answer: {last}"
     )]
     TooManyConflicts { attempts: u32, last: String },
 
-    #[error("{action}: {source}")]
+    /// An API call refused or failed: what was being done, and the server's own message (not
+    /// a dump of the Status it answered with).
+    #[error("{action}: {}", describe(.source))]
     Api {
         action: String,
         #[source]
@@ -86,6 +95,7 @@ impl Error {
     }
 
     pub fn exit_code(&self) -> ExitCode {
+        // Only bad input is INVALID; cluster state (a TaskRun being deleted) is a FAILURE.
         ExitCode::from(match self {
             Error::Invalid(_) => INVALID,
             _ => FAILURE,
@@ -181,6 +191,68 @@ mod tests {
             "{text}"
         );
         assert_eq!(e.exit_code(), ExitCode::from(FAILURE));
+    }
+
+    #[test]
+    fn an_api_error_shows_the_servers_message_not_a_status_dump() {
+        let forbidden = Status::failure(
+            "taskruns.orchestrator.io \"t1\" is forbidden: User \"dev\" cannot patch resource \"taskruns\"",
+            "Forbidden",
+        )
+        .with_code(403);
+        let e = Error::api(
+            "applying to TaskRun t1",
+            kube::Error::Api(Box::new(forbidden)),
+        );
+        assert_eq!(
+            e.to_string(),
+            "applying to TaskRun t1: taskruns.orchestrator.io \"t1\" is forbidden: User \"dev\" cannot patch resource \"taskruns\" (403)"
+        );
+        let invalid = Status::failure(
+            "admission webhook \"validate.taskruns.orchestrator.io\" denied the request: spec.markdownFiles: empty",
+            "Invalid",
+        )
+        .with_code(422)
+        .with_details(kube::core::response::StatusDetails {
+            name: "t1".into(),
+            group: "orchestrator.io".into(),
+            kind: "TaskRun".into(),
+            uid: String::new(),
+            causes: vec![kube::core::response::StatusCause {
+                reason: "FieldValueInvalid".into(),
+                message: "empty".into(),
+                field: "spec.markdownFiles".into(),
+            }],
+            retry_after_seconds: 0,
+        });
+        let e = Error::api("reading TaskRun t1", kube::Error::Api(Box::new(invalid)));
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "reading TaskRun t1: admission webhook \"validate.taskruns.orchestrator.io\" denied the request: spec.markdownFiles: empty (422)"
+        );
+        for dump in ["Status {", "ErrorResponse {", "StatusDetails", "causes"] {
+            assert!(!text.contains(dump), "{text}");
+        }
+        assert_eq!(e.exit_code(), ExitCode::from(FAILURE));
+    }
+
+    #[test]
+    fn a_taskrun_being_deleted_is_a_failure_not_bad_input() {
+        let e = Error::BeingDeleted {
+            namespace: "team-a".into(),
+            name: "t1".into(),
+        };
+        assert_eq!(e.exit_code(), ExitCode::from(FAILURE));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("TaskRun t1 in namespace team-a is being deleted")
+                && text.contains("kubectl wait --for=delete taskrun/t1 -n team-a")
+                && text.contains("create it again")
+                && text.contains("jsonpath='{.metadata.finalizers}'")
+                && !text.contains("nothing was changed"),
+            "{text}"
+        );
     }
 
     #[test]

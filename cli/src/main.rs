@@ -3,14 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use kubectl_taskrun::args::{Cli, Command, ContextCommand, LogFormat};
 use kubectl_taskrun::{connect, context_add, error, migrate, output};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     init_logging(cli.log_format);
     match run(cli).await {
         Ok(code) => code,

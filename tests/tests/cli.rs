@@ -273,6 +273,52 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
     );
 }
 
+/// A TaskRun being deleted (a finalizer holding it) gets no new version: that is the
+/// cluster's state, not bad input, so the exit code is 1 (not 2) and the error says what to do.
+#[tokio::test]
+async fn context_add_to_a_taskrun_being_deleted_is_a_failure_not_bad_input() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-deleting").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    let mut manifest = gitops_manifest("t1", &[("task.md", "# Task\n")]);
+    manifest["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    kubectl_apply(cp, &ns, "gitops", &manifest);
+    api.delete("t1", &Default::default())
+        .await
+        .expect("delete the TaskRun");
+    let before = api.get("t1").await.expect("held by its finalizer");
+    assert!(before.metadata.deletion_timestamp.is_some());
+
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(write_file(&work_dir().join(&ns), "ctx.md", "# More\n"));
+        cmd
+    });
+    // Let it go before asserting: nothing else removes example.com/hold.
+    let release = json!({"metadata": {"finalizers": null}});
+    let _ = api
+        .patch(
+            "t1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&release),
+        )
+        .await;
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("TaskRun t1 in namespace {ns} is being deleted"))
+            && err.contains(&format!("kubectl wait --for=delete taskrun/t1 -n {ns}"))
+            && err.contains("create it again")
+            && err.contains("finalizer")
+            && !err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+    if let Ok(Some(after)) = api.get_opt("t1").await {
+        assert_eq!(after.spec, before.spec, "nothing was sent");
+    }
+}
+
 /// Flux's kustomize-controller, before each apply, takes over the fields of every field
 /// manager whose name starts with "kubectl", so that hand edits are undone by the next sync
 /// (`tests/fluxapply`, with Flux's own apply library and options). The plugin's manager must
@@ -456,6 +502,39 @@ async fn migrate_helm_says_where_it_found_nothing() {
             "No Helm releases of the legacy claude-code chart found in namespace {ns}; look in another with -n NAMESPACE, or in all with -A.\n"
         )
     );
+}
+
+/// `-n` and `-A` exclude each other wherever `-n` is given: given before the subcommand it
+/// reaches migrate-helm after clap's own conflict check, and the run would have silently
+/// widened to every namespace. Refused as a usage error before any connection is made (the
+/// kubeconfig named here does not exist, which would be exit code 1).
+#[test]
+fn namespace_and_all_namespaces_are_refused_in_either_order() {
+    let missing = work_dir().join("no-such-kubeconfig-for-flags");
+    for args in [
+        &["-n", "team-a", "migrate-helm", "-A", "--delete-releases"][..],
+        &[
+            "--namespace",
+            "team-a",
+            "migrate-helm",
+            "--all-namespaces",
+            "--dry-run",
+        ],
+        &["migrate-helm", "-A", "-n", "team-a"],
+        &["migrate-helm", "-n", "team-a", "-A"],
+    ] {
+        let (code, out, err) = run({
+            let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+            cmd.arg("--kubeconfig").arg(&missing).args(args);
+            cmd
+        });
+        assert_eq!(code, 2, "{args:?}: stdout: {out}\nstderr: {err}");
+        assert!(
+            err.contains("--all-namespaces") && err.contains("--namespace"),
+            "{args:?}: {err}"
+        );
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
 }
 
 /// `kubectl taskrun ... | head -1`: the reader goes away before the plugin writes. The plugin
@@ -1365,4 +1444,181 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
         .get("pay-task-6")
         .await
         .expect("the release's Job is still there");
+}
+
+/// `helm install --wait` that timed out (its Job runs on) leaves a release whose only revision
+/// is `failed`: not migrated, and not done either, so not a skip with exit code 0 but a
+/// failure (exit code 3) whose row says what to do; done as it says, the release migrates.
+#[tokio::test]
+async fn a_release_never_deployed_fails_with_advice_until_it_is() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-never-deployed").await;
+    let client = cp.client().await;
+    let taskruns = Api::<TaskRun>::namespaced(client.clone(), &ns);
+    let files = [("task.md", "# Task\n")];
+    let values = json!({"serviceName": "slow", "taskId": "4", "agentName": "",
+                        "files": {"task.md": "# Task\n"}});
+    let path = write_file(
+        &work_dir().join(&ns),
+        "slow-task-4-install.json",
+        &values.to_string(),
+    );
+    let chart = repo_root().join("tests/fixtures/legacy-chart");
+    let install = helm_command(
+        cp,
+        &ns,
+        &[
+            "install",
+            "slow-task-4",
+            &chart.to_string_lossy(),
+            "-f",
+            &path.to_string_lossy(),
+            "--wait",
+            "--wait-for-jobs",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .output()
+    .expect("helm runs");
+    assert!(
+        !install.status.success(),
+        "the install was meant to time out"
+    );
+    let history = helm(cp, &ns, &["history", "slow-task-4", "-o", "json"]);
+    assert!(history.contains("\"failed\""), "{history}");
+    // A release uninstalled with its history kept: skipped for good, as before.
+    install_task(cp, &ns, "install", "gone", 5, "", &files);
+    helm(cp, &ns, &["uninstall", "gone-task-5", "--keep-history"]);
+
+    for flags in [
+        &["--dry-run", "--delete-releases"][..],
+        &["--delete-releases"],
+    ] {
+        let (code, out) = migrate(cp, &ns, flags);
+        assert_eq!(code, 3, "{flags:?}: the release is not migrated\n{out}");
+        let line = row(&out, "slow-task-4");
+        assert!(
+            line.contains("FAILED")
+                && line.contains(" kept ")
+                && line.contains("no deployed revision: the newest, revision 1, is failed")
+                && line.contains(&format!("helm upgrade slow-task-4 CHART -n {ns}"))
+                && line.contains(&format!("helm uninstall slow-task-4 -n {ns}")),
+            "{line}"
+        );
+        assert!(!line.contains("skipped"), "{line}");
+        let gone = row(&out, "gone-task-5");
+        assert!(gone.contains("skipped"), "{gone}");
+        assert!(
+            out.contains("1 failed") && out.contains("1 skipped"),
+            "{out}"
+        );
+        assert!(
+            taskruns
+                .get_opt("slow-task-4")
+                .await
+                .expect("get")
+                .is_none(),
+            "{flags:?}"
+        );
+    }
+
+    // Done as the row says: the Job ends, an upgrade gives the release a deployed revision.
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    let spec = install_task(cp, &ns, "upgrade", "slow", 4, "", &files);
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    let line = row(&out, "slow-task-4");
+    assert!(
+        line.contains("created") && line.contains("uninstalled"),
+        "{line}"
+    );
+    assert_eq!(
+        taskruns.get("slow-task-4").await.expect("migrated").spec,
+        spec
+    );
+}
+
+/// The uninstall deletes the release's revision Secrets as Helm selects them (type
+/// `helm.sh/release.v1`, with a numeric version): another Secret that happens to carry the
+/// labels `owner=helm,name=RELEASE` is neither deleted nor counted.
+#[tokio::test]
+async fn an_uninstall_deletes_only_the_releases_own_records() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-stray-secrets").await;
+    let secrets = Api::<Secret>::namespaced(cp.client().await, &ns);
+    install_task(cp, &ns, "install", "own", 1, "", &[("task.md", "# Task\n")]);
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    let stray = |name: &str, type_: &str, version: Option<&str>| {
+        let mut labels = BTreeMap::from([
+            ("owner".to_owned(), "helm".to_owned()),
+            ("name".to_owned(), "own-task-1".to_owned()),
+        ]);
+        if let Some(version) = version {
+            labels.insert("version".into(), version.into());
+            labels.insert("status".into(), "deployed".into());
+        }
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            type_: Some(type_.into()),
+            string_data: Some(BTreeMap::from([(
+                "note".to_owned(),
+                "not Helm's".to_owned(),
+            )])),
+            ..Default::default()
+        }
+    };
+    let strays = [
+        // Another tool's Secret with Helm's labels, a version label included.
+        stray("own-task-1-credentials", "Opaque", Some("9")),
+        stray("own-task-1-notes", "Opaque", None),
+        // Of Helm's type, but not a revision: no version label.
+        stray("own-task-1-unversioned", "helm.sh/release.v1", None),
+    ];
+    for secret in &strays {
+        secrets
+            .create(&Default::default(), secret)
+            .await
+            .expect("create a stray Secret");
+    }
+
+    let (code, out) = migrate(cp, &ns, &["--dry-run", "--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    let line = row(&out, "own-task-1");
+    assert!(
+        line.contains("would uninstall")
+            && line.contains("would delete 2 resource(s) and 1 revision(s)"),
+        "{line}"
+    );
+
+    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    let line = row(&out, "own-task-1");
+    assert!(
+        line.contains("created")
+            && line.contains("uninstalled")
+            && line.contains("deleted 2 resource(s) and 1 revision(s)"),
+        "{line}"
+    );
+    let mut left: Vec<String> = secrets
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "own-task-1-credentials",
+            "own-task-1-notes",
+            "own-task-1-unversioned"
+        ]
+    );
 }

@@ -75,6 +75,13 @@ pub async fn run(
         let files = || new_files.iter().map(|f| f.filename.clone()).collect();
         let body = match patch::build(&current, &new_files).map_err(Error::Invalid)? {
             Plan::Apply(body) => body,
+            // Cluster state, not bad input: exit code 1, saying what to do.
+            Plan::BeingDeleted => {
+                return Err(Error::BeingDeleted {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
             Plan::Present => {
                 return Ok(Added {
                     context_version: current.spec.context_version,

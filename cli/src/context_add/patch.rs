@@ -51,17 +51,19 @@ pub enum Plan {
     /// Nothing: the TaskRun already has every one of the files, as they are. A call retried
     /// after its answer was lost (a timeout, a dropped connection) finds its own work done.
     Present,
+    /// Nothing: the TaskRun is being deleted, so no new version of it would run. Cluster
+    /// state, not bad input: the caller says what to do.
+    BeingDeleted,
 }
 
-/// The apply patch that adds `new_files` to `current` and raises its contextVersion by one,
-/// or every reason it would be refused (a filename already present with other content or
-/// type, a rule the resulting TaskRun would break).
+/// The apply patch that adds `new_files` to `current` and raises its contextVersion by one
+/// (nothing when it has them already or is being deleted), or every reason it would be
+/// refused (a filename already present with other content or type, a rule the resulting
+/// TaskRun would break).
 pub fn build(current: &TaskRun, new_files: &[MarkdownFile]) -> Result<Plan, Vec<String>> {
     let name = current.meta().name.as_deref().unwrap_or_default();
     if current.meta().deletion_timestamp.is_some() {
-        return Err(vec![format!(
-            "TaskRun {name} is being deleted: no new version of it would run; create a new TaskRun instead"
-        )]);
+        return Ok(Plan::BeingDeleted);
     }
     if new_files
         .iter()
@@ -303,9 +305,9 @@ mod tests {
     fn a_taskrun_being_deleted_gets_no_new_version() {
         let mut tr = taskrun(&["task.md"], vec![]);
         tr.metadata.deletion_timestamp = Some(Time(Default::default()));
-        let problems = build(&tr, &[file("ctx.md")]).expect_err("refused");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("being deleted"), "{problems:?}");
+        assert_eq!(build(&tr, &[file("ctx.md")]), Ok(Plan::BeingDeleted));
+        // Even with files it already has: no claim that it has them, as given.
+        assert_eq!(build(&tr, &[file("task.md")]), Ok(Plan::BeingDeleted));
     }
 
     #[test]

@@ -75,15 +75,16 @@ pub async fn run(
                 let why = plan::in_progress_reason(&ns, &name, newest);
                 not_picked(&client, &ns, &name, newest, Outcome::Postponed(why)).await
             }
-            Err(NotPicked::NotDeployed(status)) => {
-                let why = format!("no deployed revision (the newest is {status})");
-                match revisions.iter().max_by_key(|r| r.version) {
-                    Some(newest) => {
-                        not_picked(&client, &ns, &name, newest, Outcome::Skipped(why)).await
-                    }
-                    None => None,
-                }
+            Err(NotPicked::Uninstalled(newest)) => {
+                let why = format!("no deployed revision (the newest is {})", newest.status);
+                not_picked(&client, &ns, &name, newest, Outcome::Skipped(why)).await
             }
+            // Not done, and a run later will not do it either: it needs a person.
+            Err(NotPicked::NotDeployed(newest)) => {
+                let why = plan::not_deployed_reason(&ns, &name, newest);
+                not_picked(&client, &ns, &name, newest, Outcome::Failed(why)).await
+            }
+            Err(NotPicked::NoRevisions) => None,
         };
         if let Some(row) = row {
             tracing::info!(namespace = %row.namespace, release = %row.release, outcome = ?row.outcome, helm = ?row.helm, "release done");

@@ -108,8 +108,14 @@ pub fn newer_than(revisions: &[Revision], migrated: i64) -> Option<&Revision> {
 pub enum NotPicked<'a> {
     /// Its newest revision is pending: not now, run again once Helm is done.
     InProgress(&'a Revision),
-    /// No revision is deployed (the newest revision's status): nothing to migrate.
-    NotDeployed(String),
+    /// Its newest revision is `uninstalled` or `uninstalling`: nothing to migrate, for good.
+    Uninstalled(&'a Revision),
+    /// No revision is deployed, and the newest (this one) is neither pending nor uninstalled:
+    /// most often `failed` (an install whose `--wait` timed out while its Job runs on, say).
+    /// Not migrated, and not done either: someone has to settle the release.
+    NotDeployed(&'a Revision),
+    /// No revisions at all.
+    NoRevisions,
 }
 
 /// The revision to migrate: the newest one Helm marks `deployed`, unless the newest revision
@@ -117,23 +123,39 @@ pub enum NotPicked<'a> {
 /// uninstall --keep-history` marks only the newest revision: after a failed upgrade, an older
 /// one still reads `deployed`). Otherwise why nothing was taken.
 pub fn pick_deployed(revisions: &[Revision]) -> Result<&Revision, NotPicked<'_>> {
-    if let Some(newest) = newest_pending(revisions) {
+    let Some(newest) = revisions.iter().max_by_key(|r| r.version) else {
+        return Err(NotPicked::NoRevisions);
+    };
+    if pending(&newest.status) {
         return Err(NotPicked::InProgress(newest));
     }
-    let newest = revisions.iter().max_by_key(|r| r.version);
-    let not_deployed = || {
-        NotPicked::NotDeployed(
-            newest.map_or_else(|| "no revisions".to_owned(), |r| r.status.clone()),
-        )
-    };
-    if newest.is_some_and(|r| matches!(r.status.as_str(), "uninstalled" | "uninstalling")) {
-        return Err(not_deployed());
+    if matches!(newest.status.as_str(), "uninstalled" | "uninstalling") {
+        return Err(NotPicked::Uninstalled(newest));
     }
     revisions
         .iter()
         .filter(|r| r.status == "deployed")
         .max_by_key(|r| r.version)
-        .ok_or_else(not_deployed)
+        .ok_or(NotPicked::NotDeployed(newest))
+}
+
+/// Why a release with no deployed revision, whose newest is neither pending nor uninstalled,
+/// is not migrated, and what to do.
+pub fn not_deployed_reason(namespace: &str, release: &str, newest: &Revision) -> String {
+    let status = if newest.status.is_empty() {
+        "without a status"
+    } else {
+        newest.status.as_str()
+    };
+    let how = if newest.status == "failed" {
+        " (an install or upgrade that failed, or whose --wait timed out while its Job may still run)"
+    } else {
+        ""
+    };
+    format!(
+        "no deployed revision: the newest, revision {}, is {status}{how}, so there is nothing to migrate from yet. Give the release a deployed revision (`helm upgrade {release} CHART -n {namespace}` with its values, or `helm rollback {release} REVISION -n {namespace}` to one that worked; `helm history {release} -n {namespace}` lists them), then run this again; if the task is not wanted, `helm uninstall {release} -n {namespace}`",
+        newest.version
+    )
 }
 
 /// Why a release with a pending newest revision is left alone, and what to do.
@@ -412,24 +434,54 @@ mod tests {
         let failed = [rev(1, "deployed"), rev(2, "failed")];
         assert_eq!(pick_deployed(&failed).map(|r| r.version), Ok(1));
         let none = [rev(1, "superseded"), rev(2, "uninstalling")];
-        assert_eq!(
-            pick_deployed(&none),
-            Err(NotPicked::NotDeployed("uninstalling".to_owned()))
-        );
-        assert_eq!(
-            pick_deployed(&[]),
-            Err(NotPicked::NotDeployed("no revisions".to_owned()))
-        );
+        assert_eq!(pick_deployed(&none), Err(NotPicked::Uninstalled(&none[1])));
+        assert_eq!(pick_deployed(&[]), Err(NotPicked::NoRevisions));
         // A failed upgrade, then `helm uninstall --keep-history`: only the newest is marked.
         let uninstalled = [rev(1, "deployed"), rev(2, "failed"), rev(3, "uninstalled")];
         assert_eq!(
             pick_deployed(&uninstalled),
-            Err(NotPicked::NotDeployed("uninstalled".to_owned()))
+            Err(NotPicked::Uninstalled(&uninstalled[2]))
         );
         let uninstalling = [rev(1, "deployed"), rev(2, "uninstalling")];
         assert_eq!(
             pick_deployed(&uninstalling),
-            Err(NotPicked::NotDeployed("uninstalling".to_owned()))
+            Err(NotPicked::Uninstalled(&uninstalling[1]))
+        );
+    }
+
+    #[test]
+    fn a_release_never_deployed_is_not_done() {
+        // `helm install --wait` timed out (the Job runs on): its only revision is failed.
+        let timed_out = [rev(1, "failed")];
+        assert_eq!(
+            pick_deployed(&timed_out),
+            Err(NotPicked::NotDeployed(&timed_out[0]))
+        );
+        // Then an upgrade that failed too: the newest is the one to report.
+        let failed_again = [rev(2, "failed"), rev(1, "failed")];
+        assert_eq!(
+            pick_deployed(&failed_again),
+            Err(NotPicked::NotDeployed(&failed_again[0]))
+        );
+        let odd = [rev(1, "superseded"), rev(2, "unknown")];
+        assert_eq!(pick_deployed(&odd), Err(NotPicked::NotDeployed(&odd[1])));
+
+        let why = not_deployed_reason("team-a", "billing-task-7", &rev(1, "failed"));
+        assert!(
+            why.starts_with("no deployed revision: the newest, revision 1, is failed (")
+                && why.contains("--wait timed out")
+                && why.contains("helm upgrade billing-task-7 CHART -n team-a")
+                && why.contains("helm rollback billing-task-7 REVISION -n team-a")
+                && why.contains("then run this again")
+                && why.contains(
+                    "if the task is not wanted, `helm uninstall billing-task-7 -n team-a`"
+                ),
+            "{why}"
+        );
+        let why = not_deployed_reason("team-a", "billing-task-7", &rev(2, ""));
+        assert!(
+            why.contains("revision 2, is without a status, so") && !why.contains("timed out"),
+            "{why}"
         );
     }
 

@@ -18,8 +18,9 @@ pub enum Outcome {
     /// Not migrated yet: something is still under way (its legacy Job runs, a Helm operation is
     /// in progress). The reason says when to run the command again.
     Postponed(String),
-    /// Not a candidate, and running again changes nothing (no deployed revision), with the
-    /// reason.
+    /// Not a candidate, and running again changes nothing (its newest revision uninstalled or
+    /// being uninstalled), with the reason. A release that was never deployed (its newest
+    /// revision failed) is `Failed`, not this: it is not done.
     Skipped(String),
 }
 

@@ -14,7 +14,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, ObjectMeta};
+use kube::api::{DeleteParams, ListParams};
 use serde_json::Value;
 use taskrun::validation::shown;
 
@@ -198,11 +198,13 @@ pub async fn uninstall(
         )));
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
-    let revisions = secrets
-        .list_metadata(&ListParams::default().labels(&format!("owner=helm,name={}", release.name)))
+    let listed = secrets
+        .list_metadata(&records_of(&release.name))
         .await
         .map_err(|e| format!("listing the release's revisions: {}", describe(&e)))?;
-    let records: Vec<Revision> = revisions.items.iter().filter_map(revision).collect();
+    // Only what reads as a revision is the release's: anything else the selector matched
+    // (a Secret of that type without a numeric version label) is not deleted or counted.
+    let records: Vec<Revision> = listed.items.iter().filter_map(revision).collect();
     if let Some(newest) = plan::newest_pending(&records) {
         return Err(NotUninstalled::Postponed(plan::in_progress_reason(
             &release.namespace,
@@ -222,7 +224,7 @@ pub async fn uninstall(
     if dry_run {
         return Ok(Uninstalled {
             resources: doomed.len(),
-            revisions: revisions.items.len(),
+            revisions: records.len(),
         });
     }
     // Only what this run deleted counts: a run that finishes an uninstall stopped partway
@@ -233,8 +235,7 @@ pub async fn uninstall(
             done.resources += 1;
         }
     }
-    let records = revisions.items.iter().map(|s| &s.metadata);
-    for secret in deletion_order(records, release.version) {
+    for secret in deletion_order(&records, release.version) {
         match secrets.delete(secret, &DeleteParams::default()).await {
             Ok(_) => done.revisions += 1,
             Err(e) if status_code(&e) == Some(404) => {}
@@ -247,6 +248,15 @@ pub async fn uninstall(
         }
     }
     Ok(done)
+}
+
+/// The list of a release's revision Secrets, as Helm's own storage selects them: its labels
+/// and the type Helm gives release records (discovery in `migrate::run` uses the same type),
+/// so that another Secret that happens to carry the labels is never taken for one.
+fn records_of(release_name: &str) -> ListParams {
+    ListParams::default()
+        .labels(&format!("owner=helm,name={release_name}"))
+        .fields("type=helm.sh/release.v1")
 }
 
 /// A revision Secret as its labels describe it; `None` without a numeric version label.
@@ -262,19 +272,10 @@ fn revision(secret: &kube::api::PartialObjectMeta<Secret>) -> Option<Revision> {
 
 /// The names of a release's revision Secrets, the revision migrated from last: while that
 /// one is there, a run after a failure finds the release again and finishes the uninstall.
-fn deletion_order<'a>(
-    records: impl Iterator<Item = &'a ObjectMeta>,
-    migrated: i64,
-) -> Vec<&'a str> {
-    let migrated = migrated.to_string();
-    let mut records: Vec<_> = records.collect();
-    records.sort_by_key(|m| {
-        m.labels
-            .as_ref()
-            .and_then(|l| l.get("version"))
-            .is_some_and(|v| *v == migrated)
-    });
-    records.iter().filter_map(|m| m.name.as_deref()).collect()
+fn deletion_order(records: &[Revision], migrated: i64) -> Vec<&str> {
+    let mut records: Vec<&Revision> = records.iter().collect();
+    records.sort_by_key(|r| r.version == migrated);
+    records.iter().map(|r| r.secret.as_str()).collect()
 }
 
 /// Deletes one object of the release: true when it was there to delete, false when it was gone
@@ -309,7 +310,9 @@ async fn delete_object(
 mod tests {
     use super::*;
     use crate::migrate::release::{decode, tests as rel};
+    use kube::api::ObjectMeta;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     #[test]
     fn manifest_objects_are_read_in_order() {
@@ -418,19 +421,59 @@ mod tests {
 
     #[test]
     fn the_migrated_revision_is_deleted_last() {
-        let record = |version: &str| ObjectMeta {
-            name: Some(format!("sh.helm.release.v1.billing-task-7.v{version}")),
-            labels: Some([("version".to_owned(), version.to_owned())].into()),
-            ..ObjectMeta::default()
+        let record = |version: i64| Revision {
+            secret: format!("sh.helm.release.v1.billing-task-7.v{version}"),
+            version,
+            status: "superseded".into(),
         };
-        let records = [record("1"), record("2"), record("3")];
+        let records = [record(1), record(2), record(3)];
         assert_eq!(
-            deletion_order(records.iter(), 2),
+            deletion_order(&records, 2),
             [
                 "sh.helm.release.v1.billing-task-7.v1",
                 "sh.helm.release.v1.billing-task-7.v3",
                 "sh.helm.release.v1.billing-task-7.v2",
             ]
+        );
+    }
+
+    #[test]
+    fn only_release_records_are_listed_and_only_revisions_taken() {
+        let params = records_of("billing-task-7");
+        assert_eq!(
+            params.label_selector.as_deref(),
+            Some("owner=helm,name=billing-task-7")
+        );
+        assert_eq!(
+            params.field_selector.as_deref(),
+            Some("type=helm.sh/release.v1")
+        );
+        let secret = |name: &str, version: Option<&str>| {
+            let mut labels = BTreeMap::from([
+                ("owner".to_owned(), "helm".to_owned()),
+                ("name".to_owned(), "billing-task-7".to_owned()),
+            ]);
+            if let Some(v) = version {
+                labels.insert("version".into(), v.into());
+            }
+            kube::api::PartialObjectMeta::<Secret> {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                },
+                ..Default::default()
+            }
+        };
+        let listed = [
+            secret("sh.helm.release.v1.billing-task-7.v1", Some("1")),
+            secret("billing-task-7-notes", None),
+            secret("billing-task-7-odd", Some("latest")),
+        ];
+        let records: Vec<Revision> = listed.iter().filter_map(revision).collect();
+        assert_eq!(
+            deletion_order(&records, 1),
+            ["sh.helm.release.v1.billing-task-7.v1"]
         );
     }
 
