@@ -35,8 +35,11 @@ impl Outcome {
 
 /// Every reason the conditions of a TaskRun can carry (README lists them).
 pub mod reason {
-    /// The Job exists and has no pod running yet.
+    /// The Job exists and has no pod yet.
     pub const JOB_CREATED: &str = "JobCreated";
+    /// The Job's pod exists but is not running yet: being scheduled, pulling its image,
+    /// starting (or stuck at one of these: unschedulable, a wrong image).
+    pub const POD_PENDING: &str = "PodPending";
     /// The Job has a pod running, or one that ended which the Job has not counted yet.
     pub const RUNNING: &str = "Running";
     /// A pod failed and the Job starts another.
@@ -71,6 +74,7 @@ pub mod reason {
     pub fn all() -> impl Iterator<Item = &'static str> {
         [
             JOB_CREATED,
+            POD_PENDING,
             RUNNING,
             RETRYING,
             SUSPENDED,
@@ -139,7 +143,9 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             format!("Job {job_name} is suspended"),
         );
     }
-    if status.active.unwrap_or(0) > 0 || status.ready.unwrap_or(0) > 0 {
+    // `active` counts pods not yet running too (pending: unschedulable, pulling an image);
+    // `ready` only those whose containers run (the agent's have no readiness probe).
+    if status.ready.unwrap_or(0) > 0 {
         return Outcome::new(
             Phase::Running,
             reason::RUNNING,
@@ -168,6 +174,17 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             Phase::Pending,
             reason::RETRYING,
             format!("Job {job_name} has {failed} failed pod(s) and is starting another"),
+        );
+    }
+    if status.active.unwrap_or(0) > 0 {
+        return Outcome::new(
+            Phase::Pending,
+            reason::POD_PENDING,
+            format!(
+                "Job {job_name}'s pod is not running yet: being scheduled, pulling its image or \
+                 starting (kubectl describe pods -l batch.kubernetes.io/job-name={job_name} says \
+                 which)"
+            ),
         );
     }
     Outcome::new(
@@ -404,18 +421,16 @@ mod tests {
     }
 
     #[test]
-    fn active_or_ready_pods_are_running() {
+    fn ready_pods_are_running_active_ones_are_not_yet() {
         for s in [
             JobStatus {
                 active: Some(1),
-                ..Default::default()
-            },
-            JobStatus {
                 ready: Some(1),
                 ..Default::default()
             },
             JobStatus {
                 active: Some(1),
+                ready: Some(1),
                 failed: Some(1),
                 ..Default::default()
             },
@@ -427,6 +442,21 @@ mod tests {
                 "{s:?}"
             );
         }
+        // A pod that is pending (unschedulable, its image not pulled) is not running.
+        let o = outcome(&JobStatus {
+            active: Some(1),
+            ready: Some(0),
+            ..Default::default()
+        });
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "PodPending"));
+        assert!(o.message.contains("not running yet"), "{}", o.message);
+        // After a failure the next pod is a retry until it runs.
+        let o = outcome(&JobStatus {
+            active: Some(1),
+            failed: Some(1),
+            ..Default::default()
+        });
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
     }
 
     #[test]
@@ -513,6 +543,7 @@ mod tests {
         ] {
             let mut s = with(vec![cond(c, "False", Some("BackoffLimitExceeded"))]);
             s.active = Some(1);
+            s.ready = Some(1);
             assert_eq!(outcome(&s).phase, Phase::Running, "{c}");
         }
     }

@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
-use taskrun_tests::kubelet::{PodEnd, finish_pod};
+use taskrun_tests::kubelet::{PodEnd, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
 use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
@@ -257,8 +257,15 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
 
-    // Pod Security admission (enforce=restricted) let the Job controller create the pod.
-    let tr = wait_status(&api, "fix-login", "Running once the pod exists", |tr| {
+    // Pod Security admission (enforce=restricted) let the Job controller create the pod. Until
+    // it runs (scheduled, its image pulled), the TaskRun says so, and is not Running.
+    let pending = wait_status(&api, "fix-login", "PodPending once the pod exists", |tr| {
+        condition(tr, "Succeeded") == Some(("Unknown", "PodPending"))
+    })
+    .await;
+    assert_eq!(phase(&pending), Some(Phase::Pending));
+    start_pod(&client, &ns, "billing-42-v1").await;
+    let tr = wait_status(&api, "fix-login", "Running once the pod runs", |tr| {
         phase(tr) == Some(Phase::Running)
     })
     .await;
@@ -331,6 +338,7 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
         reasons.contains_key("Completed").then_some(reasons)
     })
     .await;
+    // (One per phase: PodPending, within Pending, records none of its own.)
     let once = BTreeMap::from(["JobCreated", "Running", "Completed"].map(|r| (r.to_owned(), 1)));
     assert_eq!(reasons, once);
 
@@ -398,6 +406,7 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let created = create(&api, &taskrun("t", "search", 3, 1, &[("task.md", "first")])).await;
     let uid = created.uid().expect("uid");
+    start_pod(&client, &ns, "search-3-v1").await;
     wait_status(&api, "t", "v1 Running", |tr| {
         phase(tr) == Some(Phase::Running)
     })
@@ -458,6 +467,7 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
         keys,
         BTreeSet::from(["more.md".to_owned(), "task.md".to_owned()])
     );
+    start_pod(&client, &ns, "search-3-v2").await;
     wait_status(&api, "t", "v2 Running", |tr| {
         phase(tr) == Some(Phase::Running)
     })
@@ -1233,6 +1243,7 @@ async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "lost", 1, 1, &[("task.md", "x")])).await;
+    start_pod(&client, &ns, "lost-1-v1").await;
     wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.delete("lost-1-v1", &DeleteParams::background())

@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use taskrun::{Phase, TaskRun};
 use taskrun_tests::controller::Controller;
-use taskrun_tests::kubelet::{PodEnd, finish_pod};
+use taskrun_tests::kubelet::{PodEnd, finish_pod, start_pod};
 use taskrun_tests::{ControlPlane, tools, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,6 +38,7 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
     );
 
     let _controller = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    start_pod(&client, &ns, "kstatus-1-v1").await;
     wait_phase(&api, "ok", Phase::Running).await;
     let running = read(&kstatus, cp, &ns, "ok");
     assert_eq!(
@@ -58,6 +59,7 @@ async fn in_progress_while_the_job_runs_and_current_once_it_succeeded() {
     api.patch("ok", &PatchParams::default(), &Patch::Merge(&more))
         .await
         .unwrap_or_else(|e| panic!("raise contextVersion: {e}"));
+    start_pod(&client, &ns, "kstatus-1-v2").await;
     wait_for("the v2 Job to run", WAIT, || async {
         let tr = api.get("ok").await.ok()?;
         let status = tr.status?;
