@@ -22,10 +22,13 @@ trap finish EXIT
 # shellcheck source=/dev/null
 source "$DEV_DIR/env"
 
-kubectl apply -f examples/
+# Server-side, as the examples ask: a run after `kubectl taskrun context add` keeps the files
+# it added (a client-side apply replaces the whole list).
+kubectl apply --server-side -f examples/
 kubectl get taskruns -o wide
 echo "streaming TaskRun status; Ctrl-C stops everything."
-echo "(no kubelet runs here: finish a pod as one would, e.g."
+echo "(no kubelet runs here: start or finish a pod as one would, e.g."
+echo "  kubectl patch pod NAME --subresource=status --type=merge -p '{\"status\":{\"phase\":\"Running\",\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}'"
 echo "  kubectl patch pod NAME --subresource=status --type=merge -p '{\"status\":{\"phase\":\"Succeeded\"}}')"
 # --watch lists first: a change between the get above and the watch is not lost. kubectl
 # ends on Ctrl-C; the EXIT trap then runs make down.

@@ -1,6 +1,7 @@
 //! Names of a TaskRun's children. They are a function of the task's identity and context
 //! version only, so a stale cache or a second TaskRun with the same identity can never make
-//! a second Job: the API server refuses the name that is already taken.
+//! a second Job of the same version: the API server refuses the name that is already taken.
+//! (At another version the name differs; the controller's duplicate rule covers that.)
 
 /// The longest name a child may have (a DNS-1123 label, and the Job name must fit in the
 /// `batch.kubernetes.io/job-name` label of its pods).

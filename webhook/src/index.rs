@@ -5,7 +5,8 @@
 //! 10,000 TaskRuns in about 25 MiB RSS, all of it included (docs/benchmarks.md).
 //!
 //! The index lags the API server by a watch event, so two creates racing past it can both be
-//! admitted; deterministic Job names make the API server refuse the second Job (DESIGN 3).
+//! admitted; deterministic Job names make the API server refuse the second Job of a version,
+//! and the controller's duplicate rule holds back one of another version (DESIGN 3).
 //!
 //! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on /validate
 //! with a 503; /readyz follows [`Index::is_ready`]) is false from the start of every list until
