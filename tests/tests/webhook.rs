@@ -2,7 +2,7 @@
 //! drive it: `kubectl apply` (client- and server-side, dry-run), `kubectl label`, `kubectl
 //! diff`; plus certificate rotation under load and hostile clients straight to its port.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -362,6 +362,39 @@ async fn markdown_too_large_as_stored_is_refused_with_the_reason() {
         "{}",
         status.message
     );
+}
+
+/// The examples as `make run` applies them (server-side) are admitted and labelled: a change
+/// to the CRD or the rules that the examples no longer meet fails here, not in a user's hands.
+#[tokio::test]
+async fn the_examples_are_admitted_as_make_run_applies_them() {
+    let (cp, _) = setup().await;
+    let ns = cp.namespace("wh-examples").await;
+    let examples = taskrun_tests::repo_root().join("examples");
+    let dir = examples.to_string_lossy();
+    let run = kubectl(cp, &["apply", "--server-side", "-n", &ns, "-f", &dir], None);
+    assert!(
+        run.ok,
+        "kubectl apply --server-side -f examples/: {}",
+        run.stderr
+    );
+    let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
+    let names: BTreeSet<String> = api
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|t| t.name_any())
+        .collect();
+    let files = std::fs::read_dir(&examples).expect("examples/").count();
+    assert_eq!(names.len(), files, "one TaskRun per example: {names:?}");
+    for name in &names {
+        assert!(
+            labels(cp, &ns, name).await.contains_key(TASK_ID),
+            "{name} was not labelled"
+        );
+    }
 }
 
 // ---- GitOps --------------------------------------------------------------------------------
