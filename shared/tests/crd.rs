@@ -272,3 +272,96 @@ fn descriptions_have_no_hard_line_breaks() {
         "{description}"
     );
 }
+
+/// The schema's patterns accept exactly what the validation functions accept: kubectl and
+/// GitOps tools see the schema's verdict first, the webhook and `kubectl taskrun` the
+/// functions'. The API server's regexes (Go's RE2) and Rust's `regex` agree on these.
+mod patterns_agree {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use taskrun::names::is_dns1123_label;
+    use taskrun::validation::is_valid_filename;
+
+    /// What the schema of a string property accepts: its pattern and its maxLength.
+    fn schema_accepts(property: &Value, s: &str) -> bool {
+        let pattern = property["pattern"].as_str().expect("a pattern");
+        let max = property["maxLength"].as_u64().expect("a maxLength");
+        regex::Regex::new(pattern)
+            .expect("a valid pattern")
+            .is_match(s)
+            && s.chars().count() as u64 <= max
+    }
+
+    fn property(path: &str) -> Value {
+        let crd = super::generated();
+        super::at(&crd, &format!("{}{path}", super::SPEC)).clone()
+    }
+
+    /// A name the schema and the functions both take for a label (serviceName, agentName).
+    fn label_ok(s: &str, max: usize) -> bool {
+        s.len() <= max && is_dns1123_label(s)
+    }
+
+    fn check(s: &str) {
+        use taskrun::limits::{MAX_AGENT_NAME_LEN, MAX_SERVICE_NAME_LEN};
+        let service = property("/properties/serviceName");
+        let agent = property("/properties/agentName");
+        let filename = property("/properties/markdownFiles/items/properties/filename");
+        assert_eq!(
+            schema_accepts(&service, s),
+            label_ok(s, MAX_SERVICE_NAME_LEN),
+            "serviceName {s:?}"
+        );
+        assert_eq!(
+            schema_accepts(&agent, s),
+            label_ok(s, MAX_AGENT_NAME_LEN),
+            "agentName {s:?}"
+        );
+        assert_eq!(
+            schema_accepts(&filename, s),
+            is_valid_filename(s),
+            "filename {s:?}"
+        );
+    }
+
+    #[test]
+    fn on_the_edges() {
+        let long_label = "a".repeat(64);
+        let long_file = format!("{}.md", "a".repeat(126));
+        for s in [
+            "",
+            "a",
+            "a-",
+            "-a",
+            "a-b",
+            "A",
+            "a.b",
+            "a_b",
+            "0",
+            "x.md",
+            ".md",
+            "a.md\n",
+            "\na.md",
+            "a.MD",
+            "é.md",
+            "a b.md",
+            "a..md",
+            "-a.md",
+            "_a.md",
+            "a\u{0}.md",
+            &long_label,
+            &long_label[1..],
+            &long_file,
+            &long_file[1..],
+        ] {
+            check(s);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn on_any_short_string(s in "[a-zA-Z0-9._ \n-]{0,12}(\\.md)?") {
+            check(&s);
+        }
+    }
+}
