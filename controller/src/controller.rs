@@ -25,6 +25,7 @@ use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, FIELD_MANAGER};
 use crate::template::JobTemplate;
+use crate::template_check::{self, TemplateRefused};
 use crate::{outage, relist};
 
 /// How long queued reconciles may still run after SIGTERM.
@@ -109,6 +110,8 @@ pub enum Error {
     },
     #[error("cannot listen for signals: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Template(#[from] TemplateRefused),
 }
 
 /// Runs until SIGTERM/SIGINT: serves probes, competes for the Lease and, while leading,
@@ -135,6 +138,24 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
+
+    // Once per start, standby or not, before competing for the Lease: a template the API
+    // server refuses stops the controller here (a rolling update with it stalls, the old
+    // replicas acting on), where it would fail every new TaskRun once leading. Bounded: no
+    // answer in time leaves the template unchecked. A signal meanwhile ends the start.
+    let mut stop = stop_rx.clone();
+    tokio::select! {
+        checked = template_check::check(
+            client.clone(),
+            &args.lease_namespace,
+            &template,
+            template_check::CHECK_TIMEOUT,
+        ) => checked?,
+        _ = stop.wait_for(|stopped| *stopped) => {
+            http.abort();
+            return Ok(());
+        }
+    }
 
     let identity = args.identity();
     let leadership = if args.leader_elect {

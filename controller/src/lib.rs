@@ -17,4 +17,5 @@ mod relist;
 pub mod status;
 pub mod telemetry;
 pub mod template;
+pub mod template_check;
 pub mod writes;

@@ -250,9 +250,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_JOB).await;
                 }
                 // The API server refused the Job itself: the template does not fit this cluster.
-                Err(Error::Kube(kube::Error::Api(s)))
-                    if (s.code == 422 || s.code == 400) && !denied_by_admission(&s.message) =>
-                {
+                Err(Error::Kube(kube::Error::Api(s))) if refuses_template(&s) => {
                     let o = Outcome::new(
                         Phase::Failed,
                         status::reason::INVALID_TEMPLATE,
@@ -362,6 +360,13 @@ async fn settle_unclaimed<K>(
     let next = status::next_status(prev, seen, &outcome, &now());
     write_status(api, tr, ctx, prev, &next).await?;
     Ok(action)
+}
+
+/// True when the API server refused a Job as invalid by its own validation (400 or 422, not
+/// from admission): the template does not fit, and the version fails as `InvalidTemplate`. The
+/// start-up check (`template_check`) refuses to start on the same answer to its dry run.
+pub(crate) fn refuses_template(s: &kube::core::Status) -> bool {
+    (s.code == 422 || s.code == 400) && !denied_by_admission(&s.message)
 }
 
 /// True when a refusal came from an admission webhook or a ValidatingAdmissionPolicy, which

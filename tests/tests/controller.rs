@@ -1211,13 +1211,98 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     );
 }
 
+/// A template the API server refuses, though the controller's own checks pass it, stops the
+/// controller at start (a dry-run create of a Job built from it, in the controller's own
+/// namespace), with the API server's message, instead of failing every TaskRun as
+/// InvalidTemplate. The same template with its values in order starts.
+#[tokio::test]
+async fn a_template_the_api_server_refuses_stops_the_controller_at_start() {
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("ctrl-refused-template").await;
+    let ns_flag = format!("--namespace={ns}");
+    let cases: [(&[&str], &str); 2] = [
+        // 422 Invalid: a request above its limit.
+        (
+            &["--memory-request=512Mi", "--memory-limit=256Mi"],
+            "must be less than or equal to memory limit of 256Mi",
+        ),
+        // 400 BadRequest: a quantity that does not parse.
+        (
+            &["--cpu-request=lots"],
+            "quantities must match the regular expression",
+        ),
+    ];
+    for (flags, says) in cases {
+        let args = [&[ns_flag.as_str()][..], flags].concat();
+        let mut ctrl = Controller::start(cp, &args);
+        wait_for("the controller to exit", Duration::from_secs(30), || {
+            let exited = !ctrl.is_running();
+            async move { exited.then_some(()) }
+        })
+        .await;
+        let ended = ctrl.terminate();
+        let log = ctrl.log_tail(30);
+        assert!(
+            ended.status.is_some_and(|s| !s.success()),
+            "{flags:?}: {ended:?}\n{log}"
+        );
+        assert!(
+            log.contains(says) && log.contains("Fix the template"),
+            "{flags:?}: the log does not give the API server's message:\n{log}"
+        );
+        assert!(!log.contains("leading"), "{flags:?}: it started:\n{log}");
+    }
+
+    let ctrl = Controller::start(
+        cp,
+        &[&ns_flag, "--memory-request=256Mi", "--memory-limit=512Mi"],
+    );
+    wait_for("the controller to lead", WAIT, || async {
+        let text = http_get(ctrl.http_addr(), "/metrics").await?;
+        (metric(&text, "taskrun_controller_leading")? == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        ctrl.log_tail(100)
+            .contains("the API server accepts the Job template"),
+        "{}",
+        ctrl.log_tail(30)
+    );
+}
+
+/// A Job the API server refuses as invalid still fails its TaskRun as InvalidTemplate when the
+/// start-up check could not tell (here its namespace does not exist: the API server answers
+/// 404, and the controller starts unchecked).
 #[tokio::test]
 async fn a_job_the_api_server_refuses_fails_the_taskrun_as_invalid_template() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-invalid").await;
-    // Passes the controller's own checks; the API server refuses the quantity.
-    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}"), "--memory-limit=lots"]);
+    let absent = format!("--lease-namespace={ns}-absent");
+    // Passes the controller's own checks; the API server refuses a request above its limit.
+    let ctrl = Controller::start(
+        cp,
+        &[
+            &format!("--namespace={ns}"),
+            "--memory-request=512Mi",
+            "--memory-limit=256Mi",
+            "--leader-elect=false",
+            &absent,
+        ],
+    );
+    let deadline = Instant::now() + WAIT;
+    let gave_up = |log: String| {
+        log.lines()
+            .any(|l| l.contains("could not check the Job template") && l.contains("404 NotFound"))
+    };
+    while !gave_up(ctrl.log_tail(100)) {
+        assert!(
+            Instant::now() < deadline,
+            "the check did not give up on a missing namespace:\n{}",
+            ctrl.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "bad", 1, 1, &[("task.md", "x")])).await;
     let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
