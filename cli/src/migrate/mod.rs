@@ -207,12 +207,26 @@ async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<R
 async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool) -> Outcome {
     let ns = release.namespace.as_str();
     let name = release.name.as_str();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let files = match config_maps.get_opt(&plan::files_config_map(name)).await {
+        Ok(files) => files,
+        Err(e) => return Outcome::Failed(format!("reading the files ConfigMap: {}", describe(&e))),
+    };
     let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
-    // The files are the revision's own (its manifest), so the TaskRun is judged in full even
-    // once an earlier --delete-releases that stopped partway has deleted the live ConfigMap.
-    let spec = match plan::desired_spec(release) {
+    let spec = match plan::desired_spec(release, files.as_ref()) {
         Ok(spec) => spec,
-        Err(problems) => return Outcome::Failed(problems.join("; ")),
+        Err(problems) => {
+            // The files ConfigMap gone, and a TaskRun this tool made from the release there:
+            // an earlier --delete-releases stopped partway (its resources deleted, a revision
+            // Secret not). That TaskRun was verified before the uninstall began.
+            if files.is_none()
+                && let Ok(Some(live)) = taskruns.get_opt(name).await
+                && plan::made_from(&live, release)
+            {
+                return judge_made_earlier(&live);
+            }
+            return Outcome::Failed(problems.join("; "));
+        }
     };
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
@@ -230,7 +244,6 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         }
         Err(why) => return Outcome::Failed(why),
     }
-    warn_if_live_files_differ(client, release, &spec).await;
 
     let mut taskrun = TaskRun::new(name, spec.clone());
     taskrun.metadata.namespace = Some(ns.to_owned());
@@ -420,38 +433,6 @@ fn not_judged(e: &kube::Error) -> Outcome {
     ))
 }
 
-/// Warns (a log line, the row stays as it is) when the live files ConfigMap differs from the
-/// files of the revision the TaskRun is made from: a later `helm upgrade` that failed (on the
-/// Job, say) has rewritten it with its own files, or it was edited since. Only a warning: what
-/// the revision ran with is what is migrated, and a difference is for someone to look at.
-async fn warn_if_live_files_differ(
-    client: &kube::Client,
-    release: &Release,
-    spec: &taskrun::TaskRunSpec,
-) {
-    let ns = release.namespace.as_str();
-    let cm_name = plan::files_config_map(&release.name);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let live = match config_maps.get_opt(&cm_name).await {
-        Ok(Some(live)) => live,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(namespace = ns, configmap = %cm_name, error = %describe(&e), "cannot read the live files ConfigMap to compare");
-            return;
-        }
-    };
-    let differing = plan::files_differing(&spec.markdown_files, &live);
-    if !differing.is_empty() {
-        tracing::warn!(
-            namespace = ns,
-            release = %release.name,
-            files = %differing.join(", "),
-            "the live ConfigMap {cm_name} holds other files than revision {} of the release, which the TaskRun is made from (a later helm upgrade that failed, or an edit, changed it): check that the TaskRun has what the task should run with",
-            release.version
-        );
-    }
-}
-
 /// The first Job of the release's manifest that exists and has not finished.
 async fn unfinished_job(
     client: &kube::Client,
@@ -479,6 +460,21 @@ fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome
         }
         Verdict::Same | Verdict::MovedOn => ok,
     }
+}
+
+/// Verifies a TaskRun made from the release by an earlier run, once the release's files are
+/// gone (so only its task and state can be checked).
+fn judge_made_earlier(live: &TaskRun) -> Outcome {
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    if live.metadata.deletion_timestamp.is_some() {
+        return Outcome::Failed(format!(
+            "TaskRun {name} exists but is being deleted; run again once it is gone"
+        ));
+    }
+    if !plan::admitted(live) {
+        return Outcome::Failed(not_admitted());
+    }
+    Outcome::AlreadyMigrated
 }
 
 fn not_admitted() -> String {

@@ -1,18 +1,16 @@
-//! What to migrate and into what: pure decisions over release records and TaskRuns already
-//! read from the API.
+//! What to migrate and into what: pure decisions over release records, ConfigMaps and
+//! TaskRuns already read from the API.
 //!
 //! Field mapping from the legacy `claude-code` chart (release `{service}-task-{id}`):
 //! - `serviceName`, `taskId` come from the release name; the chart values `serviceName` and
 //!   `taskId` (a string or a number), and the ConfigMap labels `service` and `task-id`, must
 //!   agree with it when present, else the release is reported rather than guessed at.
 //! - `agentName` is the value `agentName` when it is a non-empty string.
-//! - `markdownFiles` are the keys of the ConfigMap `{service}-task-{id}-files` as the migrated
-//!   revision's manifest renders it (what that revision ran with), in key order, without a
-//!   fileType (the legacy layout has none). Never the live ConfigMap: a later `helm upgrade`
-//!   that failed (on the Job, say) has already rewritten that one with its own files.
+//! - `markdownFiles` are the keys of the ConfigMap `{service}-task-{id}-files`, in key order,
+//!   without a fileType (the legacy layout has none).
 //! - `contextVersion` is 1: the TaskRun starts its own history with everything it was given.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -32,7 +30,7 @@ pub fn legacy_identity(release_name: &str) -> Option<(&str, i64)> {
 }
 
 /// Where a migrated TaskRun came from (this annotation, set on create), for people reading it
-/// later.
+/// later and for a later run that finds the release's files already uninstalled.
 pub const MIGRATED_FROM: &str = "orchestrator.io/migrated-from";
 
 /// The `MIGRATED_FROM` value for a TaskRun made from `release`.
@@ -41,6 +39,25 @@ pub fn migrated_from(release: &Release) -> String {
         "helm release {}/{} revision {}",
         release.namespace, release.name, release.version
     )
+}
+
+/// True when `live` was made by this tool from `release` (any revision of it) and is the task
+/// the release's name stands for.
+pub fn made_from(live: &TaskRun, release: &Release) -> bool {
+    let prefix = format!(
+        "helm release {}/{} revision ",
+        release.namespace, release.name
+    );
+    let annotated = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIGRATED_FROM))
+        .is_some_and(|from| from.starts_with(&prefix));
+    let same_task = legacy_identity(&release.name).is_some_and(|(service, task_id)| {
+        live.spec.service_name == service && live.spec.task_id == task_id
+    });
+    annotated && same_task
 }
 
 /// The ConfigMap that holds a legacy release's markdown files.
@@ -154,26 +171,11 @@ pub fn in_progress_reason(namespace: &str, release: &str, newest: &Revision) -> 
     )
 }
 
-/// The TaskRun spec equivalent to a legacy release revision, with the files of the ConfigMap
-/// its manifest renders, or every reason it cannot be built (each a sentence naming the
-/// release, the revision or the ConfigMap).
-pub fn desired_spec(release: &Release) -> Result<TaskRunSpec, Vec<String>> {
-    let cm_name = files_config_map(&release.name);
-    let files = match release.manifest_config_map(&cm_name) {
-        Ok(Some(cm)) => Ok(cm),
-        Ok(None) => Err(format!(
-            "revision {} of the release has no ConfigMap {cm_name} in its manifest; the task's files are taken from the revision migrated, never from the live ConfigMap",
-            release.version
-        )),
-        Err(e) => Err(format!("revision {} of the release: {e}", release.version)),
-    };
-    spec_with_files(release, files.as_ref().map_err(String::as_str))
-}
-
-/// `desired_spec` with the revision's files ConfigMap as read (or why it could not be).
-fn spec_with_files(
+/// The TaskRun spec equivalent to a legacy release and its files ConfigMap, or every reason
+/// it cannot be built (each a sentence naming the release or the ConfigMap).
+pub fn desired_spec(
     release: &Release,
-    files: Result<&ConfigMap, &str>,
+    files: Option<&ConfigMap>,
 ) -> Result<TaskRunSpec, Vec<String>> {
     let Some((service, task_id)) = legacy_identity(&release.name) else {
         return Err(vec![format!(
@@ -204,11 +206,13 @@ fn spec_with_files(
 
     let cm_name = files_config_map(&release.name);
     let markdown_files = match files {
-        Err(why) => {
-            problems.push(why.to_owned());
+        None => {
+            problems.push(format!(
+                "ConfigMap {cm_name} with the task's files not found"
+            ));
             Vec::new()
         }
-        Ok(cm) => {
+        Some(cm) => {
             problems.extend(config_map_problems(cm, &cm_name, service, task_id));
             cm.data
                 .iter()
@@ -228,11 +232,11 @@ fn spec_with_files(
         context_version: 1,
         markdown_files,
     };
-    if files.is_ok() {
+    if files.is_some() {
         problems.extend(
             validate_create(&spec)
                 .iter()
-                .map(|v| format!("{v} (ConfigMap {cm_name} of revision {})", release.version)),
+                .map(|v| format!("{v} (ConfigMap {cm_name})")),
         );
     }
     if problems.is_empty() {
@@ -240,30 +244,6 @@ fn spec_with_files(
     } else {
         Err(problems)
     }
-}
-
-/// The names of the files that differ between `files` (a revision's) and the ConfigMap `live`:
-/// another content, or missing on either side (a binary file of `live` always differs), in
-/// name order.
-pub fn files_differing(files: &[MarkdownFile], live: &ConfigMap) -> Vec<String> {
-    let ours: BTreeMap<&str, &str> = files
-        .iter()
-        .map(|f| (f.filename.as_str(), f.content.as_str()))
-        .collect();
-    let theirs: BTreeMap<&str, &str> = live
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let binary = live.binary_data.iter().flatten().map(|(k, _)| k.as_str());
-    let names: BTreeSet<&str> = ours.keys().chain(theirs.keys()).copied().collect();
-    let mut differing: BTreeSet<&str> = names
-        .into_iter()
-        .filter(|name| ours.get(name) != theirs.get(name))
-        .collect();
-    differing.extend(binary);
-    differing.into_iter().map(str::to_owned).collect()
 }
 
 fn config_map_problems(cm: &ConfigMap, name: &str, service: &str, task_id: i64) -> Vec<String> {
@@ -557,7 +537,7 @@ mod tests {
     fn a_release_and_its_files_become_a_spec() {
         let rel =
             release(json!({"serviceName": "billing", "taskId": "7", "agentName": "claude-1"}));
-        let spec = spec_with_files(&rel, Ok(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
         assert_eq!(spec.agent_name.as_deref(), Some("claude-1"));
@@ -574,19 +554,19 @@ mod tests {
     #[test]
     fn numeric_task_ids_and_missing_values_are_fine() {
         let rel = release(json!({"taskId": 7}));
-        let spec = spec_with_files(&rel, Ok(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(spec.agent_name, None);
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
         let rel = release(json!({}));
-        let spec = spec_with_files(&rel, Ok(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         // The name gives the task; the chart default serviceName "" is no disagreement.
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
         assert_eq!(spec.agent_name, None);
         // The chart's defaults are empty strings: not a disagreement.
         let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
-        let spec = spec_with_files(&rel, Ok(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(
             (spec.service_name.as_str(), spec.task_id, spec.agent_name),
             ("billing", 7, None)
@@ -600,12 +580,12 @@ mod tests {
         record.as_object_mut().expect("an object").remove("config");
         record["chart"]["values"]["agentName"] = json!("claude-default");
         let rel = decode(&rel::encode(&record)).expect("decodes");
-        let spec = spec_with_files(&rel, Ok(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
         assert_eq!(spec.agent_name.as_deref(), Some("claude-default"));
         // The consistency checks still see the defaults.
         record["chart"]["values"]["serviceName"] = json!("payments");
         let rel = decode(&rel::encode(&record)).expect("decodes");
-        let problems = spec_with_files(&rel, Ok(&good_cm())).expect_err("disagrees");
+        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("disagrees");
         assert!(
             problems
                 .iter()
@@ -621,7 +601,7 @@ mod tests {
             &[("task.md", "x")],
             &[("service", "payments"), ("task-id", "8")],
         );
-        let problems = spec_with_files(&rel, Ok(&cm)).expect_err("disagrees");
+        let problems = desired_spec(&rel, Some(&cm)).expect_err("disagrees");
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(
             problems
@@ -630,98 +610,19 @@ mod tests {
         );
     }
 
-    /// The record of revision 2 of billing-task-7, its manifest `manifest`.
-    fn rendered(manifest: &str) -> Release {
-        let mut record = rel::record();
-        record["manifest"] = json!(manifest);
-        record["config"] = json!({"serviceName": "billing", "taskId": "7"});
-        let mut release = decode(&rel::encode(&record)).expect("decodes");
-        release.namespace = "team-a".into();
-        release
-    }
-
     #[test]
-    fn the_files_are_the_revisions_own() {
-        let rel = rendered(
-            "---\n# Source: claude-code/templates/configmap.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n  labels:\n    task-id: \"7\"\n    service: \"billing\"\ndata:\n  \"task.md\": \"# Task\\nDo it.\\n\"\n  \"design.md\": |\n    # Design\n---\n# Source: claude-code/templates/job.yaml\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n",
-        );
-        let spec = desired_spec(&rel).expect("spec");
-        let files: Vec<(&str, &str)> = spec
-            .markdown_files
-            .iter()
-            .map(|f| (f.filename.as_str(), f.content.as_str()))
-            .collect();
-        assert_eq!(
-            files,
-            [("design.md", "# Design\n"), ("task.md", "# Task\nDo it.\n")]
-        );
-        // The labels of the rendered ConfigMap are checked as the live one's were.
-        let rel = rendered(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n  labels:\n    task-id: \"8\"\ndata:\n  task.md: x\n",
-        );
-        let problems = desired_spec(&rel).expect_err("mislabelled");
+    fn a_missing_config_map_is_reported() {
+        let problems = desired_spec(&release(json!({})), None).expect_err("no files");
         assert_eq!(
             problems,
-            ["ConfigMap billing-task-7-files is labelled task-id=\"8\", not 7"]
+            ["ConfigMap billing-task-7-files with the task's files not found"]
         );
-    }
-
-    #[test]
-    fn a_revision_without_its_config_map_is_reported() {
-        let problems = desired_spec(&rendered(
-            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n",
-        ))
-        .expect_err("no files");
-        assert_eq!(
-            problems,
-            [
-                "revision 2 of the release has no ConfigMap billing-task-7-files in its manifest; the task's files are taken from the revision migrated, never from the live ConfigMap"
-            ]
-        );
-        let problems = desired_spec(&rendered("a: [")).expect_err("not yaml");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with(
-                "revision 2 of the release: its manifest is not valid YAML of Kubernetes objects: "
-            ),
-            "{problems:?}"
-        );
-        let problems = desired_spec(&rendered(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\ndata:\n  task.md: [x]\n",
-        ))
-        .expect_err("unreadable");
-        assert!(
-            problems[0].starts_with(
-                "revision 2 of the release: its ConfigMap billing-task-7-files cannot be read: "
-            ),
-            "{problems:?}"
-        );
-    }
-
-    #[test]
-    fn live_files_that_differ_are_named() {
-        let files = spec().markdown_files;
-        assert!(files_differing(&files, &good_cm()).is_empty());
-        let live = config_map(
-            &[("task.md", "# Task, changed"), ("more.md", "# More")],
-            &[],
-        );
-        assert_eq!(
-            files_differing(&files, &live),
-            ["design.md", "more.md", "task.md"]
-        );
-        let mut live = good_cm();
-        live.binary_data = Some(BTreeMap::from([(
-            "img.png".to_owned(),
-            k8s_openapi::ByteString(vec![1]),
-        )]));
-        assert_eq!(files_differing(&files, &live), ["img.png"]);
     }
 
     #[test]
     fn an_empty_file_is_reported_by_name() {
         let cm = config_map(&[("task.md", "x"), ("notes.md", "  \n")], &[]);
-        let problems = spec_with_files(&release(json!({})), Ok(&cm)).expect_err("empty");
+        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("empty");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].contains("notes.md") && problems[0].contains("empty"),
@@ -736,7 +637,7 @@ mod tests {
             "img.png".to_owned(),
             k8s_openapi::ByteString(vec![1, 2]),
         )]));
-        let problems = spec_with_files(&release(json!({})), Ok(&cm)).expect_err("bad");
+        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("bad");
         assert!(
             problems
                 .iter()
@@ -753,12 +654,12 @@ mod tests {
     #[test]
     fn a_bad_agent_name_is_reported() {
         let rel = release(json!({"agentName": "Claude Agent"}));
-        let problems = spec_with_files(&rel, Ok(&good_cm())).expect_err("bad agent");
+        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("bad agent");
         assert!(problems[0].contains("agentName"), "{problems:?}");
     }
 
     fn spec() -> TaskRunSpec {
-        spec_with_files(&release(json!({})), Ok(&good_cm())).expect("spec")
+        desired_spec(&release(json!({})), Some(&good_cm())).expect("spec")
     }
 
     #[test]
@@ -822,6 +723,28 @@ mod tests {
         live.markdown_files.reverse();
         assert_ne!(live.markdown_files, desired.markdown_files);
         assert_eq!(compare(&desired, &live), Verdict::Same);
+    }
+
+    #[test]
+    fn made_from_needs_the_annotation_of_this_release_and_its_task() {
+        let mut rel = release(json!({}));
+        rel.namespace = "team-a".into();
+        let mut tr = TaskRun::new("billing-task-7", spec());
+        assert!(!made_from(&tr, &rel), "no annotation");
+        tr.metadata.annotations = Some(BTreeMap::from([(
+            MIGRATED_FROM.to_owned(),
+            migrated_from(&rel),
+        )]));
+        assert!(made_from(&tr, &rel));
+
+        let mut elsewhere = rel.clone();
+        elsewhere.namespace = "team-b".into();
+        assert!(!made_from(&tr, &elsewhere), "another namespace's release");
+        let mut longer = rel.clone();
+        longer.name = "billing-task-70".into();
+        assert!(!made_from(&tr, &longer), "a release whose name extends it");
+        tr.spec.task_id = 8;
+        assert!(!made_from(&tr, &rel), "another task");
     }
 
     #[test]

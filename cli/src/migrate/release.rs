@@ -6,16 +6,14 @@
 //! JSON too, so this does the same, telling the two apart by the gzip magic bytes.
 //!
 //! Only what the migration uses is kept: the values `serviceName`, `taskId` and `agentName`,
-//! the manifest (the revision's rendered resources, its files ConfigMap among them), and the
-//! names of the delete hooks. Everything else (the chart's templates, the rest of the values,
-//! the other hooks) is skipped while parsing and never held, so a record's memory is what is
-//! kept, not what its JSON could expand to.
+//! the manifest, and the names of the delete hooks. Everything else (the chart's templates,
+//! the rest of the values, the other hooks) is skipped while parsing and never held, so a
+//! record's memory is what is kept, not what its JSON could expand to.
 
 use std::fmt;
 use std::io::Read;
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -430,82 +428,6 @@ fn decode_within(data: &[u8], max_bytes: u64) -> Result<Release, DecodeError> {
     })
 }
 
-/// Why a ConfigMap could not be read from a revision's manifest.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    #[error("its manifest is not valid YAML of Kubernetes objects: {0}")]
-    NotYaml(String),
-    #[error("its manifest lists ConfigMap {0} more than once")]
-    Repeated(String),
-    #[error("its ConfigMap {0} cannot be read: {1}")]
-    Unreadable(String, String),
-}
-
-/// Who a document of a manifest says it is; the rest of it is skipped while parsing.
-#[derive(Deserialize)]
-struct Head {
-    #[serde(default, rename = "apiVersion")]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Option<HeadMeta>,
-}
-
-#[derive(Deserialize)]
-struct HeadMeta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-impl Release {
-    /// The ConfigMap `name` as this revision's manifest renders it (in the release's namespace:
-    /// without a namespace, or with `self.namespace`), or `None` when the manifest has none.
-    ///
-    /// Read in two passes over the manifest (already held as a string), one document at a
-    /// time: the first finds the document by its apiVersion, kind and name, skipping the rest
-    /// of each; the second reads only that one into a ConfigMap. No other document becomes a
-    /// value, and the parser holds one document's events at a time.
-    pub fn manifest_config_map(&self, name: &str) -> Result<Option<ConfigMap>, ManifestError> {
-        let mut found = None;
-        for (index, doc) in serde_yaml_ng::Deserializer::from_str(&self.manifest).enumerate() {
-            let head = Option::<Head>::deserialize(doc)
-                .map_err(|e| ManifestError::NotYaml(cut(&e.to_string())))?;
-            let Some(Head {
-                api_version: Some(api_version),
-                kind: Some(kind),
-                metadata:
-                    Some(HeadMeta {
-                        name: Some(doc_name),
-                        namespace,
-                    }),
-            }) = head
-            else {
-                continue;
-            };
-            let here = namespace.as_deref().is_none_or(|ns| ns == self.namespace);
-            if api_version == "v1" && kind == "ConfigMap" && doc_name == name && here {
-                if found.is_some() {
-                    return Err(ManifestError::Repeated(name.to_owned()));
-                }
-                found = Some(index);
-            }
-        }
-        let Some(index) = found else {
-            return Ok(None);
-        };
-        let unreadable = |e: serde_yaml_ng::Error| {
-            ManifestError::Unreadable(name.to_owned(), cut(&e.to_string()))
-        };
-        let doc = serde_yaml_ng::Deserializer::from_str(&self.manifest)
-            .nth(index)
-            .ok_or_else(|| ManifestError::NotYaml("fewer documents on a second read".into()))?;
-        ConfigMap::deserialize(doc).map(Some).map_err(unreadable)
-    }
-}
-
 /// A parser's message cut to `MAX_ERROR_CHARS` characters (on a character boundary), `...`
 /// marking the cut.
 fn cut(message: &str) -> String {
@@ -822,168 +744,6 @@ pub mod tests {
             .remove("values");
         let release = decode(&encode(&value)).expect("decodes");
         assert_eq!(release.values(), TaskValues::default());
-    }
-
-    fn with_manifest(manifest: &str) -> Release {
-        let mut value = record();
-        value["manifest"] = json!(manifest);
-        decode(&encode(&value)).expect("decodes")
-    }
-
-    fn data_of(cm: &ConfigMap) -> Vec<(&str, &str)> {
-        cm.data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn the_files_config_map_is_read_from_the_manifest() {
-        // As Helm writes a manifest: `---` and a `# Source:` comment before each document;
-        // here with an empty document, keys in another order, another object of the same
-        // name, the same ConfigMap in another namespace (not the release's), and data written
-        // as block scalars (kept, stripped, folded), quoted and plain scalars, an alias.
-        let manifest = r##"---
-# Source: claude-code/templates/secret.yaml
-apiVersion: v1
-kind: Secret
-metadata:
-  name: billing-task-7-files
-stringData:
-  key: sk-not-this
----
-# only a comment
----
-# Source: elsewhere.yaml
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: billing-task-7-files, namespace: team-b}
-data: {"task.md": "not this"}
----
-# Source: claude-code/templates/configmap.yaml
-data:
-  "task.md": "# Task\nDo it.\n\t\"quoted\" \u00e9\n"
-  design.md: |
-    # Design
-
-    Indented:
-      two spaces
-  notes.md: |-
-    no final newline
-  kept.md: |+
-    trailing lines
-
-  folded.md: >
-    one
-    line
-  plain.md: just text # not a comment? it is one
-  same.md: &same shared
-  alias.md: *same
-kind: ConfigMap
-apiVersion: v1
-metadata:
-  name: billing-task-7-files
-  namespace: team-a
-  labels:
-    task-id: "7"
-    service: 'billing'
----
-# Source: claude-code/templates/job.yaml
-apiVersion: batch/v1
-kind: Job
-metadata:
-  name: billing-task-7
-spec:
-  template:
-    spec:
-      containers: [{name: agent, image: "x"}]
-"##;
-        let cm = with_manifest(manifest)
-            .manifest_config_map("billing-task-7-files")
-            .expect("reads")
-            .expect("found");
-        assert_eq!(
-            data_of(&cm),
-            [
-                ("alias.md", "shared"),
-                ("design.md", "# Design\n\nIndented:\n  two spaces\n"),
-                ("folded.md", "one line\n"),
-                ("kept.md", "trailing lines\n\n"),
-                ("notes.md", "no final newline"),
-                ("plain.md", "just text"),
-                ("same.md", "shared"),
-                ("task.md", "# Task\nDo it.\n\t\"quoted\" é\n"),
-            ]
-        );
-        let labels = cm.metadata.labels.expect("labels");
-        assert_eq!(labels["task-id"], "7");
-        assert_eq!(labels["service"], "billing");
-
-        // Without a namespace, the ConfigMap is the release's.
-        let release = with_manifest(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x-files\ndata:\n  a.md: a\n",
-        );
-        let cm = release.manifest_config_map("x-files").expect("reads");
-        assert_eq!(data_of(&cm.expect("found")), [("a.md", "a")]);
-        // Without data: a ConfigMap with no files.
-        let release =
-            with_manifest("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x-files\ndata:\n");
-        let cm = release.manifest_config_map("x-files").expect("reads");
-        assert!(data_of(&cm.expect("found")).is_empty());
-    }
-
-    #[test]
-    fn a_manifest_without_the_config_map_has_none() {
-        let job = "---\n# Source: claude-code/templates/job.yaml\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n";
-        for manifest in [
-            "",
-            "---\n",
-            job,
-            // Another name, another namespace, another kind or apiVersion.
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-8-files\n",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n  namespace: team-b\n",
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: billing-task-7-files\n",
-            "apiVersion: v2\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n",
-            // Not an object at all: no name, no metadata.
-            "kind: ConfigMap\n",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: null\n",
-        ] {
-            assert_eq!(
-                with_manifest(manifest).manifest_config_map("billing-task-7-files"),
-                Ok(None),
-                "{manifest}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_config_map_that_cannot_be_read_is_reported() {
-        let read = |manifest: &str| {
-            with_manifest(manifest)
-                .manifest_config_map("billing-task-7-files")
-                .expect_err("not read")
-        };
-        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n";
-        assert!(matches!(read("a: ["), ManifestError::NotYaml(_)));
-        assert!(matches!(read("- a\n- b\n"), ManifestError::NotYaml(_)));
-        assert_eq!(
-            read(&format!("{cm}---\n{cm}")),
-            ManifestError::Repeated("billing-task-7-files".into())
-        );
-        let err = read(&format!("{cm}data:\n  task.md: [x]\n"));
-        assert!(
-            matches!(&err, ManifestError::Unreadable(name, _) if name == "billing-task-7-files"),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string()
-                .starts_with("its ConfigMap billing-task-7-files cannot be read: "),
-            "{err}"
-        );
-        // A value where a map belongs: serde quotes it, cut short.
-        let err = read(&format!("{cm}data: \"{}\"\n", "x".repeat(100_000)));
-        assert!(err.to_string().len() < 2 * MAX_ERROR_CHARS, "{err}");
     }
 
     #[test]
