@@ -63,6 +63,12 @@ pub enum Verdict {
 pub fn verdict(answer: Result<(), &kube::Error>) -> Verdict {
     match answer {
         Ok(()) => Verdict::Accepted,
+        // A webhook that cannot take a dry run (sideEffects Unknown or Some, from v1beta1
+        // days) makes the API server answer 400 to any dry run it matches: no word on the
+        // template, and a real create would reach the webhook.
+        Err(kube::Error::Api(s)) if s.message.contains("does not support dry run") => {
+            Verdict::Unchecked(format!("{} {}: {}", s.code, s.reason, s.message))
+        }
         Err(kube::Error::Api(s)) if refuses_template(s) => Verdict::Refused(s.message.clone()),
         Err(kube::Error::Api(s)) if s.code == 409 => Verdict::Accepted,
         Err(kube::Error::Api(s)) => {
@@ -198,6 +204,11 @@ mod tests {
                 "BadRequest",
                 "jobs.batch \"x\" is forbidden: ValidatingAdmissionPolicy 'freeze' with binding \
                  'freeze' denied request: jobs are frozen",
+            ),
+            api(
+                400,
+                "BadRequest",
+                "admission webhook \"legacy.example.com\" does not support dry run",
             ),
             kube::Error::Service(Box::new(std::io::Error::other("connection refused"))),
         ];
