@@ -171,6 +171,8 @@ fn every_overlay_builds() {
         spread["labelSelector"]["matchLabels"],
         webhook["spec"]["selector"]["matchLabels"]
     );
+    // Per ReplicaSet: during a rollout the old pods do not decide where the new ones go.
+    assert_eq!(spread["matchLabelKeys"], json!(["pod-template-hash"]));
     let body_wait: u64 = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .into_iter()
