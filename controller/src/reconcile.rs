@@ -271,6 +271,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .and_then(|s| s.start_time.clone())
         .or(job_created);
     let outcome = status::job_outcome(&job_name, job_status.as_ref());
+    let outcome = status::once_running(outcome, &prev, tr.spec.context_version, &job_name);
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     ctx.children.written_from_job(&ns, &job_name);

@@ -273,6 +273,28 @@ pub fn conditions(
         .collect()
 }
 
+/// `outcome` for version `version`, given the status before: a pod that has run and is not
+/// ready now (its node stopped reporting, say) stays `Running`, saying so, rather than going
+/// back to `PodPending`, whose message is about a pod that never started.
+pub fn once_running(
+    outcome: Outcome,
+    prev: &TaskRunStatus,
+    version: i64,
+    job_name: &str,
+) -> Outcome {
+    let ran = prev.phase == Some(Phase::Running) && prev.observed_context_version == Some(version);
+    if ran && outcome.reason == reason::POD_PENDING {
+        return Outcome::new(
+            Phase::Running,
+            reason::RUNNING,
+            format!(
+                "Job {job_name}'s pod has run but is not ready now (its node may have stopped reporting)"
+            ),
+        );
+    }
+    outcome
+}
+
 /// The status to write for this observation. Times already recorded for the same version
 /// are kept, so an unchanged world gives an unchanged status (and no write).
 pub fn next_status(
@@ -418,6 +440,34 @@ mod tests {
         assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "JobCreated"));
         let o = outcome(&JobStatus::default());
         assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "JobCreated"));
+    }
+
+    #[test]
+    fn a_pod_that_ran_and_lost_readiness_stays_running() {
+        let pending = outcome(&JobStatus {
+            active: Some(1),
+            ready: Some(0),
+            ..Default::default()
+        });
+        let running = TaskRunStatus {
+            phase: Some(Phase::Running),
+            observed_context_version: Some(2),
+            ..TaskRunStatus::default()
+        };
+        let o = once_running(pending.clone(), &running, 2, "j");
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Running, "Running"));
+        assert!(o.message.contains("not ready now"), "{}", o.message);
+        // Not for another version, nor before the pod first ran.
+        let o = once_running(pending.clone(), &running, 3, "j");
+        assert_eq!(o.reason, "PodPending");
+        let o = once_running(pending, &TaskRunStatus::default(), 2, "j");
+        assert_eq!(o.reason, "PodPending");
+        // Other outcomes pass as they are.
+        let done = outcome(&JobStatus {
+            succeeded: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(once_running(done.clone(), &running, 2, "j"), done);
     }
 
     #[test]
