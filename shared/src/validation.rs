@@ -245,10 +245,17 @@ pub fn check_files(
     let mut seen = HashSet::with_capacity(checked.len());
     for (i, file) in checked.iter().enumerate() {
         let at = |field: &str| format!("spec.markdownFiles[{i}].{field}");
-        // A file the update leaves as it was (see `validate_spec`); its name still counts
-        // for uniqueness.
-        let kept = before.is_some_and(|old| old.contains(file));
-        if !kept && !is_valid_filename(&file.filename) {
+        // What the update leaves as it was is not judged again (see `validate_spec`), by the
+        // API server's ratcheting: the name when a file of that name was there (the list's
+        // key), the length when the content is the same, the whole-file rule (content not
+        // blank) when the file is. A kept name still counts for uniqueness.
+        let old = before.and_then(|b| b.iter().find(|o| o.filename == file.filename));
+        let (name_kept, content_kept) = (
+            old.is_some(),
+            old.is_some_and(|o| o.content == file.content),
+        );
+        let file_kept = old.is_some_and(|o| o == file);
+        if !name_kept && !is_valid_filename(&file.filename) {
             out.push(Violation::new(
                 at("filename"),
                 Reason::Invalid,
@@ -269,10 +276,7 @@ pub fn check_files(
         }
         // Characters, as the schema's maxLength counts them; never more than the bytes, so
         // only a content of more bytes than that needs counting.
-        if kept {
-            continue;
-        }
-        let too_many_chars = (file.content.len() > MAX_CONTENT_LEN)
+        let too_many_chars = (!content_kept && file.content.len() > MAX_CONTENT_LEN)
             .then(|| file.content.chars().count())
             .filter(|&chars| chars > MAX_CONTENT_LEN);
         if let Some(chars) = too_many_chars {
@@ -284,7 +288,7 @@ pub fn check_files(
                     shown(&file.filename)
                 ),
             ));
-        } else if !has_content(&file.content) {
+        } else if !file_kept && !has_content(&file.content) {
             out.push(Violation::new(
                 at("content"),
                 Reason::Required,

@@ -241,20 +241,42 @@ fn an_update_judges_only_what_it_changes() {
     new.context_version = 2;
     new.markdown_files.push(file("context-2.md", "added"));
     assert_eq!(validate_update(&old, &new), vec![]);
-    // Not kept: a changed content, a renamed file, a changed agentName, a new bad file.
+    // Judged: a changed agentName, a renamed file (its new name and its content), a new bad
+    // file. A changed content under a kept name is judged on the content only.
     let mut changed = new.clone();
     changed.agent_name = Some("Other".into());
     changed.markdown_files[2].content = "changed".into();
     changed.markdown_files[3].filename = "Blank.md".into();
     changed.markdown_files.push(file("empty.md", ""));
+    changed.markdown_files.push(file("Bad name.md", "x"));
     assert_eq!(
         fields(&validate_update(&old, &changed)),
         [
             "spec.agentName",
-            "spec.markdownFiles[2].filename",
             "spec.markdownFiles[3].content",
             "spec.markdownFiles[5].content",
+            "spec.markdownFiles[6].filename",
         ]
+    );
+    // The whole-file rule holds when anything of the file changes (its fileType, here).
+    let mut retyped = new.clone();
+    retyped.markdown_files[3].file_type = Some(FileType::Context);
+    assert_eq!(
+        fields(&validate_update(&old, &retyped)),
+        ["spec.markdownFiles[3].content"]
+    );
+    // A content over the length bound, kept, is not judged again; changed, it is.
+    let long = "x".repeat(crate::limits::MAX_CONTENT_LEN + 1);
+    let mut stored = valid();
+    stored.markdown_files.push(file("long.md", &long));
+    let mut retyped = stored.clone();
+    retyped.markdown_files[2].file_type = Some(FileType::Context);
+    assert_eq!(validate_update(&stored, &retyped), vec![]);
+    let mut longer = stored.clone();
+    longer.markdown_files[2].content.push('y');
+    assert_eq!(
+        fields(&validate_update(&stored, &longer)),
+        ["spec.markdownFiles[2].content"]
     );
     // A kept name still counts for uniqueness.
     let mut twice = new.clone();
