@@ -88,6 +88,16 @@ fn phase(tr: &TaskRun) -> Option<Phase> {
     tr.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Failed as a Duplicate, its message containing `words` (the holder's name).
+fn duplicate_naming(tr: &TaskRun, words: &str) -> bool {
+    condition(tr, "Succeeded") == Some(("False", "Duplicate"))
+        && tr
+            .status
+            .as_ref()
+            .and_then(|s| s.message.as_deref())
+            .is_some_and(|m| m.contains(words))
+}
+
 fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
     tr.status
         .as_ref()?
@@ -641,12 +651,8 @@ async fn a_duplicate_does_not_run_at_a_higher_version() {
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let is_duplicate_of_a = |version: i64| {
         move |tr: &TaskRun| {
-            let status = tr.status.as_ref();
-            condition(tr, "Succeeded") == Some(("False", "Duplicate"))
-                && status.and_then(|s| s.observed_context_version) == Some(version)
-                && status
-                    .and_then(|s| s.message.as_deref())
-                    .is_some_and(|m| m.contains("TaskRun a "))
+            duplicate_naming(tr, "TaskRun a ")
+                && tr.status.as_ref().and_then(|s| s.observed_context_version) == Some(version)
         }
     };
     create(&api, &taskrun("a", "dupver", 1, 1, &[("task.md", "x")])).await;
@@ -699,12 +705,7 @@ async fn a_duplicate_does_not_run_at_a_lower_version() {
     .await;
     create(&api, &taskrun("b", "duplow", 1, 1, &[("task.md", "x")])).await;
     wait_status(&api, "b", "b Duplicate of a", |tr| {
-        condition(tr, "Succeeded") == Some(("False", "Duplicate"))
-            && tr
-                .status
-                .as_ref()
-                .and_then(|s| s.message.as_deref())
-                .is_some_and(|m| m.contains("TaskRun a "))
+        duplicate_naming(tr, "TaskRun a ")
     })
     .await;
     let jobs = Api::<Job>::namespaced(client.clone(), &ns)
@@ -757,12 +758,7 @@ async fn the_taskrun_holding_the_names_runs_though_its_duplicate_was_created_fir
         );
     };
     wait_status(&api, "b", "b Duplicate of a", |tr| {
-        condition(tr, "Succeeded") == Some(("False", "Duplicate"))
-            && tr
-                .status
-                .as_ref()
-                .and_then(|s| s.message.as_deref())
-                .is_some_and(|m| m.contains("TaskRun a already runs"))
+        duplicate_naming(tr, "TaskRun a already runs")
     })
     .await;
     let tr = wait_status(&api, "a", "a's refused Job in its status", |tr| {
