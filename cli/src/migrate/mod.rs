@@ -40,7 +40,7 @@ pub async fn run(
     };
     let params = ListParams::default()
         .labels("owner=helm")
-        .fields("type=helm.sh/release.v1");
+        .fields(plan::RELEASE_RECORDS);
     // Metadata only: the labels say which revision to read; only that one is fetched whole.
     let listed = secrets
         .list_metadata(&params)

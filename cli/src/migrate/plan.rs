@@ -21,6 +21,10 @@ use super::release::Release;
 /// The legacy task chart.
 pub const LEGACY_CHART: &str = "claude-code";
 
+/// The field selector of Helm's release records (the type Helm 3 gives their Secrets): with
+/// the `owner=helm` labels, how discovery and uninstall tell them from other Secrets.
+pub const RELEASE_RECORDS: &str = "type=helm.sh/release.v1";
+
 /// The (service, task id) a legacy release name `{service}-task-{id}` stands for.
 pub fn legacy_identity(release_name: &str) -> Option<(&str, i64)> {
     let (service, id) = release_name.rsplit_once("-task-")?;

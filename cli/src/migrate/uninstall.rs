@@ -251,12 +251,12 @@ pub async fn uninstall(
 }
 
 /// The list of a release's revision Secrets, as Helm's own storage selects them: its labels
-/// and the type Helm gives release records (discovery in `migrate::run` uses the same type),
-/// so that another Secret that happens to carry the labels is never taken for one.
+/// and the type Helm gives release records (as discovery in `migrate::run` does), so that
+/// another Secret that happens to carry the labels is never taken for one.
 fn records_of(release_name: &str) -> ListParams {
     ListParams::default()
         .labels(&format!("owner=helm,name={release_name}"))
-        .fields("type=helm.sh/release.v1")
+        .fields(super::plan::RELEASE_RECORDS)
 }
 
 /// A revision Secret as its labels describe it; `None` without a numeric version label.
