@@ -36,6 +36,9 @@ pub(super) fn overridden_labels(
         .collect()
 }
 
+/// How files get dropped by mistake, in both warnings about dropped files.
+const CLIENT_SIDE_DROP: &str = "a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"";
+
 /// Hints for updates that are allowed but probably not what was meant.
 pub(super) fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<String> {
     let same_files = sorted(&old.markdown_files) == sorted(&new.markdown_files);
@@ -51,7 +54,7 @@ pub(super) fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Strin
         // The same loss with a raise: a manifest bumped in git, applied client-side, drops
         // what was added since; the new run goes without it.
         out.push(format!(
-            "markdownFiles no longer has {} that contextVersion {} had: the run at contextVersion {} goes without them; a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened and they are still wanted, add them to the manifest, and apply it server-side from then on",
+            "markdownFiles no longer has {} that contextVersion {} had: the run at contextVersion {} goes without them; {CLIENT_SIDE_DROP}; if that happened and they are still wanted, add them to the manifest, and apply it server-side from then on",
             listed(&removed),
             old.context_version,
             new.context_version
@@ -59,7 +62,7 @@ pub(super) fn update_warnings(old: &TaskRunSpec, new: &TaskRunSpec) -> Vec<Strin
     } else if new.context_version == old.context_version && !removed.is_empty() {
         // Most often not meant: a client-side apply sends the manifest's whole list.
         out.push(format!(
-            "markdownFiles no longer has {} at contextVersion {}: a client-side apply (kubectl apply, Argo CD without ServerSideApply) replaces the whole list with the manifest's, dropping files added with \"kubectl taskrun context add\"; if that happened, add them again with that command (it raises contextVersion, so the task runs again with them) and apply the manifest server-side from then on",
+            "markdownFiles no longer has {} at contextVersion {}: {CLIENT_SIDE_DROP}; if that happened, add them again with that command (it raises contextVersion, so the task runs again with them) and apply the manifest server-side from then on",
             listed(&removed),
             new.context_version
         ));
