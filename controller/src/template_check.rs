@@ -63,13 +63,14 @@ pub enum Verdict {
 pub fn verdict(answer: Result<(), &kube::Error>) -> Verdict {
     match answer {
         Ok(()) => Verdict::Accepted,
-        // A webhook that cannot take a dry run (sideEffects Unknown or Some, from v1beta1
-        // days) makes the API server answer 400 to any dry run it matches: no word on the
+        // Not when a webhook cannot take a dry run (sideEffects Unknown or Some, from v1beta1
+        // days): the API server answers 400 to any dry run it matches, no word on the
         // template, and a real create would reach the webhook.
-        Err(kube::Error::Api(s)) if s.message.contains("does not support dry run") => {
-            Verdict::Unchecked(format!("{} {}: {}", s.code, s.reason, s.message))
+        Err(kube::Error::Api(s))
+            if refuses_template(s) && !s.message.contains("does not support dry run") =>
+        {
+            Verdict::Refused(s.message.clone())
         }
-        Err(kube::Error::Api(s)) if refuses_template(s) => Verdict::Refused(s.message.clone()),
         Err(kube::Error::Api(s)) if s.code == 409 => Verdict::Accepted,
         Err(kube::Error::Api(s)) => {
             Verdict::Unchecked(format!("{} {}: {}", s.code, s.reason, s.message))
