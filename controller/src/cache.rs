@@ -5,7 +5,7 @@
 //! trimmed here is ever written back.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
@@ -96,7 +96,7 @@ impl Children {
     /// Unfinished Jobs of an older version of the TaskRun `uid` that the Job watch brought,
     /// or that were cached when the first reconcile of this term asked (`Superseded`), until
     /// `stopped`.
-    pub async fn superseded_of(&self, uid: &str, taskruns: &Store<TaskRun>) -> Vec<String> {
+    pub async fn superseded_of(&self, uid: &str, taskruns: &Store<TaskRun>) -> Vec<ChildRef> {
         self.ready().await;
         self.superseded.sweep_once(&self.jobs, taskruns);
         self.superseded.of(uid)
@@ -194,6 +194,22 @@ impl Resource for CachedJob {
     }
 }
 
+/// A child by name, with the uid it had when the cache saw it (the delete's precondition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRef {
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl ChildRef {
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+        }
+    }
+}
+
 /// The owner reference of `child` marked as its controller (the API server allows one).
 pub fn controller_ref(child: &ObjectMeta) -> Option<&OwnerReference> {
     child
@@ -269,7 +285,7 @@ impl WrittenStatus {
 /// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here
 /// and forgets it.
 pub struct Superseded {
-    jobs: Mutex<HashMap<String, BTreeSet<String>>>,
+    jobs: Mutex<HashMap<String, BTreeMap<String, Option<String>>>>,
     swept: Once,
 }
 
@@ -299,7 +315,7 @@ impl Superseded {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(uid.to_owned())
             .or_default()
-            .insert(name.to_owned());
+            .insert(name.to_owned(), job.metadata.uid.clone());
     }
 
     /// Notes every cached Job `record` would, once per term (the first time it is called):
@@ -313,9 +329,16 @@ impl Superseded {
         });
     }
 
-    fn of(&self, uid: &str) -> Vec<String> {
+    fn of(&self, uid: &str) -> Vec<ChildRef> {
         let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(uid).into_iter().flatten().cloned().collect()
+        map.get(uid)
+            .into_iter()
+            .flatten()
+            .map(|(name, uid)| ChildRef {
+                name: name.clone(),
+                uid: uid.clone(),
+            })
+            .collect()
     }
 
     /// Forgets one Job of the TaskRun `uid`, or all of them.
@@ -425,12 +448,11 @@ pub fn trim_config_map(cm: &mut PartialObjectMeta<ConfigMap>) {
     trim_child(&mut cm.metadata);
 }
 
-/// A child is found by its name and judged by its controller reference and status; its own
-/// uid and resourceVersion are never read, and each is kept twice (in the object and in the
-/// cache's key), so they go too: about 300 bytes per TaskRun with its Job and ConfigMap.
+/// A child is found by its name and judged by its controller reference and status; its
+/// resourceVersion is never read. Its uid stays: a delete names it as a precondition
+/// (`writes::delete_child`).
 fn trim_child(meta: &mut ObjectMeta) {
     trim_unread(meta);
-    meta.uid = None;
     meta.resource_version = None;
 }
 
@@ -486,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_child_keeps_its_name_controller_and_age_only() {
+    fn a_cached_child_keeps_its_name_uid_controller_and_age_only() {
         let owner = OwnerReference {
             api_version: "orchestrator.io/v1".into(),
             kind: "TaskRun".into(),
@@ -511,9 +533,10 @@ mod tests {
         };
         trim_job(&mut job);
         let m = &job.metadata;
+        // The uid is the precondition of the child's delete (`writes::delete_child`).
         assert_eq!(
             (m.uid.as_deref(), m.resource_version.as_deref()),
-            (None, None)
+            (Some("child"), None)
         );
         assert!(m.labels.is_none());
         assert_eq!(m.name.as_deref(), Some("j"));
@@ -564,6 +587,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
+                uid: Some(format!("uid-{name}")),
                 owner_references: Some(vec![OwnerReference {
                     controller: Some(true),
                     name: "owner".into(),
@@ -622,8 +646,11 @@ mod tests {
         superseded.record(&stranger, &store);
         assert_eq!(
             superseded.of("u"),
-            ["svc-1-v1"],
-            "only the unfinished older one"
+            [ChildRef {
+                name: "svc-1-v1".into(),
+                uid: Some("uid-svc-1-v1".into()),
+            }],
+            "only the unfinished older one, with the uid its delete names"
         );
         superseded.forget("u", Some("svc-1-v1"));
         assert!(superseded.of("u").is_empty());
@@ -641,7 +668,8 @@ mod tests {
         }
         let superseded = Superseded::default();
         superseded.sweep_once(&jobs, &taskruns);
-        assert_eq!(superseded.of("u"), ["svc-1-v1"]);
+        let names: Vec<String> = superseded.of("u").into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["svc-1-v1"]);
         superseded.forget("u", Some("svc-1-v1"));
         // Once a term: what was stopped is not noted again by a later ask.
         superseded.sweep_once(&jobs, &taskruns);

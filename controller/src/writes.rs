@@ -1,13 +1,15 @@
-//! The controller's creates and status writes, answered by the API server with the object's
-//! metadata only (`as=PartialObjectMetadata`, what kube's `patch_metadata` asks for).
-//!
-//! Nothing reads more of these answers than the metadata: the full object would be a
+//! The controller's writes. Creates and status writes are answered by the API server with the
+//! object's metadata only (`as=PartialObjectMetadata`, what kube's `patch_metadata` asks for):
+//! nothing reads more of these answers than the metadata, and the full object would be a
 //! ConfigMap with all the markdown, a TaskRun with its markdown and managed fields, a Job with
 //! every defaulted field, each encoded by the API server and decoded here only to be dropped.
+//! Deletes of children name the uid they were seen with (`delete_child`).
 
 use hyper::header::{ACCEPT, HeaderValue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::core::Request;
 use kube::{Error, Resource};
 use serde::Serialize;
@@ -40,6 +42,28 @@ pub async fn apply_status(
         apply_status_request(api.resource_url(), name, manager, next)?,
     )
     .await
+}
+
+/// Deletes the child `name` if it is still the object with `uid` (background propagation: a
+/// Job's pods go too). Returns whether this call deleted it: the child already gone (404), or
+/// its name now held by another object (the uid precondition fails, 409), is not an error.
+/// Children are named by the task and version, so a successor TaskRun of the same task may
+/// have made its own child under the name while the cache still shows the old one; without
+/// the uid a stale cache would delete it. No uid (a child never seen) deletes by name alone.
+pub async fn delete_child<K>(api: &Api<K>, name: &str, uid: Option<&str>) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = DeleteParams::background();
+    params.preconditions = uid.map(|uid| Preconditions {
+        uid: Some(uid.to_owned()),
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(Error::Api(s)) if s.code == 404 || (s.code == 409 && uid.is_some()) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn create_request<K: Serialize>(url: &str, object: &K) -> Result<HttpRequest, Error> {

@@ -1716,3 +1716,60 @@ async fn the_writes_accept_header_gets_metadata_only_answers() {
         Some("written")
     );
 }
+
+/// Children are named by task and version, so a successor TaskRun of the same task can make
+/// its own child under a name while the controller's cache still shows the old one. The
+/// controller's deletes name the uid they saw (`taskrun_controller::writes::delete_child`):
+/// the real API server refuses such a delete of the successor's child, and the refusal, like
+/// a child already gone, counts as done.
+#[tokio::test]
+async fn a_childs_delete_names_its_uid_and_spares_a_successor_under_that_name() {
+    use taskrun_controller::writes::delete_child;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-delete-uid").await;
+    let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let make = || async {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "svc-1-v1-files"}}))
+            .expect("a ConfigMap");
+        let made = api
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+        made.metadata.uid.expect("a uid")
+    };
+    let first = make().await;
+    assert!(
+        delete_child(&api, "svc-1-v1-files", Some(&first))
+            .await
+            .expect("delete"),
+        "the child it names is deleted"
+    );
+    wait_gone("the deleted ConfigMap", WAIT, &api, "svc-1-v1-files").await;
+
+    let successor = make().await;
+    assert!(
+        !delete_child(&api, "svc-1-v1-files", Some(&first))
+            .await
+            .expect("a stale delete is done"),
+        "a delete naming the old uid reports nothing deleted"
+    );
+    let kept = api
+        .get("svc-1-v1-files")
+        .await
+        .expect("the successor's child is kept");
+    assert_eq!(kept.metadata.uid.as_deref(), Some(successor.as_str()));
+
+    assert!(
+        delete_child(&api, "svc-1-v1-files", Some(&successor))
+            .await
+            .expect("delete")
+    );
+    wait_gone("the deleted ConfigMap", WAIT, &api, "svc-1-v1-files").await;
+    assert!(
+        !delete_child(&api, "svc-1-v1-files", Some(&successor))
+            .await
+            .expect("a missing child is done"),
+        "nothing left to delete"
+    );
+}

@@ -1,17 +1,15 @@
 //! The finalizer `orchestrator.io/cleanup`: put on a TaskRun, and on its deletion its
 //! children removed before it is taken off.
 
-use std::fmt::Debug;
-
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use taskrun::{FINALIZER, TaskRun};
 
 use super::Error;
 use crate::controller::Ctx;
+use crate::writes;
 
 /// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
 /// They are found in the caches: a list per deletion (even narrowed by label, the API server
@@ -21,26 +19,15 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     for j in ctx.children.jobs_of(uid).await {
-        delete_ignoring_missing(&jobs, &j.name_any()).await?;
+        writes::delete_child(&jobs, &j.name_any(), j.metadata.uid.as_deref()).await?;
     }
     for cm in ctx.children.config_maps_of(uid).await {
-        delete_ignoring_missing(&config_maps, &cm.name_any()).await?;
+        writes::delete_child(&config_maps, &cm.name_any(), cm.metadata.uid.as_deref()).await?;
     }
     ctx.written.forget(uid);
     ctx.children.forget_superseded(uid);
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())
-}
-
-pub(super) async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Adds or removes the finalizer. The patch carries the resourceVersion it was computed

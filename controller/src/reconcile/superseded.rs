@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use taskrun::{TaskRun, TaskRunStatus};
 
 use super::Error;
 use super::events::record;
-use super::finalizer::delete_ignoring_missing;
+use crate::cache::ChildRef;
 use crate::controller::Ctx;
-use crate::{cache, job, status};
+use crate::{cache, job, status, writes};
 
 /// Deletes the Jobs of older versions that are still running (background propagation: their
 /// pods go too): those `cache::Superseded` noted, and with `scan` those `superseded` finds in
@@ -30,30 +30,23 @@ pub(super) async fn stop_superseded(
 ) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let mut names = ctx.children.superseded_of(uid, &ctx.taskruns).await;
-    // A Job named only by the status, which another writer may have set.
-    let mut named_only = None;
+    let mut stop = ctx.children.superseded_of(uid, &ctx.taskruns).await;
     if scan {
         let cached = ctx.children.jobs_of(uid).await;
-        for name in superseded(&current, &cached, prev) {
-            if !names.contains(&name) {
-                if !cached.iter().any(|c| c.name_any() == name) {
-                    named_only = Some(name.clone());
-                }
-                names.push(name);
+        for child in superseded(&current, &cached, prev) {
+            if !stop.iter().any(|s| s.name == child.name) {
+                stop.push(child);
             }
         }
     }
-    for name in names {
-        let mut params = DeleteParams::background();
-        if named_only.as_ref() == Some(&name) {
-            // Deleted only if this TaskRun controls it, and only that Job (by uid).
-            match jobs.get_metadata_opt(&name).await? {
+    for ChildRef { name, uid: job_uid } in stop {
+        let job_uid = match job_uid {
+            Some(job_uid) => job_uid,
+            // A Job named only by the status, which another writer may have set: deleted
+            // only if this TaskRun controls it, and only that Job (by uid).
+            None => match jobs.get_metadata_opt(&name).await? {
                 Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
-                    params.preconditions = Some(Preconditions {
-                        uid: j.metadata.uid,
-                        resource_version: None,
-                    });
+                    j.metadata.uid.unwrap_or_default()
                 }
                 found => {
                     if found.is_some() {
@@ -61,15 +54,12 @@ pub(super) async fn stop_superseded(
                     }
                     continue;
                 }
-            }
-        }
-        match jobs.delete(&name, &params).await {
-            Ok(_) => ctx.children.stopped(uid, &name),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                ctx.children.stopped(uid, &name);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+            },
+        };
+        let deleted = writes::delete_child(jobs, &name, Some(&job_uid)).await?;
+        ctx.children.stopped(uid, &name);
+        if !deleted {
+            continue;
         }
         tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
         let event = Event {
@@ -104,17 +94,17 @@ pub(super) async fn drop_superseded_config_map(
         return;
     };
     let uid = tr.meta().uid.as_deref();
-    let ours = ctx
+    let Some(cm) = ctx
         .children
         .config_map(ns, name)
         .await
-        .is_some_and(|cm| cache::controlled_by(&cm.metadata, uid));
-    if !ours {
+        .filter(|cm| cache::controlled_by(&cm.metadata, uid))
+    else {
         return;
-    }
+    };
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
-    match delete_ignoring_missing(&config_maps, name).await {
-        Ok(()) => {
+    match writes::delete_child(&config_maps, name, cm.metadata.uid.as_deref()).await {
+        Ok(_) => {
             tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version")
         }
         Err(error) => {
@@ -127,16 +117,17 @@ pub(super) async fn drop_superseded_config_map(
 /// of other versions still running, and the one the status names for an older version that
 /// had not finished, even when the cache does not hold it yet. Two quick raises of
 /// contextVersion can reconcile the second before the Job watch brings the first one's Job,
-/// and once the status records the newest version nothing looks for older Jobs again.
+/// and once the status records the newest version nothing looks for older Jobs again (that
+/// one comes without a uid: it is not cached).
 fn superseded(
     current: &str,
     cached: &[Arc<cache::CachedJob>],
     prev: &TaskRunStatus,
-) -> Vec<String> {
-    let mut names: Vec<String> = cached
+) -> Vec<ChildRef> {
+    let mut names: Vec<ChildRef> = cached
         .iter()
         .filter(|old| cache::runs_another_version(old, current))
-        .map(|old| old.name_any())
+        .map(|old| ChildRef::of(&old.metadata))
         .collect();
     let unfinished_before = prev
         .observed_context_version
@@ -144,7 +135,10 @@ fn superseded(
     if let Some(named) = prev.job_name.as_deref().filter(|_| unfinished_before) {
         let cached_already = cached.iter().any(|c| c.name_any() == named);
         if named != current && !cached_already {
-            names.push(named.to_owned());
+            names.push(ChildRef {
+                name: named.to_owned(),
+                uid: None,
+            });
         }
     }
     names
@@ -170,6 +164,7 @@ mod tests {
         Arc::new(CachedJob {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
                 ..ObjectMeta::default()
             },
             status: Some(JobStatus {
@@ -177,6 +172,14 @@ mod tests {
                 ..JobStatus::default()
             }),
         })
+    }
+
+    /// Each Job to stop, with the uid its delete will name (`-` for none).
+    fn stop(current: &str, cached: &[Arc<CachedJob>], prev: &TaskRunStatus) -> Vec<String> {
+        superseded(current, cached, prev)
+            .into_iter()
+            .map(|c| format!("{} {}", c.name, c.uid.as_deref().unwrap_or("-")))
+            .collect()
     }
 
     fn status(version: i64, job: &str, phase: Phase) -> TaskRunStatus {
@@ -193,24 +196,24 @@ mod tests {
         // Version 2's Job was created and recorded; version 3 reconciles before the watch
         // brought that Job.
         let prev = status(2, "svc-7-v2", Phase::Pending);
-        assert_eq!(superseded("svc-7-v3", &[], &prev), ["svc-7-v2"]);
-        // Once cached it is named once.
+        assert_eq!(stop("svc-7-v3", &[], &prev), ["svc-7-v2 -"]);
+        // Once cached it is named once, with the uid it was cached with.
         let running = [cached("svc-7-v2", false)];
-        assert_eq!(superseded("svc-7-v3", &running, &prev), ["svc-7-v2"]);
+        assert_eq!(stop("svc-7-v3", &running, &prev), ["svc-7-v2 uid-svc-7-v2"]);
     }
 
     #[test]
     fn finished_and_current_jobs_are_left_alone() {
         let done = status(2, "svc-7-v2", Phase::Succeeded);
-        assert!(superseded("svc-7-v3", &[], &done).is_empty());
+        assert!(stop("svc-7-v3", &[], &done).is_empty());
         let cached_done = [cached("svc-7-v2", true), cached("svc-7-v3", false)];
         let prev = status(2, "svc-7-v2", Phase::Running);
-        assert!(superseded("svc-7-v3", &cached_done, &prev).is_empty());
+        assert!(stop("svc-7-v3", &cached_done, &prev).is_empty());
         // A cached Job of a version the status never recorded still running.
         let lost = [cached("svc-7-v1", false)];
         assert_eq!(
-            superseded("svc-7-v3", &lost, &prev),
-            ["svc-7-v1", "svc-7-v2"]
+            stop("svc-7-v3", &lost, &prev),
+            ["svc-7-v1 uid-svc-7-v1", "svc-7-v2 -"]
         );
     }
 }
