@@ -15,7 +15,7 @@ help: ## list the targets
 test: deps control-plane go-tools lint build ## everything from a fresh clone: build, lint, unit and integration tests
 	cargo test --workspace --all-targets --locked
 
-deps: ## system packages the tests and make up need (lua5.1, openssl, curl), installed with apt-get when missing
+deps: ## system packages the tests and make up need (lua5.1, openssl, curl, g++), installed with apt-get when missing
 	@hack/install-deps.sh
 
 lint: fmt clippy fuzz-check ## rustfmt and clippy; says so loudly when a component is missing
