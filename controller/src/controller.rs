@@ -24,6 +24,7 @@ use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, FIELD_MANAGER};
+use crate::starting::Starting;
 use crate::template::JobTemplate;
 use crate::template_check::{self, TemplateRefused};
 use crate::{outage, relist};
@@ -51,6 +52,8 @@ pub struct Ctx {
     pub failures: Mutex<HashMap<ObjectRef<TaskRun>, Failures>>,
     pub children: Children,
     pub written: Arc<WrittenStatus>,
+    /// TaskRuns creating their children whose cached status does not show it yet.
+    pub starting: Starting,
     /// The TaskRun cache the Controller reconciles from.
     pub taskruns: Store<TaskRun>,
 }
@@ -340,6 +343,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         children: Children::new(job_reader, cm_reader, departed, superseded),
         written,
+        starting: Starting::default(),
         taskruns: reader.clone(),
     });
 

@@ -14,6 +14,7 @@ pub mod metrics;
 mod outage;
 mod reconcile;
 mod relist;
+mod starting;
 pub mod status;
 pub mod telemetry;
 pub mod template;

@@ -102,7 +102,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<TaskRun> = Api::namespaced(ctx.base.client.clone(), &ns);
     let has_finalizer = tr.finalizers().iter().any(|f| f == FINALIZER);
+    let uid = tr.meta().uid.as_deref();
     if tr.meta().deletion_timestamp.is_some() {
+        ctx.starting.settled(uid.unwrap_or_default());
         if has_finalizer {
             cleanup(tr, ctx, &ns).await?;
             set_finalizer(&api, tr, false).await?;
@@ -113,11 +115,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         set_finalizer(&api, tr, true).await?;
     }
 
-    let uid = tr.meta().uid.as_deref();
+    let version = tr.spec.context_version;
+    if Existing::of(tr).has_run || status::is_final_for(tr.status.as_ref(), version) {
+        ctx.starting.settled(uid.unwrap_or_default());
+    }
     let prev = ctx
         .written
         .latest(uid.unwrap_or_default(), tr.status.as_ref());
-    let version = tr.spec.context_version;
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     // Any Job of an older version still running is stopped, whether or not the status ever
     // named it (a status write lost after a Job was created leaves no trace of that Job
@@ -164,7 +168,8 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // another version (while the webhook was not there), or after the first one's Job of this
     // version was removed, meets none of its names. So a TaskRun that has never run asks the
     // cache for an older live TaskRun of its identity, preferring one that has run (the one to
-    // add context to, as the message says). One pass over the cache when there is none.
+    // add context to, as the message says), or has begun to (`Starting`). One pass over the
+    // cache when there is none.
     if prev.job_name.is_none()
         && let Some(other) = runs_instead(tr, ctx, &job_name, &cm_name).await
     {
@@ -435,6 +440,11 @@ async fn write_status(
     writes::apply_status(api, &name, FIELD_MANAGER, next).await?;
     if let Some(uid) = tr.meta().uid.as_deref() {
         ctx.written.record(uid, next.clone());
+        // Its version ended without running (a Duplicate, say): from now it holds nothing for
+        // the others, though the cache shows it as starting still (`Starting`).
+        if next.job_name.is_none() && status::is_final_for(Some(next), tr.spec.context_version) {
+            ctx.starting.settled(uid);
+        }
     }
     let moved =
         prev.phase != next.phase || prev.observed_context_version != next.observed_context_version;
@@ -470,37 +480,44 @@ async fn write_status(
 }
 
 /// The older live TaskRun of `tr`'s identity that runs instead of `tr`, which has not run (its
-/// status names no Job), if there is one. One pass over the cache, copying nothing, when there
-/// is none (the common case); the cache is copied, and `tr`'s children of this version looked
-/// up, only when two TaskRuns of one task got past the webhook.
+/// status names no Job), if there is one; when there is none, `tr` is noted as starting
+/// (`Starting`), in one step with the asking. One pass over the cache, copying nothing, when
+/// there is none (the common case); the cache is copied only when two TaskRuns of one task got
+/// past the webhook.
 async fn runs_instead(tr: &TaskRun, ctx: &Ctx, job_name: &str, cm_name: &str) -> Option<String> {
-    // Holding a child takes holders away, never adds one: none without, none with.
-    ctx.taskruns.find(|o| holds_instead(o, tr, false))?;
     let ns = tr.namespace().unwrap_or_default();
     let uid = tr.meta().uid.as_deref();
     let cm = ctx.children.config_map(&ns, cm_name).await;
     let job = ctx.children.job(&ns, job_name).await;
     let holds_a_child = cm.is_some_and(|c| cache::controlled_by(&c.metadata, uid))
         || job.is_some_and(|j| cache::controlled_by(&j.metadata, uid));
-    runs_instead_of(
-        tr,
-        holds_a_child,
-        ctx.taskruns.state().iter().map(AsRef::as_ref),
-    )
+    ctx.starting
+        .unless_another_runs(uid.unwrap_or_default(), |starting| {
+            ctx.taskruns
+                .find(|o| holds_instead(o, tr, holds_a_child, starting))?;
+            runs_instead_of(
+                tr,
+                holds_a_child,
+                starting,
+                ctx.taskruns.state().iter().map(AsRef::as_ref),
+            )
+        })
 }
 
 /// Of `cached`, the TaskRun that runs instead of `tr`: of those of its identity that hold it
 /// before `tr` (`holds_instead`), the one the webhook names too (`taskrun::find_duplicate`).
-/// `holds_a_child`: `tr` controls a child of its current version (the cache shows it).
+/// `holds_a_child`: `tr` controls a child of its current version (the cache shows it);
+/// `starting`: whether the TaskRun of a uid has begun to create its children (`Starting`).
 fn runs_instead_of<'a>(
     tr: &TaskRun,
     holds_a_child: bool,
+    starting: &dyn Fn(&str) -> bool,
     cached: impl IntoIterator<Item = &'a TaskRun>,
 ) -> Option<String> {
     let before: Vec<Existing<'_>> = cached
         .into_iter()
-        .filter(|o| holds_instead(o, tr, holds_a_child))
-        .map(Existing::of)
+        .filter(|o| holds_instead(o, tr, holds_a_child, starting))
+        .map(|o| as_starting(o, starting))
         .collect();
     find_duplicate(not_run(tr).name, before).map(str::to_owned)
 }
@@ -514,11 +531,18 @@ fn runs_instead_of<'a>(
 /// - when `tr` already controls a child of its current version (`holds_a_child`), one that has
 ///   not run, at the same version: the names of that version are `tr`'s, so the other one
 ///   cannot get them (its reconcile finds them taken and fails it as a Duplicate of `tr`).
-fn holds_instead(o: &TaskRun, tr: &TaskRun, holds_a_child: bool) -> bool {
+///
+/// One that has begun to create its children (`starting`) counts as having run.
+fn holds_instead(
+    o: &TaskRun,
+    tr: &TaskRun,
+    holds_a_child: bool,
+    starting: &dyn Fn(&str) -> bool,
+) -> bool {
     if !o.same_task(tr) {
         return false;
     }
-    let other = Existing::of(o);
+    let other = as_starting(o, starting);
     if !other.has_run {
         if status::is_final_for(o.status.as_ref(), o.spec.context_version) {
             return false;
@@ -528,6 +552,13 @@ fn holds_instead(o: &TaskRun, tr: &TaskRun, holds_a_child: bool) -> bool {
         }
     }
     other.holds_before(&not_run(tr))
+}
+
+/// `o` for the duplicate rule, as having run once it has begun to (`starting`).
+fn as_starting<'a>(o: &'a TaskRun, starting: &dyn Fn(&str) -> bool) -> Existing<'a> {
+    let mut e = Existing::of(o);
+    e.has_run = e.has_run || starting(e.uid);
+    e
 }
 
 /// `tr` for the duplicate rule, as one that has not run: its status may be a lagging cache's,
@@ -568,12 +599,12 @@ mod tests {
     }
 
     fn instead(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
-        runs_instead_of(tr, false, cached)
+        runs_instead_of(tr, false, &|_| false, cached)
     }
 
     /// The same, for a TaskRun that controls a child of its current version.
     fn instead_holding(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
-        runs_instead_of(tr, true, cached)
+        runs_instead_of(tr, true, &|_| false, cached)
     }
 
     /// `tr` with a status that ends its current version as `reason`, naming a Job or not.
@@ -639,6 +670,28 @@ mod tests {
         );
         // Nor does it make a later one hold before an earlier one.
         assert_eq!(instead_holding(&b, &[a.clone(), b.clone()]), None);
+    }
+
+    /// a was reconciled first and is creating its children; b, first by its uid, is
+    /// reconciled before the cache shows a's status. Without `Starting` both ran.
+    #[test]
+    fn one_that_has_begun_to_create_its_children_counts_as_having_run() {
+        let (a, b) = raced();
+        let b = at_version(b, 2);
+        let cached = [a.clone(), b.clone()];
+        assert_eq!(instead(&a, &cached).as_deref(), Some("b"), "b is first");
+        assert_eq!(instead(&b, &cached), None);
+        let a_starting = |uid: &str| uid == "uid-2";
+        assert_eq!(
+            runs_instead_of(&b, false, &a_starting, &cached).as_deref(),
+            Some("a")
+        );
+        // Starting or not, one that has run is first.
+        let b_ran = ran(b.clone());
+        assert_eq!(
+            runs_instead_of(&a, false, &a_starting, &[a.clone(), b_ran]).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]

@@ -793,6 +793,54 @@ async fn the_taskrun_holding_the_names_runs_though_its_duplicate_was_created_fir
     );
 }
 
+/// Two TaskRuns of one task created in the same second at different versions, as if both
+/// raced past the webhook: the first one's reconcile runs before the second is cached, and
+/// the second's before the first one's status is, so neither has run in the other's view
+/// and the duplicate rule's tie (creation times are whole seconds) falls to the uids. Half
+/// the pairs ran twice before the controller noted, in process, the TaskRuns that had begun
+/// to create their children (`reconcile::Starting`). Exactly one of each pair runs.
+#[tokio::test]
+async fn two_taskruns_of_a_task_created_together_at_different_versions_run_once() {
+    const PAIRS: i64 = 12;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dup-race").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    for id in 1..=PAIRS {
+        create(
+            &api,
+            &taskrun(&format!("a{id}"), "race", id, 1, &[("task.md", "x")]),
+        )
+        .await;
+        create(
+            &api,
+            &taskrun(&format!("b{id}"), "race", id, 2, &[("task.md", "x")]),
+        )
+        .await;
+    }
+    for id in 1..=PAIRS {
+        let (a, b) = (format!("a{id}"), format!("b{id}"));
+        let settled = |tr: &TaskRun| {
+            tr.status.as_ref().is_some_and(|s| s.job_name.is_some())
+                || condition(tr, "Succeeded") == Some(("False", "Duplicate"))
+        };
+        let a = wait_status(&api, &a, "a settled", settled).await;
+        let b = wait_status(&api, &b, "b settled", settled).await;
+        let ran: Vec<_> = [&a, &b]
+            .into_iter()
+            .filter(|tr| tr.status.as_ref().is_some_and(|s| s.job_name.is_some()))
+            .map(|tr| tr.name_any())
+            .collect();
+        assert_eq!(ran.len(), 1, "task {id}: {ran:?} ran");
+    }
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert_eq!(jobs.items.len(), PAIRS as usize, "one Job per task");
+}
+
 #[tokio::test]
 async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     let cp = ControlPlane::shared();
