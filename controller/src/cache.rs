@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -138,6 +139,11 @@ fn controller_of<'a>(
     (tr.metadata.uid.as_deref() == Some(owner.uid.as_str())).then_some((tr, owner.uid.as_str()))
 }
 
+/// Whether `store` has been listed (it is not until its watch's first list is done).
+fn listed<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
 /// True for a Job still running (not finished, not being deleted) other than `current`, the
 /// Job of its TaskRun's version: one of a version that the current one replaces.
 pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
@@ -247,8 +253,14 @@ impl WrittenStatus {
         }
     }
 
-    /// Called for every TaskRun the watch delivers: drops the entry the cache now shows.
-    pub fn seen(&self, tr: &TaskRun) {
+    /// Called for every event of the TaskRun watch: drops the entry the cache now shows. Not
+    /// for a list's objects (`InitApply`): the reflector puts those in the cache only when the
+    /// whole list is in, and until then reconciles (of a Job's event, a retry) still read the
+    /// cache from before; the reconcile's `latest` drops those entries once the cache has them.
+    pub fn seen(&self, event: &kube::runtime::watcher::Event<TaskRun>) {
+        let kube::runtime::watcher::Event::Apply(tr) = event else {
+            return;
+        };
         let (Some(uid), Some(shown)) = (tr.metadata.uid.as_deref(), tr.status.as_ref()) else {
             return;
         };
@@ -385,13 +397,19 @@ impl Departed {
     /// Called for every Job the watch reports deleted; keeps it only if it had finished and
     /// the TaskRun controlling it is in `taskruns` and not being deleted. A deleted TaskRun's
     /// Jobs (thousands at once in a mass deletion) have no reconcile left to read them.
+    /// Before the TaskRuns are first listed in a term (paged, that takes seconds at thousands,
+    /// while the Job watch runs), the owner cannot be told, and every finished Job is kept:
+    /// dropped, a Job that ended and was removed by its TTL in that window would leave its
+    /// TaskRun to be reported `JobLost`.
     pub fn record(&self, job: &CachedJob, taskruns: &Store<TaskRun>) {
         let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone())
         else {
             return;
         };
-        let owner_lives = controller_of(&job.metadata, taskruns)
-            .is_some_and(|(tr, _)| tr.metadata.deletion_timestamp.is_none());
+        let owner_lives = match controller_of(&job.metadata, taskruns) {
+            Some((tr, _)) => tr.metadata.deletion_timestamp.is_none(),
+            None => !listed(taskruns),
+        };
         let finished = status::job_outcome(&name, job.status.as_ref())
             .phase
             .is_final();
@@ -572,13 +590,17 @@ mod tests {
         assert_eq!(written.len(), 0);
 
         // The watch delivering the written status drops the entry too.
+        use kube::runtime::watcher::Event;
         written.record("u", running.clone());
         let mut tr = taskrun(1, Some(recorded(1)));
         tr.metadata.uid = Some("u".into());
-        written.seen(&tr);
+        written.seen(&Event::Apply(tr.clone()));
         assert_eq!(written.len(), 1);
-        tr.status = Some(running);
-        written.seen(&tr);
+        tr.status = Some(running.clone());
+        // Not a list's: the cache shows it only once the whole list is in.
+        written.seen(&Event::InitApply(tr.clone()));
+        assert_eq!(written.latest("u", Some(&recorded(1))), running);
+        written.seen(&Event::Apply(tr));
         assert_eq!(written.len(), 0);
     }
 
@@ -681,9 +703,26 @@ mod tests {
         let departed = Departed::new(Duration::from_secs(300));
         departed.record(&job("done", Some("Complete")), &owners(true));
         assert!(departed.get("ns", "done").is_none());
-        let (nobody, _writer) = kube::runtime::reflector::store::<TaskRun>();
+        let (nobody, mut writer) = kube::runtime::reflector::store::<TaskRun>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
         departed.record(&job("done", Some("Complete")), &nobody);
         assert!(departed.get("ns", "done").is_none());
+    }
+
+    /// At the start of a term the Job watch runs while the TaskRuns are still being listed:
+    /// a finished Job deleted then is kept, its owner unknown yet.
+    #[test]
+    fn a_finished_job_deleted_before_the_taskruns_are_listed_is_kept() {
+        let departed = Departed::new(Duration::from_secs(300));
+        let (unlisted, _writer) = kube::runtime::reflector::store::<TaskRun>();
+        departed.record(&job("done", Some("Complete")), &unlisted);
+        assert!(departed.get("ns", "done").is_some());
+        departed.record(&job("running", None), &unlisted);
+        assert!(
+            departed.get("ns", "running").is_none(),
+            "only finished ones"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -288,12 +288,10 @@ async fn run_controller(
     // (relist.rs).
     let taskrun_events = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
-        .modify({
+        .modify(cache::trim_taskrun)
+        .inspect_ok({
             let written = written.clone();
-            move |tr| {
-                written.seen(tr);
-                cache::trim_taskrun(tr);
-            }
+            move |event| written.seen(event)
         })
         .reflect(writer);
     let stream = relist::when_listed(taskrun_events, reader.clone())

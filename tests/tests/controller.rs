@@ -798,7 +798,7 @@ async fn the_taskrun_holding_the_names_runs_though_its_duplicate_was_created_fir
 /// the second's before the first one's status is, so neither has run in the other's view
 /// and the duplicate rule's tie (creation times are whole seconds) falls to the uids. Half
 /// the pairs ran twice before the controller noted, in process, the TaskRuns that had begun
-/// to create their children (`reconcile::Starting`). Exactly one of each pair runs.
+/// to create their children (`controller/src/starting.rs`). Exactly one of each pair runs.
 #[tokio::test]
 async fn two_taskruns_of_a_task_created_together_at_different_versions_run_once() {
     const PAIRS: i64 = 12;
