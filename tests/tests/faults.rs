@@ -667,6 +667,68 @@ fn pid_with_arg(arg: &str) -> u32 {
         .unwrap_or_else(|| panic!("no process with argument {arg}"))
 }
 
+/// While the webhook's index re-lists after losing its watch, a create is answered 503 with
+/// `Retry-After: 1`. The API server's webhook client retries a 5xx only when told when to,
+/// and then within the webhook's timeout (5 s): the create is admitted a second later instead
+/// of failing with "failed calling webhook" (as it did without the header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_while_the_index_relists_is_retried_by_the_api_server() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-retry-after").await;
+    identity::apply_rbac(cp);
+    let user = identity::service_account_user(identity::WEBHOOK_SERVICE_ACCOUNT);
+    let proxy = FaultProxy::start(cp, &user).await;
+    let webhook = Webhook::start_with_kubeconfig(&[], &proxy.kubeconfig).await;
+    webhook.register(cp).await;
+    let failures = || {
+        webhook
+            .metric("taskrun_webhook_index_watch_failures_total")
+            .unwrap_or(0.0)
+    };
+    let not_synced = || {
+        webhook
+            .metric(r#"taskrun_webhook_requests_total{route="validate",operation="CREATE",result="error"}"#)
+            .unwrap_or(0.0)
+    };
+    let before = (failures(), not_synced());
+    proxy.go_away();
+    wait_for("the index to lose its watch", WAIT, || async {
+        (failures() > before.0).then_some(())
+    })
+    .await;
+    let back = tokio::spawn({
+        let away = Duration::from_millis(300);
+        let proxy_back = proxy.back_handle();
+        async move {
+            tokio::time::sleep(away).await;
+            proxy_back();
+        }
+    });
+    let api: Api<TaskRun> = Api::namespaced(client, &ns);
+    let started = Instant::now();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &taskrun("retried", "retry-after", 1),
+        )
+        .await;
+    let took = started.elapsed();
+    back.await.expect("the proxy comes back");
+    let refused_first = not_synced() - before.1;
+    drop(webhook);
+    // Later tests find the shared webhook registered again, whatever happened here.
+    Webhook::shared(cp).await.register(cp).await;
+    let created = created.unwrap_or_else(|e| panic!("refused after {took:?}: {e}"));
+    assert_eq!(created.name_any(), "retried");
+    assert!(
+        refused_first >= 1.0,
+        "the index was synced at the first call ({took:?}): nothing was retried"
+    );
+    eprintln!("admitted after {took:?}, {refused_first} calls answered 503 first");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_delete_churn_leaks_no_memory_and_orphans_nothing() {
     let count = env_usize("TASKRUN_CHURN_COUNT", 200);
@@ -1411,6 +1473,12 @@ impl FaultProxy {
 
     fn come_back(&self) {
         self.away.store(false, Ordering::Relaxed);
+    }
+
+    /// `come_back`, for a task that outlives the borrow.
+    fn back_handle(&self) -> impl FnOnce() + Send + 'static {
+        let away = self.away.clone();
+        move || away.store(false, Ordering::Relaxed)
     }
 
     fn close_window(&self) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use http_body_util::Full;
 use hyper::body::{Body, Bytes};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::admission::{self, Hook};
@@ -147,11 +147,15 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         if req.method() != Method::POST {
-            return error(
+            let (mut response, operation, outcome) = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 format!("use POST with an AdmissionReview, not {}", req.method()),
             );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return (response, operation, outcome);
         }
         let json = req
             .headers()
@@ -293,17 +297,29 @@ fn error(status: StatusCode, reason: &str, message: String) -> Reply {
     (json_response(status, body), "", Outcome::error)
 }
 
+/// A 503 (the index not synced, too many bodies being read) says when to ask again: the API
+/// server's webhook client (client-go) retries a 5xx only when it carries `Retry-After`, and
+/// then does so within the webhook's timeout, so a create made while the index re-lists is
+/// admitted a second later instead of failing with "failed calling webhook".
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

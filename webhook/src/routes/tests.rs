@@ -53,6 +53,23 @@ fn post(path: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Full<B
     b.body(Full::new(Bytes::from(body))).expect("request")
 }
 
+/// A header of the answer to `req`.
+async fn header_of<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    listener: Listener,
+    name: &str,
+) -> Option<String>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let response = app.clone().handle(req, listener).await.expect("infallible");
+    let value = response.headers().get(name)?;
+    Some(value.to_str().expect("an ASCII header").to_owned())
+}
+
 async fn call<B>(app: &Arc<App>, req: Request<B>, listener: Listener) -> (StatusCode, Value)
 where
     B: Body + Send + 'static,
@@ -146,12 +163,20 @@ async fn only_admission_calls_count_under_the_admission_routes() {
 #[tokio::test]
 async fn wrong_method_content_type_and_size_are_refused() {
     let app = app(true);
-    let get = Request::get("/mutate")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let get = || {
+        Request::get("/mutate")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
     assert_eq!(
-        call(&app, get, Listener::Tls).await.0,
+        call(&app, get(), Listener::Tls).await.0,
         StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        header_of(&app, get(), Listener::Tls, "allow")
+            .await
+            .as_deref(),
+        Some("POST")
     );
     let (status, body) = call(
         &app,
@@ -295,6 +320,14 @@ async fn validation_waits_for_the_index() {
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The API server's webhook client asks again only when told when to.
+    let create = post("/validate", Some("application/json"), review());
+    assert_eq!(
+        header_of(&app, create, Listener::Tls, "retry-after")
+            .await
+            .as_deref(),
+        Some("1")
+    );
     // Only a create asks the index: an update (the controller's finalizer, a user's edit)
     // is answered while it re-syncs.
     let mut update: Value = serde_json::from_slice(&review()).expect("json");
@@ -374,6 +407,12 @@ async fn ready_only_with_a_certificate_and_a_synced_index_and_not_after_sigterm(
     let app = app(false);
     let (status, body) = call(&app, readyz(), Listener::Plain).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        header_of(&app, readyz(), Listener::Plain, "content-type")
+            .await
+            .as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
     assert!(
         body.as_str()
             .is_some_and(|b| b.contains("no serving certificate") && b.contains("not synced")),
