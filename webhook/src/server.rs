@@ -44,6 +44,10 @@ pub enum ServerError {
     Workers(std::io::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    /// A background task the answers depend on ended: exiting has the pod restarted, where
+    /// serving on would answer from an index or a certificate that no longer follows changes.
+    #[error("the {task} stopped ({why}); exiting so that the pod is restarted")]
+    Stopped { task: &'static str, why: String },
 }
 
 /// Bodies of the largest size held at once (8 MiB each by default, within the pod's 128 MiB
@@ -90,11 +94,35 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
     let client = kube::Client::try_from(kube_config)?;
     let index = Arc::new(Index::default());
-    tokio::spawn({
+    let follower = tokio::spawn({
         let (index, metrics) = (index.clone(), metrics.clone());
         async move { index::run(client, &index, &metrics).await }
     });
-    serve(config, index, metrics).await
+    unless_stopped(
+        serve(config, index, metrics),
+        follower,
+        "TaskRun index watch",
+    )
+    .await
+}
+
+/// Runs `serving` to its end, unless `task`, which it depends on and which should never end,
+/// ends first (a panic, say): then that is the error.
+async fn unless_stopped<T>(
+    serving: impl Future<Output = Result<(), ServerError>>,
+    task: tokio::task::JoinHandle<T>,
+    name: &'static str,
+) -> Result<(), ServerError> {
+    tokio::select! {
+        served = serving => served,
+        ended = task => Err(ServerError::Stopped {
+            task: name,
+            why: match ended {
+                Ok(_) => "it returned".into(),
+                Err(e) => e.to_string(),
+            },
+        }),
+    }
 }
 
 /// Serves admission with `index` as the duplicate index, however it is fed (by the watch in
@@ -108,12 +136,22 @@ pub async fn serve(
         config.cert_dir.join("tls.crt"),
         config.cert_dir.join("tls.key"),
     ));
-    tokio::spawn(tls::watch(
+    let cert_watch = tokio::spawn(tls::watch(
         certs.clone(),
         config.cert_poll_interval,
         metrics.clone(),
     ));
+    let serving = serve_with(config, index, metrics, certs);
+    unless_stopped(serving, cert_watch, "certificate watch").await
+}
 
+/// [`serve`] once the certificate is being watched.
+async fn serve_with(
+    config: Config,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+    certs: Arc<CertStore>,
+) -> Result<(), ServerError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
     let listener = bind(config.listen).await?;
     let plain = match config.metrics_listen.0 {
@@ -374,5 +412,31 @@ impl Signals {
             _ = self.term.recv() => tracing::info!("SIGTERM received"),
             _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServerError, unless_stopped};
+    use std::future::pending;
+
+    #[tokio::test]
+    async fn serving_ends_when_a_task_it_depends_on_stops() {
+        let panicked = tokio::spawn(async { panic!("a bug in the watch") });
+        let stopped = unless_stopped(pending(), panicked, "TaskRun index watch").await;
+        let Err(ServerError::Stopped { task, why }) = stopped else {
+            panic!("served on after the task panicked: {stopped:?}");
+        };
+        assert_eq!(task, "TaskRun index watch");
+        assert!(why.contains("panicked"), "{why}");
+        let returned = tokio::spawn(async {});
+        let stopped = unless_stopped(pending(), returned, "certificate watch").await;
+        assert!(stopped.is_err_and(|e| {
+            e.to_string()
+                .contains("certificate watch stopped (it returned)")
+        }));
+        // Serving that ends first (a signal) is the answer; the task runs on.
+        let runs_on = tokio::spawn(pending::<()>());
+        assert!(unless_stopped(async { Ok(()) }, runs_on, "x").await.is_ok());
     }
 }
