@@ -208,11 +208,18 @@ pub struct ChildRef {
 }
 
 impl ChildRef {
-    pub fn of(meta: &ObjectMeta) -> Self {
+    pub fn new(name: &str, uid: Option<&str>) -> Self {
         Self {
-            name: meta.name.clone().unwrap_or_default(),
-            uid: meta.uid.clone(),
+            name: name.to_owned(),
+            uid: uid.map(str::to_owned),
         }
+    }
+
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref(),
+        )
     }
 }
 
@@ -253,13 +260,20 @@ impl WrittenStatus {
         }
     }
 
-    /// Called for every event of the TaskRun watch: drops the entry the cache now shows. Not
+    /// Called for every event of the TaskRun watch: drops the entry the cache now shows, or
+    /// of a TaskRun gone (perhaps without a last reconcile: its finalizer removed by hand). Not
     /// for a list's objects (`InitApply`): the reflector puts those in the cache only when the
     /// whole list is in, and until then reconciles (of a Job's event, a retry) still read the
     /// cache from before; the reconcile's `latest` drops those entries once the cache has them.
     pub fn seen(&self, event: &kube::runtime::watcher::Event<TaskRun>) {
-        let kube::runtime::watcher::Event::Apply(tr) = event else {
-            return;
+        use kube::runtime::watcher::Event;
+        let tr = match event {
+            Event::Apply(tr) => tr,
+            Event::Delete(tr) => {
+                self.forget(tr.metadata.uid.as_deref().unwrap_or_default());
+                return;
+            }
+            _ => return,
         };
         let (Some(uid), Some(shown)) = (tr.metadata.uid.as_deref(), tr.status.as_ref()) else {
             return;
@@ -268,6 +282,13 @@ impl WrittenStatus {
         if map.get(uid).is_some_and(|w| !status::differs(shown, w)) {
             map.remove(uid);
         }
+    }
+
+    /// Whether the status last written for `uid`, which the cache does not show yet, names a
+    /// Job.
+    pub fn names_a_job(&self, uid: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uid).is_some_and(|s| s.job_name.is_some())
     }
 
     pub fn record(&self, uid: &str, written: TaskRunStatus) {
@@ -346,10 +367,7 @@ impl Superseded {
         map.get(uid)
             .into_iter()
             .flatten()
-            .map(|(name, uid)| ChildRef {
-                name: name.clone(),
-                uid: uid.clone(),
-            })
+            .map(|(name, uid)| ChildRef::new(name, uid.as_deref()))
             .collect()
     }
 
@@ -600,7 +618,11 @@ mod tests {
         // Not a list's: the cache shows it only once the whole list is in.
         written.seen(&Event::InitApply(tr.clone()));
         assert_eq!(written.latest("u", Some(&recorded(1))), running);
-        written.seen(&Event::Apply(tr));
+        written.seen(&Event::Apply(tr.clone()));
+        assert_eq!(written.len(), 0);
+        // Deleted: gone, whatever it showed.
+        written.record("u", recorded(2));
+        written.seen(&Event::Delete(tr));
         assert_eq!(written.len(), 0);
     }
 

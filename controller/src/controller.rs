@@ -53,7 +53,7 @@ pub struct Ctx {
     pub children: Children,
     pub written: Arc<WrittenStatus>,
     /// TaskRuns creating their children whose cached status does not show it yet.
-    pub starting: Starting,
+    pub starting: Arc<Starting>,
     /// The TaskRun cache the Controller reconciles from.
     pub taskruns: Store<TaskRun>,
 }
@@ -277,6 +277,7 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
+    let starting = Arc::new(Starting::default());
     // TaskRuns are listed in small pages, and at the latest resourceVersion: an API server
     // without pagination from its cache (KEP-4988, recent releases) answers a list at any
     // resourceVersion whole from the cache, ignoring the page size, and all the TaskRuns at
@@ -290,8 +291,11 @@ async fn run_controller(
         .backoff(backoff::watch())
         .modify(cache::trim_taskrun)
         .inspect_ok({
-            let written = written.clone();
-            move |event| written.seen(event)
+            let (written, starting) = (written.clone(), starting.clone());
+            move |event| {
+                written.seen(event);
+                starting.seen(event);
+            }
         })
         .reflect(writer);
     let stream = relist::when_listed(taskrun_events, reader.clone())
@@ -341,7 +345,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         children: Children::new(job_reader, cm_reader, departed, superseded),
         written,
-        starting: Starting::default(),
+        starting,
         taskruns: reader.clone(),
     });
 

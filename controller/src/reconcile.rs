@@ -102,9 +102,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<TaskRun> = Api::namespaced(ctx.base.client.clone(), &ns);
     let has_finalizer = tr.finalizers().iter().any(|f| f == FINALIZER);
-    let uid = tr.meta().uid.as_deref();
     if tr.meta().deletion_timestamp.is_some() {
-        ctx.starting.settled(uid.unwrap_or_default());
         if has_finalizer {
             cleanup(tr, ctx, &ns).await?;
             set_finalizer(&api, tr, false).await?;
@@ -115,10 +113,8 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         set_finalizer(&api, tr, true).await?;
     }
 
+    let uid = tr.meta().uid.as_deref();
     let version = tr.spec.context_version;
-    if Existing::of(tr).has_run || status::is_final_for(tr.status.as_ref(), version) {
-        ctx.starting.settled(uid.unwrap_or_default());
-    }
     let prev = ctx
         .written
         .latest(uid.unwrap_or_default(), tr.status.as_ref());
@@ -440,9 +436,9 @@ async fn write_status(
     writes::apply_status(api, &name, FIELD_MANAGER, next).await?;
     if let Some(uid) = tr.meta().uid.as_deref() {
         ctx.written.record(uid, next.clone());
-        // Its version ended without running (a Duplicate, say): from now it holds nothing for
-        // the others, though the cache shows it as starting still (`Starting`).
-        if next.job_name.is_none() && status::is_final_for(Some(next), tr.spec.context_version) {
+        // It runs (the status names its Job), or its version ended: from now what was written,
+        // then the cache, tell the others (`Starting`).
+        if next.job_name.is_some() || status::is_final_for(Some(next), tr.spec.context_version) {
             ctx.starting.settled(uid);
         }
     }
@@ -492,7 +488,10 @@ async fn runs_instead(tr: &TaskRun, ctx: &Ctx, job_name: &str, cm_name: &str) ->
     let holds_a_child = cm.is_some_and(|c| cache::controlled_by(&c.metadata, uid))
         || job.is_some_and(|j| cache::controlled_by(&j.metadata, uid));
     ctx.starting
-        .unless_another_runs(uid.unwrap_or_default(), |starting| {
+        .unless_another_runs(uid.unwrap_or_default(), |noted| {
+            // Begun to run: noted, or with a written status naming its Job that the cache does
+            // not show yet.
+            let starting = &|u: &str| noted(u) || ctx.written.names_a_job(u);
             ctx.taskruns
                 .find(|o| holds_instead(o, tr, holds_a_child, starting))?;
             runs_instead_of(
@@ -517,7 +516,7 @@ fn runs_instead_of<'a>(
     let before: Vec<Existing<'_>> = cached
         .into_iter()
         .filter(|o| holds_instead(o, tr, holds_a_child, starting))
-        .map(|o| as_starting(o, starting))
+        .map(|o| counting_starting(o, starting))
         .collect();
     find_duplicate(not_run(tr).name, before).map(str::to_owned)
 }
@@ -532,7 +531,9 @@ fn runs_instead_of<'a>(
 ///   not run, at the same version: the names of that version are `tr`'s, so the other one
 ///   cannot get them (its reconcile finds them taken and fails it as a Duplicate of `tr`).
 ///
-/// One that has begun to create its children (`starting`) counts as having run.
+/// Of the others, one that has begun to create its children (`starting`) comes first as if it
+/// had run; the exceptions above go by its status alone (a noted one that has not run, at
+/// `tr`'s version, still cannot take the names `tr` holds).
 fn holds_instead(
     o: &TaskRun,
     tr: &TaskRun,
@@ -542,8 +543,7 @@ fn holds_instead(
     if !o.same_task(tr) {
         return false;
     }
-    let other = as_starting(o, starting);
-    if !other.has_run {
+    if !Existing::of(o).has_run {
         if status::is_final_for(o.status.as_ref(), o.spec.context_version) {
             return false;
         }
@@ -551,11 +551,11 @@ fn holds_instead(
             return false;
         }
     }
-    other.holds_before(&not_run(tr))
+    counting_starting(o, starting).holds_before(&not_run(tr))
 }
 
 /// `o` for the duplicate rule, as having run once it has begun to (`starting`).
-fn as_starting<'a>(o: &'a TaskRun, starting: &dyn Fn(&str) -> bool) -> Existing<'a> {
+fn counting_starting<'a>(o: &'a TaskRun, starting: &dyn Fn(&str) -> bool) -> Existing<'a> {
     let mut e = Existing::of(o);
     e.has_run = e.has_run || starting(e.uid);
     e
@@ -690,6 +690,22 @@ mod tests {
         let b_ran = ran(b.clone());
         assert_eq!(
             runs_instead_of(&a, false, &a_starting, &[a.clone(), b_ran]).as_deref(),
+            Some("b")
+        );
+    }
+
+    /// b, first by its uid, was noted as starting; a already holds the names of their one
+    /// version (its ConfigMap made, its Job refused). a must not yield: b's claim finds the
+    /// names a's and fails b, and were a to yield too, nothing would run.
+    #[test]
+    fn one_starting_does_not_take_the_names_another_holds() {
+        let (a, b) = raced();
+        let b_starting = |uid: &str| uid == "uid-1";
+        let cached = [a.clone(), b.clone()];
+        assert_eq!(runs_instead_of(&a, true, &b_starting, &cached), None);
+        // Without the names, a yields to it.
+        assert_eq!(
+            runs_instead_of(&a, false, &b_starting, &cached).as_deref(),
             Some("b")
         );
     }

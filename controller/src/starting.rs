@@ -7,9 +7,10 @@
 //! and when the tie falls to the one created second, both ran. So a TaskRun that has not run
 //! asks whether another runs instead, and is noted as starting, under one lock; a TaskRun noted
 //! here counts as having run for the others' asking (`reconcile::runs_instead`). An entry goes
-//! once the cache shows the TaskRun's status naming a Job or ending its version, or the
-//! TaskRun is deleted: the set is empty but for TaskRuns between their first reconcile and the
-//! echo of their status write.
+//! once a status naming its Job or ending its version is written (from then the written status,
+//! `cache::WrittenStatus`, then the cache tell the others), or once the TaskRun is deleted: the
+//! set holds only TaskRuns between their first reconcile and that write, and those waiting for
+//! a name or refused a create.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -48,6 +49,14 @@ impl Starting {
         }
     }
 
+    /// Called for every event of the TaskRun watch: a TaskRun deleted is settled, even one
+    /// that had no last reconcile (its finalizer removed by hand).
+    pub fn seen(&self, event: &kube::runtime::watcher::Event<taskrun::TaskRun>) {
+        if let kube::runtime::watcher::Event::Delete(tr) = event {
+            self.settled(tr.metadata.uid.as_deref().unwrap_or_default());
+        }
+    }
+
     #[cfg(test)]
     pub fn contains(&self, uid: &str) -> bool {
         self.0
@@ -80,5 +89,16 @@ mod tests {
             None
         );
         assert!(starting.contains("b"));
+        // Deleted without a last reconcile: gone from the set too.
+        let gone: taskrun::TaskRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": "b", "namespace": "ns", "uid": "b"},
+            "spec": {"taskId": 1, "serviceName": "svc", "markdownFiles": []},
+        }))
+        .expect("a TaskRun");
+        starting.seen(&kube::runtime::watcher::Event::Apply(gone.clone()));
+        assert!(starting.contains("b"));
+        starting.seen(&kube::runtime::watcher::Event::Delete(gone));
+        assert!(!starting.contains("b"));
     }
 }

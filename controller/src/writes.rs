@@ -61,9 +61,18 @@ where
     });
     match api.delete(name, &params).await {
         Ok(_) => Ok(true),
-        Err(Error::Api(s)) if s.code == 404 || (s.code == 409 && uid.is_some()) => Ok(false),
+        Err(Error::Api(s)) if s.code == 404 || uid.is_some_and(|uid| replaced(&s, uid)) => {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
+}
+
+/// The API server's answer to a delete whose precondition `uid` is not the object's: a 409
+/// naming that uid ("the UID in the precondition (…) does not match the UID in record (…)").
+/// An admission webhook may deny a delete with 409 too, and that is an error to retry.
+fn replaced(s: &kube::core::Status, uid: &str) -> bool {
+    s.code == 409 && s.message.contains(uid)
 }
 
 fn create_request<K: Serialize>(url: &str, object: &K) -> Result<HttpRequest, Error> {
@@ -125,6 +134,25 @@ mod tests {
     use taskrun::Phase;
 
     const URL: &str = "/apis/orchestrator.io/v1/namespaces/ns/taskruns";
+
+    #[test]
+    fn only_a_failed_uid_precondition_counts_as_replaced() {
+        use kube::core::Status;
+        // As kube-apiserver 1.37 words it (the e2e test deletes through it).
+        let precondition = Status::failure(
+            "Operation cannot be fulfilled on ConfigMap \"c\": the UID in the precondition (uid-a) \
+             does not match the UID in record (uid-b). The object might have been deleted and then recreated",
+            "Conflict",
+        )
+        .with_code(409);
+        assert!(replaced(&precondition, "uid-a"));
+        let denied = Status::failure(
+            "admission webhook \"x\" denied the request: frozen",
+            "Conflict",
+        )
+        .with_code(409);
+        assert!(!replaced(&denied, "uid-a"), "a denial is an error to retry");
+    }
 
     fn accept(r: &HttpRequest) -> &str {
         r.headers()

@@ -135,10 +135,7 @@ fn superseded(
     if let Some(named) = prev.job_name.as_deref().filter(|_| unfinished_before) {
         let cached_already = cached.iter().any(|c| c.name_any() == named);
         if named != current && !cached_already {
-            names.push(ChildRef {
-                name: named.to_owned(),
-                uid: None,
-            });
+            names.push(ChildRef::new(named, None));
         }
     }
     names
