@@ -1,0 +1,342 @@
+//! What the controller keeps in memory of TaskRuns and their children, and how little.
+//!
+//! Reconciles read children from these caches instead of asking the API server, so a reconcile
+//! that finds everything in place makes no API call at all. The caches are only read; nothing
+//! trimmed here is ever written back.
+//!
+//! Here: the children's stores (`Children`), how a child is cached and judged, and the trimming.
+//! Beside the stores, what the watches alone would lose: `WrittenStatus` (this controller's
+//! status writes the cache does not show yet), `Superseded` (Jobs of older versions that came
+//! late) and `Departed` (finished Jobs deleted a moment ago).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Deserialize;
+use taskrun::TaskRun;
+use tokio::sync::watch;
+
+use crate::status;
+
+mod departed;
+#[cfg(test)]
+mod fixtures;
+mod superseded;
+mod written;
+
+pub use departed::Departed;
+pub use superseded::Superseded;
+pub use written::WrittenStatus;
+
+/// The children this controller has seen, by their watches (Jobs as metadata and status,
+/// ConfigMaps as metadata only).
+#[derive(Clone)]
+pub struct Children {
+    jobs: Store<CachedJob>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    departed: Arc<Departed>,
+    superseded: Arc<Superseded>,
+    ready: watch::Receiver<bool>,
+}
+
+impl Children {
+    /// The caches of two watches that something else drives (the Controller, through its
+    /// owned streams).
+    pub fn new(
+        jobs: Store<CachedJob>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        departed: Arc<Departed>,
+        superseded: Arc<Superseded>,
+    ) -> Self {
+        // kube-runtime's `Store::wait_until_ready` wakes only the last of several concurrent
+        // waiters (one oneshot receiver), so one task waits there and tells everyone else.
+        let (tx, ready) = watch::channel(false);
+        let (j, c) = (jobs.clone(), config_maps.clone());
+        tokio::spawn(async move {
+            // An error means the watch is gone with its writer (the controller is stopping).
+            let _ = j.wait_until_ready().await;
+            let _ = c.wait_until_ready().await;
+            let _ = tx.send(true);
+        });
+        Self {
+            jobs,
+            config_maps,
+            departed,
+            superseded,
+            ready,
+        }
+    }
+
+    /// Waits until both watches have listed once (at once, after the first time), so that no
+    /// read below takes a child it has not seen yet for a missing one (at start-up: a Job
+    /// created again, a superseded Job left running).
+    async fn ready(&self) {
+        let _ = self.ready.clone().wait_for(|ready| *ready).await;
+    }
+
+    /// The Job by that name: cached, or finished and deleted a moment ago (`Departed`).
+    pub async fn job(&self, namespace: &str, name: &str) -> Option<Arc<CachedJob>> {
+        self.ready().await;
+        self.jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .or_else(|| self.departed.get(namespace, name))
+    }
+
+    /// Called once a status built from the Job by that name is written: a finished Job
+    /// deleted a moment ago is no longer needed (`Departed`).
+    pub fn written_from_job(&self, namespace: &str, name: &str) {
+        self.departed.forget(namespace, name);
+    }
+
+    pub async fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<ConfigMap>>> {
+        self.ready().await;
+        self.config_maps
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Unfinished Jobs of an older version of the TaskRun `uid` that the Job watch brought,
+    /// or that were cached when the first reconcile of this term asked (`Superseded`), until
+    /// `stopped`.
+    pub async fn superseded_of(&self, uid: &str, taskruns: &Store<TaskRun>) -> Vec<ChildRef> {
+        self.ready().await;
+        self.superseded.sweep_once(&self.jobs, taskruns);
+        self.superseded.of(uid)
+    }
+
+    /// The Job by that name of the TaskRun `uid` is deleted (or gone).
+    pub fn stopped(&self, uid: &str, name: &str) {
+        self.superseded.forget(uid, Some(name));
+    }
+
+    /// The TaskRun `uid` is gone: nothing of it is to be stopped any more.
+    pub fn forget_superseded(&self, uid: &str) {
+        self.superseded.forget(uid, None);
+    }
+
+    /// The cached Jobs the TaskRun `uid` controls. A child created a moment ago may not be
+    /// cached yet; what a deletion misses, the garbage collector removes by owner reference.
+    pub async fn jobs_of(&self, uid: &str) -> Vec<Arc<CachedJob>> {
+        self.ready().await;
+        controlled(&self.jobs, uid)
+    }
+
+    /// The cached ConfigMaps the TaskRun `uid` controls (see [`Children::jobs_of`]).
+    pub async fn config_maps_of(&self, uid: &str) -> Vec<Arc<PartialObjectMeta<ConfigMap>>> {
+        self.ready().await;
+        controlled(&self.config_maps, uid)
+    }
+}
+
+/// The TaskRun that controls a child, as cached (and its uid), if it is the one the child's
+/// controller reference names.
+fn controller_of<'a>(
+    meta: &'a ObjectMeta,
+    taskruns: &Store<TaskRun>,
+) -> Option<(Arc<TaskRun>, &'a str)> {
+    let owner = controller_ref(meta)?;
+    let ns = meta.namespace.as_deref()?;
+    let tr = taskruns.get(&ObjectRef::new(&owner.name).within(ns))?;
+    (tr.metadata.uid.as_deref() == Some(owner.uid.as_str())).then_some((tr, owner.uid.as_str()))
+}
+
+/// Whether `store` has been listed (it is not until its watch's first list is done).
+fn listed<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// True for a Job still running (not finished, not being deleted) other than `current`, the
+/// Job of its TaskRun's version: one of a version that the current one replaces.
+pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    name != current
+        && job.metadata.deletion_timestamp.is_none()
+        && !status::job_outcome(name, job.status.as_ref())
+            .phase
+            .is_final()
+}
+
+fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
+    let mut children = store.state();
+    children.retain(|c| controlled_by(c.meta(), Some(uid)));
+    children
+}
+
+/// A Job as the reconciler reads it: who controls it, whether it is going away, and its
+/// status. Read from the watch as such (the spec is skipped while parsing): a `Job` value is
+/// 2.6 KB before any of its strings, even without its spec.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CachedJob {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: Option<JobStatus>,
+}
+
+impl Resource for CachedJob {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Job::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Job::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Job::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Job::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A child by name, with the uid it had when the cache saw it (the delete's precondition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRef {
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl ChildRef {
+    pub fn new(name: &str, uid: Option<&str>) -> Self {
+        Self {
+            name: name.to_owned(),
+            uid: uid.map(str::to_owned),
+        }
+    }
+
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref(),
+        )
+    }
+}
+
+/// The owner reference of `child` marked as its controller (the API server allows one).
+pub fn controller_ref(child: &ObjectMeta) -> Option<&OwnerReference> {
+    child
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+/// True when `child` is controlled by the TaskRun with `uid`.
+pub fn controlled_by(child: &ObjectMeta, uid: Option<&str>) -> bool {
+    controller_ref(child).is_some_and(|o| Some(o.uid.as_str()) == uid)
+}
+
+/// Drops what the reconciler never reads from a cached TaskRun: managedFields and annotations
+/// (the last-applied annotation repeats the whole spec), and the markdown contents, which are
+/// most of a TaskRun and needed only to create the ConfigMap of a new version; for that the
+/// reconciler reads the TaskRun from the API server (`reconcile::with_files`). Kept, they
+/// would make 10,000 TaskRuns cost some 35 MB more.
+pub fn trim_taskrun(tr: &mut TaskRun) {
+    trim_unread(&mut tr.metadata);
+    tr.metadata.owner_references = None;
+    tr.spec.markdown_files = Vec::new();
+}
+
+pub fn trim_job(job: &mut CachedJob) {
+    trim_child(&mut job.metadata);
+}
+
+pub fn trim_config_map(cm: &mut PartialObjectMeta<ConfigMap>) {
+    trim_child(&mut cm.metadata);
+}
+
+/// A child is found by its name and judged by its controller reference and status; its
+/// resourceVersion is never read. Its uid stays: a delete names it as a precondition
+/// (`writes::delete_child`).
+fn trim_child(meta: &mut ObjectMeta) {
+    trim_unread(meta);
+    meta.resource_version = None;
+}
+
+/// What no reconcile reads of any cached object.
+fn trim_unread(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::fixtures::taskrun;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn the_cache_keeps_no_markdown_and_no_managed_fields() {
+        let mut tr = taskrun(1, None);
+        tr.metadata.managed_fields = Some(vec![Default::default()]);
+        trim_taskrun(&mut tr);
+        assert!(tr.spec.markdown_files.is_empty());
+        assert!(tr.metadata.managed_fields.is_none());
+        assert_eq!(tr.spec.context_version, 1);
+    }
+
+    #[test]
+    fn a_cached_child_keeps_its_name_uid_controller_and_age_only() {
+        let owner = OwnerReference {
+            api_version: "orchestrator.io/v1".into(),
+            kind: "TaskRun".into(),
+            name: "t".into(),
+            uid: "owner".into(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let created = Time(Timestamp::UNIX_EPOCH);
+        let mut job = CachedJob {
+            metadata: ObjectMeta {
+                name: Some("j".into()),
+                namespace: Some("ns".into()),
+                uid: Some("child".into()),
+                resource_version: Some("42".into()),
+                labels: Some([("a".to_owned(), "b".to_owned())].into()),
+                owner_references: Some(vec![owner]),
+                creation_timestamp: Some(created.clone()),
+                ..Default::default()
+            },
+            status: None,
+        };
+        trim_job(&mut job);
+        let m = &job.metadata;
+        // The uid is the precondition of the child's delete (`writes::delete_child`).
+        assert_eq!(
+            (m.uid.as_deref(), m.resource_version.as_deref()),
+            (Some("child"), None)
+        );
+        assert!(m.labels.is_none());
+        assert_eq!(m.name.as_deref(), Some("j"));
+        assert_eq!(m.creation_timestamp, Some(created));
+        assert!(controlled_by(m, Some("owner")));
+        // kube-runtime maps a child to its TaskRun by this reference: it stays whole.
+        let kept = &m.owner_references.as_ref().expect("owner reference")[0];
+        assert_eq!((kept.kind.as_str(), kept.name.as_str()), ("TaskRun", "t"));
+    }
+}

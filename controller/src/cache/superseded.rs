@@ -1,0 +1,141 @@
+//! Unfinished Jobs of older versions, as the Job watch brings them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, Once, PoisonError};
+
+use kube::runtime::reflector::Store;
+use taskrun::TaskRun;
+
+use super::{CachedJob, ChildRef, controller_of, runs_another_version};
+use crate::job;
+
+/// Unfinished Jobs of a version older than their TaskRun's, by the TaskRun's uid, as the Job
+/// watch brings them. The reconcile stops the older Jobs it finds in the cache until the
+/// status records the new version; a Job that reaches the cache only after that (its status
+/// write lost, then contextVersion raised and reconciled before the watch brought the Job)
+/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here
+/// and forgets it.
+pub struct Superseded {
+    jobs: Mutex<HashMap<String, BTreeMap<String, Option<String>>>>,
+    swept: Once,
+}
+
+impl Default for Superseded {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::default(),
+            swept: Once::new(),
+        }
+    }
+}
+
+impl Superseded {
+    /// Called for every Job the watch reports added or changed.
+    pub fn record(&self, job: &CachedJob, taskruns: &Store<TaskRun>) {
+        let Some(name) = job.metadata.name.as_deref() else {
+            return;
+        };
+        let Some((tr, uid)) = controller_of(&job.metadata, taskruns) else {
+            return;
+        };
+        if !runs_another_version(job, &job::child_names(&tr).0) {
+            return;
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_owned())
+            .or_default()
+            .insert(name.to_owned(), job.metadata.uid.clone());
+    }
+
+    /// Notes every cached Job `record` would, once per term (the first time it is called):
+    /// the Jobs listed when a term starts may come before the TaskRuns are cached, and are
+    /// noted by nobody else.
+    pub(super) fn sweep_once(&self, jobs: &Store<CachedJob>, taskruns: &Store<TaskRun>) {
+        self.swept.call_once(|| {
+            for job in jobs.state() {
+                self.record(&job, taskruns);
+            }
+        });
+    }
+
+    pub(super) fn of(&self, uid: &str) -> Vec<ChildRef> {
+        let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uid)
+            .into_iter()
+            .flatten()
+            .map(|(name, uid)| ChildRef::new(name, uid.as_deref()))
+            .collect()
+    }
+
+    /// Forgets one Job of the TaskRun `uid`, or all of them.
+    pub(super) fn forget(&self, uid: &str, name: Option<&str>) {
+        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(names) = map.get_mut(uid) else {
+            return;
+        };
+        if let Some(name) = name {
+            names.remove(name);
+        }
+        if name.is_none() || names.is_empty() {
+            map.remove(uid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::fixtures::{job, owner_at};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn unfinished_jobs_of_older_versions_are_noted_until_stopped() {
+        let store = owner_at(3, false);
+        let superseded = Superseded::default();
+        superseded.record(&job("svc-1-v1", None), &store);
+        superseded.record(&job("svc-1-v2", Some("Complete")), &store);
+        superseded.record(&job("svc-1-v3", None), &store);
+        let mut going = job("svc-1-v2", None);
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        superseded.record(&going, &store);
+        // Another TaskRun of that name (the owner's uid differs).
+        let mut stranger = job("svc-1-v2", None);
+        if let Some(o) = stranger.metadata.owner_references.as_mut() {
+            o[0].uid = "another".into();
+        }
+        superseded.record(&stranger, &store);
+        assert_eq!(
+            superseded.of("u"),
+            [ChildRef {
+                name: "svc-1-v1".into(),
+                uid: Some("uid-svc-1-v1".into()),
+            }],
+            "only the unfinished older one, with the uid its delete names"
+        );
+        superseded.forget("u", Some("svc-1-v1"));
+        assert!(superseded.of("u").is_empty());
+        superseded.record(&job("svc-1-v1", None), &store);
+        superseded.forget("u", None);
+        assert!(superseded.jobs.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn the_first_ask_of_a_term_notes_the_older_jobs_already_cached() {
+        let taskruns = owner_at(3, false);
+        let (jobs, mut job_writer) = kube::runtime::reflector::store();
+        for name in ["svc-1-v1", "svc-1-v3"] {
+            job_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job(name, None)));
+        }
+        let superseded = Superseded::default();
+        superseded.sweep_once(&jobs, &taskruns);
+        let names: Vec<String> = superseded.of("u").into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["svc-1-v1"]);
+        superseded.forget("u", Some("svc-1-v1"));
+        // Once a term: what was stopped is not noted again by a later ask.
+        superseded.sweep_once(&jobs, &taskruns);
+        assert!(superseded.of("u").is_empty());
+    }
+}
