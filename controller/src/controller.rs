@@ -290,14 +290,15 @@ async fn run_controller(
     let taskrun_events = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
         .modify(cache::trim_taskrun)
+        .reflect(writer)
+        // Once the cache holds what the event brought.
         .inspect_ok({
             let (written, starting) = (written.clone(), starting.clone());
             move |event| {
                 written.seen(event);
                 starting.seen(event);
             }
-        })
-        .reflect(writer);
+        });
     let stream = relist::when_listed(taskrun_events, reader.clone())
         .applied_objects()
         .predicate_filter(reconcile_trigger, PredicateConfig::default());

@@ -72,7 +72,7 @@ where
 /// naming that uid ("the UID in the precondition (…) does not match the UID in record (…)").
 /// An admission webhook may deny a delete with 409 too, and that is an error to retry.
 fn replaced(s: &kube::core::Status, uid: &str) -> bool {
-    s.code == 409 && s.message.contains(uid)
+    s.code == 409 && !uid.is_empty() && s.message.contains(uid)
 }
 
 fn create_request<K: Serialize>(url: &str, object: &K) -> Result<HttpRequest, Error> {
@@ -152,6 +152,10 @@ mod tests {
         )
         .with_code(409);
         assert!(!replaced(&denied, "uid-a"), "a denial is an error to retry");
+        assert!(
+            !replaced(&precondition, ""),
+            "no uid, no precondition to have failed"
+        );
     }
 
     fn accept(r: &HttpRequest) -> &str {

@@ -25,6 +25,7 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
         writes::delete_child(&config_maps, &cm.name_any(), cm.metadata.uid.as_deref()).await?;
     }
     ctx.written.forget(uid);
+    ctx.starting.settled(uid);
     ctx.children.forget_superseded(uid);
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())

@@ -40,13 +40,16 @@ pub(super) async fn stop_superseded(
         }
     }
     for ChildRef { name, uid: job_uid } in stop {
-        let job_uid = match job_uid {
+        let job_uid = match job_uid.filter(|u| !u.is_empty()) {
             Some(job_uid) => job_uid,
             // A Job named only by the status, which another writer may have set: deleted
             // only if this TaskRun controls it, and only that Job (by uid).
             None => match jobs.get_metadata_opt(&name).await? {
                 Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
-                    j.metadata.uid.unwrap_or_default()
+                    let Some(job_uid) = j.metadata.uid.filter(|u| !u.is_empty()) else {
+                        continue;
+                    };
+                    job_uid
                 }
                 found => {
                     if found.is_some() {
