@@ -489,34 +489,46 @@ async fn runs_instead(tr: &TaskRun, ctx: &Ctx, job_name: &str, cm_name: &str) ->
         || job.is_some_and(|j| cache::controlled_by(&j.metadata, uid));
     ctx.starting
         .unless_another_runs(uid.unwrap_or_default(), |noted| {
-            // Begun to run: noted, or with a written status naming its Job that the cache does
-            // not show yet.
-            let starting = &|u: &str| noted(u) || ctx.written.names_a_job(u);
+            let known = Known {
+                started: &|u| noted(u) || ctx.written.names_a_job(u),
+                ended_unrun: &|u, version| ctx.written.ended_unrun(u, version),
+            };
             ctx.taskruns
-                .find(|o| holds_instead(o, tr, holds_a_child, starting))?;
+                .find(|o| holds_instead(o, tr, holds_a_child, known))?;
             runs_instead_of(
                 tr,
                 holds_a_child,
-                starting,
+                known,
                 ctx.taskruns.state().iter().map(AsRef::as_ref),
             )
         })
 }
 
+/// What this controller knows of the other TaskRuns that its cache may not show yet.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    /// Whether the TaskRun of a uid has begun to run: noted as starting (`Starting`), or a
+    /// status naming its Job was written.
+    started: &'a dyn Fn(&str) -> bool,
+    /// Whether a status written for the TaskRun of a uid ended that version without running
+    /// it.
+    ended_unrun: &'a dyn Fn(&str, i64) -> bool,
+}
+
 /// Of `cached`, the TaskRun that runs instead of `tr`: of those of its identity that hold it
 /// before `tr` (`holds_instead`), the one the webhook names too (`taskrun::find_duplicate`).
 /// `holds_a_child`: `tr` controls a child of its current version (the cache shows it);
-/// `starting`: whether the TaskRun of a uid has begun to create its children (`Starting`).
+/// `known`: what the cache may not show yet of the others.
 fn runs_instead_of<'a>(
     tr: &TaskRun,
     holds_a_child: bool,
-    starting: &dyn Fn(&str) -> bool,
+    known: Known<'_>,
     cached: impl IntoIterator<Item = &'a TaskRun>,
 ) -> Option<String> {
     let before: Vec<Existing<'_>> = cached
         .into_iter()
-        .filter(|o| holds_instead(o, tr, holds_a_child, starting))
-        .map(|o| counting_starting(o, starting))
+        .filter(|o| holds_instead(o, tr, holds_a_child, known))
+        .map(|o| counting_started(o, known))
         .collect();
     find_duplicate(not_run(tr).name, before).map(str::to_owned)
 }
@@ -531,33 +543,31 @@ fn runs_instead_of<'a>(
 ///   not run, at the same version: the names of that version are `tr`'s, so the other one
 ///   cannot get them (its reconcile finds them taken and fails it as a Duplicate of `tr`).
 ///
-/// Of the others, one that has begun to create its children (`starting`) comes first as if it
-/// had run; the exceptions above go by its status alone (a noted one that has not run, at
-/// `tr`'s version, still cannot take the names `tr` holds).
-fn holds_instead(
-    o: &TaskRun,
-    tr: &TaskRun,
-    holds_a_child: bool,
-    starting: &dyn Fn(&str) -> bool,
-) -> bool {
+/// Of the others, one that has begun to run (`Known::started`) comes first as if it had run;
+/// the exceptions above go by its status, cached or just written (`Known::ended_unrun`), not by
+/// that (a noted one that has not run, at `tr`'s version, still cannot take the names `tr`
+/// holds).
+fn holds_instead(o: &TaskRun, tr: &TaskRun, holds_a_child: bool, known: Known<'_>) -> bool {
     if !o.same_task(tr) {
         return false;
     }
     if !Existing::of(o).has_run {
-        if status::is_final_for(o.status.as_ref(), o.spec.context_version) {
+        let version = o.spec.context_version;
+        let uid = o.meta().uid.as_deref().unwrap_or_default();
+        if status::is_final_for(o.status.as_ref(), version) || (known.ended_unrun)(uid, version) {
             return false;
         }
         if holds_a_child && o.spec.context_version == tr.spec.context_version {
             return false;
         }
     }
-    counting_starting(o, starting).holds_before(&not_run(tr))
+    counting_started(o, known).holds_before(&not_run(tr))
 }
 
-/// `o` for the duplicate rule, as having run once it has begun to (`starting`).
-fn counting_starting<'a>(o: &'a TaskRun, starting: &dyn Fn(&str) -> bool) -> Existing<'a> {
+/// `o` for the duplicate rule, as having run once it has begun to (`Known::started`).
+fn counting_started<'a>(o: &'a TaskRun, known: Known<'_>) -> Existing<'a> {
     let mut e = Existing::of(o);
-    e.has_run = e.has_run || starting(e.uid);
+    e.has_run = e.has_run || (known.started)(e.uid);
     e
 }
 
@@ -572,7 +582,7 @@ fn not_run(tr: &TaskRun) -> Existing<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{denied_by_admission, job_lost_applies, runs_instead_of};
+    use super::{Known, denied_by_admission, job_lost_applies, runs_instead_of};
     use taskrun::{Phase, TaskRun, TaskRunStatus};
 
     fn taskrun(name: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
@@ -598,13 +608,21 @@ mod tests {
         tr
     }
 
+    /// Nothing known beyond the cache.
+    fn cache_only() -> Known<'static> {
+        Known {
+            started: &|_| false,
+            ended_unrun: &|_, _| false,
+        }
+    }
+
     fn instead(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
-        runs_instead_of(tr, false, &|_| false, cached)
+        runs_instead_of(tr, false, cache_only(), cached)
     }
 
     /// The same, for a TaskRun that controls a child of its current version.
     fn instead_holding(tr: &TaskRun, cached: &[TaskRun]) -> Option<String> {
-        runs_instead_of(tr, true, &|_| false, cached)
+        runs_instead_of(tr, true, cache_only(), cached)
     }
 
     /// `tr` with a status that ends its current version as `reason`, naming a Job or not.
@@ -681,15 +699,39 @@ mod tests {
         let cached = [a.clone(), b.clone()];
         assert_eq!(instead(&a, &cached).as_deref(), Some("b"), "b is first");
         assert_eq!(instead(&b, &cached), None);
-        let a_starting = |uid: &str| uid == "uid-2";
+        let is_a = |u: &str| u == "uid-2";
+        let a_started = Known {
+            started: &is_a,
+            ..cache_only()
+        };
         assert_eq!(
-            runs_instead_of(&b, false, &a_starting, &cached).as_deref(),
+            runs_instead_of(&b, false, a_started, &cached).as_deref(),
             Some("a")
         );
-        // Starting or not, one that has run is first.
+        // Started or not, one that has run is first.
         let b_ran = ran(b.clone());
         assert_eq!(
-            runs_instead_of(&a, false, &a_starting, &[a.clone(), b_ran]).as_deref(),
+            runs_instead_of(&a, false, a_started, &[a.clone(), b_ran]).as_deref(),
+            Some("b")
+        );
+    }
+
+    /// b, first by its uid, just failed without running (its written status says so; the
+    /// cache does not show it yet): a does not yield to it, or neither would run.
+    #[test]
+    fn one_whose_written_status_ended_without_running_holds_nothing() {
+        let (a, b) = raced();
+        let cached = [a.clone(), b.clone()];
+        assert_eq!(instead(&a, &cached).as_deref(), Some("b"));
+        let b_ended = Known {
+            ended_unrun: &|u, version| u == "uid-1" && version == 1,
+            ..cache_only()
+        };
+        assert_eq!(runs_instead_of(&a, false, b_ended, &cached), None);
+        // Only its current version's end counts.
+        let b_v2 = at_version(b.clone(), 2);
+        assert_eq!(
+            runs_instead_of(&a, false, b_ended, &[a.clone(), b_v2]).as_deref(),
             Some("b")
         );
     }
@@ -700,12 +742,16 @@ mod tests {
     #[test]
     fn one_starting_does_not_take_the_names_another_holds() {
         let (a, b) = raced();
-        let b_starting = |uid: &str| uid == "uid-1";
+        let is_b = |u: &str| u == "uid-1";
+        let b_started = Known {
+            started: &is_b,
+            ..cache_only()
+        };
         let cached = [a.clone(), b.clone()];
-        assert_eq!(runs_instead_of(&a, true, &b_starting, &cached), None);
+        assert_eq!(runs_instead_of(&a, true, b_started, &cached), None);
         // Without the names, a yields to it.
         assert_eq!(
-            runs_instead_of(&a, false, &b_starting, &cached).as_deref(),
+            runs_instead_of(&a, false, b_started, &cached).as_deref(),
             Some("b")
         );
     }

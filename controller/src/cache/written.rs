@@ -61,6 +61,14 @@ impl WrittenStatus {
         map.get(uid).is_some_and(|s| s.job_name.is_some())
     }
 
+    /// Whether the status last written for `uid`, which the cache does not show yet, ended
+    /// `version` without running it (Failed as a Duplicate, say).
+    pub fn ended_unrun(&self, uid: &str, version: i64) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uid)
+            .is_some_and(|s| s.job_name.is_none() && status::is_final_for(Some(s), version))
+    }
+
     pub fn record(&self, uid: &str, written: TaskRunStatus) {
         self.0
             .lock()
