@@ -543,10 +543,10 @@ fn runs_instead_of<'a>(
 ///   not run, at the same version: the names of that version are `tr`'s, so the other one
 ///   cannot get them (its reconcile finds them taken and fails it as a Duplicate of `tr`).
 ///
-/// Of the others, one that has begun to run (`Known::started`) comes first as if it had run;
-/// the exceptions above go by its status, cached or just written (`Known::ended_unrun`), not by
-/// that (a noted one that has not run, at `tr`'s version, still cannot take the names `tr`
-/// holds).
+/// Of the others, one that has begun to run (`Known::started`) comes first as if it had run.
+/// The exceptions above go by what it has done, as its status says (cached, or just written:
+/// `Known::ended_unrun`), not by its having begun: a noted one that has not run, at `tr`'s
+/// version, still cannot take the names `tr` holds.
 fn holds_instead(o: &TaskRun, tr: &TaskRun, holds_a_child: bool, known: Known<'_>) -> bool {
     if !o.same_task(tr) {
         return false;
