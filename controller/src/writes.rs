@@ -49,11 +49,13 @@ pub async fn apply_status(
 /// its name now held by another object (the uid precondition fails, 409), is not an error.
 /// Children are named by the task and version, so a successor TaskRun of the same task may
 /// have made its own child under the name while the cache still shows the old one; without
-/// the uid a stale cache would delete it. No uid (a child never seen) deletes by name alone.
+/// the uid a stale cache would delete it. No uid (a child never seen), or an empty one, deletes
+/// by name alone.
 pub async fn delete_child<K>(api: &Api<K>, name: &str, uid: Option<&str>) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let uid = uid.filter(|u| !u.is_empty());
     let mut params = DeleteParams::background();
     params.preconditions = uid.map(|uid| Preconditions {
         uid: Some(uid.to_owned()),

@@ -40,16 +40,13 @@ pub(super) async fn stop_superseded(
         }
     }
     for ChildRef { name, uid: job_uid } in stop {
-        let job_uid = match job_uid.filter(|u| !u.is_empty()) {
+        let job_uid = match job_uid {
             Some(job_uid) => job_uid,
             // A Job named only by the status, which another writer may have set: deleted
             // only if this TaskRun controls it, and only that Job (by uid).
             None => match jobs.get_metadata_opt(&name).await? {
                 Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
-                    let Some(job_uid) = j.metadata.uid.filter(|u| !u.is_empty()) else {
-                        continue;
-                    };
-                    job_uid
+                    j.metadata.uid.unwrap_or_default()
                 }
                 found => {
                     if found.is_some() {
