@@ -159,6 +159,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         started_at: None,
     };
     let (job_name, cm_name) = job::child_names(tr);
+    // Children are looked up in the caches first: a reconcile that finds them in place makes
+    // no API call (most reconciles are echoes of this controller's own writes).
+    let cm_ours = ctx
+        .children
+        .config_map(&ns, &cm_name)
+        .await
+        .is_some_and(|cm| cache::controlled_by(&cm.metadata, uid));
     // The deterministic names keep a second TaskRun of one identity from running the same
     // version, but only while the first one's children of that version exist: one created at
     // another version (while the webhook was not there), or after the first one's Job of this
@@ -167,16 +174,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // add context to, as the message says), or has begun to (`Starting`). One pass over the
     // cache when there is none.
     if prev.job_name.is_none()
-        && let Some(other) = runs_instead(tr, ctx, &job_name, &cm_name).await
+        && let Some(other) = runs_instead(tr, ctx, cm_ours, &job_name).await
     {
         let duplicate = Claim::<Job>::Duplicate(other);
         return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }
 
-    // Children are looked up in the caches first: a reconcile that finds them in place makes
-    // no API call (most reconciles are echoes of this controller's own writes).
-    let cached_cm = ctx.children.config_map(&ns, &cm_name).await;
-    if !cached_cm.is_some_and(|cm| cache::controlled_by(&cm.metadata, uid)) {
+    if !cm_ours {
         let Some(source) = with_files(tr, &api).await? else {
             // The TaskRun moved on while it was read: its own event reconciles it again.
             return Ok(Action::requeue(LOOK_AGAIN));
@@ -479,14 +483,16 @@ async fn write_status(
 /// status names no Job), if there is one; when there is none, `tr` is noted as starting
 /// (`Starting`), in one step with the asking. One pass over the cache, copying nothing, when
 /// there is none (the common case); the cache is copied only when two TaskRuns of one task got
-/// past the webhook.
-async fn runs_instead(tr: &TaskRun, ctx: &Ctx, job_name: &str, cm_name: &str) -> Option<String> {
+/// past the webhook. `cm_ours`: the cache shows `tr`'s ConfigMap of this version.
+async fn runs_instead(tr: &TaskRun, ctx: &Ctx, cm_ours: bool, job_name: &str) -> Option<String> {
     let ns = tr.namespace().unwrap_or_default();
     let uid = tr.meta().uid.as_deref();
-    let cm = ctx.children.config_map(&ns, cm_name).await;
-    let job = ctx.children.job(&ns, job_name).await;
-    let holds_a_child = cm.is_some_and(|c| cache::controlled_by(&c.metadata, uid))
-        || job.is_some_and(|j| cache::controlled_by(&j.metadata, uid));
+    let holds_a_child = cm_ours
+        || ctx
+            .children
+            .job(&ns, job_name)
+            .await
+            .is_some_and(|j| cache::controlled_by(&j.metadata, uid));
     ctx.starting
         .unless_another_runs(uid.unwrap_or_default(), |noted| {
             let known = Known {
