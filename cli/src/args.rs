@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use taskrun::FileType;
@@ -78,16 +79,26 @@ pub struct Connection {
     /// Path to the kubeconfig file (default, as kubectl: the files $KUBECONFIG lists that exist,
     /// merged (an error if none exists); when KUBECONFIG is unset or empty, ~/.kube/config;
     /// only when that does not exist either, the in-cluster service account).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", value_parser = non_empty_path)]
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use (default: the current context).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
     pub context: Option<String>,
 
     /// The namespace (default: the context's namespace, else `default`).
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE", value_parser = NonEmptyStringValueParser::new())]
     pub namespace: Option<String>,
+}
+
+/// A path that is not empty: `--kubeconfig ""` (an unset variable in a script) is a usage error,
+/// not a file name the open fails on.
+fn non_empty_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        Err("an empty path is not a kubeconfig file".to_owned())
+    } else {
+        Ok(PathBuf::from(value))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -133,6 +144,7 @@ pub enum ContextCommand {
 #[derive(Debug, Args)]
 pub struct ContextAddArgs {
     /// The TaskRun's name.
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
     pub name: String,
 
     /// A markdown file to add; its base name becomes the filename. Repeat for several files.
@@ -301,6 +313,32 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(cli.conn.namespace.as_deref(), Some("x"));
+    }
+
+    /// An empty value (`-n "$NS"` with NS unset) is refused as a usage error: an empty
+    /// namespace would make the requests' paths `namespaces//…`, which the API server answers
+    /// for every namespace, and `migrate-helm --delete-releases` would reach all of them.
+    #[test]
+    fn empty_connection_values_and_names_are_usage_errors() {
+        for args in [
+            &["-n", "", "migrate-helm", "--delete-releases"][..],
+            &["migrate-helm", "--namespace="],
+            &["--context", "", "migrate-helm"],
+            &["--kubeconfig", "", "migrate-helm"],
+            &["context", "add", "", "-f", "a.md"],
+        ] {
+            let err = Cli::try_parse_checked_from(["kubectl-taskrun"].iter().chain(args))
+                .expect_err("empty value");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            // clap's words: "a value is required for …" or "invalid value '' for …".
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidValue | ErrorKind::ValueValidation
+                ),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -180,12 +180,21 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
             source,
         })?,
     };
-    let namespace = conn
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
+    let namespace = namespace(conn.namespace.as_deref(), &config.default_namespace);
     let client = kube::Client::try_from(config).map_err(Error::Client)?;
     Ok((client, namespace))
+}
+
+/// The namespace to work in: the flag (never empty, args refuses that), else the context's, else
+/// `default`. A context with `namespace: ""` means `default`, as in kubectl; taken as it is, it
+/// would make every request's path `namespaces//…`, which lists every namespace.
+fn namespace(flag: Option<&str>, of_context: &str) -> String {
+    match flag {
+        Some(namespace) => namespace,
+        None if of_context.is_empty() => "default",
+        None => of_context,
+    }
+    .to_owned()
 }
 
 /// Asks the cluster's discovery whether it serves TaskRuns, before any command touches one.
@@ -380,5 +389,12 @@ mod tests {
             e.contains("no current-context") && e.contains("--context"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_namespace_is_the_flags_else_the_contexts_and_an_empty_one_is_default() {
+        assert_eq!(namespace(Some("team-a"), "team-b"), "team-a");
+        assert_eq!(namespace(None, "team-b"), "team-b");
+        assert_eq!(namespace(None, ""), "default");
     }
 }
