@@ -103,11 +103,13 @@ impl Error {
     }
 }
 
-/// False only when the API server answered that it refused the request (a 4xx status): after
-/// no answer, an answer that could not be read, or a server error (5xx: a timeout, a webhook
-/// call that failed), the request may have taken effect.
+/// False only when the API server answered that it refused the request: a 4xx status, or an
+/// admission webhook it could not call (a 500 "failed calling webhook": admission comes before
+/// anything is stored). After no answer, an answer that could not be read, or another server
+/// error (a timeout, etcd), the request may have taken effect.
 pub fn may_have_taken_effect(err: &kube::Error) -> bool {
-    !matches!(err, kube::Error::Api(status) if (400..500).contains(&status.code))
+    !matches!(err, kube::Error::Api(status)
+        if (400..500).contains(&status.code) || status.message.contains("failed calling webhook"))
 }
 
 /// The API server's HTTP status code for a failed call, if it answered.
@@ -173,6 +175,13 @@ mod tests {
         assert!(!may_have_taken_effect(&api(404, "not found")));
         assert!(may_have_taken_effect(&api(500, "etcd")));
         assert!(may_have_taken_effect(&api(504, "timeout")));
+        // The webhook was not reached: admission failed before anything was stored.
+        assert!(!may_have_taken_effect(&api(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
+             failed to call webhook: Post \"https://taskrun-webhook.taskrun-system.svc:443/validate\": \
+             dial tcp 10.0.0.1:443: connect: connection refused"
+        )));
         let unreadable = serde_json::from_str::<u8>("x").expect_err("not JSON");
         assert!(may_have_taken_effect(&kube::Error::SerdeError(unreadable)));
     }
