@@ -151,12 +151,17 @@ async fn migrate_one(
             release.namespace = ns.to_owned();
             release
         }
-        Err(why) if plan::legacy_identity(name).is_some() => {
-            row.outcome = Outcome::Failed(why);
+        Err(unread) if plan::legacy_identity(name).is_some() => {
+            row.outcome = unread;
             return Some(row);
         }
         Err(why) => {
-            tracing::warn!(namespace = ns, release = name, %why, "cannot read a release not named for a task; left alone");
+            tracing::warn!(
+                namespace = ns,
+                release = name,
+                ?why,
+                "cannot read a release not named for a task; left alone"
+            );
             return None;
         }
     };
@@ -183,25 +188,39 @@ async fn migrate_one(
 /// Whether a release whose newest revision was read as `release` belongs in the report: it is
 /// of the legacy chart, or could not be read and is named for a task (a release of another
 /// chart need not be readable here).
-fn of_legacy_chart(name: &str, release: &Result<Release, String>) -> bool {
+fn of_legacy_chart(name: &str, release: &Result<Release, Outcome>) -> bool {
     match release {
         Ok(r) => r.chart.metadata.name == LEGACY_CHART,
         Err(_) => plan::legacy_identity(name).is_some(),
     }
 }
 
-async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<Release, String> {
+/// The release a revision Secret holds; what to report for the release when it cannot be read.
+async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<Release, Outcome> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret_obj = api
         .get(secret)
         .await
-        .map_err(|e| format!("reading release Secret {secret}: {}", describe(&e)))?;
+        .map_err(|e| unread(format!("reading release Secret {secret}"), &e))?;
     let data = secret_obj
         .data
         .as_ref()
         .and_then(|d| d.get("release"))
-        .ok_or_else(|| format!("release Secret {secret} has no data.release"))?;
-    release::decode(&data.0).map_err(|e| format!("release Secret {secret}: {e}"))
+        .ok_or_else(|| Outcome::Failed(format!("release Secret {secret} has no data.release")))?;
+    release::decode(&data.0).map_err(|e| Outcome::Failed(format!("release Secret {secret}: {e}")))
+}
+
+/// A read that failed: not yet when asking again may succeed (the API server overloaded or not
+/// answering), else failed.
+fn unread(action: String, e: &kube::Error) -> Outcome {
+    if retry_later(e) {
+        Outcome::Postponed(format!(
+            "{action}: {}; run this again in a moment",
+            describe(e)
+        ))
+    } else {
+        Outcome::Failed(format!("{action}: {}", describe(e)))
+    }
 }
 
 async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool) -> Outcome {
@@ -210,7 +229,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let files = match config_maps.get_opt(&plan::files_config_map(name)).await {
         Ok(files) => files,
-        Err(e) => return Outcome::Failed(format!("reading the files ConfigMap: {}", describe(&e))),
+        Err(e) => return unread("reading the files ConfigMap".to_owned(), &e),
     };
     let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
     let spec = match plan::desired_spec(release, files.as_ref()) {
@@ -231,7 +250,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
         Ok(None) => {}
-        Err(e) => return Outcome::Failed(format!("reading TaskRun {name}: {}", describe(&e))),
+        Err(e) => return unread(format!("reading TaskRun {name}"), &e),
     }
     // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
     // would be the same task run twice at once.
@@ -273,10 +292,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => judge(&spec, &live, Outcome::Created),
         Ok(None) => Outcome::Failed("created, but gone when read back".into()),
-        Err(e) => Outcome::Failed(format!(
-            "created, but reading it back failed: {}",
-            describe(&e)
-        )),
+        Err(e) => unread("created, but reading it back".to_owned(), &e),
     }
 }
 
@@ -556,6 +572,25 @@ mod tests {
             });
         }
         kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_read_the_api_server_could_not_answer_now_is_not_yet_not_failed() {
+        let later = unread(
+            "reading TaskRun t".into(),
+            &status(503, "ServiceUnavailable"),
+        );
+        assert_eq!(
+            later,
+            Outcome::Postponed(
+                "reading TaskRun t: refused (503); run this again in a moment".into()
+            )
+        );
+        let failed = unread("reading TaskRun t".into(), &status(403, "Forbidden"));
+        assert_eq!(
+            failed,
+            Outcome::Failed("reading TaskRun t: refused (403)".into())
+        );
     }
 
     #[test]
