@@ -289,6 +289,7 @@ async fn run_controller(
     // (relist.rs).
     let taskrun_events = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
+        .inspect_err(watch_failed(base, "taskruns"))
         .modify(cache::trim_taskrun)
         .reflect(writer)
         // Once the cache holds what the event brought.
@@ -318,6 +319,7 @@ async fn run_controller(
     let (job_reader, job_writer) = reflector::store();
     let job_events = watcher(jobs, children.clone())
         .backoff(backoff::watch())
+        .inspect_err(watch_failed(base, "jobs"))
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
     let superseded = Arc::new(Superseded::default());
@@ -338,6 +340,7 @@ async fn run_controller(
     let (cm_reader, cm_writer) = reflector::store();
     let cm_events = watcher(config_maps, children)
         .backoff(backoff::watch())
+        .inspect_err(watch_failed(base, "configmaps"))
         .modify(cache::trim_config_map);
     let cm_events = relist::with_vanished(cm_events, cm_reader.clone()).reflect(cm_writer);
     let cm_stream = relist::when_listed(cm_events, cm_reader.clone()).touched_objects();
@@ -377,6 +380,18 @@ async fn run_controller(
             tracing::info!("stopped with reconciles still queued; the next leader picks them up");
             true
         }
+    }
+}
+
+/// What is done when a watch of `resource` fails (it lists again after `backoff::watch`'s
+/// delay): a warning and a count. kube-runtime's watcher logs most of its failures at debug,
+/// and a watch that keeps failing leaves the controller acting on a cache that no longer
+/// follows the cluster.
+fn watch_failed(base: &Arc<Base>, resource: &'static str) -> impl Fn(&watcher::Error) + use<> {
+    let base = base.clone();
+    move |error| {
+        base.shared.metrics.watch_failed(resource);
+        tracing::warn!(%error, resource, "a watch failed; it lists again after a short backoff");
     }
 }
 

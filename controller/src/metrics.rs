@@ -1,5 +1,5 @@
-//! Prometheus metrics: reconciles, errors, reconcile duration, TaskRuns per phase and whether
-//! this replica leads.
+//! Prometheus metrics: reconciles, errors, reconcile duration, watch failures, TaskRuns per
+//! phase and whether this replica leads.
 
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ pub struct Metrics {
     reconciles: Counter,
     errors: Counter,
     duration: Histogram,
+    watch_failures: Family<Labels, Counter>,
     phases: Family<Labels, Gauge>,
     leading: Gauge,
 }
@@ -29,6 +30,7 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let errors = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let watch_failures = Family::<Labels, Counter>::default();
         let phases = Family::<Labels, Gauge>::default();
         let leading = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -37,6 +39,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "How long a reconcile took",
             duration.clone(),
+        );
+        registry.register(
+            "watch_failures",
+            "Failures of the leader's watches, by resource",
+            watch_failures.clone(),
         );
         registry.register("taskruns", "TaskRuns by phase", phases.clone());
         registry.register(
@@ -49,6 +56,7 @@ impl Default for Metrics {
             reconciles,
             errors,
             duration,
+            watch_failures,
             phases,
             leading,
         }
@@ -62,6 +70,13 @@ impl Metrics {
             self.errors.inc();
         }
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// A watch of `resource` (`taskruns`, `jobs`, `configmaps`) failed.
+    pub fn watch_failed(&self, resource: &'static str) {
+        self.watch_failures
+            .get_or_create(&vec![("resource", resource)])
+            .inc();
     }
 
     pub fn set_leading(&self, leading: bool) {
@@ -120,6 +135,13 @@ mod tests {
         );
         assert!(
             text.contains("taskrun_controller_taskruns{phase=\"Running\"} 0"),
+            "{text}"
+        );
+        m.watch_failed("jobs");
+        m.watch_failed("jobs");
+        assert!(
+            m.render(None)
+                .contains("taskrun_controller_watch_failures_total{resource=\"jobs\"} 2"),
             "{text}"
         );
         m.set_leading(true);

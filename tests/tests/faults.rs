@@ -1103,10 +1103,15 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     let proxy = FaultProxy::for_the_controller(cp).await;
     // No leader election (its Lease would end the term in an outage and start afresh), and
     // retries 2, 4, 8 then 16 s apart.
+    let http_addr = free_addr();
     let ctrl = proxy.controller(
         "outage-controller",
         &ns,
-        &["--leader-elect=false", "--backoff-base-ms=2000"],
+        &[
+            "--leader-elect=false",
+            "--backoff-base-ms=2000",
+            &format!("--http-addr={http_addr}"),
+        ],
     );
     let failed = async |times: u32| {
         let deadline = Instant::now() + WAIT;
@@ -1149,6 +1154,21 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
         "the reconcile waited out its backoff: {took:?} after the API server answered again\n{}",
         taskrun_tests::log_tail(ctrl.log_path(), 30)
     );
+    // The watches that failed in the outage said so, at warn, and were counted.
+    let log = std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("a watch failed")
+            && l.contains("resource=\"taskruns\"")),
+        "no warning of the TaskRun watch failing:\n{}",
+        taskrun_tests::log_tail(ctrl.log_path(), 40)
+    );
+    let metrics = http_get(http_addr, "/metrics").await.expect("metrics");
+    let failures = metric(
+        &metrics,
+        "taskrun_controller_watch_failures_total{resource=\"taskruns\"}",
+    );
+    assert!(failures.is_some_and(|n| n >= 1.0), "{metrics}");
 }
 
 /// Of two replicas, the leader is cut off from the API server (every request answered 429 or
