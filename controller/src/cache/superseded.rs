@@ -39,6 +39,9 @@ impl Superseded {
             return;
         };
         if !runs_another_version(job, &job::child_names(&tr).0) {
+            // Finished or going since it was noted, if it was: nothing to stop, and a finished
+            // Job is kept with its pods' logs.
+            self.forget(uid, Some(name));
             return;
         }
         self.jobs
@@ -119,6 +122,21 @@ mod tests {
         assert!(superseded.of("u").is_empty());
         superseded.record(&job("svc-1-v1", None), &store);
         superseded.forget("u", None);
+        assert!(superseded.jobs.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_noted_job_that_finishes_before_it_is_stopped_is_left_alone() {
+        let store = owner_at(3, false);
+        let superseded = Superseded::default();
+        superseded.record(&job("svc-1-v1", None), &store);
+        superseded.record(&job("svc-1-v2", None), &store);
+        superseded.record(&job("svc-1-v1", Some("Complete")), &store);
+        let names: Vec<String> = superseded.of("u").into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["svc-1-v2"], "the finished one is kept, not stopped");
+        let mut going = job("svc-1-v2", None);
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        superseded.record(&going, &store);
         assert!(superseded.jobs.lock().expect("lock").is_empty());
     }
 
