@@ -19,7 +19,9 @@ pub use cluster::ControlPlane;
 pub use ports::{free_addr, free_port};
 #[doc(hidden)]
 pub use process::use_work_dir;
-pub use process::{ChildGuard, Ended, log_tail, memory_kib, spawn_logged, work_dir};
+pub use process::{
+    ChildGuard, Ended, log_tail, memory_kib, memory_limit_kib, spawn_logged, work_dir,
+};
 pub use wait::{wait_for, wait_gone};
 
 /// GET `path` from a plain HTTP server (probes, metrics): the whole response, head and body,

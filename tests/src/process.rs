@@ -314,3 +314,25 @@ pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The memory limit of the container of the Deployment in `manifests/base/{manifest}`, in KiB.
+pub fn memory_limit_kib(manifest: &str) -> u64 {
+    let path = crate::repo_root().join("manifests/base").join(manifest);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{manifest}: {e}"));
+    let docs = crate::identity::parse_documents(&text).expect("YAML");
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let limit =
+        deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+            .as_str()
+            .expect("a memory limit");
+    let (number, unit) = limit.split_at(limit.len() - 2);
+    let number: u64 = number.parse().unwrap_or_else(|e| panic!("{limit}: {e}"));
+    match unit {
+        "Mi" => number * 1024,
+        "Gi" => number * 1024 * 1024,
+        _ => panic!("memory limit {limit}: expected Mi or Gi"),
+    }
+}

@@ -11,7 +11,7 @@ use taskrun::TaskRun;
 use taskrun::limits::{MAX_CONTENT_LEN, MAX_TOTAL_BYTES};
 use taskrun_tests::controller::Controller;
 use taskrun_tests::webhook::Webhook;
-use taskrun_tests::{ControlPlane, memory_kib, repo_root, wait_for};
+use taskrun_tests::{ControlPlane, memory_kib, memory_limit_kib, wait_for};
 
 use std::time::Duration;
 
@@ -29,28 +29,6 @@ fn largest(i: i64) -> TaskRun {
         "spec": {"taskId": i, "serviceName": "large", "markdownFiles": files},
     }))
     .expect("a valid TaskRun")
-}
-
-/// The memory limit of a Deployment's container in manifests/base, in KiB.
-fn limit_kib(manifest: &str) -> u64 {
-    let path = repo_root().join("manifests/base").join(manifest);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{manifest}: {e}"));
-    let docs = taskrun_tests::identity::parse_documents(&text).expect("YAML");
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("a Deployment");
-    let limit =
-        deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
-            .as_str()
-            .expect("a memory limit");
-    let (number, unit) = limit.split_at(limit.len() - 2);
-    let number: u64 = number.parse().unwrap_or_else(|e| panic!("{limit}: {e}"));
-    match unit {
-        "Mi" => number * 1024,
-        "Gi" => number * 1024 * 1024,
-        _ => panic!("memory limit {limit}: expected Mi or Gi"),
-    }
 }
 
 /// The most memory a process has had resident, in KiB.
@@ -116,8 +94,10 @@ async fn the_largest_taskruns_are_listed_within_the_deployments_memory_limits() 
     let controller_peak = peak_kib(controller.pid());
 
     eprintln!("peak RSS: webhook {webhook_peak} KiB, controller {controller_peak} KiB");
-    let (webhook_limit, controller_limit) =
-        (limit_kib("webhook.yaml"), limit_kib("controller.yaml"));
+    let (webhook_limit, controller_limit) = (
+        memory_limit_kib("webhook.yaml"),
+        memory_limit_kib("controller.yaml"),
+    );
     assert!(
         webhook_peak < webhook_limit,
         "the webhook peaked at {webhook_peak} KiB listing {TASKRUNS} of the largest TaskRuns; its limit is {webhook_limit} KiB"

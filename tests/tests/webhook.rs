@@ -940,6 +940,52 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     eprintln!("8 MiB over HTTP/1.1: {:?}", started.elapsed());
 }
 
+/// Reviews of the largest size, as many at once as connections allow, each built to make
+/// reading it hold the most: one file whose content is nearly the whole body, and an oldObject
+/// whose spec is not a spec, so the body is read a second time with the specs kept raw. The
+/// webhook stays within its Deployment's memory limit (`manifests/base/webhook.yaml`).
+#[tokio::test]
+async fn the_largest_reviews_at_once_stay_within_the_memory_limit() {
+    const AT_ONCE: usize = 8;
+    const ROUNDS: usize = 3;
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start(cp).await;
+    let max_body = 8 * 1024 * 1024;
+    let mut review = review(
+        "UPDATE",
+        "taskruns",
+        manifest("largest-read", 9057, "billing"),
+    );
+    review["request"]["object"]["spec"]["markdownFiles"][0]["content"] = json!("");
+    review["request"]["oldObject"] = json!({"metadata": {"name": "largest-read"}, "spec": 5});
+    let room = max_body - serde_json::to_vec(&review).expect("json").len();
+    review["request"]["object"]["spec"]["markdownFiles"][0]["content"] = json!("x".repeat(room));
+    let body = serde_json::to_vec(&review).expect("json");
+    assert_eq!(body.len(), max_body);
+    let request = Arc::new(post("/validate", "application/json", &body));
+
+    for _ in 0..ROUNDS {
+        let answers = futures::future::join_all((0..AT_ONCE).map(|_| {
+            let request = request.clone();
+            let webhook = &webhook;
+            async move { send(webhook, &request).await }
+        }))
+        .await;
+        for answer in answers {
+            let r = answer.expect("an answer");
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.json()["response"]["allowed"], false, "{}", r.body);
+        }
+    }
+    let peak = taskrun_tests::memory_kib(webhook.pid(), "VmHWM").expect("VmHWM");
+    let limit = taskrun_tests::memory_limit_kib("webhook.yaml");
+    eprintln!("peak RSS reading {AT_ONCE} of the largest reviews at once: {peak} KiB");
+    assert!(
+        peak < limit,
+        "the webhook peaked at {peak} KiB reading {AT_ONCE} of the largest reviews at once; its limit is {limit} KiB"
+    );
+}
+
 /// Reads the server's first frames after the client preface: its SETTINGS (id to value) and
 /// its connection window (65,535 raised by its WINDOW_UPDATEs on stream 0, the only way to
 /// announce a larger one). Waits for the SETTINGS and one connection WINDOW_UPDATE, or

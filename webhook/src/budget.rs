@@ -115,7 +115,7 @@ impl BodyBudget {
                     Ok(Err(_)) | Err(_) => return Err(ReadError::NoRoom),
                 }
             }
-            collected.push(data);
+            collected.push(data, limit);
         }
         Ok((collected.into_bytes(), room))
     }
@@ -130,9 +130,10 @@ impl BodyBudget {
 /// frame); from the second on, the bytes are copied into one buffer. Keeping each frame apart
 /// would cost a handle per frame and keep alive the connection's read buffer each points
 /// into: a body sent in one-byte chunks would take some sixty times its size. The buffer grows
-/// by doubling, so it may take up to twice what the budget counts; it is not sized from the
-/// declared length, which would let a client that declares much and sends little take memory
-/// the budget does not see.
+/// by doubling, but never past the limit, so a body of the largest size takes no more than its
+/// size (a smaller one up to twice what the budget counts); it is not sized from the declared
+/// length, which would let a client that declares much and sends little take memory the
+/// budget does not see.
 enum Collected {
     Empty,
     One(Bytes),
@@ -140,17 +141,18 @@ enum Collected {
 }
 
 impl Collected {
-    fn push(&mut self, mut data: impl Buf) {
+    /// Adds `data`; the bytes held so far and `data` come to at most `limit`.
+    fn push(&mut self, mut data: impl Buf, limit: usize) {
         *self = match std::mem::replace(self, Collected::Empty) {
             Collected::Empty => Collected::One(data.copy_to_bytes(data.remaining())),
             Collected::One(first) => {
                 let mut all = Vec::with_capacity(first.len() + data.remaining());
                 all.extend_from_slice(&first);
-                put(&mut all, data);
+                put(&mut all, data, limit);
                 Collected::Many(all)
             }
             Collected::Many(mut all) => {
-                put(&mut all, data);
+                put(&mut all, data, limit);
                 Collected::Many(all)
             }
         };
@@ -175,7 +177,13 @@ impl Collected {
     }
 }
 
-fn put(all: &mut Vec<u8>, mut data: impl Buf) {
+/// Appends `data` to `all`, growing it by doubling up to `limit` (or what it must hold, if more).
+fn put(all: &mut Vec<u8>, mut data: impl Buf, limit: usize) {
+    let needed = all.len().saturating_add(data.remaining());
+    if needed > all.capacity() {
+        let grown = all.capacity().saturating_mul(2).min(limit).max(needed);
+        all.reserve_exact(grown - all.len());
+    }
     while data.has_remaining() {
         let chunk = data.chunk();
         all.extend_from_slice(chunk);
@@ -313,15 +321,19 @@ mod tests {
         }
     }
 
-    /// A body in one-byte frames is held as one buffer of about its size, and read whole.
+    /// A body in one-byte frames is held as one buffer of about its size, and read whole; one
+    /// of the largest size takes no more than that size.
     #[tokio::test]
     async fn a_body_in_tiny_frames_takes_about_its_own_size() {
-        let mut collected = Collected::Empty;
         let n = 100_000;
-        for i in 0..n {
-            collected.push(Bytes::from(vec![b'a' + (i % 26) as u8]));
+        for limit in [4 * n, n] {
+            let mut collected = Collected::Empty;
+            for i in 0..n {
+                collected.push(Bytes::from(vec![b'a' + (i % 26) as u8]), limit);
+            }
+            let most = if limit == n { n } else { 2 * n };
+            assert!(collected.held() <= most, "held {} bytes", collected.held());
         }
-        assert!(collected.held() <= 2 * n, "held {} bytes", collected.held());
         let frames = (0..n).map(|i| {
             Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8])))
         });

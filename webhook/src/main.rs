@@ -7,7 +7,9 @@ use clap::Parser;
 use taskrun_webhook::{config, server, telemetry};
 
 /// mimalloc rather than glibc's malloc: fewer cycles per allocation, and freed memory goes back
-/// to the OS (docs/benchmarks.md).
+/// to the OS (docs/benchmarks.md). Its v2 line (the `v2` feature) gives it back 10 ms after it
+/// is freed; v3 waits a second, and a burst of the largest reviews then took the webhook past
+/// its pod's memory limit.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -50,9 +50,12 @@ pub enum ServerError {
     Stopped { task: &'static str, why: String },
 }
 
-/// Bodies of the largest size held at once (8 MiB each by default, within the pod's 128 MiB
-/// limit with what is read from them); thousands of ordinary reviews of a few KiB fit.
-const BODIES_AT_ONCE: usize = 4;
+/// Bodies of the largest size held at once, one more with the budget's overdraft. Reading one
+/// holds up to its size again (its markdown), and more while its buffer grows: three of 8 MiB
+/// (the default limit) at once took up to 75 MiB on top of what the webhook holds otherwise,
+/// within the pod's 128 MiB limit (`tests/tests/webhook.rs`, the largest reviews at once); with four, hostile
+/// bodies went past it. Thousands of ordinary reviews of a few KiB fit.
+const BODIES_AT_ONCE: usize = 2;
 
 /// Connections served at once on the plain listener: probes and metrics scrapes. A new one
 /// beyond closes the longest idle (`slots.rs`).

@@ -91,11 +91,16 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
     if let Ok(review) = serde_json::from_slice::<Review<TaskRunSpec>>(body) {
         return review.into_request(Ok);
     }
-    let review = serde_json::from_slice::<Review<Option<Box<RawValue>>>>(body)
+    // The specs are borrowed from the body: only one that cannot be read is copied, to be
+    // compared with the other object's.
+    let review = serde_json::from_slice::<Review<Option<&RawValue>>>(body)
         .map_err(|e| ParseError::NotAReview(cut_error(&e)))?;
     review.into_request(|raw| {
-        let text = raw.as_deref().map_or("null", RawValue::get);
-        serde_json::from_str(text).map_err(|error| Unreadable { error, raw })
+        let text = raw.map_or("null", RawValue::get);
+        serde_json::from_str(text).map_err(|error| Unreadable {
+            error,
+            raw: raw.map(ToOwned::to_owned),
+        })
     })
 }
 
