@@ -499,7 +499,7 @@ async fn migrate_helm_says_where_it_found_nothing() {
     assert_eq!(
         out,
         format!(
-            "No Helm releases of the legacy claude-code chart found in namespace {ns}; look in another with -n NAMESPACE, or in all with -A.\n"
+            "No Helm releases of the legacy claude-code chart found in namespace {ns}; look in another with -n NAMESPACE, or in all with -A. Releases are read from Helm's default storage, Secrets; those kept with HELM_DRIVER=configmap or sql are not looked for.\n"
         )
     );
 }

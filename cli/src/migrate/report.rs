@@ -77,15 +77,21 @@ pub fn exit_code(rows: &[Row]) -> u8 {
 
 /// What a run that found no release says: where it looked, and how to look elsewhere.
 pub fn nothing_found(namespace: &str, all_namespaces: bool) -> String {
-    if all_namespaces {
-        format!("No Helm releases of the legacy {LEGACY_CHART} chart found in any namespace.\n")
+    let found = if all_namespaces {
+        format!("No Helm releases of the legacy {LEGACY_CHART} chart found in any namespace")
     } else {
         format!(
             "No Helm releases of the legacy {LEGACY_CHART} chart found in namespace {namespace}; \
-             look in another with -n NAMESPACE, or in all with -A.\n"
+             look in another with -n NAMESPACE, or in all with -A"
         )
-    }
+    };
+    format!("{found}. {STORAGE}\n")
 }
+
+/// Where releases are looked for: a release kept elsewhere is not found, and nothing else says
+/// why.
+const STORAGE: &str = "Releases are read from Helm's default storage, Secrets; those kept with \
+                       HELM_DRIVER=configmap or sql are not looked for.";
 
 /// The table and a summary line.
 pub fn render(rows: &[Row]) -> String {
@@ -304,12 +310,13 @@ mod tests {
         assert_eq!(
             nothing_found("team-a", false),
             "No Helm releases of the legacy claude-code chart found in namespace team-a; \
-             look in another with -n NAMESPACE, or in all with -A.\n"
+             look in another with -n NAMESPACE, or in all with -A. Releases are read from Helm's \
+             default storage, Secrets; those kept with HELM_DRIVER=configmap or sql are not \
+             looked for.\n"
         );
-        assert_eq!(
-            nothing_found("team-a", true),
-            "No Helm releases of the legacy claude-code chart found in any namespace.\n"
-        );
+        assert!(nothing_found("team-a", true).starts_with(
+            "No Helm releases of the legacy claude-code chart found in any namespace. Releases"
+        ));
     }
 
     #[test]
