@@ -14,6 +14,9 @@ use taskrun::TaskRun;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// The resources the leader watches, as `watch_failures` labels them.
+const WATCHED: [&str; 3] = ["taskruns", "jobs", "configmaps"];
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
@@ -31,6 +34,10 @@ impl Default for Metrics {
         let errors = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let watch_failures = Family::<Labels, Counter>::default();
+        // Served at 0 from the start, so that an alert on their rate has a series to watch.
+        for resource in WATCHED {
+            watch_failures.get_or_create(&vec![("resource", resource)]);
+        }
         let phases = Family::<Labels, Gauge>::default();
         let leading = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -135,6 +142,10 @@ mod tests {
         );
         assert!(
             text.contains("taskrun_controller_taskruns{phase=\"Running\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("taskrun_controller_watch_failures_total{resource=\"configmaps\"} 0"),
             "{text}"
         );
         m.watch_failed("jobs");
