@@ -170,7 +170,13 @@ impl App {
                 "send the AdmissionReview as Content-Type: application/json".into(),
             );
         }
-        let too_long = || format!("the request body exceeds {} bytes", self.max_body_bytes);
+        let too_long = || {
+            format!(
+                "the request body exceeds {} bytes (the webhook's --max-body-bytes, \
+                 WEBHOOK_MAX_BODY_BYTES)",
+                self.max_body_bytes
+            )
+        };
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)

@@ -215,7 +215,7 @@ async fn wrong_method_content_type_and_size_are_refused() {
     assert!(
         body["message"]
             .as_str()
-            .is_some_and(|m| m.contains("exceeds 1024 bytes")),
+            .is_some_and(|m| m.contains("exceeds 1024 bytes (the webhook's --max-body-bytes")),
         "{body}"
     );
 }
