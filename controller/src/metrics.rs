@@ -36,7 +36,7 @@ impl Default for Metrics {
         let watch_failures = Family::<Labels, Counter>::default();
         // Served at 0 from the start, so that an alert on their rate has a series to watch.
         for resource in WATCHED {
-            watch_failures.get_or_create(&vec![("resource", resource)]);
+            let _ = watch_failures.get_or_create(&vec![("resource", resource)]);
         }
         let phases = Family::<Labels, Gauge>::default();
         let leading = Gauge::default();
