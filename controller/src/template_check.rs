@@ -58,8 +58,9 @@ pub enum Verdict {
 
 /// Judges the API server's answer to the dry-run create. Refused exactly when a reconcile
 /// would fail the TaskRun as `InvalidTemplate` (`reconcile::refuses_template`: 400 or 422,
-/// not from an admission webhook or policy); 409 is accepted, since the API server validates
-/// the object (and runs admission) before it finds the name taken.
+/// not from an admission webhook or policy); 409 AlreadyExists is accepted, since the API server
+/// validates the object (and runs admission) before it finds the name taken, and a webhook's
+/// own 409 says nothing of the template.
 pub fn verdict(answer: Result<(), &kube::Error>) -> Verdict {
     match answer {
         Ok(()) => Verdict::Accepted,
@@ -71,7 +72,9 @@ pub fn verdict(answer: Result<(), &kube::Error>) -> Verdict {
         {
             Verdict::Refused(s.message.clone())
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => Verdict::Accepted,
+        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+            Verdict::Accepted
+        }
         Err(kube::Error::Api(s)) => {
             Verdict::Unchecked(format!("{} {}: {}", s.code, s.reason, s.message))
         }
@@ -210,6 +213,11 @@ mod tests {
                 400,
                 "BadRequest",
                 "admission webhook \"legacy.example.com\" does not support dry run",
+            ),
+            api(
+                409,
+                "Conflict",
+                "admission webhook \"x.example.com\" denied the request: frozen",
             ),
             kube::Error::Service(Box::new(std::io::Error::other("connection refused"))),
         ];
