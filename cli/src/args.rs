@@ -79,7 +79,7 @@ pub struct Connection {
     /// Path to the kubeconfig file (default, as kubectl: the files $KUBECONFIG lists that exist,
     /// merged (an error if none exists); when KUBECONFIG is unset or empty, ~/.kube/config;
     /// only when that does not exist either, the in-cluster service account).
-    #[arg(long, global = true, value_name = "PATH", value_parser = non_empty_path)]
+    #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use (default: the current context).
@@ -89,16 +89,6 @@ pub struct Connection {
     /// The namespace (default: the context's namespace, else `default`).
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE", value_parser = NonEmptyStringValueParser::new())]
     pub namespace: Option<String>,
-}
-
-/// A path that is not empty: `--kubeconfig ""` (an unset variable in a script) is a usage error,
-/// not a file name the open fails on.
-fn non_empty_path(value: &str) -> Result<PathBuf, String> {
-    if value.is_empty() {
-        Err("an empty path is not a kubeconfig file".to_owned())
-    } else {
-        Ok(PathBuf::from(value))
-    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
