@@ -949,7 +949,9 @@ async fn the_largest_reviews_at_once_stay_within_the_memory_limit() {
     const AT_ONCE: usize = 8;
     const ROUNDS: usize = 3;
     let cp = ControlPlane::shared();
-    let webhook = Webhook::start(cp).await;
+    // Reviews beyond those held at once wait for room, up to the body read timeout: a loaded
+    // machine gets more than the default 10 s.
+    let webhook = Webhook::start_with(cp, &["--body-read-timeout=60s"]).await;
     let max_body = 8 * 1024 * 1024;
     let mut review = review(
         "UPDATE",

@@ -51,11 +51,13 @@ pub enum ServerError {
 }
 
 /// Bodies of the largest size held at once, one more with the budget's overdraft. Reading one
-/// holds up to its size again (its markdown), and more while its buffer grows: three of 8 MiB
-/// (the default limit) at once took up to 75 MiB on top of what the webhook holds otherwise,
-/// within the pod's 128 MiB limit (`tests/tests/webhook.rs`, the largest reviews at once); with four, hostile
-/// bodies went past it. Thousands of ordinary reviews of a few KiB fit.
-const BODIES_AT_ONCE: usize = 2;
+/// holds up to its size again (its markdown), and more while its buffer grows: about 30 MiB
+/// for one of 8 MiB (the default limit), so two at once stay within the pod's 128 MiB limit
+/// however many cores read them (`tests/tests/webhook.rs`, the largest reviews at once: 56-65
+/// MiB on top of what the webhook holds otherwise). With four, hostile bodies went past the
+/// limit. Thousands of ordinary reviews of a few KiB fit, and the largest a review really is
+/// (about 4.5 MiB: an update of a TaskRun at etcd's size limit) two at once.
+const BODIES_AT_ONCE: usize = 1;
 
 /// Connections served at once on the plain listener: probes and metrics scrapes. A new one
 /// beyond closes the longest idle (`slots.rs`).
