@@ -83,11 +83,22 @@ pub struct Connection {
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use (default: the current context).
-    #[arg(long, global = true, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
     pub context: Option<String>,
 
     /// The namespace (default: the context's namespace, else `default`).
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
     pub namespace: Option<String>,
 }
 

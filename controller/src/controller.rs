@@ -384,9 +384,9 @@ async fn run_controller(
 }
 
 /// What is done when a watch of `resource` fails (it is retried after `backoff::watch`'s delay,
-/// where it was, or with a fresh list after a 410 Gone): a warning and a count. kube-runtime's watcher logs most of its failures at debug,
-/// and a watch that keeps failing leaves the controller acting on a cache that no longer
-/// follows the cluster.
+/// where it was, or with a fresh list after a 410 Gone): a warning and a count. kube-runtime's
+/// watcher logs most of its failures at debug, and a watch that keeps failing leaves the
+/// controller acting on a cache that no longer follows the cluster.
 fn watch_failed(base: &Arc<Base>, resource: &'static str) -> impl Fn(&watcher::Error) + use<> {
     let base = base.clone();
     move |error| {

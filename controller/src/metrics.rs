@@ -150,9 +150,9 @@ mod tests {
         );
         m.watch_failed("jobs");
         m.watch_failed("jobs");
+        let text = m.render(None);
         assert!(
-            m.render(None)
-                .contains("taskrun_controller_watch_failures_total{resource=\"jobs\"} 2"),
+            text.contains("taskrun_controller_watch_failures_total{resource=\"jobs\"} 2"),
             "{text}"
         );
         m.set_leading(true);
