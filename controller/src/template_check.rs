@@ -72,9 +72,7 @@ pub fn verdict(answer: Result<(), &kube::Error>) -> Verdict {
         {
             Verdict::Refused(s.message.clone())
         }
-        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-            Verdict::Accepted
-        }
+        Err(kube::Error::Api(s)) if crate::writes::name_taken(s) => Verdict::Accepted,
         Err(kube::Error::Api(s)) => {
             Verdict::Unchecked(format!("{} {}: {}", s.code, s.reason, s.message))
         }

@@ -77,6 +77,13 @@ fn replaced(s: &kube::core::Status, uid: &str) -> bool {
     s.code == 409 && !uid.is_empty() && s.message.contains(uid)
 }
 
+/// Whether a create was refused because an object holds the name (409 AlreadyExists). An
+/// admission webhook may deny a create with 409 too: that is a refusal, which says nothing of
+/// the name (a reconcile reports it as `CreateRefused`, with its message).
+pub fn name_taken(s: &kube::core::Status) -> bool {
+    s.code == 409 && s.reason == "AlreadyExists"
+}
+
 fn create_request<K: Serialize>(url: &str, object: &K) -> Result<HttpRequest, Error> {
     let body = serde_json::to_vec(object).map_err(Error::SerdeError)?;
     let request = Request::new(url)
@@ -158,6 +165,21 @@ mod tests {
             !replaced(&precondition, ""),
             "no uid, no precondition to have failed"
         );
+    }
+
+    #[test]
+    fn only_an_object_holding_the_name_makes_a_create_a_claim() {
+        use kube::core::Status;
+        // As kube-apiserver words it.
+        let exists =
+            Status::failure("configmaps \"c\" already exists", "AlreadyExists").with_code(409);
+        assert!(name_taken(&exists));
+        let denied = Status::failure(
+            "admission webhook \"x\" denied the request: frozen",
+            "Conflict",
+        )
+        .with_code(409);
+        assert!(!name_taken(&denied), "a denial is reported, not waited for");
     }
 
     fn accept(r: &HttpRequest) -> &str {

@@ -44,19 +44,12 @@ where
     let name = desired.name_any();
     match writes::create(api, &desired).await {
         Ok(meta) => Ok(Claim::Created(meta.creation_timestamp)),
-        Err(kube::Error::Api(s)) if name_taken(&s) => {
+        Err(kube::Error::Api(s)) if writes::name_taken(&s) => {
             let existing = api.get_opt(&name).await?;
             judge(taskruns, tr, &name, existing).await
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Whether a create was refused because an object holds the name. An admission webhook may
-/// deny a create with 409 too: that is a refusal to report (`CreateRefused`, with its
-/// message), not a name to wait for.
-fn name_taken(s: &kube::core::Status) -> bool {
-    s.code == 409 && s.reason == "AlreadyExists"
 }
 
 /// Who controls the child named `name` of this TaskRun's (`existing` as read; None when it
@@ -136,7 +129,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{Claim, decide, foreign_owner, name_taken};
+    use super::{Claim, decide, foreign_owner};
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
@@ -256,21 +249,6 @@ mod tests {
             (claim, message),
             ("Wait", format!("ConfigMap {NAME} is being deleted"))
         );
-    }
-
-    #[test]
-    fn only_an_object_holding_the_name_makes_a_create_a_claim() {
-        use kube::core::Status;
-        // As kube-apiserver words it.
-        let exists =
-            Status::failure("configmaps \"c\" already exists", "AlreadyExists").with_code(409);
-        assert!(name_taken(&exists));
-        let denied = Status::failure(
-            "admission webhook \"x\" denied the request: frozen",
-            "Conflict",
-        )
-        .with_code(409);
-        assert!(!name_taken(&denied), "a denial is reported, not waited for");
     }
 
     #[test]
