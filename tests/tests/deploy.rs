@@ -41,9 +41,9 @@ fn find<'a>(objects: &'a [Value], kind: &str, name_prefix: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name_prefix}* in the build"))
 }
 
-/// A copy of `manifests/` with a certificate from `taskrun-certs` in the self-signed overlay
-/// (never written into the repository), built.
-fn build_self_signed(cp: &ControlPlane) -> (tempfile::TempDir, String) {
+/// A copy of `manifests/` in a temporary directory (kept while the first is held), to change
+/// and build without touching the repository.
+fn copy_of_manifests() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let copy = tmp.path().join("manifests");
     let status = Command::new("cp")
@@ -53,6 +53,13 @@ fn build_self_signed(cp: &ControlPlane) -> (tempfile::TempDir, String) {
         .status()
         .unwrap_or_else(|e| panic!("cp: {e}"));
     assert!(status.success(), "cp -r manifests failed");
+    (tmp, copy)
+}
+
+/// A copy of `manifests/` with a certificate from `taskrun-certs` in the self-signed overlay
+/// (never written into the repository), built.
+fn build_self_signed(cp: &ControlPlane) -> (tempfile::TempDir, String) {
+    let (tmp, copy) = copy_of_manifests();
     let overlay = copy.join("overlays/self-signed");
     let out = Command::new(workspace_bin("taskrun-certs"))
         .arg(format!("--out={}", overlay.join("certs").display()))
@@ -113,6 +120,41 @@ fn assert_waves_in_order(objects: &[Value]) {
                 wave(deployment)
             );
         }
+    }
+}
+
+/// The base's patches add their Argo CD and Flux annotations key by key: an annotation
+/// written on an object in the base (a workload identity on a ServiceAccount, say) is kept.
+#[test]
+fn annotations_written_in_the_base_are_kept_beside_the_sync_annotations() {
+    let cp = ControlPlane::shared();
+    let (_tmp, copy) = copy_of_manifests();
+    for file in ["base/namespace.yaml", "crd/taskruns.orchestrator.io.yaml"] {
+        let path = copy.join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let annotated = text.replacen(
+            "\nmetadata:\n",
+            "\nmetadata:\n  annotations:\n    example.com/kept: \"yes\"\n",
+            1,
+        );
+        assert_ne!(annotated, text, "{file} has no top-level metadata");
+        std::fs::write(&path, annotated).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let objects = identity::kustomize(cp, &copy.join("base").to_string_lossy())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (kind, name) in [
+        ("Namespace", "taskrun-system"),
+        ("CustomResourceDefinition", "taskruns.orchestrator.io"),
+    ] {
+        let annotations = &find(&objects, kind, name)["metadata"]["annotations"];
+        assert_eq!(
+            annotations["example.com/kept"], "yes",
+            "{kind}: {annotations}"
+        );
+        assert!(
+            annotations["argocd.argoproj.io/sync-wave"].is_string(),
+            "{kind}: {annotations}"
+        );
     }
 }
 
