@@ -29,6 +29,11 @@ use crate::{ChildGuard, ControlPlane, free_port, spawn_logged, wait_for, work_di
 /// The names the configurations are registered under (as in `manifests/`).
 pub const CONFIGURATION_NAME: &str = "taskrun-webhook";
 
+/// A namespace with this label is left out of both webhooks as registered by the tests (the
+/// shipped configurations cover every namespace), for tests of what happens where a cluster's
+/// own `namespaceSelector` keeps the webhook away.
+pub const UNSEEN_NAMESPACE_LABEL: &str = "taskrun-tests.example/webhook-unseen";
+
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `taskrun-webhook`.
@@ -118,7 +123,8 @@ impl Webhook {
     }
 
     /// Registers the two webhook configurations of manifests/base (their rules, match
-    /// conditions, selectors and policies as shipped) pointing at this webhook by URL, and
+    /// conditions and policies as shipped) pointing at this webhook by URL, with a
+    /// `namespaceSelector` that leaves out namespaces labelled [`UNSEEN_NAMESPACE_LABEL`], and
     /// waits until the API server calls both.
     pub async fn register(&self, cp: &ControlPlane) {
         let client = cp.client().await;
@@ -134,6 +140,14 @@ impl Webhook {
                 .into_iter()
                 .flatten()
             {
+                assert!(
+                    hook["namespaceSelector"].is_null(),
+                    "{}: the shipped webhooks cover every namespace; the tests' selector would replace this one",
+                    path.display()
+                );
+                hook["namespaceSelector"] = json!({"matchExpressions": [
+                    {"key": UNSEEN_NAMESPACE_LABEL, "operator": "DoesNotExist"},
+                ]});
                 let route = hook["clientConfig"]["service"]["path"].clone();
                 hook["clientConfig"] = json!({
                     "url": format!("{}{}", self.url(), route.as_str().unwrap_or_default()),

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
-use taskrun_tests::webhook::Webhook;
+use taskrun_tests::webhook::{UNSEEN_NAMESPACE_LABEL, Webhook};
 use taskrun_tests::{ControlPlane, repo_root, wait_for, work_dir, workspace_bin};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -1355,13 +1355,15 @@ async fn a_release_of_the_chart_named_otherwise_is_reported() {
     );
 }
 
-/// In a namespace the webhook does not see (its namespaceSelector leaves out kube-system), a
+/// In a namespace the webhook does not see (a cluster's own namespaceSelector leaves it out), a
 /// TaskRun would get no duplicate check and no labels: it is not created, and the row says
 /// why.
 #[tokio::test]
 async fn a_release_where_the_webhook_does_not_look_is_not_migrated() {
     let cp = cluster().await;
-    let ns = "kube-system";
+    let ns = &cp
+        .namespace_with_labels("migrate-unseen", &[(UNSEEN_NAMESPACE_LABEL, "true")])
+        .await;
     install_task(
         cp,
         ns,
