@@ -218,7 +218,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     Some(job) => Some(judge(&api, tr, &job_name, Some(job)).await?),
                     None => {
                         let fresh = api.get(&tr.name_any()).await?;
-                        if !job_lost_applies(tr, &fresh) {
+                        if !still_to_run(tr, &fresh) {
                             return Ok(Action::await_change());
                         }
                         // Gone before its end was seen: deleted by hand, or finished and
@@ -288,14 +288,15 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Whether a Job that the status names, and that the API server no longer has, ends the
-/// version as `JobLost`, by `fresh`, the TaskRun read from the API server just now. Not when
-/// that version is final already (the cache lags behind a status written since), nor when the
-/// TaskRun is not the one reconciled any more: being deleted (a foreground deletion has the
-/// garbage collector delete the Job before the cache shows the deletionTimestamp), another
-/// object of the same name (deleted and created again), or at another version. Its own event
-/// reconciles it then.
-fn job_lost_applies(tr: &TaskRun, fresh: &TaskRun) -> bool {
+/// Whether `fresh`, the TaskRun read from the API server just now, is still the `tr` this
+/// reconcile works for, with its version yet to end. Not when the TaskRun is being deleted (a
+/// foreground deletion has the garbage collector delete the children before this controller's
+/// cache shows the deletionTimestamp), is another object of the same name (deleted and created
+/// again), is at another version, or when that version is final already (the cache lags behind
+/// a status written since). Its own event reconciles it then. This decides whether a Job the
+/// status names and the API server no longer has ends the version as `JobLost`, and whether
+/// children are made at all (`with_files`).
+fn still_to_run(tr: &TaskRun, fresh: &TaskRun) -> bool {
     let version = tr.spec.context_version;
     fresh.meta().deletion_timestamp.is_none()
         && fresh.meta().uid == tr.meta().uid
@@ -304,7 +305,8 @@ fn job_lost_applies(tr: &TaskRun, fresh: &TaskRun) -> bool {
 }
 
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
-/// `cache::trim_taskrun`). None when what is read is another object or another version.
+/// `cache::trim_taskrun`). None when what is read is not [`still_to_run`]: no child is made
+/// for a TaskRun being deleted, another object, another version or a version that has ended.
 ///
 /// Read at the cached resourceVersion ("not older than"): the API server answers from its
 /// watch cache once that has caught up with what this controller's watch has shown (at once
@@ -316,11 +318,7 @@ async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>,
         None => GetParams::default(),
     };
     let fresh = api.get_with(&tr.name_any(), &params).await?;
-    Ok(
-        (fresh.spec.context_version == tr.spec.context_version
-            && fresh.meta().uid == tr.meta().uid)
-            .then_some(fresh),
-    )
+    Ok(still_to_run(tr, &fresh).then_some(fresh))
 }
 
 /// The status when a child's name is held by someone else, or (Duplicate) the task by an
@@ -588,7 +586,7 @@ fn not_run(tr: &TaskRun) -> Existing<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Known, denied_by_admission, job_lost_applies, runs_instead_of};
+    use super::{Known, denied_by_admission, runs_instead_of, still_to_run};
     use taskrun::{Phase, TaskRun, TaskRunStatus};
 
     fn taskrun(name: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
@@ -783,21 +781,23 @@ mod tests {
         assert_eq!(instead(&a, &[a.clone(), pending]).as_deref(), Some("b"));
     }
 
+    /// Read fresh, the TaskRun decides whether a Job the status names and the API server
+    /// lacks ends the version (`JobLost`), and whether children are made (`with_files`).
     #[test]
-    fn a_lost_job_ends_only_the_live_taskrun_at_its_version() {
+    fn only_the_live_taskrun_at_an_unended_version_is_still_to_run() {
         let tr = taskrun("t", 100, "svc", 7);
-        assert!(job_lost_applies(&tr, &tr.clone()));
+        assert!(still_to_run(&tr, &tr.clone()));
         // Deleted in the foreground: the garbage collector removed the Job first.
         let mut deleting = tr.clone();
         deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
-        assert!(!job_lost_applies(&tr, &deleting));
+        assert!(!still_to_run(&tr, &deleting));
         // Deleted and created again under the same name.
         let mut other = tr.clone();
         other.metadata.uid = Some("uid-new".into());
-        assert!(!job_lost_applies(&tr, &other));
+        assert!(!still_to_run(&tr, &other));
         // Raised to another version meanwhile, or ended already.
-        assert!(!job_lost_applies(&tr, &at_version(tr.clone(), 2)));
-        assert!(!job_lost_applies(
+        assert!(!still_to_run(&tr, &at_version(tr.clone(), 2)));
+        assert!(!still_to_run(
             &tr,
             &ended(tr.clone(), "JobLost", Some("svc-7-v1"))
         ));
