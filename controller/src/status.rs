@@ -236,8 +236,8 @@ pub struct Observed {
 
 /// The conditions for a phase: Succeeded is Unknown while the version runs and True/False at
 /// its end; Ready is True only when the version succeeded; Stalled=True only when it failed.
-/// A condition keeps its
-/// lastTransitionTime while its status stays the same.
+/// A condition keeps its lastTransitionTime from `prev` while its status stays the same
+/// (`next_status` passes none for a new version, whose run starts its own times).
 pub fn conditions(
     prev: &[Condition],
     o: &Outcome,
@@ -324,7 +324,12 @@ pub fn next_status(
         attempts: Some(seen.attempts),
         start_time,
         completion_time,
-        conditions: conditions(&prev.conditions, o, seen.generation, now),
+        conditions: conditions(
+            if same_version { &prev.conditions } else { &[] },
+            o,
+            seen.generation,
+            now,
+        ),
     }
 }
 
@@ -410,6 +415,24 @@ mod tests {
         assert_eq!(secs(&waiting(100, 2), 200), 25);
         assert_eq!(secs(&waiting(100, 2), 1000), 30);
         assert_eq!(secs(&waiting(100, 1), 1000), 2, "an older version's wait");
+        // A raised version that waits: its wait began now, not when the last one began to run.
+        let running_v1 = next_status(
+            &TaskRunStatus::default(),
+            &seen(1),
+            &Outcome::new(Phase::Running, reason::RUNNING, "r"),
+            &t(100),
+        );
+        let waiting_v2 = next_status(
+            &running_v1,
+            &seen(2),
+            &Outcome::new(Phase::Pending, reason::WAITING_FOR_PREVIOUS_OWNER, "w"),
+            &t(5000),
+        );
+        assert_eq!(
+            cond_of(&waiting_v2, SUCCEEDED).last_transition_time,
+            t(5000)
+        );
+        assert_eq!(secs(&waiting_v2, 5000), 2);
     }
 
     fn cond(type_: &str, status: &str, reason: Option<&str>) -> JobCondition {
