@@ -335,7 +335,8 @@ impl Campaign {
     async fn run(mut self) {
         let mut seen = Seen::new(Instant::now());
         loop {
-            let Some(read) = self.term.guarded(self.api.get_opt(&self.name)).await else {
+            let read = bounded(self.timing, self.api.get_opt(&self.name));
+            let Some(read) = self.term.guarded(read).await else {
                 break;
             };
             let now = Instant::now();
@@ -379,21 +380,18 @@ impl Campaign {
         let written = match (step, lease) {
             (Step::Create, _) => {
                 let lease = new_lease(&self.name, &self.me, self.timing, now);
-                self.term
-                    .guarded(self.api.create(&PostParams::default(), &lease))
-                    .await?
+                let params = PostParams::default();
+                let create = self.api.create(&params, &lease);
+                self.term.guarded(bounded(self.timing, create)).await?
             }
             (_, Some(lease)) => {
                 let Some(patch) = taking(lease, &self.me, self.timing, now) else {
                     tracing::warn!(lease = %self.name, "the Lease has no resourceVersion");
                     return Some(());
                 };
-                self.term
-                    .guarded(
-                        self.api
-                            .patch(&self.name, &patch_params(), &Patch::Merge(patch)),
-                    )
-                    .await?
+                let (params, patch) = (patch_params(), Patch::Merge(patch));
+                let patch = self.api.patch(&self.name, &params, &patch);
+                self.term.guarded(bounded(self.timing, patch)).await?
             }
             (_, None) => return Some(()),
         };
@@ -424,16 +422,16 @@ impl Campaign {
             return;
         }
         let released = async {
-            let Some(lease) = self.api.get_opt(&self.name).await? else {
+            let read = bounded(self.timing, self.api.get_opt(&self.name));
+            let Some(lease) = read.await? else {
                 return Ok(false);
             };
             let Some(patch) = letting_go(&lease, &self.me) else {
                 return Ok(false);
             };
-            self.api
-                .patch(&self.name, &patch_params(), &Patch::Merge(patch))
-                .await
-                .map(|_| true)
+            let (params, patch) = (patch_params(), Patch::Merge(patch));
+            let patch = self.api.patch(&self.name, &params, &patch);
+            bounded(self.timing, patch).await.map(|_| true)
         };
         match released.await {
             Ok(true) => tracing::info!(lease = %self.name, "released the leader Lease"),
@@ -441,6 +439,19 @@ impl Campaign {
             Err(error) => tracing::warn!(%error, "could not release the leader Lease"),
         }
     }
+}
+
+/// A Lease request, given up once a term has passed without an answer, as a failure like any
+/// other. The holder could not act on a later answer, and a connection gone silently dead must
+/// not keep the loop from trying again for the client's whole read timeout (client-go bounds
+/// each try by its renew deadline the same way).
+async fn bounded<T>(
+    timing: Timing,
+    request: impl Future<Output = kube::Result<T>>,
+) -> kube::Result<T> {
+    tokio::time::timeout(timing.term(), request)
+        .await
+        .unwrap_or_else(|elapsed| Err(kube::Error::Service(Box::new(elapsed))))
 }
 
 impl Term {
@@ -557,6 +568,52 @@ mod tests {
         assert!(
             waited <= FIRST_READ_PATIENCE && waited > FIRST_READ_PATIENCE - Duration::from_secs(5),
             "{waited:?}"
+        );
+    }
+
+    /// An API server that takes connections and never answers (a connection gone silently
+    /// dead looks the same to the client): the Lease is asked for again within a term and a
+    /// retry, not after the client's read timeout.
+    #[tokio::test]
+    async fn a_lease_request_left_unanswered_is_tried_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                // Held open, never answered.
+                let _ = accepted.send(socket);
+            }
+        });
+        let mut config = kube::Config::new(url.parse().expect("url"));
+        config.read_timeout = Some(Duration::from_secs(60));
+        let client = Client::try_from(config).expect("client");
+        let timing = Timing::new(2, 1).expect("timing");
+        let (tx, _rx) = watch::channel(false);
+        let campaign = Campaign {
+            api: Api::namespaced(client, "default"),
+            name: "lease".into(),
+            me: "me".into(),
+            timing,
+            term: Term { tx, ends: None },
+        };
+        let task = tokio::spawn(campaign.run());
+        let started = Instant::now();
+        let _first = connections.recv().await.expect("a first request");
+        let second = tokio::time::timeout(Duration::from_secs(20), connections.recv()).await;
+        task.abort();
+        assert!(
+            matches!(second, Ok(Some(_))),
+            "no second request after {:?}",
+            started.elapsed()
+        );
+        // A term (1 s) for the first, a retry (250 ms) before the second.
+        assert!(
+            started.elapsed() >= timing.term(),
+            "{:?}",
+            started.elapsed()
         );
     }
 
