@@ -374,12 +374,14 @@ async fn run_controller(
                 Err(error) => tracing::debug!(%error, "controller event"),
             }
         });
+    // The end of the term first: once it has come, no reconcile is polled again.
     tokio::select! {
-        _ = controller => false,
+        biased;
         _ = halt => {
             tracing::info!("stopped with reconciles still queued; the next leader picks them up");
             true
         }
+        _ = controller => false,
     }
 }
 
