@@ -130,26 +130,28 @@ pub(crate) fn decide(lease: Option<&Lease>, me: &str, seen_since: Instant, now: 
     }
 }
 
-/// The Lease as last read: its resourceVersion, and since when this replica has seen that one.
+/// The Lease's election record (its spec) as last read, and since when this replica has seen
+/// it so. Only the record counts, as in client-go: a label or annotation some tool writes on
+/// the Lease is no renewal, and must not keep a standby from taking over from a dead holder.
 #[derive(Debug)]
 pub(crate) struct Seen {
-    version: Option<String>,
+    record: Option<Option<LeaseSpec>>,
     since: Instant,
 }
 
 impl Seen {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
-            version: None,
+            record: None,
             since: now,
         }
     }
 
-    /// Notes the Lease read at `now`; returns since when it has been as it is.
+    /// Notes the Lease read at `now`; returns since when its record has been as it is.
     pub(crate) fn note(&mut self, lease: Option<&Lease>, now: Instant) -> Instant {
-        let version = lease.and_then(|l| l.metadata.resource_version.as_deref());
-        if version != self.version.as_deref() {
-            self.version = version.map(str::to_owned);
+        let record = lease.map(|l| l.spec.as_ref());
+        if self.record.as_ref().map(Option::as_ref) != record {
+            self.record = record.map(Option::<&LeaseSpec>::cloned);
             self.since = now;
         }
         self.since
@@ -648,8 +650,19 @@ mod tests {
         let a = lease(Some("other"), Some(15), "1");
         assert_eq!(seen.note(Some(&a), t1), t1);
         assert_eq!(seen.note(Some(&a), t2), t1);
-        let b = lease(Some("other"), Some(15), "2");
-        assert_eq!(seen.note(Some(&b), t2), t2);
+        // Another tool's label: a new resourceVersion, the same record.
+        let mut labelled = lease(Some("other"), Some(15), "2");
+        labelled.metadata.labels = Some([("team".to_owned(), "a".to_owned())].into());
+        assert_eq!(seen.note(Some(&labelled), t2), t1);
+        // A renewal.
+        let mut renewed = lease(Some("other"), Some(15), "3");
+        if let Some(spec) = renewed.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::from_second(5).expect("time")));
+        }
+        assert_eq!(seen.note(Some(&renewed), t2), t2);
+        // Gone.
+        let t3 = t2 + Duration::from_secs(1);
+        assert_eq!(seen.note(None, t3), t3);
     }
 
     #[test]
