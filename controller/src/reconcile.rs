@@ -181,10 +181,19 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     if !cm_ours {
-        let Some(source) = with_files(tr, &api).await? else {
-            // The TaskRun moved on while it was read: its own event reconciles it again.
+        let source = with_files(tr, &api).await?;
+        if !still_to_run(tr, &source) {
+            if source.meta().uid == tr.meta().uid
+                && status::is_final_for(source.status.as_ref(), version)
+            {
+                // Another writer (a former leader's late write) ended this version: what was
+                // last written here is not the truth any more, and the cache will show that.
+                ctx.written.forget(uid.unwrap_or_default());
+                ctx.starting.settled(uid.unwrap_or_default());
+            }
+            // Looked at again once the cache has caught up with what was read.
             return Ok(Action::requeue(LOOK_AGAIN));
-        };
+        }
         let desired = job::config_map(&source, owner.clone());
         let claimed = match claim(&config_maps, &api, tr, desired).await {
             Ok(claimed) => claimed,
@@ -293,9 +302,10 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
 /// foreground deletion has the garbage collector delete the children before this controller's
 /// cache shows the deletionTimestamp), is another object of the same name (deleted and created
 /// again), is at another version, or when that version is final already (the cache lags behind
-/// a status written since). Its own event reconciles it then. This decides whether a Job the
-/// status names and the API server no longer has ends the version as `JobLost`, and whether
-/// children are made at all (`with_files`).
+/// a status written since). Then nothing is made or ended here: a deletion, a new object or a
+/// new version brings its own event, and an ended version needs nothing more. This decides
+/// whether a Job the status names and the API server no longer has ends the version as
+/// `JobLost`, and whether children are made at all (after `with_files`).
 fn still_to_run(tr: &TaskRun, fresh: &TaskRun) -> bool {
     let version = tr.spec.context_version;
     fresh.meta().deletion_timestamp.is_none()
@@ -305,20 +315,19 @@ fn still_to_run(tr: &TaskRun, fresh: &TaskRun) -> bool {
 }
 
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
-/// `cache::trim_taskrun`). None when what is read is not [`still_to_run`]: no child is made
-/// for a TaskRun being deleted, another object, another version or a version that has ended.
+/// `cache::trim_taskrun`). No child is made from it unless it is [`still_to_run`]: not for a
+/// TaskRun being deleted, another object, another version or a version that has ended.
 ///
 /// Read at the cached resourceVersion ("not older than"): the API server answers from its
 /// watch cache once that has caught up with what this controller's watch has shown (at once
 /// when both come from the same API server), instead of a quorum read from etcd
 /// (docs/benchmarks.md).
-async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<Option<TaskRun>, Error> {
+async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<TaskRun, Error> {
     let params = match tr.meta().resource_version.as_deref() {
         Some(rv) => GetParams::at(rv),
         None => GetParams::default(),
     };
-    let fresh = api.get_with(&tr.name_any(), &params).await?;
-    Ok(still_to_run(tr, &fresh).then_some(fresh))
+    Ok(api.get_with(&tr.name_any(), &params).await?)
 }
 
 /// The status when a child's name is held by someone else, or (Duplicate) the task by an
