@@ -18,6 +18,12 @@ pub enum Error {
     Generate(#[from] rcgen::Error),
     #[error("cannot use the CA: {0}")]
     NotACa(&'static str),
+    #[error(
+        "the CA expires at {ca_expires}, before a certificate it signed now would ({days} days \
+         from now): start a new CA (remove ca.crt and ca.key; the caBundle changes with it, \
+         docs/install.md)"
+    )]
+    CaExpiresFirst { ca_expires: String, days: i64 },
     #[error("{0:?} is neither an IP address nor a DNS name")]
     BadHost(String),
     #[error("cannot write {path}: {source}")]
@@ -46,7 +52,12 @@ impl Pair {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pair: Pair,
+    /// No certificate it signs may outlive it: a client refuses the chain from then on.
+    not_after: time::OffsetDateTime,
 }
+
+/// How long a serving or client certificate is valid.
+const LEAF_DAYS: i64 = 365;
 
 impl Ca {
     /// A new self-signed CA, valid for ten years.
@@ -67,6 +78,7 @@ impl Ca {
             key_pem: key.serialize_pem(),
         };
         Ok(Self {
+            not_after: params.not_after,
             issuer: Issuer::new(params, key),
             pair,
         })
@@ -75,18 +87,47 @@ impl Ca {
     /// The CA of an earlier run, from its certificate and key (PEM), to sign new certificates
     /// that chain to the same CA.
     pub fn from_pem(pair: Pair) -> Result<Self, Error> {
-        let key = KeyPair::from_pem(&pair.key_pem)
-            .map_err(|_| Error::NotACa("the key is not a PEM private key"))?;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
-            .map_err(|_| Error::NotACa("not a PEM certificate"))?;
-        let cert = pem
-            .parse_x509()
-            .map_err(|_| Error::NotACa("not an X.509 certificate"))?;
-        if cert.public_key().raw != key.subject_public_key_info() {
-            return Err(Error::NotACa("the key is not the certificate's"));
+        let key = KeyPair::from_pem(&pair.key_pem).map_err(|_| {
+            Error::NotACa(if is_pkcs1_or_sec1(&pair.key_pem) {
+                "the key is not PKCS#8 (it is an `RSA PRIVATE KEY` or `EC PRIVATE KEY`): \
+                 convert it in place, keeping the CA, with `openssl pkcs8 -topk8 -nocrypt \
+                 -in ca.key -out ca.key.p8 && mv ca.key.p8 ca.key`"
+            } else {
+                "the key is not a PEM private key (PKCS#8): remove ca.crt and ca.key to start \
+                 with a new CA"
+            })
+        })?;
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes()).map_err(|_| {
+                Error::NotACa(
+                    "not a PEM certificate: remove ca.crt and ca.key to start with a new CA",
+                )
+            })?;
+        let cert = pem.parse_x509().map_err(|_| {
+            Error::NotACa(
+                "not an X.509 certificate: remove ca.crt and ca.key to start with a new CA",
+            )
+        })?;
+        if !cert.is_ca() {
+            return Err(Error::NotACa(
+                "the certificate is not a CA's (no basicConstraints CA:TRUE), and clients \
+                 refuse what it signs: give a CA's certificate and key, or remove ca.crt and \
+                 ca.key to start with a new CA",
+            ));
         }
+        if cert.public_key().raw != key.subject_public_key_info() {
+            return Err(Error::NotACa(
+                "the key is not the certificate's: give the CA's own key, or remove ca.crt and \
+                 ca.key to start with a new CA",
+            ));
+        }
+        let not_after = cert.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_pem(&pair.cert_pem, key)?;
-        Ok(Self { issuer, pair })
+        Ok(Self {
+            issuer,
+            pair,
+            not_after,
+        })
     }
 
     /// The CA certificate (a caBundle or `--client-ca-file`) and key.
@@ -104,7 +145,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        validity(&mut params, 365);
+        validity(&mut params, LEAF_DAYS);
         self.sign(params)
     }
 
@@ -117,11 +158,17 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        validity(&mut params, 365);
+        validity(&mut params, LEAF_DAYS);
         self.sign(params)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<Pair, Error> {
+        if params.not_after > self.not_after {
+            return Err(Error::CaExpiresFirst {
+                ca_expires: self.not_after.to_string(),
+                days: LEAF_DAYS,
+            });
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair {
@@ -144,6 +191,11 @@ fn name(common_name: &str, organizations: &[&str]) -> DistinguishedName {
         dn.push(DnType::OrganizationName, *org);
     }
     dn
+}
+
+fn is_pkcs1_or_sec1(pem: &str) -> bool {
+    pem.contains("-----BEGIN RSA PRIVATE KEY-----")
+        || pem.contains("-----BEGIN EC PRIVATE KEY-----")
 }
 
 fn san(host: &str) -> Result<SanType, Error> {
@@ -191,12 +243,27 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
         .create_new(true)
         .mode(mode)
         .open(&tmp)
-        .and_then(|mut file| file.write_all(contents.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|mut file| {
+            file.write_all(contents.as_bytes())?;
+            // On disk before it is renamed into place: after a power loss, the old file or
+            // the whole new one, never an empty key.
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| sync_dir(path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written.map_err(err)
+}
+
+/// Makes a rename in the directory of `path` durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -257,6 +324,68 @@ mod tests {
             key_pem: ca.pair().key_pem.clone(),
         };
         assert!(matches!(Ca::from_pem(garbage), Err(Error::NotACa(_))));
+    }
+
+    /// A certificate made here with `params` (self-signed), as a CA of an earlier run would be.
+    fn reused(mut params: CertificateParams) -> Pair {
+        params.distinguished_name = name("reused", &[]);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn a_certificate_that_is_no_ca_is_not_reused_as_one() {
+        let leaf = reused(CertificateParams::default());
+        let Err(Error::NotACa(why)) = Ca::from_pem(leaf) else {
+            panic!("a leaf certificate was taken for a CA");
+        };
+        assert!(why.contains("CA:TRUE"), "{why}");
+    }
+
+    #[test]
+    fn a_ca_that_expires_before_what_it_would_sign_signs_nothing() {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        validity(&mut params, 30);
+        let ca = Ca::from_pem(reused(params)).expect("a CA, for 30 days more");
+        let refused = ca.serving(&["localhost"]);
+        assert!(
+            matches!(
+                refused,
+                Err(Error::CaExpiresFirst {
+                    days: LEAF_DAYS,
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.map(|p| p.cert_pem)
+        );
+        // One made here lasts ten years.
+        assert!(
+            Ca::new("test-ca")
+                .expect("ca")
+                .serving(&["localhost"])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_ca_key_that_is_not_pkcs8_is_told_how_to_convert_it() {
+        let ca = Ca::new("test-ca").expect("ca");
+        let sec1 = Pair {
+            cert_pem: ca.pair().cert_pem.clone(),
+            key_pem: "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n"
+                .into(),
+        };
+        let Err(Error::NotACa(why)) = Ca::from_pem(sec1) else {
+            panic!("an EC PRIVATE KEY was read");
+        };
+        assert!(why.contains("openssl pkcs8 -topk8"), "{why}");
+        assert!(!why.contains("new CA"), "{why}");
     }
 
     #[test]

@@ -29,6 +29,14 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let (ca_crt, ca_key) = (args.out.join("ca.crt"), args.out.join("ca.key"));
     let ca = if ca_crt.exists() || ca_key.exists() {
+        if !(ca_crt.exists() && ca_key.exists()) {
+            anyhow::bail!(
+                "{} holds one of ca.crt and ca.key without the other (a run that stopped while \
+                 writing them, or a file removed): put the missing one back, or remove the other \
+                 to start with a new CA",
+                args.out.display()
+            );
+        }
         let read = |path: &std::path::Path| {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };
@@ -36,19 +44,22 @@ fn main() -> anyhow::Result<()> {
             cert_pem: read(&ca_crt)?,
             key_pem: read(&ca_key)?,
         };
-        taskrun_certs::Ca::from_pem(pair).with_context(|| {
-            format!(
-                "{}: remove ca.crt and ca.key to start with a new CA",
-                args.out.display()
-            )
-        })?
+        taskrun_certs::Ca::from_pem(pair)
+            .with_context(|| format!("reusing the CA in {}", args.out.display()))?
     } else {
         let ca = taskrun_certs::Ca::new("taskrun-dev-ca")?;
         ca.pair().write(&args.out, "ca")?;
         ca
     };
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-    ca.serving(&hosts)?.write(&args.out, "tls")?;
+    ca.serving(&hosts)
+        .with_context(|| {
+            format!(
+                "signing a serving certificate with the CA in {}",
+                args.out.display()
+            )
+        })?
+        .write(&args.out, "tls")?;
     println!(
         "wrote {}/tls.{{crt,key}} for {}, signed by the CA in {}/ca.crt",
         args.out.display(),
