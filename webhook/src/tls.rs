@@ -177,12 +177,27 @@ impl CertStore {
             path: key_path.clone(),
             reason: e.to_string(),
         })?;
-        let served =
-            CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| TlsError::Mismatch {
-                cert: cert_path,
-                key: key_path,
-                reason: e.to_string(),
+        // A key rustls cannot sign with (P-521, say) is the key's fault, not a mismatch.
+        let signing_key = self
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadKey {
+                path: key_path.clone(),
+                reason: format!("{e} (RSA, ECDSA P-256 or P-384 and Ed25519 keys are served)"),
             })?;
+        let served = CertifiedKey::new(chain, signing_key);
+        match served.keys_match() {
+            // As rustls' own CertifiedKey::from_der: a key that cannot tell is not refused.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => {
+                return Err(TlsError::Mismatch {
+                    cert: cert_path,
+                    key: key_path,
+                    reason: e.to_string(),
+                });
+            }
+        }
         Ok((served, not_after))
     }
 
@@ -337,6 +352,19 @@ mod tests {
     use super::*;
     use taskrun_certs::Ca;
 
+    /// A throwaway ECDSA P-521 key (`openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-521`), which rustls' ring provider cannot sign with.
+    const P521_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIA7yXG1+y7CTbFHC2M\n\
+RwYqBsurxfbBStFHhepDCi4yZ4iDysgpjHnA5U6OHCK0N1joAD0WoJ0FiWibjog6\n\
+x+CgnoOhgYkDgYYABAAs7ubXei7yaGLN4L+4Hwl5UC2FR0CaGDxjc9105S0xCoph\n\
+kW6lz5auyp7GmFfbQkJCVKGOUFeHDO80NIPZAlo1UgCH5zrgl4xsSQpiB8Rd1pXP\n\
+chSpFYznAh7f/PdO4nYcxG1H7ageF4JkNDSg9XaDLmUy/HNq9eYGpLSP/Q9nxOuW\n\
+sA==\n\
+-----END PRIVATE KEY-----\n\
+";
+
     fn served(store: &CertStore) -> Vec<u8> {
         store
             .current
@@ -401,6 +429,15 @@ mod tests {
         ));
         assert!(matches!(store.reload(), Reload::Unchanged));
         assert_eq!(served(&store), der(&good.cert_pem));
+
+        // A key of a type that cannot be served is called that, not a mismatch.
+        std::fs::write(dir.path().join("tls.crt"), &good.cert_pem).expect("write");
+        std::fs::write(dir.path().join("tls.key"), P521_KEY).expect("write");
+        let failed = store.reload();
+        assert!(
+            matches!(&failed, Reload::Failed(TlsError::BadKey { reason, .. }) if reason.contains("P-384")),
+            "{failed:?}"
+        );
 
         // Fixed: the matching pair loads again.
         other.write(dir.path(), "tls").expect("write");
