@@ -178,6 +178,30 @@ impl Ca {
     }
 }
 
+/// The hosts (DNS names and IP addresses) a PEM certificate is valid for, in its order; None
+/// when it cannot be read or names none.
+pub fn hosts_of(cert_pem: &str) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    let hosts: Vec<String> = names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                _ => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+            }
+            .map(|ip| ip.to_string()),
+            _ => None,
+        })
+        .collect();
+    (!hosts.is_empty()).then_some(hosts)
+}
+
 /// A key pair for signing service-account tokens (`--service-account-signing-key-file`),
 /// as a PKCS#8 PEM private key.
 pub fn signing_key_pem() -> Result<String, Error> {
@@ -386,6 +410,19 @@ mod tests {
         };
         assert!(why.contains("openssl pkcs8 -topk8"), "{why}");
         assert!(!why.contains("new CA"), "{why}");
+    }
+
+    #[test]
+    fn the_hosts_of_a_certificate_are_read_back_in_order() {
+        let ca = Ca::new("test-ca").expect("ca");
+        let hosts = ["taskrun-webhook.taskrun-system.svc", "127.0.0.1", "::1"];
+        let serving = ca.serving(&hosts).expect("serving");
+        assert_eq!(
+            hosts_of(&serving.cert_pem),
+            Some(hosts.map(str::to_owned).to_vec())
+        );
+        assert_eq!(hosts_of(&ca.pair().cert_pem), None, "a CA names no host");
+        assert_eq!(hosts_of("garbage"), None);
     }
 
     #[test]

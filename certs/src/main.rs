@@ -5,7 +5,8 @@
 //!
 //! writes `ca.crt`, `ca.key`, `tls.crt` and `tls.key`. When the directory already holds
 //! `ca.crt` and `ca.key` (an earlier run), that CA is kept and only the serving certificate is
-//! new: the caBundle the webhook configurations carry stays valid through a renewal.
+//! new: the caBundle the webhook configurations carry stays valid through a renewal. Without
+//! `--host`, the new certificate is for the hosts of the `tls.crt` it replaces.
 
 use std::path::PathBuf;
 
@@ -18,8 +19,9 @@ struct Args {
     /// Directory to write ca.crt, ca.key, tls.crt and tls.key into (created if missing).
     #[arg(long, default_value = ".dev/certs")]
     out: PathBuf,
-    /// DNS name or IP address the serving certificate is valid for (repeatable).
-    #[arg(long = "host", default_values_t = ["127.0.0.1".to_owned(), "localhost".to_owned()])]
+    /// DNS name or IP address the serving certificate is valid for (repeatable). Without it,
+    /// those of the tls.crt being replaced, else 127.0.0.1 and localhost.
+    #[arg(long = "host")]
     hosts: Vec<String>,
 }
 
@@ -51,7 +53,17 @@ fn main() -> anyhow::Result<()> {
         ca.pair().write(&args.out, "ca")?;
         ca
     };
-    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+    // A renewal run without --host must not make a certificate for other names than the one
+    // it replaces: the webhook would load it and the API server refuse it.
+    let hosts = if args.hosts.is_empty() {
+        std::fs::read_to_string(args.out.join("tls.crt"))
+            .ok()
+            .and_then(|pem| taskrun_certs::hosts_of(&pem))
+            .unwrap_or_else(|| vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+    } else {
+        args.hosts
+    };
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
     ca.serving(&hosts)
         .with_context(|| {
             format!(
