@@ -106,6 +106,9 @@ impl Webhook {
             cmd.arg("--shutdown-delay=0s");
         }
         cmd.args(extra_args).env("KUBECONFIG", kubeconfig);
+        // The Secret-volume layout, so rotation is the same symlink swap cert-manager causes;
+        // in place before the process starts, as a pod's volumes are.
+        write_rotation(&cert_dir, &ca, 0);
         let child = spawn_logged(cmd, &name).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let webhook = Webhook {
             child: Mutex::new(child),
@@ -114,10 +117,8 @@ impl Webhook {
             cert_dir,
             ca_path,
             ca: Mutex::new(ca),
-            rotations: AtomicU32::new(0),
+            rotations: AtomicU32::new(1),
         };
-        // The Secret-volume layout, so rotation is the same symlink swap cert-manager causes.
-        webhook.rotate();
         webhook.wait_ready().await;
         webhook
     }
@@ -249,28 +250,7 @@ impl Webhook {
     /// Returns the new pair.
     pub fn rotate(&self) -> Pair {
         let n = self.rotations.fetch_add(1, Ordering::Relaxed);
-        let pair = self
-            .ca()
-            .serving(&["127.0.0.1", "localhost"])
-            .unwrap_or_else(|e| panic!("serving certificate: {e}"));
-        let fail = |what: &str, e: std::io::Error| panic!("rotation: {what}: {e}");
-        let version = format!("..v{n}");
-        let version_dir = self.cert_dir.join(&version);
-        std::fs::create_dir_all(&version_dir).unwrap_or_else(|e| fail("mkdir", e));
-        pair.write(&version_dir, "tls")
-            .unwrap_or_else(|e| panic!("rotation: write: {e}"));
-        let tmp = self.cert_dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&version, &tmp).unwrap_or_else(|e| fail("symlink", e));
-        std::fs::rename(&tmp, self.cert_dir.join("..data")).unwrap_or_else(|e| fail("rename", e));
-        for file in ["tls.crt", "tls.key"] {
-            let link = self.cert_dir.join(file);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{file}"), &link)
-                    .unwrap_or_else(|e| fail("symlink", e));
-            }
-        }
-        pair
+        write_rotation(&self.cert_dir, &self.ca(), n)
     }
 
     /// GET on the plain listener; returns (status code, body), or None if it did not answer.
@@ -353,4 +333,31 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
+}
+
+/// Writes a new serving pair from `ca` into `cert_dir` as the kubelet updates a Secret volume:
+/// the files in a new `..v<n>` directory, then the `..data` symlink swapped to it in one
+/// rename, with `tls.crt` and `tls.key` links through `..data` (made once).
+fn write_rotation(cert_dir: &Path, ca: &Ca, n: u32) -> Pair {
+    let pair = ca
+        .serving(&["127.0.0.1", "localhost"])
+        .unwrap_or_else(|e| panic!("serving certificate: {e}"));
+    let fail = |what: &str, e: std::io::Error| panic!("rotation: {what}: {e}");
+    let version = format!("..v{n}");
+    let version_dir = cert_dir.join(&version);
+    std::fs::create_dir_all(&version_dir).unwrap_or_else(|e| fail("mkdir", e));
+    pair.write(&version_dir, "tls")
+        .unwrap_or_else(|e| panic!("rotation: write: {e}"));
+    let tmp = cert_dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp).unwrap_or_else(|e| fail("symlink", e));
+    std::fs::rename(&tmp, cert_dir.join("..data")).unwrap_or_else(|e| fail("rename", e));
+    for file in ["tls.crt", "tls.key"] {
+        let link = cert_dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link)
+                .unwrap_or_else(|e| fail("symlink", e));
+        }
+    }
+    pair
 }
