@@ -87,16 +87,8 @@ impl Ca {
     /// The CA of an earlier run, from its certificate and key (PEM), to sign new certificates
     /// that chain to the same CA.
     pub fn from_pem(pair: Pair) -> Result<Self, Error> {
-        let key = KeyPair::from_pem(&pair.key_pem).map_err(|_| {
-            Error::NotACa(if is_pkcs1_or_sec1(&pair.key_pem) {
-                "the key is not PKCS#8 (it is an `RSA PRIVATE KEY` or `EC PRIVATE KEY`): \
-                 convert it in place, keeping the CA, with `openssl pkcs8 -topk8 -nocrypt \
-                 -in ca.key -out ca.key.p8 && mv ca.key.p8 ca.key`"
-            } else {
-                "the key is not a PEM private key (PKCS#8): remove ca.crt and ca.key to start \
-                 with a new CA"
-            })
-        })?;
+        let key = KeyPair::from_pem(&pair.key_pem)
+            .map_err(|_| Error::NotACa(unusable_key(&pair.key_pem)))?;
         let (_, pem) =
             x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes()).map_err(|_| {
                 Error::NotACa(
@@ -165,7 +157,10 @@ impl Ca {
     fn sign(&self, params: CertificateParams) -> Result<Pair, Error> {
         if params.not_after > self.not_after {
             return Err(Error::CaExpiresFirst {
-                ca_expires: self.not_after.to_string(),
+                ca_expires: self
+                    .not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| self.not_after.to_string()),
                 days: LEAF_DAYS,
             });
         }
@@ -217,9 +212,23 @@ fn name(common_name: &str, organizations: &[&str]) -> DistinguishedName {
     dn
 }
 
-fn is_pkcs1_or_sec1(pem: &str) -> bool {
-    pem.contains("-----BEGIN RSA PRIVATE KEY-----")
+/// Why a CA key (PEM) cannot be used, and what to do: most keys of another encoding can be
+/// converted in place, keeping the CA (and so the caBundle).
+fn unusable_key(pem: &str) -> &'static str {
+    if pem.contains("-----BEGIN RSA PRIVATE KEY-----")
         || pem.contains("-----BEGIN EC PRIVATE KEY-----")
+    {
+        "the key is not PKCS#8 (it is an `RSA PRIVATE KEY` or `EC PRIVATE KEY`): convert it in \
+         place, keeping the CA, with `openssl pkcs8 -topk8 -nocrypt -in ca.key -out ca.key.p8 \
+         && mv ca.key.p8 ca.key`"
+    } else if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        "the key is encrypted: decrypt it in place, keeping the CA, with `openssl pkcs8 -in \
+         ca.key -out ca.key.p8 && mv ca.key.p8 ca.key`"
+    } else {
+        "the key is not a PEM private key of a type this tool signs with (PKCS#8: RSA, ECDSA \
+         P-256 or P-384, Ed25519): give the CA's key in that form, or remove ca.crt and ca.key \
+         to start with a new CA"
+    }
 }
 
 fn san(host: &str) -> Result<SanType, Error> {
@@ -273,10 +282,13 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
             // the whole new one, never an empty key.
             file.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| sync_dir(path));
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    } else {
+        // Best effort: the file is in place either way, and some filesystems refuse to sync
+        // a directory.
+        let _ = sync_dir(path);
     }
     written.map_err(err)
 }
@@ -397,13 +409,22 @@ mod tests {
         );
     }
 
+    /// A throwaway P-256 key as `openssl ecparam -name prime256v1 -genkey -noout` writes it
+    /// (SEC1), which rcgen on ring does not read.
+    const SEC1_KEY: &str = "\
+-----BEGIN EC PRIVATE KEY-----\n\
+MHcCAQEEIKHuezaQLSubfLGXEq4ySH9GiKwNquwlGRsdu+NxLLWToAoGCCqGSM49\n\
+AwEHoUQDQgAE9C7DF/rwwLcZcil0B8iG4T3cM8voyYmwv/LojyQ2CRjXJZW2A9rx\n\
+9Pj3BS8VVngCt45suQGkBw6AtdBbYYf8nQ==\n\
+-----END EC PRIVATE KEY-----\n\
+";
+
     #[test]
     fn a_ca_key_that_is_not_pkcs8_is_told_how_to_convert_it() {
         let ca = Ca::new("test-ca").expect("ca");
         let sec1 = Pair {
             cert_pem: ca.pair().cert_pem.clone(),
-            key_pem: "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n"
-                .into(),
+            key_pem: SEC1_KEY.into(),
         };
         let Err(Error::NotACa(why)) = Ca::from_pem(sec1) else {
             panic!("an EC PRIVATE KEY was read");

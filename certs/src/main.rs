@@ -56,10 +56,21 @@ fn main() -> anyhow::Result<()> {
     // A renewal run without --host must not make a certificate for other names than the one
     // it replaces: the webhook would load it and the API server refuse it.
     let hosts = if args.hosts.is_empty() {
-        std::fs::read_to_string(args.out.join("tls.crt"))
-            .ok()
-            .and_then(|pem| taskrun_certs::hosts_of(&pem))
-            .unwrap_or_else(|| vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        let tls_crt = args.out.join("tls.crt");
+        match std::fs::read_to_string(&tls_crt) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+            }
+            read => read
+                .ok()
+                .and_then(|pem| taskrun_certs::hosts_of(&pem))
+                .with_context(|| {
+                    format!(
+                        "cannot tell the hosts of {} to renew it for: give them with --host",
+                        tls_crt.display()
+                    )
+                })?,
+        }
     } else {
         args.hosts
     };
@@ -67,7 +78,9 @@ fn main() -> anyhow::Result<()> {
     ca.serving(&hosts)
         .with_context(|| {
             format!(
-                "signing a serving certificate with the CA in {}",
+                "signing a serving certificate for {} with the CA in {} (without --host, the \
+                 hosts are those of the tls.crt it replaces)",
+                hosts.join(", "),
                 args.out.display()
             )
         })?

@@ -37,6 +37,16 @@ fn a_renewal_keeps_the_ca_and_the_hosts_and_a_half_written_ca_is_refused_with_wh
         Some(vec![HOST.to_owned()])
     );
 
+    // A tls.crt whose hosts cannot be read is not renewed for the defaults.
+    std::fs::write(dir.join("tls.crt"), "garbage").expect("write tls.crt");
+    let unknown = run(&dir, &[]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr).into_owned();
+    assert!(
+        !unknown.status.success(),
+        "renewed for hosts it could not read"
+    );
+    assert!(stderr.contains("--host"), "{stderr}");
+
     std::fs::remove_file(dir.join("ca.key")).expect("rm ca.key");
     let refused = run(&dir, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();

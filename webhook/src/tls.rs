@@ -39,7 +39,7 @@ pub enum TlsError {
     NoCertificate { path: String },
     #[error("{path} is not a PEM certificate chain: {reason}")]
     BadCertificate { path: String, reason: String },
-    #[error("{path} is not a PEM private key: {reason}")]
+    #[error("cannot use the private key in {path}: {reason}")]
     BadKey { path: String, reason: String },
     #[error("the key in {key} does not belong to the certificate in {cert}: {reason}")]
     Mismatch {
