@@ -22,7 +22,7 @@ use crate::backoff::{self, NoPause};
 use crate::cache::{self, CachedJob, Children, Departed, Superseded, WrittenStatus};
 use crate::config::Args;
 use crate::leader::{LeaderError, Leadership, LeaseConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, watched};
 use crate::reconcile::{self, FIELD_MANAGER};
 use crate::starting::Starting;
 use crate::template::JobTemplate;
@@ -289,7 +289,7 @@ async fn run_controller(
     // (relist.rs).
     let taskrun_events = watcher(taskruns, taskrun_watch)
         .backoff(backoff::watch())
-        .inspect_err(watch_failed(base, "taskruns"))
+        .inspect_err(watch_failed(base, watched::TASKRUNS))
         .modify(cache::trim_taskrun)
         .reflect(writer)
         // Once the cache holds what the event brought.
@@ -319,7 +319,7 @@ async fn run_controller(
     let (job_reader, job_writer) = reflector::store();
     let job_events = watcher(jobs, children.clone())
         .backoff(backoff::watch())
-        .inspect_err(watch_failed(base, "jobs"))
+        .inspect_err(watch_failed(base, watched::JOBS))
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
     let superseded = Arc::new(Superseded::default());
@@ -340,7 +340,7 @@ async fn run_controller(
     let (cm_reader, cm_writer) = reflector::store();
     let cm_events = watcher(config_maps, children)
         .backoff(backoff::watch())
-        .inspect_err(watch_failed(base, "configmaps"))
+        .inspect_err(watch_failed(base, watched::CONFIG_MAPS))
         .modify(cache::trim_config_map);
     let cm_events = relist::with_vanished(cm_events, cm_reader.clone()).reflect(cm_writer);
     let cm_stream = relist::when_listed(cm_events, cm_reader.clone()).touched_objects();

@@ -15,7 +15,12 @@ use taskrun::TaskRun;
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// The resources the leader watches, as `watch_failures` labels them.
-const WATCHED: [&str; 3] = ["taskruns", "jobs", "configmaps"];
+pub mod watched {
+    pub const TASKRUNS: &str = "taskruns";
+    pub const JOBS: &str = "jobs";
+    pub const CONFIG_MAPS: &str = "configmaps";
+    pub(super) const ALL: [&str; 3] = [TASKRUNS, JOBS, CONFIG_MAPS];
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -35,7 +40,7 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let watch_failures = Family::<Labels, Counter>::default();
         // Served at 0 from the start, so that an alert on their rate has a series to watch.
-        for resource in WATCHED {
+        for resource in watched::ALL {
             let _ = watch_failures.get_or_create(&vec![("resource", resource)]);
         }
         let phases = Family::<Labels, Gauge>::default();
