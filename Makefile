@@ -14,9 +14,15 @@ help: ## list the targets
 
 test: deps control-plane go-tools lint build ## everything from a fresh clone: build, lint, unit and integration tests
 	cargo test --workspace --all-targets --locked
+	@# The lint step's warning is long scrolled away by now: say it again at the end.
+	@for c in fmt clippy; do cargo $$c --version >/dev/null 2>&1 || \
+	  echo "!!! cargo $$c is not installed on this machine: this run did NOT check $$c" >&2; done
 
 deps: ## system packages the tests and make up need (lua5.1, openssl, curl, g++), installed with apt-get when missing
 	@hack/install-deps.sh
+
+# Whatever compiles needs deps' compilers and checked toolchains first, under make -j too.
+lint build control-plane go-tools helm: | deps
 
 lint: fmt clippy fuzz-check ## rustfmt and clippy; says so loudly when a component is missing
 

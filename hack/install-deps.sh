@@ -3,9 +3,24 @@
 # runs the Argo CD health check's Lua tests with it; Argo CD's gopher-lua is Lua 5.1), openssl
 # (tests/tests/security.rs offers TLS 1.0/1.1 with `openssl s_client`) and curl (`make up` waits
 # on /readyz with it), and a C++ compiler (`make lint` builds the fuzz targets, and libfuzzer-sys
-# compiles libFuzzer; the C compiler ring needs comes with it). Idempotent: does nothing when everything is there. Installs with apt-get
-# as root (CI), or via sudo.
+# compiles libFuzzer; the C compiler ring needs comes with it). Idempotent: does nothing when
+# everything is there. Installs with apt-get as root (CI), or via sudo. Checks first that Rust
+# and Go, which it does not install, are on PATH and new enough.
 set -euo pipefail
+
+# Rust and Go are not installed here. Say which is missing or too old before anything is
+# built with them, instead of failing later in a build script.
+need() { # name, version printed by the tool, minimum major, minimum minor
+  local major minor
+  if [[ $2 =~ ([0-9]+)\.([0-9]+) ]]; then
+    major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+    if (( major > $3 || (major == $3 && minor >= $4) )); then return 0; fi
+  fi
+  echo "hack/install-deps.sh: $1 $3.$4 or newer is needed (README, Prerequisites); found: ${2:-none on PATH}" >&2
+  exit 1
+}
+need Rust "$(cargo --version 2>/dev/null || true)" 1 89
+need Go "$(go env GOVERSION 2>/dev/null || true)" 1 26
 
 missing=()
 command -v lua5.1 >/dev/null 2>&1 || missing+=(lua5.1)

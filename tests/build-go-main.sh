@@ -26,6 +26,8 @@ fi
 echo "building $name ($module $version) into $bin (once per machine; a minute or two cold)" >&2
 mkdir -p "$(dirname "$bin")"
 cd "$here"
-go build -trimpath -ldflags "-s -w" -o "$bin.partial" .
+# -buildvcs=false: the main package is in this checkout, and stamping it with git's state
+# fails where git is missing or the checkout belongs to another user.
+go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$bin.partial" .
 mv "$bin.partial" "$bin"
 echo "$bin"
