@@ -124,7 +124,9 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
 /// yet (as the API server words it), as opposed to one that is misconfigured or broken (a bad
 /// CA bundle, a crash on this input), which asking again will not mend.
 const WEBHOOK_NOT_READY: [&str; 5] = [
-    "not synced",
+    // The webhook's own answers when it cannot judge now: its index not synced, or too many
+    // large reviews being read at once.
+    "retry shortly",
     "connection refused",
     "no endpoints available",
     "context deadline exceeded",
@@ -149,13 +151,28 @@ pub fn retry_later(err: &kube::Error) -> bool {
 }
 
 /// A one-line account of an API error: the server's own message when it gave one (that is
-/// where the webhook's reason is), else the client error.
+/// where the webhook's reason is), else the client error with its causes. The client's own
+/// message alone ("client error (Connect)") is the same for a refused connection, an unknown
+/// certificate authority and a name that does not resolve; the cause tells them apart.
 pub fn describe(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) if !status.message.is_empty() => {
             format!("{} ({})", status.message, status.code)
         }
-        other => other.to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(e) = cause {
+                let part = e.to_string();
+                // Many errors print their source in their own message too.
+                if !text.contains(&part) {
+                    text.push_str(": ");
+                    text.push_str(&part);
+                }
+                cause = e.source();
+            }
+            text
+        }
     }
 }
 
@@ -166,6 +183,21 @@ mod tests {
 
     fn api(code: u16, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(Status::failure(message, "Reason").with_code(code)))
+    }
+
+    /// An error with a cause, as hyper's client wraps a failed connect.
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn a_client_error_names_its_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let err = kube::Error::Service(Box::new(Wrapped(refused)));
+        assert_eq!(
+            describe(&err),
+            "ServiceError: client error (Connect): refused here"
+        );
     }
 
     #[test]
@@ -274,6 +306,13 @@ mod tests {
              retry shortly",
         );
         assert!(retry_later(&not_synced));
+        // The webhook busy reading other large reviews.
+        assert!(retry_later(&api(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.taskruns.orchestrator.io\": \
+             failed to call webhook: too many large request bodies are being read at once; \
+             retry shortly",
+        )));
         assert!(retry_later(&api(429, "Too many requests")));
         assert!(retry_later(&api(503, "Service unavailable")));
         // A judgement on the TaskRun itself.

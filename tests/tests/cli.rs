@@ -295,6 +295,8 @@ async fn context_add_to_a_taskrun_being_deleted_is_a_failure_not_bad_input() {
             .arg(write_file(&work_dir().join(&ns), "ctx.md", "# More\n"));
         cmd
     });
+    // Read while the finalizer still holds it: once released, the TaskRun is gone.
+    let after = api.get("t1").await;
     // Let it go before asserting: nothing else removes example.com/hold.
     let release = json!({"metadata": {"finalizers": null}});
     let _ = api
@@ -314,9 +316,8 @@ async fn context_add_to_a_taskrun_being_deleted_is_a_failure_not_bad_input() {
         "{err}"
     );
     assert!(out.is_empty(), "{out}");
-    if let Ok(Some(after)) = api.get_opt("t1").await {
-        assert_eq!(after.spec, before.spec, "nothing was sent");
-    }
+    let after = after.expect("held by its finalizer until released");
+    assert_eq!(after.spec, before.spec, "nothing was sent");
 }
 
 /// Flux's kustomize-controller, before each apply, takes over the fields of every field
@@ -535,6 +536,37 @@ fn namespace_and_all_namespaces_are_refused_in_either_order() {
         );
         assert!(out.is_empty(), "{args:?}: {out}");
     }
+}
+
+/// An API server that cannot be reached: the error says why (here, the connection was
+/// refused), not only the client's "client error (Connect)", which reads the same for a wrong
+/// CA, a name that does not resolve and a server that is down.
+#[test]
+fn an_unreachable_cluster_is_reported_with_the_cause() {
+    let dir = work_dir().join("unreachable");
+    let port = taskrun_tests::free_port();
+    let kubeconfig = write_file(
+        &dir,
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+             clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', \
+             insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n"
+        ),
+    );
+    let (code, out, err) = run({
+        let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+        cmd.arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["context", "add", "t1", "-f"])
+            .arg(write_file(&dir, "ctx.md", "# More\n"));
+        cmd
+    });
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(out.is_empty(), "{out}");
 }
 
 /// `kubectl taskrun ... | head -1`: the reader goes away before the plugin writes. The plugin
