@@ -718,6 +718,23 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
         .await
         .expect("answer");
     assert_eq!(r.status, 415, "{}", r.body);
+    // Refused before its review was read, and logged at warn like a review that cannot be
+    // judged: the request counter's result="error" has a line to go with it.
+    wait_for(
+        "the 415 in the webhook's log",
+        Duration::from_secs(10),
+        || async {
+            let log = std::fs::read_to_string(w.log_path()).unwrap_or_default();
+            log.lines()
+                .any(|l| {
+                    l.contains("WARN")
+                        && l.contains("bad admission request")
+                        && l.contains("status=415")
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     let pods = serde_json::to_vec(&review(
         "CREATE",

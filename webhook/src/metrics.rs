@@ -105,6 +105,25 @@ impl Default for Metrics {
             "Connections closed because the TLS handshake failed or timed out",
             tls_handshake_failures.clone(),
         );
+        // The admission series exist from the start, at 0, so that rate() and increase() see
+        // the first errors of a new pod: a series born at 1 shows no increase until its next.
+        for route in ADMISSION_ROUTES {
+            let _ = latency.get_or_create(&RouteLabels { route });
+            for (operation, result) in ADMISSION_OPERATIONS
+                .iter()
+                .flat_map(|op| {
+                    [Outcome::allowed, Outcome::denied, Outcome::error].map(|r| (*op, r))
+                })
+                // Refused before its review was read: no operation known.
+                .chain([("", Outcome::error)])
+            {
+                let _ = requests.get_or_create(&RequestLabels {
+                    route,
+                    operation,
+                    result,
+                });
+            }
+        }
         Self {
             registry,
             requests,
@@ -119,6 +138,12 @@ impl Default for Metrics {
         }
     }
 }
+
+/// The routes that take admission reviews, as the `route` label names them.
+pub const ADMISSION_ROUTES: [&str; 2] = ["validate", "mutate"];
+
+/// The operations the webhook configurations send (`manifests/base/webhook-configurations.yaml`).
+const ADMISSION_OPERATIONS: [&str; 2] = ["CREATE", "UPDATE"];
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.00005, 2.0, 16).chain([2.5, 5.0, 10.0])
@@ -164,6 +189,27 @@ mod tests {
             "taskrun_webhook_certificate_expiry_timestamp_seconds 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn admission_series_start_at_zero() {
+        let text = Metrics::default().encode();
+        for route in ADMISSION_ROUTES {
+            for needle in [
+                format!(
+                    r#"taskrun_webhook_requests_total{{route="{route}",operation="CREATE",result="error"}} 0"#
+                ),
+                format!(
+                    r#"taskrun_webhook_requests_total{{route="{route}",operation="UPDATE",result="denied"}} 0"#
+                ),
+                format!(
+                    r#"taskrun_webhook_requests_total{{route="{route}",operation="",result="error"}} 0"#
+                ),
+                format!(r#"taskrun_webhook_request_duration_seconds_count{{route="{route}"}} 0"#),
+            ] {
+                assert!(text.contains(&needle), "{needle} missing in\n{text}");
+            }
         }
     }
 

@@ -147,7 +147,8 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         if req.method() != Method::POST {
-            let (mut response, operation, outcome) = error(
+            let (mut response, operation, outcome) = refused(
+                hook,
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 format!("use POST with an AdmissionReview, not {}", req.method()),
@@ -164,7 +165,8 @@ impl App {
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
         if !json {
-            return error(
+            return refused(
+                hook,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 "send the AdmissionReview as Content-Type: application/json".into(),
@@ -183,7 +185,8 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return error(
+            return refused(
+                hook,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 too_long(),
@@ -196,21 +199,24 @@ impl App {
         let (body, _room) = match read.await {
             Ok(read) => read,
             Err(ReadError::TooLarge) => {
-                return error(
+                return refused(
+                    hook,
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
                     too_long(),
                 );
             }
             Err(ReadError::NoRoom) => {
-                return error(
+                return refused(
+                    hook,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
                     "too many large request bodies are being read at once; retry shortly".into(),
                 );
             }
             Err(ReadError::Broken(e)) => {
-                return error(
+                return refused(
+                    hook,
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
                     format!("cannot read the request body: {e}"),
@@ -218,7 +224,8 @@ impl App {
             }
             Err(ReadError::TimedOut { arrived }) => {
                 let of = declared.map_or_else(String::new, |n| format!(" of {n}"));
-                return error(
+                return refused(
+                    hook,
                     StatusCode::REQUEST_TIMEOUT,
                     "Timeout",
                     format!(
@@ -258,13 +265,9 @@ impl App {
 pub async fn recover(handler: impl Future<Output = Reply>) -> Reply {
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(reply) => reply,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "request handler panicked");
+        Err(_) => {
+            // The panic hook (telemetry.rs) has logged what panicked and where.
+            tracing::error!("a request handler panicked; answered 500");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
@@ -297,6 +300,14 @@ fn route_label(route: &'static str, method: &Method, listener: Listener) -> &'st
 }
 
 /// A `Status` body, as the API server writes its own errors.
+/// An admission request refused before its review could be read (wrong method or media type,
+/// a body too large, too slow or broken, no room to read it): logged at warn, as a review that
+/// cannot be judged is, so that the errors the metrics count can be found in the log.
+fn refused(hook: Hook, status: StatusCode, reason: &str, message: String) -> Reply {
+    tracing::warn!(hook = ?hook, status = status.as_u16(), %message, "bad admission request");
+    error(status, reason, message)
+}
+
 fn error(status: StatusCode, reason: &str, message: String) -> Reply {
     let body =
         admission::status_body(&Status::failure(&message, reason).with_code(status.as_u16()));
