@@ -1,5 +1,7 @@
 //! taskrun-controller: reconciles TaskRuns into a ConfigMap and a Job per context version.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use taskrun_controller::{config, controller, telemetry};
 
@@ -8,9 +10,16 @@ use taskrun_controller::{config, controller, telemetry};
 /// threads the same work cost 1.8 ms of CPU per TaskRun instead of 1.4, mostly in waking one
 /// thread from the other (docs/benchmarks.md).
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = config::Args::parse();
-    telemetry::init(args.log_format, &args.log_level)?;
+    if let Err(e) = telemetry::init(args.log_format, &args.log_level) {
+        eprintln!("Error: {e}");
+        return ExitCode::FAILURE;
+    }
+    telemetry::exit_code(run(args).await)
+}
+
+async fn run(args: config::Args) -> anyhow::Result<()> {
     let template = args.job_template()?;
     let mut kube_config = kube::Config::infer().await?;
     kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);

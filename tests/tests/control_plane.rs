@@ -513,8 +513,11 @@ fn a_childs_startup_error_is_in_its_log_tail_under_rust_backtrace() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let tail = log_tail(child.log_path(), 30);
+    // A JSON line at level ERROR, like every other line of a pod's log.
     assert!(
-        tail.contains("Error: cannot reach the Kubernetes API"),
+        tail.lines().any(|l| l.starts_with('{')
+            && l.contains(r#""level":"ERROR""#)
+            && l.contains("cannot reach the Kubernetes API")),
         "the error is not in the last 30 lines:\n{tail}"
     );
 }

@@ -1,6 +1,7 @@
 //! `taskrun-webhook`: the validating and mutating admission webhook for TaskRuns (DESIGN
 //! section 4). Flags: `taskrun-webhook --help`.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -24,9 +25,16 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(3);
 /// Built by hand rather than with `#[tokio::main]`, whose runtime, dropped, waits for every
 /// blocking task: a certificate read stalled on a hung mount or a FIFO would keep the process
 /// from ever exiting after SIGTERM.
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let config = config::Config::parse();
-    telemetry::init(config.log_format, &config.log_level)?;
+    if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
+        eprintln!("Error: {e}");
+        return ExitCode::FAILURE;
+    }
+    telemetry::exit_code(run(config))
+}
+
+fn run(config: config::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -29,5 +29,28 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     }
-    .map_err(|e| TelemetryError::Init(e.to_string()))
+    .map_err(|e| TelemetryError::Init(e.to_string()))?;
+    log_panics();
+    Ok(())
+}
+
+/// The process's exit for what its work returned. A fatal error goes through the logger, so
+/// that under `--log-format=json` the reason a pod crash-loops is a JSON line like every other
+/// (the report of an error returned from `main` would be plain text, with no level). `{:#}`
+/// gives anyhow's chain of causes on one line.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A panic, wherever it happens, is logged through the logger too, with where it happened.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(panic = %panic, "panicked");
+    }));
 }
