@@ -212,7 +212,12 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// VmRSS of `pid` in MiB, from /proc/<pid>/status.
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let kib = taskrun_tests::memory_kib(pid, "VmRSS").context("no VmRSS line")?;
+    memory_mib(pid, "VmRSS")
+}
+
+/// A memory line of /proc/<pid>/status in MiB: `VmRSS` (now) or `VmHWM` (the peak so far).
+pub fn memory_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let kib = taskrun_tests::memory_kib(pid, field).with_context(|| format!("no {field} line"))?;
     Ok(kib as f64 / 1024.0)
 }
 
