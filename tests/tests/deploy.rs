@@ -215,6 +215,28 @@ fn every_overlay_builds() {
     );
     // Per ReplicaSet: during a rollout the old pods do not decide where the new ones go.
     assert_eq!(spread["matchLabelKeys"], json!(["pod-template-hash"]));
+    // The kubelet's SIGKILL comes after everything the webhook may still do after SIGTERM,
+    // with the Deployment's flags: answering during the delay, finishing in-flight requests,
+    // blocking work.
+    let args: Vec<&str> = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let flags = <taskrun_webhook::config::Config as clap::Parser>::try_parse_from(
+        std::iter::once("taskrun-webhook").chain(args.iter().copied()),
+    )
+    .expect("the Deployment's args parse");
+    let after_sigterm =
+        flags.shutdown_delay + flags.shutdown_timeout + taskrun_webhook::server::BLOCKING_GRACE;
+    let grace = webhook["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    assert!(
+        Duration::from_secs(grace) >= after_sigterm + Duration::from_secs(5),
+        "terminationGracePeriodSeconds {grace} leaves no margin over {after_sigterm:?}"
+    );
     let body_wait: u64 = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .into_iter()

@@ -2,7 +2,6 @@
 //! section 4). Flags: `taskrun-webhook --help`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use taskrun_webhook::{config, server, telemetry};
@@ -13,10 +12,6 @@ use taskrun_webhook::{config, server, telemetry};
 /// its pod's memory limit.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Once the server has returned, how long blocking-pool work (a certificate read) may take
-/// before the process exits anyway.
-const BLOCKING_GRACE: Duration = Duration::from_secs(3);
 
 /// Admission connections are served on one single-threaded runtime per core, at most 4
 /// (`workers.rs`); this one runs the listeners, the index's watch and the certificate reload,
@@ -39,7 +34,7 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let served = runtime.block_on(server::run(config));
-    runtime.shutdown_timeout(BLOCKING_GRACE);
+    runtime.shutdown_timeout(server::BLOCKING_GRACE);
     served?;
     Ok(())
 }

@@ -92,6 +92,11 @@ struct Limits {
     idle_timeout: Duration,
 }
 
+/// Once `run` has returned, how long blocking-pool work (a certificate read) may take before
+/// the process exits anyway. After SIGTERM the process may take up to `--shutdown-delay`,
+/// `--shutdown-timeout` and this together: the pod's terminationGracePeriodSeconds covers them.
+pub const BLOCKING_GRACE: Duration = Duration::from_secs(3);
+
 /// Serves admission with a duplicate index fed by a watch on every namespace's TaskRuns.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
