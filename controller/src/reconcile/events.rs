@@ -1,7 +1,7 @@
 //! Kubernetes Events on a TaskRun, recorded in the background.
 
+use kube::Resource;
 use kube::runtime::events::{Event, Recorder};
-use kube::{Resource, ResourceExt};
 use taskrun::TaskRun;
 
 use crate::controller::Ctx;
@@ -12,10 +12,16 @@ use crate::controller::Ctx;
 pub(super) fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
     event.note = event.note.map(fit_note);
     let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());
-    let (reference, name) = (tr.object_ref(&()), tr.name_any());
+    let reference = tr.object_ref(&());
     tokio::spawn(async move {
         if let Err(error) = recorder.publish(&event, &reference).await {
-            tracing::warn!(taskrun = %name, %error, "could not record an Event");
+            tracing::warn!(
+                taskrun = reference.name.as_deref().unwrap_or_default(),
+                namespace = reference.namespace.as_deref().unwrap_or_default(),
+                reason = %event.reason,
+                %error,
+                "could not record an Event"
+            );
         }
     });
 }

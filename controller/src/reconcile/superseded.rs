@@ -50,7 +50,7 @@ pub(super) async fn stop_superseded(
                 }
                 found => {
                     if found.is_some() {
-                        tracing::warn!(taskrun = %tr.name_any(), job = %name, "the status names a Job this TaskRun does not control; left alone");
+                        tracing::warn!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "the status names a Job this TaskRun does not control; left alone");
                     }
                     continue;
                 }
@@ -61,7 +61,7 @@ pub(super) async fn stop_superseded(
         if !deleted {
             continue;
         }
-        tracing::info!(taskrun = %tr.name_any(), job = %name, "stopped the Job of a superseded version");
+        tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopped the Job of a superseded version");
         let event = Event {
             type_: EventType::Normal,
             reason: "Superseded".into(),
@@ -105,10 +105,10 @@ pub(super) async fn drop_superseded_config_map(
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     match writes::delete_child(&config_maps, name, cm.metadata.uid.as_deref()).await {
         Ok(_) => {
-            tracing::info!(taskrun = %tr.name_any(), config_map = %name, "removed the ConfigMap of a superseded version")
+            tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), config_map = %name, "removed the ConfigMap of a superseded version")
         }
         Err(error) => {
-            tracing::warn!(taskrun = %tr.name_any(), config_map = %name, %error, "could not remove the ConfigMap of a superseded version; it goes with the TaskRun")
+            tracing::warn!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), config_map = %name, %error, "could not remove the ConfigMap of a superseded version; it goes with the TaskRun")
         }
     }
 }
