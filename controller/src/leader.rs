@@ -245,13 +245,14 @@ impl Leadership {
     }
 
     /// Reads the Lease first (so that missing RBAC or a wrong namespace fails the start), then
-    /// competes for it in the background. The first read is retried for
-    /// [`FIRST_READ_PATIENCE`]: a controller started while the API server restarts would
-    /// otherwise exit, and wait out the kubelet's growing restart delay.
+    /// competes for it in the background. The first read is retried for as long as the API
+    /// server does not answer (or answers that it cannot serve now): a controller started
+    /// while the API server restarts or is upgraded would otherwise exit, and wait out the
+    /// kubelet's growing restart delay after the API server is back.
     pub async fn elect(client: Client, c: LeaseConfig) -> Result<Self, LeaderError> {
         let timing = Timing::new(c.duration_seconds, c.grace_seconds)?;
         let api: Api<Lease> = Api::namespaced(client, &c.namespace);
-        patiently(FIRST_READ_PATIENCE, || api.get_opt(&c.name))
+        patiently(refused, || api.get_opt(&c.name))
             .await
             .map_err(|source| LeaderError::Lease {
                 namespace: c.namespace.clone(),
@@ -291,23 +292,31 @@ impl Leadership {
     }
 }
 
-/// How long the first read of the Lease is retried before the start fails: enough to ride out
-/// an API server restart, short enough that missing RBAC still shows as a failed start.
-pub const FIRST_READ_PATIENCE: Duration = Duration::from_secs(60);
+/// True when the API server refused the request (missing RBAC, say): asking again will not
+/// mend that. No answer, an overloaded server (429) or a server error are worth waiting out.
+fn refused(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => (400..500).contains(&status.code) && status.code != 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => false,
+        _ => true,
+    }
+}
 
-/// Calls `read` until it succeeds, waiting 200 ms after a failure and twice as long after
-/// each next one, at most 5 s; the last error once the next wait would pass `patience`.
-async fn patiently<T, E, F>(patience: Duration, mut read: impl FnMut() -> F) -> Result<T, E>
+/// Calls `read` until it succeeds or fails with an error that `lasting` says asking again will
+/// not mend, waiting 200 ms after a failure and twice as long after each next one, at most 5 s.
+async fn patiently<T, E, F>(
+    lasting: impl Fn(&E) -> bool,
+    mut read: impl FnMut() -> F,
+) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
         match read().await {
             Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() + wait > patience => return Err(error),
+            Err(error) if lasting(&error) => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?wait, "cannot read the Lease yet; trying again");
                 tokio::time::sleep(wait).await;
@@ -548,29 +557,55 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_read_is_retried_for_a_while_then_fails() {
+    async fn the_first_read_waits_out_an_absent_api_server_but_not_a_refusal() {
+        let lasting = |e: &&str| *e == "forbidden";
         let calls = std::cell::Cell::new(0);
         let flaky = || {
             calls.set(calls.get() + 1);
             let n = calls.get();
-            async move { if n < 4 { Err("refused") } else { Ok(n) } }
+            async move { if n < 4 { Err("no answer") } else { Ok(n) } }
         };
         let started = Instant::now();
-        assert_eq!(patiently(FIRST_READ_PATIENCE, flaky).await, Ok(4));
+        assert_eq!(patiently(lasting, flaky).await, Ok(4));
         // 200 + 400 + 800 ms of waiting.
         assert_eq!(started.elapsed(), Duration::from_millis(1400));
 
+        // An API server away for ten minutes: still waited for.
+        calls.set(0);
+        let long_away = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n <= 125 { Err("no answer") } else { Ok(n) } }
+        };
+        let started = Instant::now();
+        assert_eq!(patiently(lasting, long_away).await, Ok(126));
+        assert!(
+            started.elapsed() > Duration::from_secs(600),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A refusal ends it at once.
         let started = Instant::now();
         let never = || async { Err::<(), _>("forbidden") };
-        assert_eq!(
-            patiently(FIRST_READ_PATIENCE, never).await,
-            Err("forbidden")
-        );
-        let waited = started.elapsed();
-        assert!(
-            waited <= FIRST_READ_PATIENCE && waited > FIRST_READ_PATIENCE - Duration::from_secs(5),
-            "{waited:?}"
-        );
+        assert_eq!(patiently(lasting, never).await, Err("forbidden"));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_lease_read_fails_the_start() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "X").with_code(code),
+            ))
+        };
+        assert!(refused(&api(403)));
+        assert!(refused(&api(401)));
+        assert!(!refused(&api(429)));
+        assert!(!refused(&api(500)));
+        assert!(!refused(&api(503)));
+        let no_answer = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(!refused(&kube::Error::Service(Box::new(no_answer))));
     }
 
     /// An API server that takes connections and never answers (a connection gone silently
