@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, ListParams};
 use serde_json::Value;
 use taskrun::validation::shown;
 
+use super::bounded_yaml;
 use super::plan::{self, Revision};
 use super::release::Release;
 use crate::error::{describe, status_code};
@@ -36,9 +37,7 @@ pub struct ManifestObject {
 /// The objects of a release manifest (multi-document YAML), in manifest order.
 pub fn manifest_objects(manifest: &str) -> Result<Vec<ManifestObject>, String> {
     let mut objects = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|e| format!("the release manifest is not valid YAML: {e}"))?;
+    for value in bounded_yaml::documents(manifest)? {
         if value.is_null() {
             continue;
         }

@@ -1,0 +1,174 @@
+//! Reading a release manifest's YAML documents into JSON values, with a bound on the nodes
+//! made. A YAML alias repeats the node its anchor names, so a few KB of anchors and aliases can
+//! expand into billions of nodes (serde_yaml_ng bounds how many aliases are followed, not what
+//! they expand into). The manifest comes from a Secret that anyone who can write Secrets in
+//! the release's namespace can forge, and migrate-helm runs with an admin's rights: such a
+//! manifest is refused instead of exhausting memory. Without aliases a document has fewer
+//! nodes than twice its bytes (every node takes a byte, and most take more), so that is the
+//! bound: no manifest Helm renders comes near it.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::value::{I128Deserializer, U128Deserializer};
+use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// What a manifest that expands beyond the bound is refused with.
+pub const EXPANDS: &str = "the release manifest expands far beyond its size through YAML aliases";
+
+/// The documents of `text`, each as JSON (an empty document is `null`), in order.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let budget = Cell::new(text.len().saturating_mul(2).saturating_add(16));
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| {
+            Counted(&budget)
+                .deserialize(doc)
+                .map_err(|e| format!("the release manifest is not valid YAML: {e}"))
+        })
+        .collect()
+}
+
+/// Takes one node from the budget, or fails once it is spent.
+fn take<E: Error>(budget: &Cell<usize>) -> Result<(), E> {
+    match budget.get().checked_sub(1) {
+        Some(left) => {
+            budget.set(left);
+            Ok(())
+        }
+        None => Err(E::custom(EXPANDS)),
+    }
+}
+
+/// One node and everything under it, as JSON, each node counted.
+struct Counted<'a>(&'a Cell<usize>);
+
+impl<'de> DeserializeSeed<'de> for Counted<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        take(self.0)?;
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Counted<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i128<E: Error>(self, v: i128) -> Result<Value, E> {
+        Value::deserialize(I128Deserializer::new(v))
+    }
+
+    fn visit_u128<E: Error>(self, v: u128) -> Result<Value, E> {
+        Value::deserialize(U128Deserializer::new(v))
+    }
+
+    fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Counted(self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            take::<A::Error>(self.0)?;
+            let value = map.next_value_seed(Counted(self.0))?;
+            entries.insert(key, value);
+        }
+        Ok(Value::Object(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What serde_json's own `Value` makes of the same YAML.
+    fn unbounded(text: &str) -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(text)
+            .map(|doc| Value::deserialize(doc).expect("valid"))
+            .collect()
+    }
+
+    #[test]
+    fn documents_read_as_serde_json_reads_them() {
+        let text = "a: 1\nb: [x, 2.5, true, null, ~, -7]\nc: {d: e, 1: one}\n---\n---\n\
+                    - 18446744073709551615\n- -9223372036854775808\n- .inf\n- |\n  text\n";
+        let docs = documents(text).expect("valid");
+        assert_eq!(docs, unbounded(text));
+        assert_eq!(docs.len(), 3, "{docs:?}");
+        assert_eq!(docs[1], Value::Null);
+    }
+
+    /// 3.5 KB that expand into a quarter of a million nodes, which serde_yaml_ng's own bound on
+    /// aliases followed (500 here) lets through: refused, before they are made. Scaled up, the
+    /// same shape takes any memory there is.
+    #[test]
+    fn aliases_that_expand_past_the_manifest_size_are_refused() {
+        let wide = vec!["x"; 500].join(", ");
+        let text = format!(
+            "items: &w [{wide}]\ncopies: [{}]\n",
+            vec!["*w"; 500].join(", ")
+        );
+        assert_eq!(
+            unbounded(&text)[0]["copies"][499].as_array().map(Vec::len),
+            Some(500)
+        );
+        let err = documents(&text).expect_err("refused");
+        assert!(err.contains(EXPANDS), "{err}");
+    }
+
+    /// Aliases as a chart may use them, for a few repeated labels, stay within the bound.
+    #[test]
+    fn a_few_aliases_are_read() {
+        let docs = documents("labels: &l {app: x}\nselector: *l\n").expect("valid");
+        assert_eq!(
+            docs,
+            [serde_json::json!({"labels": {"app": "x"}, "selector": {"app": "x"}})]
+        );
+    }
+}
