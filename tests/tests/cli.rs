@@ -1044,12 +1044,27 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     });
     assert_eq!(code, 0, "{err}");
 
-    // --delete-releases uninstalls the verified releases only.
-    let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
+    // --delete-releases uninstalls the verified releases only, each said on stderr as it
+    // goes (the table comes only at the end).
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["migrate-helm", "-n", &ns, "--delete-releases"]);
+        cmd
+    });
+    eprintln!("migrate-helm --delete-releases -> {code}\n{out}{err}");
     assert_eq!(code, 3);
     for name in expected.keys() {
         assert!(row(&out, name).contains("uninstalled"), "{out}");
+        assert!(
+            err.contains(&format!("uninstalled release {ns}/{name}: ")),
+            "{err}"
+        );
     }
+    assert_eq!(
+        err.matches("uninstalled release ").count(),
+        expected.len(),
+        "{err}"
+    );
     assert_failures(&out);
     not_ours(&out);
     skipped(&out);

@@ -14,6 +14,7 @@ mod report;
 mod uninstall;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
@@ -88,6 +89,16 @@ pub async fn run(
             Err(NotPicked::NoRevisions) => None,
         };
         if let Some(row) = row {
+            if let Helm::Uninstalled(what) = &row.helm {
+                // At once, on stderr: a run cut short (Ctrl-C, a closed terminal) prints no
+                // table, and a rerun no longer finds the releases it deleted.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "uninstalled release {}/{}: {what}",
+                    row.namespace,
+                    row.release
+                );
+            }
             tracing::info!(namespace = %row.namespace, release = %row.release, outcome = ?row.outcome, helm = ?row.helm, "release done");
             rows.push(row);
         }
