@@ -30,6 +30,14 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
             let done = context_add::run(client, &namespace, &add.name, files).await?;
             tracing::info!(attempts = done.attempts, "context added");
             output::print(&format!("{}\n", done.summary(&add.name)))?;
+            if let Some(why) = &done.lost_as_duplicate {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: taskrun/{} failed as a duplicate, so no version of it runs while the \
+                     TaskRun holding its task lives: {why}",
+                    add.name
+                );
+            }
             Ok(ExitCode::from(error::OK))
         }
         Command::MigrateHelm(args) => {

@@ -7,9 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use taskrun::{Phase, TaskRunStatus};
 
-pub const READY: &str = "Ready";
-pub const SUCCEEDED: &str = "Succeeded";
-pub const STALLED: &str = "Stalled";
+pub use taskrun::conditions::{READY, STALLED, SUCCEEDED, reason};
 
 /// Where one version of a TaskRun stands, and why.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,65 +28,6 @@ impl Outcome {
             message: message.into(),
             finished_at: None,
         }
-    }
-}
-
-/// Every reason the conditions of a TaskRun can carry (README lists them).
-pub mod reason {
-    /// The Job exists and has no pod yet.
-    pub const JOB_CREATED: &str = "JobCreated";
-    /// The Job's pod exists but is not running yet: being scheduled, pulling its image,
-    /// starting (or stuck at one of these: unschedulable, a wrong image).
-    pub const POD_PENDING: &str = "PodPending";
-    /// The Job has a pod running, or one that ended which the Job has not counted yet.
-    pub const RUNNING: &str = "Running";
-    /// A pod failed and the Job starts another.
-    pub const RETRYING: &str = "Retrying";
-    /// The Job is suspended.
-    pub const SUSPENDED: &str = "Suspended";
-    /// The Job completed: the version succeeded.
-    pub const COMPLETED: &str = "Completed";
-    /// The Job failed for a reason other than those it names (`JOB_FAILURE`).
-    pub const JOB_FAILED: &str = "JobFailed";
-    /// Failure reasons the Job controller sets, passed through as they are.
-    pub const JOB_FAILURE: [&str; 4] = [
-        "BackoffLimitExceeded",
-        "DeadlineExceeded",
-        "PodFailurePolicy",
-        "MaxFailedIndexesExceeded",
-    ];
-    /// An older live TaskRun of the same identity runs instead (final).
-    pub const DUPLICATE: &str = "Duplicate";
-    /// The API server's own validation refused the Job: the template does not fit (final).
-    pub const INVALID_TEMPLATE: &str = "InvalidTemplate";
-    /// A child's name is held by something no TaskRun controls (final).
-    pub const NAME_CONFLICT: &str = "NameConflict";
-    /// The version's Job was removed before its end was seen (final).
-    pub const JOB_LOST: &str = "JobLost";
-    /// A child's name is still held by a TaskRun that is going away.
-    pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
-    /// The API server refused a child's create for a reason that may pass; retried.
-    pub const CREATE_REFUSED: &str = "CreateRefused";
-
-    /// All of them.
-    pub fn all() -> impl Iterator<Item = &'static str> {
-        [
-            JOB_CREATED,
-            POD_PENDING,
-            RUNNING,
-            RETRYING,
-            SUSPENDED,
-            COMPLETED,
-            JOB_FAILED,
-            DUPLICATE,
-            INVALID_TEMPLATE,
-            NAME_CONFLICT,
-            JOB_LOST,
-            WAITING_FOR_PREVIOUS_OWNER,
-            CREATE_REFUSED,
-        ]
-        .into_iter()
-        .chain(JOB_FAILURE)
     }
 }
 

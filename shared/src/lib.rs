@@ -4,6 +4,7 @@
 
 mod api;
 pub mod client;
+pub mod conditions;
 pub mod crd;
 mod identity;
 pub mod labels;

@@ -273,6 +273,48 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
     );
 }
 
+/// A TaskRun that lost the race for its task (the controller's Succeeded=False, reason
+/// Duplicate) runs no version while the TaskRun holding the task lives: the context is added,
+/// and the plugin warns that it will not run, with the status's message (which names that
+/// TaskRun). The status is written here as the controller writes it.
+#[tokio::test]
+async fn context_add_to_a_taskrun_that_lost_as_a_duplicate_warns_it_will_not_run() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-duplicate").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    kubectl_apply(
+        cp,
+        &ns,
+        "gitops",
+        &gitops_manifest("t1", &[("task.md", "# Task\n")]),
+    );
+    let held_by = "TaskRun other already runs task 11 of service payments";
+    let status = json!({"status": {"conditions": [{
+        "type": "Succeeded", "status": "False", "reason": "Duplicate",
+        "message": held_by, "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }]}});
+    api.patch_status(
+        "t1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .expect("status written");
+
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(write_file(&work_dir().join(&ns), "ctx.md", "# More\n"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("context version 2: added ctx.md"), "{out}");
+    assert!(
+        err.contains("warning: taskrun/t1 failed as a duplicate") && err.contains(held_by),
+        "{err}"
+    );
+}
+
 /// A TaskRun being deleted (a finalizer holding it) gets no new version: that is the
 /// cluster's state, not bad input, so the exit code is 1 (not 2) and the error says what to do.
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use taskrun::{MarkdownFile, TaskRun};
+use taskrun::{MarkdownFile, TaskRun, conditions};
 
 use crate::error::{Error, describe, may_have_taken_effect, status_code};
 
@@ -30,6 +30,9 @@ pub struct Added {
     pub attempts: u32,
     /// False when the TaskRun already had every file as given, and nothing was sent.
     pub changed: bool,
+    /// The message of the TaskRun's failure as a duplicate, when it lost that race: no version
+    /// of it runs while the TaskRun that holds its task lives.
+    pub lost_as_duplicate: Option<String>,
 }
 
 impl Added {
@@ -88,6 +91,7 @@ pub async fn run(
                     files: files(),
                     attempts: attempt,
                     changed: false,
+                    lost_as_duplicate: lost_as_duplicate(&current),
                 });
             }
         };
@@ -101,6 +105,7 @@ pub async fn run(
                     files: files(),
                     attempts: attempt,
                     changed: true,
+                    lost_as_duplicate: lost_as_duplicate(&applied),
                 });
             }
             Err(e) if status_code(&e) == Some(409) => {
@@ -128,6 +133,22 @@ pub async fn run(
     })
 }
 
+/// The message of a TaskRun's Succeeded=False condition with reason Duplicate: it lost the race
+/// for its task to an older TaskRun, and runs no version, this one or a later, while that one
+/// lives (DESIGN section 5).
+fn lost_as_duplicate(tr: &TaskRun) -> Option<String> {
+    tr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == conditions::SUCCEEDED
+                && c.status == "False"
+                && c.reason == conditions::reason::DUPLICATE
+        })
+        .map(|c| c.message.clone())
+}
+
 /// "Full jitter" exponential backoff: a uniform wait in [0, min(cap, base * 2^attempt)), so
 /// callers that collided spread out instead of colliding again in lockstep. `unit` is a
 /// uniform random number in [0, 1).
@@ -148,6 +169,7 @@ mod tests {
             files: vec!["a.md".into(), "b.md".into()],
             attempts,
             changed,
+            lost_as_duplicate: None,
         }
     }
 
