@@ -7,7 +7,7 @@
 //! Job has not finished, or whose newest revision Helm is still working on (pending-*), is
 //! postponed, and the run ends with exit code 3 so that it is run again.
 
-mod bounded_yaml;
+pub mod bounded_yaml;
 mod plan;
 pub mod release;
 mod report;
