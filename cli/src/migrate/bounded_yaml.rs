@@ -1,11 +1,16 @@
-//! Reading a release manifest's YAML documents into JSON values, with a bound on the nodes
-//! made. A YAML alias repeats the node its anchor names, so a few KB of anchors and aliases can
-//! expand into billions of nodes (serde_yaml_ng bounds how many aliases are followed, not what
-//! they expand into). The manifest comes from a Secret that anyone who can write Secrets in
-//! the release's namespace can forge, and migrate-helm runs with an admin's rights: such a
-//! manifest is refused instead of exhausting memory. Without aliases a document has fewer
-//! nodes than twice its bytes (every node takes a byte, and most take more), so that is the
-//! bound: no manifest Helm renders comes near it.
+//! Reading a release manifest's YAML documents into JSON values, with a bound on what is made.
+//! A YAML alias repeats the node its anchor names, so a few KB of anchors and aliases can
+//! expand into billions of nodes, or copy one long string millions of times (serde_yaml_ng
+//! bounds how many aliases are followed, not what they expand into). The manifest comes from a
+//! Secret that anyone who can write Secrets in the release's namespace can forge, and
+//! migrate-helm runs with an admin's rights: such a manifest is refused instead of exhausting
+//! memory.
+//!
+//! The bound: each node costs one, and each string (key or value) its length in bytes too, up
+//! to three times the manifest's bytes. Without aliases YAML does not get there: a node takes
+//! at least a byte of the source (`[a,a]`, `{0,1}` with its implicit nulls), and a string
+//! decodes to at most one and a half times its source (the escape `\L`, two bytes, is the three
+//! of U+2028), so no alias-free document costs more than about twice its bytes.
 
 use std::cell::Cell;
 use std::fmt;
@@ -16,23 +21,29 @@ use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visi
 use serde_json::{Map, Value};
 
 /// What a manifest that expands beyond the bound is refused with.
-pub const EXPANDS: &str = "the release manifest expands far beyond its size through YAML aliases";
+pub const EXPANDS: &str = "the release manifest expands far beyond its size through YAML aliases; \
+                           refused (no chart renders that)";
 
 /// The documents of `text`, each as JSON (an empty document is `null`), in order.
 pub fn documents(text: &str) -> Result<Vec<Value>, String> {
-    let budget = Cell::new(text.len().saturating_mul(2).saturating_add(16));
+    let budget = Cell::new(text.len().saturating_mul(3).saturating_add(16));
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| {
-            Counted(&budget)
-                .deserialize(doc)
-                .map_err(|e| format!("the release manifest is not valid YAML: {e}"))
+            Counted(&budget).deserialize(doc).map_err(|e| {
+                let e = e.to_string();
+                if e.contains(EXPANDS) {
+                    EXPANDS.to_owned()
+                } else {
+                    format!("the release manifest is not valid YAML: {e}")
+                }
+            })
         })
         .collect()
 }
 
-/// Takes one node from the budget, or fails once it is spent.
-fn take<E: Error>(budget: &Cell<usize>) -> Result<(), E> {
-    match budget.get().checked_sub(1) {
+/// Takes `cost` from the budget, or fails once it is spent.
+fn take<E: Error>(budget: &Cell<usize>, cost: usize) -> Result<(), E> {
+    match budget.get().checked_sub(cost) {
         Some(left) => {
             budget.set(left);
             Ok(())
@@ -48,7 +59,7 @@ impl<'de> DeserializeSeed<'de> for Counted<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        take(self.0)?;
+        take(self.0, 1)?;
         d.deserialize_any(self)
     }
 }
@@ -85,10 +96,12 @@ impl<'de> Visitor<'de> for Counted<'_> {
     }
 
     fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+        take(self.0, v.len())?;
         Ok(Value::String(v.to_owned()))
     }
 
     fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+        take(self.0, v.len())?;
         Ok(Value::String(v))
     }
 
@@ -115,7 +128,7 @@ impl<'de> Visitor<'de> for Counted<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            take::<A::Error>(self.0)?;
+            take::<A::Error>(self.0, 1 + key.len())?;
             let value = map.next_value_seed(Counted(self.0))?;
             entries.insert(key, value);
         }
@@ -160,6 +173,43 @@ mod tests {
         );
         let err = documents(&text).expect_err("refused");
         assert!(err.contains(EXPANDS), "{err}");
+    }
+
+    /// One long string copied by aliases: few nodes, but each copy is the whole string.
+    #[test]
+    fn aliases_that_copy_a_long_string_are_refused() {
+        let long = "x".repeat(100_000);
+        let text = format!("s: &s {long}\ncopies: [{}]\n", ["*s"; 10].join(", "));
+        assert_eq!(
+            unbounded(&text)[0]["copies"][9].as_str().map(str::len),
+            Some(100_000)
+        );
+        assert_eq!(documents(&text), Err(EXPANDS.to_owned()));
+        // As a key, too.
+        let text = format!("s: &s {long}\ncopies: [{}]\n", ["{*s : 1}"; 10].join(", "));
+        assert_eq!(documents(&text), Err(EXPANDS.to_owned()));
+    }
+
+    /// The densest YAML there is, and strings of escapes that grow as they decode, stay within
+    /// the bound.
+    #[test]
+    fn alias_free_yaml_stays_within_the_bound() {
+        for text in [
+            format!("[{}]", ["a"; 10_000].join(",")),
+            "a".to_string(),
+            format!("- \"{}\"\n", "\\L".repeat(10_000)),
+            format!(
+                "{{{}}}",
+                (0..5_000)
+                    .map(|i| format!("{i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            "a:\n".to_string() + &"- \n".repeat(10_000),
+        ] {
+            let read = documents(&text);
+            assert!(read.is_ok(), "{}: {read:?}", &text[..40.min(text.len())]);
+        }
     }
 
     /// Aliases as a chart may use them, for a few repeated labels, stay within the bound.
