@@ -244,15 +244,14 @@ impl Leadership {
         }
     }
 
-    /// Reads the Lease first (so that missing RBAC or a wrong namespace fails the start), then
-    /// competes for it in the background. The first read is retried for as long as the API
-    /// server does not answer (or answers that it cannot serve now): a controller started
-    /// while the API server restarts or is upgraded would otherwise exit, and wait out the
-    /// kubelet's growing restart delay after the API server is back.
+    /// Reads the Lease first (so that missing RBAC fails the start), then competes for it in
+    /// the background. The first read is retried: a controller started while the API server
+    /// restarts or is upgraded would otherwise exit, and wait out the kubelet's growing
+    /// restart delay after the API server is back ([`patience`]).
     pub async fn elect(client: Client, c: LeaseConfig) -> Result<Self, LeaderError> {
         let timing = Timing::new(c.duration_seconds, c.grace_seconds)?;
         let api: Api<Lease> = Api::namespaced(client, &c.namespace);
-        patiently(refused, || api.get_opt(&c.name))
+        patiently(patience, || api.get_opt(&c.name))
             .await
             .map_err(|source| LeaderError::Lease {
                 namespace: c.namespace.clone(),
@@ -292,31 +291,45 @@ impl Leadership {
     }
 }
 
-/// True when the API server refused the request (missing RBAC, say): asking again will not
-/// mend that. No answer, an overloaded server (429) or a server error are worth waiting out.
-fn refused(error: &kube::Error) -> bool {
+/// How long the first read of the Lease is retried after `error`. A refusal (a 4xx such as
+/// missing RBAC) for a minute, in case it comes from an API server still starting (its
+/// authorizer not yet synced); no answer, an overloaded server (408, 429) or a server error for
+/// ten minutes, to ride out an upgrade of the control plane, after which the start fails and
+/// the kubelet's restarts take over.
+fn patience(error: &kube::Error) -> Duration {
     match error {
-        kube::Error::Api(status) => (400..500).contains(&status.code) && status.code != 429,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => false,
-        _ => true,
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
+        {
+            REFUSED_PATIENCE
+        }
+        _ => ABSENT_PATIENCE,
     }
 }
 
-/// Calls `read` until it succeeds or fails with an error that `lasting` says asking again will
-/// not mend, waiting 200 ms after a failure and twice as long after each next one, at most 5 s.
+/// How long a refused first read of the Lease is retried (see [`patience`]).
+pub const REFUSED_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a first read of the Lease that got no answer is retried (see [`patience`]).
+pub const ABSENT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Calls `read` until it succeeds, waiting 200 ms after a failure and twice as long after each
+/// next one, at most 5 s; the last error once the next wait would pass the patience that
+/// `patience_for` gives that error.
 async fn patiently<T, E, F>(
-    lasting: impl Fn(&E) -> bool,
+    patience_for: impl Fn(&E) -> Duration,
     mut read: impl FnMut() -> F,
 ) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: Future<Output = Result<T, E>>,
 {
+    let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
         match read().await {
             Ok(value) => return Ok(value),
-            Err(error) if lasting(&error) => return Err(error),
+            Err(error) if started.elapsed() + wait > patience_for(&error) => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?wait, "cannot read the Lease yet; trying again");
                 tokio::time::sleep(wait).await;
@@ -557,8 +570,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_read_waits_out_an_absent_api_server_but_not_a_refusal() {
-        let lasting = |e: &&str| *e == "forbidden";
+    async fn the_first_read_waits_out_an_absent_api_server_longer_than_a_refusal() {
+        let patience_for = |e: &&str| {
+            if *e == "forbidden" {
+                REFUSED_PATIENCE
+            } else {
+                ABSENT_PATIENCE
+            }
+        };
         let calls = std::cell::Cell::new(0);
         let flaky = || {
             calls.set(calls.get() + 1);
@@ -566,46 +585,62 @@ mod tests {
             async move { if n < 4 { Err("no answer") } else { Ok(n) } }
         };
         let started = Instant::now();
-        assert_eq!(patiently(lasting, flaky).await, Ok(4));
+        assert_eq!(patiently(patience_for, flaky).await, Ok(4));
         // 200 + 400 + 800 ms of waiting.
         assert_eq!(started.elapsed(), Duration::from_millis(1400));
 
-        // An API server away for ten minutes: still waited for.
+        // An API server away for five minutes is waited for; one away for good, not forever.
         calls.set(0);
-        let long_away = || {
+        let five_minutes = || {
             calls.set(calls.get() + 1);
             let n = calls.get();
-            async move { if n <= 125 { Err("no answer") } else { Ok(n) } }
+            async move { if n <= 64 { Err("no answer") } else { Ok(n) } }
         };
         let started = Instant::now();
-        assert_eq!(patiently(lasting, long_away).await, Ok(126));
+        assert_eq!(patiently(patience_for, five_minutes).await, Ok(65));
         assert!(
-            started.elapsed() > Duration::from_secs(600),
+            started.elapsed() > Duration::from_secs(300),
             "{:?}",
             started.elapsed()
         );
+        let started = Instant::now();
+        let away = || async { Err::<(), _>("no answer") };
+        assert_eq!(patiently(patience_for, away).await, Err("no answer"));
+        let waited = started.elapsed();
+        assert!(
+            waited <= ABSENT_PATIENCE && waited > ABSENT_PATIENCE - Duration::from_secs(5),
+            "{waited:?}"
+        );
 
-        // A refusal ends it at once.
+        // A refusal, for a minute.
         let started = Instant::now();
         let never = || async { Err::<(), _>("forbidden") };
-        assert_eq!(patiently(lasting, never).await, Err("forbidden"));
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(patiently(patience_for, never).await, Err("forbidden"));
+        let waited = started.elapsed();
+        assert!(
+            waited <= REFUSED_PATIENCE && waited > REFUSED_PATIENCE - Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 
     #[test]
-    fn only_a_refusal_of_the_lease_read_fails_the_start() {
+    fn a_refusal_of_the_lease_read_is_given_less_patience() {
         let api = |code: u16| {
             kube::Error::Api(Box::new(
                 kube::core::Status::failure("x", "X").with_code(code),
             ))
         };
-        assert!(refused(&api(403)));
-        assert!(refused(&api(401)));
-        assert!(!refused(&api(429)));
-        assert!(!refused(&api(500)));
-        assert!(!refused(&api(503)));
+        for code in [401, 403, 422] {
+            assert_eq!(patience(&api(code)), REFUSED_PATIENCE, "{code}");
+        }
+        for code in [408, 429, 500, 503] {
+            assert_eq!(patience(&api(code)), ABSENT_PATIENCE, "{code}");
+        }
         let no_answer = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert!(!refused(&kube::Error::Service(Box::new(no_answer))));
+        assert_eq!(
+            patience(&kube::Error::Service(Box::new(no_answer))),
+            ABSENT_PATIENCE
+        );
     }
 
     /// An API server that takes connections and never answers (a connection gone silently
