@@ -159,20 +159,7 @@ pub fn describe(err: &kube::Error) -> String {
         kube::Error::Api(status) if !status.message.is_empty() => {
             format!("{} ({})", status.message, status.code)
         }
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(e) = cause {
-                let part = e.to_string();
-                // Many errors print their source in their own message too.
-                if !text.contains(&part) {
-                    text.push_str(": ");
-                    text.push_str(&part);
-                }
-                cause = e.source();
-            }
-            text
-        }
+        other => taskrun::client::error_chain(other),
     }
 }
 

@@ -1,6 +1,7 @@
-//! How the webhook and the controller use the API server: how long a watch request lasts, how
-//! long a request may hear nothing, how many TaskRuns a list page holds, and how retries
-//! space out. Both read TaskRuns the same way, so these are decided once.
+//! How the webhook, the controller and the plugin use the API server: how long a watch
+//! request lasts, how long a request may hear nothing (all three), how many TaskRuns a list
+//! page holds, and how retries space out. The daemons read TaskRuns the same way, so these are
+//! decided once.
 
 use std::time::Duration;
 
@@ -22,6 +23,24 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64
 /// the largest is 8 MB of JSON here, within the pods' memory limits, where kube-runtime's
 /// default of 500 would be 500 MB (tests/tests/large.rs).
 pub const LIST_PAGE_SIZE: u32 = 8;
+
+/// An error and its causes on one line, each cause only if the messages before it do not
+/// already say it (kube's and hyper's errors often repeat their source in their own message,
+/// others do not: "client error (Connect)" alone says neither "connection refused" nor
+/// "certificate unknown").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
 
 /// The delay before the next try after `failures` failures in a row (from 1; 0 counts as 1):
 /// `base`, doubled per failure, at most `cap`. The webhook's re-lists add jitter, so that its
@@ -48,6 +67,36 @@ mod tests {
         assert_eq!(retry_delay(u32::MAX, BASE, CAP), CAP);
         assert_eq!(retry_delay(40, Duration::MAX, CAP), CAP, "no overflow");
         assert_eq!(retry_delay(0, BASE, CAP), BASE);
+    }
+
+    /// An error that wraps another, printing it in its own message or not.
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>, bool);
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            match (&self.1, self.2) {
+                (Some(inner), true) => write!(f, "{} ({inner})", self.0),
+                _ => f.write_str(self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let refused = Wrap("connection refused", None, false);
+        let connect = Wrap("tcp connect error", Some(Box::new(refused)), true);
+        let client = Wrap("client error (Connect)", Some(Box::new(connect)), false);
+        assert_eq!(
+            error_chain(&client),
+            "client error (Connect): tcp connect error (connection refused)"
+        );
     }
 
     #[test]

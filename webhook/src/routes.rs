@@ -299,7 +299,6 @@ fn route_label(route: &'static str, method: &Method, listener: Listener) -> &'st
     }
 }
 
-/// A `Status` body, as the API server writes its own errors.
 /// An admission request refused before its review could be read (wrong method or media type,
 /// a body too large, too slow or broken, no room to read it): logged at warn, as a review that
 /// cannot be judged is, so that the errors the metrics count can be found in the log.
@@ -308,6 +307,7 @@ fn refused(hook: Hook, status: StatusCode, reason: &str, message: String) -> Rep
     error(status, reason, message)
 }
 
+/// A `Status` body, as the API server writes its own errors.
 fn error(status: StatusCode, reason: &str, message: String) -> Reply {
     let body =
         admission::status_body(&Status::failure(&message, reason).with_code(status.as_u16()));

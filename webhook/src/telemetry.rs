@@ -1,5 +1,7 @@
 //! Logging: structured `tracing` events to stderr, as JSON lines or text.
 
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -36,21 +38,41 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
 
 /// The process's exit for what its work returned. A fatal error goes through the logger, so
 /// that under `--log-format=json` the reason a pod crash-loops is a JSON line like every other
-/// (the report of an error returned from `main` would be plain text, with no level). `{:#}`
-/// gives anyhow's chain of causes on one line.
-pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+/// (the report of an error returned from `main` would be plain text, with no level), its causes
+/// on the same line.
+/// A filter that hides errors (`off`) does not hide this one: it goes to stderr as it is.
+pub fn exit_code<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
+            let error = taskrun::client::error_chain(e.as_ref());
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!(%error, "exiting");
+            } else {
+                let _ = writeln!(std::io::stderr(), "Error: {error}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// A panic, wherever it happens, is logged through the logger too, with where it happened.
+/// A panic, wherever it happens, is logged through the logger too, with where it happened (and
+/// the backtrace, when `RUST_BACKTRACE` asks for one). Under a filter that hides errors, Rust's
+/// own report of it goes to stderr, as without a logger.
 fn log_panics() {
-    std::panic::set_hook(Box::new(|panic| {
-        tracing::error!(panic = %panic, "panicked");
+    let unlogged = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |panic| {
+        if !tracing::enabled!(tracing::Level::ERROR) {
+            return unlogged(panic);
+        }
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = %panic, %backtrace, "panicked");
+        } else {
+            tracing::error!(panic = %panic, "panicked");
+        }
     }));
 }
