@@ -22,7 +22,7 @@ deps: ## system packages the tests and make up need (lua5.1, openssl, curl, g++)
 	@hack/install-deps.sh
 
 # Whatever compiles needs deps' compilers and checked toolchains first, under make -j too.
-lint build control-plane go-tools helm: | deps
+lint fmt clippy fuzz-check build control-plane go-tools helm: | deps
 
 lint: fmt clippy fuzz-check ## rustfmt and clippy; says so loudly when a component is missing
 

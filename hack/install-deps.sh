@@ -16,11 +16,13 @@ need() { # name, version printed by the tool, minimum major, minimum minor
     major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
     if (( major > $3 || (major == $3 && minor >= $4) )); then return 0; fi
   fi
-  echo "hack/install-deps.sh: $1 $3.$4 or newer is needed (README, Prerequisites); found: ${2:-none on PATH}" >&2
+  echo "hack/install-deps.sh: $1 $3.$4 or newer is needed (README, Prerequisites); found: ${2:-none (is it on PATH?)}" >&2
   exit 1
 }
 need Rust "$(cargo --version 2>/dev/null || true)" 1 89
-need Go "$(go env GOVERSION 2>/dev/null || true)" 1 26
+# Asked where the Go tools are built, so that GOTOOLCHAIN=auto answers with the toolchain
+# their go.mod selects.
+need Go "$(cd "$(dirname "$0")/../tests/cluster" && go env GOVERSION 2>/dev/null || true)" 1 26
 
 missing=()
 command -v lua5.1 >/dev/null 2>&1 || missing+=(lua5.1)
