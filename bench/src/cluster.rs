@@ -196,6 +196,26 @@ impl Controller {
     }
 }
 
+/// Waits until the controller's `taskrun_controller_reconciles_total` reaches `n`; false after
+/// `timeout`.
+pub async fn reconciled_at_least(controller: &Controller, n: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let count = taskrun_tests::http_get(controller.http_addr, "/metrics")
+            .await
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("taskrun_controller_reconciles_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            });
+        if count.is_some_and(|c| c >= n as f64) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;

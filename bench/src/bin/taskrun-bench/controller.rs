@@ -255,16 +255,16 @@ pub async fn memory(
     // pod's memory limit must cover.
     let mut restarted = Controller::start(cp, namespace)?;
     restarted.ready(Duration::from_secs(120)).await?;
-    let pid = restarted.child.pid();
-    let mut last = cluster::rss_mib(pid)?;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = cluster::rss_mib(pid)?;
-        if (now - last).abs() < 0.5 {
-            break;
-        }
-        last = now;
+    // Ready once its caches are filled; done once it has reconciled every TaskRun once.
+    let reconciled = cluster::reconciled_at_least(&restarted, s.indexed, Duration::from_secs(300));
+    if !reconciled.await {
+        bail!(
+            "the restarted controller did not reconcile {} TaskRuns in 300 s",
+            s.indexed
+        );
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = restarted.child.pid();
     let restart_peak = cluster::memory_mib(pid, "VmHWM")?;
     let restart_rss = cluster::rss_mib(pid)?;
     eprintln!("  restarted over them: peak {restart_peak:.1} MiB, then RSS {restart_rss:.1} MiB");
