@@ -315,7 +315,9 @@ pub const ABSENT_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Calls `read` until it succeeds, waiting 200 ms after a failure and twice as long after each
 /// next one, at most 5 s; the last error once the next wait would pass the patience that
-/// `patience_for` gives that error.
+/// `patience_for` gives that error, counted from the first error in a row given the same
+/// patience: a refusal that follows a long absence (an API server back from an upgrade, its
+/// authorizer still syncing) still gets its own minute.
 async fn patiently<T, E, F>(
     patience_for: impl Fn(&E) -> Duration,
     mut read: impl FnMut() -> F,
@@ -324,13 +326,24 @@ where
     E: std::fmt::Display,
     F: Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
+    let mut since: Option<(Duration, Instant)> = None;
     let mut wait = Duration::from_millis(200);
     loop {
         match read().await {
             Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() + wait > patience_for(&error) => return Err(error),
             Err(error) => {
+                let patience = patience_for(&error);
+                let started = match since {
+                    Some((p, started)) if p == patience => started,
+                    _ => {
+                        let now = Instant::now();
+                        since = Some((patience, now));
+                        now
+                    }
+                };
+                if started.elapsed() + wait > patience {
+                    return Err(error);
+                }
                 tracing::warn!(%error, retry_in = ?wait, "cannot read the Lease yet; trying again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -621,6 +634,22 @@ mod tests {
             waited <= REFUSED_PATIENCE && waited > REFUSED_PATIENCE - Duration::from_secs(5),
             "{waited:?}"
         );
+
+        // Refusals after five minutes of no answer (an API server back, its authorizer still
+        // syncing) still get their own minute, counted from the first of them.
+        calls.set(0);
+        let back_refusing = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                match n {
+                    ..=64 => Err("no answer"),
+                    65..=70 => Err("forbidden"),
+                    _ => Ok(n),
+                }
+            }
+        };
+        assert_eq!(patiently(patience_for, back_refusing).await, Ok(71));
     }
 
     #[test]
