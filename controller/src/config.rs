@@ -8,10 +8,10 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::telemetry::LogFormat;
 use crate::template::{
     EnvFromSecret, JobTemplate, SecretEnv, SecretName, TemplateError, parse_secret_env,
 };
+pub use taskrun_telemetry::LogFormat;
 
 #[derive(Clone, Debug, Parser)]
 #[command(

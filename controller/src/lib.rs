@@ -16,7 +16,6 @@ mod reconcile;
 mod relist;
 mod starting;
 pub mod status;
-pub mod telemetry;
 pub mod template;
 pub mod template_check;
 pub mod writes;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskrun_controller::{config, controller, telemetry};
+use taskrun_controller::{config, controller};
+use taskrun_telemetry as telemetry;
 
 /// One thread: a reconcile is a few small API calls and waits on the API server, whose CPU
 /// (about ten times the controller's per TaskRun) is what bounds throughput. On two worker

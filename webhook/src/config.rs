@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use taskrun_telemetry::LogFormat;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -94,12 +95,6 @@ pub struct Config {
 /// An address, or none when the listener is switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalAddr(pub Option<SocketAddr>);
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
 
 /// The longest duration a flag takes. Deadlines are the time now plus a duration, which
 /// panics when it overflows; none of these needs to be longer.

@@ -12,6 +12,5 @@ pub mod mutate;
 mod routes;
 pub mod server;
 mod slots;
-pub mod telemetry;
 pub mod tls;
 mod workers;

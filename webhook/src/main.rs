@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskrun_webhook::{config, server, telemetry};
+use taskrun_telemetry as telemetry;
+use taskrun_webhook::{config, server};
 
 /// mimalloc rather than glibc's malloc: fewer cycles per allocation, and freed memory goes back
 /// to the OS (docs/benchmarks.md). Its v2 line (the `v2` feature) gives it back 10 ms after it

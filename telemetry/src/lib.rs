@@ -1,10 +1,16 @@
-//! Logging: structured `tracing` events to stderr, as JSON lines or text.
+//! How the webhook and the controller log: structured `tracing` events to stderr, as JSON lines
+//! or text, and the process's last words (a fatal error, a panic) through the same logger.
 
 use std::io::Write;
 
+use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -14,6 +20,8 @@ pub enum TelemetryError {
     Init(String),
 }
 
+/// Installs the global subscriber, with `level` as an `EnvFilter` ("info",
+/// "info,taskrun_controller=debug").
 pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
     let filter =
         EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter(level.to_owned(), e))?;
@@ -24,6 +32,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
+        // The current span is the last of the span list already.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
