@@ -266,7 +266,7 @@ pub async fn recover(handler: impl Future<Output = Reply>) -> Reply {
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(reply) => reply,
         Err(_) => {
-            // The panic hook (telemetry.rs) has logged what panicked and where.
+            // The panic hook (taskrun-telemetry) has logged what panicked and where.
             tracing::error!("a request handler panicked; answered 500");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
