@@ -203,11 +203,7 @@ pub async fn reconciled_at_least(controller: &Controller, n: u64, timeout: Durat
     while Instant::now() < deadline {
         let count = taskrun_tests::http_get(controller.http_addr, "/metrics")
             .await
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("taskrun_controller_reconciles_total "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            });
+            .and_then(|text| taskrun_tests::metric(&text, "taskrun_controller_reconciles_total"));
         if count.is_some_and(|c| c >= n as f64) {
             return true;
         }
