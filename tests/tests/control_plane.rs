@@ -522,6 +522,24 @@ fn a_childs_startup_error_is_in_its_log_tail_under_rust_backtrace() {
     );
 }
 
+/// A log filter that hides errors does not hide the one that ends the process: it goes to
+/// stderr as it is.
+#[test]
+fn a_fatal_error_is_printed_even_when_the_log_filter_hides_errors() {
+    let out = std::process::Command::new(workspace_bin("taskrun-webhook"))
+        .arg("--log-level=off")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("taskrun-webhook runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: cannot reach the Kubernetes API"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 #[should_panic(expected = "timed out after 300ms waiting for the impossible")]
 async fn wait_for_names_what_it_waited_for() {
