@@ -237,38 +237,64 @@ pub fn memory_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     Ok(kib as f64 / 1024.0)
 }
 
-/// Requests the API server has answered so far, by "VERB resource[/subresource]", from its
-/// own `apiserver_request_total` metric (every client counts).
-pub async fn api_requests(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+/// The API server's own metrics, as text.
+async fn api_metrics(client: &Client) -> anyhow::Result<String> {
     let request = hyper::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(request).await?;
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |key: &str| {
+    Ok(client.request_text(request).await?)
+}
+
+/// Each sample of `metric` in a metrics text: a reader of its labels, and its value.
+fn samples<'a>(
+    text: &'a str,
+    metric: &'a str,
+) -> impl Iterator<Item = (impl Fn(&str) -> &'a str, f64)> + 'a {
+    text.lines().filter_map(move |line| {
+        let (labels, value) = line
+            .strip_prefix(metric)?
+            .strip_prefix('{')?
+            .rsplit_once("} ")?;
+        let label = move |key: &str| {
             labels
                 .split(',')
                 .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.strip_suffix('"'))
                 .unwrap_or_default()
         };
+        Some((label, value.trim().parse::<f64>().unwrap_or(0.0)))
+    })
+}
+
+/// Requests the API server has answered so far, by "VERB resource[/subresource]", from its
+/// own `apiserver_request_total` metric (every client counts).
+pub async fn api_requests(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = api_metrics(client).await?;
+    let mut out = BTreeMap::new();
+    for (label, value) in samples(&text, "apiserver_request_total") {
         let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
         let key = if sub.is_empty() {
             format!("{verb} {resource}")
         } else {
             format!("{verb} {resource}/{sub}")
         };
-        *out.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    Ok(out)
+}
+
+/// Seconds the API server has spent so far calling each admission webhook, by webhook name,
+/// from its own `apiserver_admission_webhook_admission_duration_seconds`: the call, and for
+/// a mutating webhook applying its patch.
+pub async fn webhook_call_seconds(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = api_metrics(client).await?;
+    let mut out = BTreeMap::new();
+    let metric = "apiserver_admission_webhook_admission_duration_seconds_sum";
+    for (label, value) in samples(&text, metric) {
+        *out.entry(label("name").to_owned()).or_insert(0.0) += value;
     }
     Ok(out)
 }
 
 /// `after - before` per key, divided by `per`, keeping the keys that moved.
-pub fn requests_per(
+pub fn moved_per(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     per: f64,

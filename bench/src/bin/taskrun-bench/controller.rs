@@ -56,7 +56,7 @@ pub async fn versus_minimal_loop(
     let loop_client_ms =
         (cluster::cpu_time(std::process::id())? - own_before).as_secs_f64() * 1e3 / n as f64;
     let loop_requests =
-        cluster::requests_per(&before, &cluster::api_requests(client).await?, n as f64);
+        cluster::moved_per(&before, &cluster::api_requests(client).await?, n as f64);
     if count as u64 != n {
         bail!("the minimal loop saw {count} TaskRuns, expected {n}");
     }
@@ -80,7 +80,7 @@ pub async fn versus_minimal_loop(
         n as f64 / ctrl_secs
     );
     // The controller's echo reconciles and Events may still be under way; counted until here.
-    let ctrl_requests = cluster::requests_per(
+    let ctrl_requests = cluster::moved_per(
         &before_ctrl,
         &cluster::api_requests(client).await?,
         n as f64,
@@ -199,7 +199,7 @@ pub async fn versus_helm(
     let created_secs = started.elapsed().as_secs_f64();
     let done = watch.await??;
     let fast_secs = done.duration_since(started).as_secs_f64();
-    let requests = cluster::requests_per(&before, &cluster::api_requests(client).await?, n as f64);
+    let requests = cluster::moved_per(&before, &cluster::api_requests(client).await?, n as f64);
     let create_ms: f64 = creates.iter().map(|d| d.as_secs_f64() * 1e3).sum::<f64>() / n as f64;
     eprintln!(
         "  TaskRuns: {fast_secs:.3} s (all created after {created_secs:.3} s, {create_ms:.1} ms per create)"
