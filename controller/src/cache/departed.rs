@@ -24,8 +24,10 @@ pub struct Departed {
 
 #[derive(Default)]
 struct DepartedEntries {
-    jobs: HashMap<(String, String), Arc<CachedJob>>,
-    /// Keys in the order they came, for expiry.
+    /// Each Job with when it was recorded.
+    jobs: HashMap<(String, String), (Instant, Arc<CachedJob>)>,
+    /// Keys in the order they came, for expiry. A key recorded again (a TaskRun deleted and
+    /// made again with the same identity) is here twice; the older entry expires nothing.
     order: VecDeque<(Instant, (String, String))>,
 }
 
@@ -65,13 +67,15 @@ impl Departed {
             if now.duration_since(*at) < self.ttl {
                 break;
             }
-            let key = key.clone();
-            e.jobs.remove(&key);
+            let (at, key) = (*at, key.clone());
+            if e.jobs.get(&key).is_some_and(|(recorded, _)| *recorded == at) {
+                e.jobs.remove(&key);
+            }
             e.order.pop_front();
         }
         let key = (ns, name);
         e.order.push_back((now, key.clone()));
-        e.jobs.insert(key, Arc::new(job.clone()));
+        e.jobs.insert(key, (now, Arc::new(job.clone())));
     }
 
     /// The last state of a finished Job deleted a moment ago. It is kept until the status
@@ -81,7 +85,7 @@ impl Departed {
         let e = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         e.jobs
             .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+            .map(|(_, job)| job.clone())
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {
@@ -146,5 +150,26 @@ mod tests {
         departed.record(&job("later", Some("Complete")), &owners);
         assert!(departed.get("ns", "failed").is_none(), "expired");
         assert!(departed.get("ns", "later").is_some());
+    }
+
+    /// The same Job name recorded twice (its TaskRun deleted and made again with the same
+    /// identity and version) keeps the later record for its own ttl: the first record's
+    /// expiry must not take it.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_recorded_again_expires_from_its_latest_record() {
+        let departed = Departed::new(Duration::from_secs(300));
+        let owners = owners(false);
+        departed.record(&job("done", Some("Complete")), &owners);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        departed.record(&job("done", Some("Complete")), &owners);
+        tokio::time::advance(Duration::from_secs(150)).await;
+        departed.record(&job("other", Some("Complete")), &owners);
+        assert!(
+            departed.get("ns", "done").is_some(),
+            "recorded 150 s ago, within the ttl"
+        );
+        tokio::time::advance(Duration::from_secs(200)).await;
+        departed.record(&job("other", Some("Complete")), &owners);
+        assert!(departed.get("ns", "done").is_none(), "expired in turn");
     }
 }
