@@ -71,8 +71,9 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 
-    /// Most admission connections served at once; further ones wait in the listen backlog.
-    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = positive_count)]
+    /// Most admission connections served at once (at most 1048576); further ones wait in the
+    /// listen backlog.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = connection_limit)]
     pub max_connections: usize,
 
     /// How often the certificate files are compared with what is served, in case a change
@@ -141,6 +142,16 @@ fn positive_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Far above any process's file descriptors, and within what a semaphore can count.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+fn connection_limit(s: &str) -> Result<usize, String> {
+    match positive_count(s)? {
+        n if n > MAX_CONNECTIONS => Err(format!("{s:?} is too many: at most {MAX_CONNECTIONS}")),
+        n => Ok(n),
+    }
+}
+
 fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s.is_empty() || s == "off" {
         return Ok(OptionalAddr(None));
@@ -177,6 +188,20 @@ mod tests {
         let e = Config::try_parse_from(["taskrun-webhook", "--idle-timeout=1e20s"])
             .expect_err("too long");
         assert!(e.to_string().contains("\"1e20s\" is too long"), "{e}");
+    }
+
+    /// More than a semaphore can count would panic the server at start.
+    #[test]
+    fn a_connection_limit_beyond_any_use_is_refused() {
+        let ok = Config::try_parse_from(["taskrun-webhook", "--max-connections=1048576"])
+            .expect("the largest limit");
+        assert_eq!(ok.max_connections, 1 << 20);
+        let e = Config::try_parse_from([
+            "taskrun-webhook",
+            "--max-connections=18446744073709551615",
+        ])
+        .expect_err("too many");
+        assert!(e.to_string().contains("is too many: at most 1048576"), "{e}");
     }
 
     #[test]
