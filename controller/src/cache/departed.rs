@@ -68,7 +68,10 @@ impl Departed {
                 break;
             }
             let (at, key) = (*at, key.clone());
-            if e.jobs.get(&key).is_some_and(|(recorded, _)| *recorded == at) {
+            if e.jobs
+                .get(&key)
+                .is_some_and(|(recorded, _)| *recorded == at)
+            {
                 e.jobs.remove(&key);
             }
             e.order.pop_front();
