@@ -196,12 +196,13 @@ mod tests {
         let ok = Config::try_parse_from(["taskrun-webhook", "--max-connections=1048576"])
             .expect("the largest limit");
         assert_eq!(ok.max_connections, 1 << 20);
-        let e = Config::try_parse_from([
-            "taskrun-webhook",
-            "--max-connections=18446744073709551615",
-        ])
-        .expect_err("too many");
-        assert!(e.to_string().contains("is too many: at most 1048576"), "{e}");
+        let e =
+            Config::try_parse_from(["taskrun-webhook", "--max-connections=18446744073709551615"])
+                .expect_err("too many");
+        assert!(
+            e.to_string().contains("is too many: at most 1048576"),
+            "{e}"
+        );
     }
 
     #[test]
