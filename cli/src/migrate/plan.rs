@@ -194,7 +194,8 @@ pub fn desired_spec(
         .filter(|v| !v.is_empty() && *v != service)
     {
         problems.push(format!(
-            "the release's value serviceName={value:?} disagrees with its name (service {service:?})"
+            "the release's value serviceName={} disagrees with its name (service {service:?})",
+            taskrun::validation::shown(&value)
         ));
     }
     if let Some(value) = values
@@ -612,6 +613,16 @@ mod tests {
                 .iter()
                 .all(|p| p.contains("payments") || p.contains('8'))
         );
+    }
+
+    /// A forged release's values are cut in what is printed, as `taskId`'s are.
+    #[test]
+    fn a_huge_disagreeing_value_is_cut_in_the_report() {
+        let huge = "x".repeat(1 << 20);
+        let rel = release(json!({"serviceName": huge, "taskId": huge}));
+        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("disagrees");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| p.len() < 200), "{problems:?}");
     }
 
     #[test]
