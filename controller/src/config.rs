@@ -64,7 +64,10 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
-    /// YAML Job template (see controller/job-template.example.yaml); the flags below override it.
+    /// YAML Job template (see controller/job-template.example.yaml), with the flags below laid
+    /// over it: a scalar flag, --command and --arg replace the file's value or list;
+    /// --secret-env replaces the file's env entry of the same NAME, or adds one;
+    /// --env-from-secret is added to the file's envFrom; each resource flag sets one key.
     #[arg(long, env = "TASKRUN_JOB_TEMPLATE")]
     pub job_template: Option<String>,
     #[arg(long, env = "TASKRUN_IMAGE")]

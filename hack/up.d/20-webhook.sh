@@ -57,6 +57,9 @@ if [[ "${WEBHOOK_REGISTER:-1}" == 0 ]]; then
 fi
 
 webhook_ca_bundle="$(base64 -w0 <"$WEBHOOK_CERTS/ca.crt")"
+# As manifests/base/webhook-configurations.yaml, but by URL, and without its
+# `not-the-controller` matchCondition: the dev controller runs as the kubeconfig's user, the
+# one kubectl uses too, so leaving that user out would leave the user's own writes unjudged.
 webhook_entry() { # NAME PATH
   cat <<YAML
   - name: $1
@@ -74,6 +77,9 @@ webhook_entry() { # NAME PATH
         operations: ["CREATE", "UPDATE"]
         resources: ["taskruns"]
         scope: Namespaced
+    matchConditions:
+      - name: not-being-deleted
+        expression: "request.operation != 'UPDATE' || !has(oldObject.metadata.deletionTimestamp)"
 YAML
 }
 {
@@ -88,6 +94,7 @@ YAML
   echo "metadata: {name: taskrun-webhook}"
   echo "webhooks:"
   webhook_entry mutate.taskruns.orchestrator.io /mutate
+  echo "    reinvocationPolicy: IfNeeded"
 } | "$BIN_DIR/kubectl" apply --server-side --force-conflicts --field-manager=taskrun-dev -f - >/dev/null
 # On a cluster that outlives the stack, make down takes the registrations out again: left
 # behind, they would refuse every TaskRun write (failurePolicy: Fail, nobody answering).

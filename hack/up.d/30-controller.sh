@@ -1,6 +1,10 @@
 # Sourced by hack/up.sh: starts taskrun-controller in the background against the dev cluster.
 # Provided by up.sh: REPO_ROOT, DEV_DIR, KUBECONFIG, BIN_DIR, RUST_BIN_DIR and `start_bg NAME CMD...`.
 # Pods never run on the dev cluster (no kubelet), so the image is only a name.
+#
+# CONTROLLER_HTTP_ADDR (127.0.0.1:8082: /healthz, /readyz, /metrics) is configurable. The Lease
+# is in `default`: an installed controller holds its own in taskrun-system, so on a cluster of
+# TASKRUN_EXTERNAL_KUBECONFIG with the operator installed the two would not coordinate.
 
 CONTROLLER_HTTP_ADDR="${CONTROLLER_HTTP_ADDR:-127.0.0.1:8082}"
 
