@@ -419,8 +419,46 @@ mod tests {
     }
 
     #[test]
-    fn the_builder_is_deterministic() {
-        let tr = taskrun(Some("a"));
-        assert_eq!(build(&tr), build(&tr));
+    fn metadata_and_status_the_builders_do_not_use_never_reach_the_children() {
+        let plain = taskrun(Some("a"));
+        // The same TaskRun as read back from the API: another resourceVersion, generation and
+        // timestamps, managers' fields, annotations and labels of other tools (one of the
+        // project's labels stale), finalizers, and a status.
+        let mut read = serde_json::to_value(&plain).expect("serializes");
+        let meta = &mut read["metadata"];
+        meta["resourceVersion"] = "4711".into();
+        meta["generation"] = 3.into();
+        meta["creationTimestamp"] = "2024-05-01T10:00:00Z".into();
+        meta["generateName"] = "fix-".into();
+        meta["finalizers"] = serde_json::json!(["example.com/keep"]);
+        meta["managedFields"] = serde_json::json!([{
+            "manager": "kubectl", "operation": "Apply", "apiVersion": "orchestrator.io/v1",
+            "time": "2024-05-01T10:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:taskId": {}}}
+        }]);
+        meta["annotations"] = serde_json::json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+            "team": "payments"
+        });
+        meta["labels"] = serde_json::json!({
+            "app.kubernetes.io/instance": "argo-app",
+            (labels::AGENT_NAME): "stale",
+            (labels::CONTEXT_VERSION): "1"
+        });
+        read["status"] = serde_json::json!({
+            "phase": "Running", "jobName": "billing-42-v1", "configMapName": "billing-42-v1-files",
+            "message": "running", "attempts": 1, "observedGeneration": 2,
+            "observedContextVersion": 1, "startTime": "2024-05-01T10:00:05Z"
+        });
+        let read: TaskRun = serde_json::from_value(read).expect("a TaskRun");
+        assert!(read.status.as_ref().is_some_and(|s| s.attempts == Some(1)));
+        assert_eq!(read.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
+
+        assert_eq!(build(&read), build(&plain));
+        let owner = |tr: &TaskRun| owner_reference(tr).expect("owner");
+        assert_eq!(
+            config_map(&read, owner(&read)),
+            config_map(&plain, owner(&plain))
+        );
     }
 }

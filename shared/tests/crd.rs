@@ -262,15 +262,53 @@ fn every_spec_field_is_documented() {
     }
 }
 
+/// Every string `description` in `v`, at any depth, with its JSON pointer.
+fn descriptions<'a>(v: &'a Value, path: &str, found: &mut Vec<(String, &'a str)>) {
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let here = format!("{path}/{key}");
+                match (key.as_str(), child) {
+                    ("description", Value::String(text)) => found.push((here, text)),
+                    _ => descriptions(child, &here, found),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                descriptions(child, &format!("{path}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// No description keeps the line breaks of the wrapped doc comments it came from: `kubectl
+/// explain` would print them verbatim. A blank line between paragraphs is not one of them.
 #[test]
 fn descriptions_have_no_hard_line_breaks() {
     let yaml = taskrun::crd::yaml().expect("the CRD renders");
     let crd: Value = serde_yaml_ng::from_str(&yaml).expect("the CRD parses");
-    let description = at(&crd, &format!("{SPEC}/properties/taskId/description"));
-    assert!(
-        !description.as_str().unwrap_or_default().contains('\n'),
-        "{description}"
-    );
+    let mut found = Vec::new();
+    descriptions(&crd, "", &mut found);
+    // The walk reaches nested schemas: array items, and the conditions' own properties.
+    let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+    for nested in [
+        "/properties/markdownFiles/items/properties/filename/description",
+        "/properties/conditions/items/properties/lastTransitionTime/description",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.ends_with(nested)),
+            "{nested} not walked: {paths:#?}"
+        );
+    }
+    for (path, text) in found {
+        assert!(
+            text.split("\n\n")
+                .all(|paragraph| !paragraph.contains('\n')),
+            "{path} has a hard line break: {text:?}"
+        );
+    }
 }
 
 /// The schema's patterns accept exactly what the validation functions accept: kubectl and

@@ -393,6 +393,8 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
     tokio::time::sleep(Duration::from_secs(15)).await;
     let running = ctrl.is_running();
     let log = ctrl.log_tail(1000);
+    // Serving its probes, but not ready: it has not read its Lease.
+    let readyz_while_down = http_get(ctrl.http_addr(), "/readyz").await;
     cp.start_apiserver();
     assert!(
         running,
@@ -404,11 +406,24 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
         "no retry of the first Lease read logged in 15 s:\n{}",
         ctrl.log_tail(20)
     );
+    assert!(
+        readyz_while_down
+            .as_deref()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 503")),
+        "/readyz while the API server was down: {readyz_while_down:?}"
+    );
     let api: Api<TaskRun> = Api::namespaced(cp.client().await, &ns);
     // One more, created once the webhook's index has listed again (so the tests after this
     // one find it synced).
     create_when_synced(&api, &taskrun("after", "start-down", 2)).await;
     wait_for_jobs(&api, &["waiting", "after"]).await;
+    let readyz = http_get(ctrl.http_addr(), "/readyz").await;
+    assert!(
+        readyz
+            .as_deref()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "/readyz once the controller acts: {readyz:?}"
+    );
 }
 
 // ---- the webhook killed under a stream of creates ------------------------------------------

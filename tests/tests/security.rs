@@ -213,12 +213,19 @@ async fn filenames_never_leave_the_mount() {
         .next()
         .expect("a volume");
     let source = volume.config_map.expect("a configMap volume");
-    for item in source.items.unwrap_or_default() {
-        assert!(
-            !item.path.contains('/') && !item.path.starts_with('.'),
-            "item path {}",
-            item.path
-        );
+    // What keeps the files in the mount: without `items` the kubelet writes every key under
+    // its own name, and the API server allows ConfigMap keys only of [-._a-zA-Z0-9]+ (no '/').
+    // An `items` list could put a key under another name or in a subdirectory: when there is
+    // one, each key must still land under its own name.
+    if let Some(items) = &source.items {
+        for item in items {
+            assert!(
+                item.path == item.key && !item.path.contains('/'),
+                "key {} is mounted at {}",
+                item.key,
+                item.path
+            );
+        }
     }
     let mount = pod.containers[0]
         .volume_mounts
