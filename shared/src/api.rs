@@ -157,7 +157,7 @@ pub struct MarkdownFile {
 }
 
 /// What a markdown file is for.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileType {
     /// The task description.
@@ -170,17 +170,53 @@ pub enum FileType {
     Context,
     /// What must be true for the task to be done.
     AcceptanceCriteria,
+    /// A type this build does not know, kept as written: a CRD newer than this binary may
+    /// allow more (and a rollback leaves TaskRuns that use them). Read as an error, one such
+    /// TaskRun would fail every list page it is on, and so stop the controller for every
+    /// TaskRun; kept, it is written back unchanged by what re-applies a TaskRun's files. Not
+    /// in the schema: the CRD allows only the types above.
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// The schema lists the known types only, one `oneOf` entry each as derived for a plain
+/// enum (kube's CRD generator turns that into one `enum`, nullable for an `Option`).
+impl schemars::JsonSchema for FileType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FileType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let known: Vec<serde_json::Value> = FileType::KNOWN
+            .iter()
+            .map(|t| serde_json::json!({"type": "string", "enum": [t.as_str()]}))
+            .collect();
+        schemars::json_schema!({
+            "description": "What a markdown file is for.",
+            "oneOf": known,
+        })
+    }
 }
 
 impl FileType {
+    /// The types this build knows, as the CRD's schema lists them.
+    pub const KNOWN: [FileType; 5] = [
+        FileType::Task,
+        FileType::DesignSpec,
+        FileType::Prompt,
+        FileType::Context,
+        FileType::AcceptanceCriteria,
+    ];
+
     /// The wire name, as written in manifests.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             FileType::Task => "task",
             FileType::DesignSpec => "design-spec",
             FileType::Prompt => "prompt",
             FileType::Context => "context",
             FileType::AcceptanceCriteria => "acceptance-criteria",
+            FileType::Other(name) => name,
         }
     }
 }
@@ -230,7 +266,11 @@ impl std::fmt::Display for Phase {
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunStatus {
     /// Pending, Running, Succeeded or Failed, for the version in observedContextVersion.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::phase"
+    )]
     pub phase: Option<Phase>,
     /// The Job that runs the current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,10 +329,19 @@ pub struct TaskRunStatus {
 /// controller for every TaskRun. So such a time is read as absent, and such a condition is
 /// dropped (the controller writes its conditions again); the rest of the status, which says
 /// which versions have run, is kept.
+/// A phase this reader does not know (written by a newer controller, before a rollback to
+/// this one) is read as absent too: the controller works the phase out again from the Job.
 mod lenient {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
+
+    use super::Phase;
+
+    pub fn phase<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Phase>, D::Error> {
+        let raw = Option::<Value>::deserialize(d)?;
+        Ok(raw.and_then(|p| serde_json::from_value(p).ok()))
+    }
 
     pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
         let raw = Option::<Value>::deserialize(d)?;
@@ -389,5 +438,56 @@ mod tests {
         assert!(status.start_time.is_some());
         let kept: Vec<_> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(kept, ["Succeeded"]);
+    }
+
+    /// A phase written by a newer controller must not make the TaskRun unreadable (and with
+    /// it every list page it is on) after a rollback: it is read as absent.
+    #[test]
+    fn a_status_with_an_unknown_phase_is_read_without_it() {
+        let tr: TaskRun = serde_json::from_value(json!({
+            "apiVersion": "orchestrator.io/v1", "kind": "TaskRun",
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"taskId": 1, "serviceName": "svc",
+                     "markdownFiles": [{"filename": "a.md", "content": "x"}]},
+            "status": {"phase": "Cancelled", "jobName": "svc-1-v1", "attempts": 1},
+        }))
+        .expect("read despite the unknown phase");
+        let status = tr.status.expect("status");
+        assert_eq!(status.phase, None);
+        assert_eq!(
+            (status.job_name.as_deref(), status.attempts),
+            (Some("svc-1-v1"), Some(1))
+        );
+        let known: TaskRunStatus =
+            serde_json::from_value(json!({"phase": "Running"})).expect("status");
+        assert_eq!(known.phase, Some(Phase::Running));
+    }
+
+    /// The known types are read as themselves and listed in the schema; any other name is
+    /// kept as written, both ways.
+    #[test]
+    fn file_types_round_trip_known_or_not() {
+        let crd = serde_json::to_value(crate::crd::definition()).expect("crd");
+        let file = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/markdownFiles/items/properties/fileType/enum";
+        let listed: Vec<&str> = crd
+            .pointer(file)
+            .and_then(Value::as_array)
+            .expect("an enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let known: Vec<&str> = FileType::KNOWN.iter().map(FileType::as_str).collect();
+        assert_eq!(listed, known);
+        for t in FileType::KNOWN {
+            let read: FileType = serde_json::from_value(json!(t.as_str())).expect("known");
+            assert_eq!(read, t);
+        }
+        let other: FileType = serde_json::from_value(json!("reference")).expect("kept");
+        assert_eq!(other, FileType::Other("reference".into()));
+        assert_eq!(
+            serde_json::to_value(&other).expect("json"),
+            json!("reference")
+        );
+        assert!(serde_json::from_value::<FileType>(json!(7)).is_err());
     }
 }

@@ -174,7 +174,7 @@ async fn context_add_merges_files_and_keeps_other_managers_fields() {
         .iter()
         .find(|f| f.filename == "ctx-1.md");
     assert_eq!(
-        added.and_then(|f| f.file_type),
+        added.and_then(|f| f.file_type.clone()),
         Some(taskrun::FileType::Context)
     );
     assert_eq!(tr.spec.agent_name.as_deref(), Some("claude-gitops"));
@@ -1491,9 +1491,19 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
     let cp = cluster().await;
     let ns = cp.namespace("migrate-failed-upgrade").await;
     let client = cp.client().await;
-    let spec = install_task(cp, &ns, "install", "pay", 6, "", &[("task.md", "# Task\n")]);
+    let spec = install_task(
+        cp,
+        &ns,
+        "install",
+        "pay",
+        6,
+        "claude-1",
+        &[("task.md", "# Task\n")],
+    );
     finish_legacy_jobs(cp, &ns, &[]).await;
-    // A Job's pod template is immutable: the upgrade fails on the Job, as revision 2.
+    // A Job's pod template is immutable: the upgrade fails on the Job, as revision 2. It also
+    // names another agent (a value the TaskRun spec takes), so the spec tells which revision
+    // was migrated.
     let chart = repo_root().join("tests/fixtures/legacy-chart");
     let upgrade = helm_command(
         cp,
@@ -1505,6 +1515,8 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
             "--reuse-values",
             "--set",
             "image=registry.example/agent:other",
+            "--set",
+            "agentName=claude-2",
         ],
     )
     .output()
@@ -1512,6 +1524,20 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
     assert!(!upgrade.status.success(), "the upgrade was meant to fail");
     let history = helm(cp, &ns, &["history", "pay-task-6", "-o", "json"]);
     assert!(history.contains("\"failed\""), "{history}");
+    let failed_values = helm(
+        cp,
+        &ns,
+        &[
+            "get",
+            "values",
+            "pay-task-6",
+            "--revision",
+            "2",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(failed_values.contains("claude-2"), "{failed_values}");
 
     let (code, out) = migrate(cp, &ns, &["--delete-releases"]);
     assert_eq!(code, 3, "{out}");
@@ -1526,7 +1552,12 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
         .get("pay-task-6")
         .await
         .expect("the TaskRun");
-    assert_eq!(tr.spec.task_id, spec.task_id);
+    assert_eq!(
+        tr.spec.agent_name.as_deref(),
+        Some("claude-1"),
+        "not the deployed revision's agent"
+    );
+    assert_eq!(tr.spec, spec);
     assert_eq!(
         helm_releases(cp, &ns).get("pay-task-6").map(String::as_str),
         Some("2")

@@ -18,7 +18,7 @@ pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<Markd
     let mut files = Vec::new();
     for path in paths {
         let path = path.as_ref();
-        match read(path, file_type) {
+        match read(path, file_type.clone()) {
             Ok(file) => files.push(file),
             Err(why) => problems.push(format!("{}: {why}", path.display())),
         }

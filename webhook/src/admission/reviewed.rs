@@ -51,7 +51,8 @@ pub struct Object {
     pub spec: Result<TaskRunSpec, Unreadable>,
 }
 
-/// A spec that cannot be read as a TaskRun spec (say, a `fileType` newer than this binary).
+/// A spec that cannot be read as a TaskRun spec (say, a field whose shape a CRD newer than
+/// this binary changed).
 #[derive(Debug)]
 pub struct Unreadable {
     pub error: serde_json::Error,

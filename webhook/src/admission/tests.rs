@@ -472,13 +472,13 @@ fn an_unreadable_spec_is_denied_by_validate_and_left_to_the_schema_by_mutate() {
     assert!(r.get("patch").is_none());
 }
 
-/// A spec this binary cannot read (a fileType the CRD gained after it was built) does not
-/// block updates that leave the spec as it was (an annotation, a finalizer removed), and
-/// still blocks those that change it.
+/// A spec this binary cannot read (a field whose shape a newer CRD changed) does not block
+/// updates that leave the spec as it was (an annotation, a finalizer removed), and still
+/// blocks those that change it.
 #[test]
 fn an_unreadable_spec_left_unchanged_does_not_block_an_update() {
     let mut newer = spec();
-    newer["markdownFiles"][0]["fileType"] = json!("rubric");
+    newer["markdownFiles"][0]["content"] = json!({"inline": "# Do it"});
     let old = taskrun("t1", newer.clone());
     let mut annotated = old.clone();
     annotated["metadata"]["annotations"] = json!({"argocd.argoproj.io/sync-wave": "1"});
@@ -493,11 +493,33 @@ fn an_unreadable_spec_left_unchanged_does_not_block_an_update() {
     // Says what is wrong and what to do, without the review body's line and column.
     let m = message(&r);
     assert!(
-        m.contains("spec: the spec cannot be read as a TaskRun spec (unknown variant `rubric`")
+        m.contains("spec: the spec cannot be read as a TaskRun spec (invalid type: map")
             && m.contains("upgrade the webhook")
             && !m.contains(" at line "),
         "{r}"
     );
+}
+
+/// A fileType this binary does not know reached the webhook through the CRD's schema, so
+/// the installed CRD allows it (a newer one): it is judged like any other and kept as written.
+#[test]
+fn a_file_type_newer_than_the_webhook_is_admitted() {
+    let mut newer = spec();
+    newer["markdownFiles"][0]["fileType"] = json!("rubric");
+    let (answer, r) = validate(&create(newer.clone()));
+    assert_eq!(answer.outcome, Outcome::allowed, "{r}");
+    let mut changed = newer.clone();
+    changed["markdownFiles"][1]["content"] = json!("changed");
+    changed["contextVersion"] = json!(2);
+    let (answer, r) = validate(&review(
+        "UPDATE",
+        Some(taskrun("t1", changed)),
+        Some(taskrun("t1", newer.clone())),
+    ));
+    assert_eq!(answer.outcome, Outcome::allowed, "{r}");
+    newer["markdownFiles"][1]["content"] = json!(" ");
+    let (_, r) = validate(&create(newer));
+    assert_eq!(r["status"]["code"], 422, "still judged: {r}");
 }
 
 /// The patch as the API server would decode it (kube writes the bytes as a JSON array).
