@@ -11,6 +11,19 @@
 //! at least a byte of the source (`[a,a]`, `{0,1}` with its implicit nulls), and a string
 //! decodes to at most one and a half times its source (the escape `\L`, two bytes, is the three
 //! of U+2028), so no alias-free document costs more than about twice its bytes.
+//!
+//! That bound is kept while the values are made, but serde_yaml_ng first reads each document
+//! whole into parser events, about 200 bytes of memory each: a 16 MiB manifest (the most a
+//! release record may hold) of `[a,a,a,...]` took 1.6 GB before the first value was made. So a
+//! manifest is refused before parsing when it holds more than `MAX_STRUCTURE` of the characters
+//! YAML makes events from: flow indicators, `:` and `?`, line breaks, and `-` before a blank (a
+//! block entry or a document marker). Beyond a few events per document, each such character
+//! yields at most a few events (an entry of a flow mapping, with its implicit null value), and
+//! no event comes without one. The legacy chart renders a task's files as quoted strings in one
+//! ConfigMap (at most 1 MiB of data), whose prose holds a few percent of such characters (a
+//! file of comma-separated data up to a fifth): below the bound. A forged manifest within it
+//! costs at most about 150 MB (146 MB measured for the densest found, `[? a, ? a, ...]`,
+//! against 1.6 GB before).
 
 use std::cell::Cell;
 use std::fmt;
@@ -24,8 +37,19 @@ use serde_json::{Map, Value};
 pub const EXPANDS: &str = "the release manifest expands far beyond its size through YAML aliases; \
                            refused (no chart renders that)";
 
+/// The most characters a manifest may hold that YAML makes events from (see the module's
+/// documentation).
+pub const MAX_STRUCTURE: usize = 1 << 18;
+
 /// The documents of `text`, each as JSON (an empty document is `null`), in order.
 pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let structure = structure(text);
+    if structure > MAX_STRUCTURE {
+        return Err(format!(
+            "the release manifest holds {structure} YAML indicators and line breaks, more than \
+             any chart of a task renders (at most {MAX_STRUCTURE}); refused"
+        ));
+    }
     let budget = Cell::new(text.len().saturating_mul(3).saturating_add(16));
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| {
@@ -39,6 +63,26 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
             })
         })
         .collect()
+}
+
+/// How many characters of `text` may start a parser event: flow indicators, `:` and `?`
+/// (indicators anywhere in a flow collection), line breaks (YAML 1.1's, as libyaml's), and
+/// `-` before a blank or the end (a block entry or a document marker).
+fn structure(text: &str) -> usize {
+    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    let mut chars = text.chars().peekable();
+    let mut n = 0;
+    while let Some(c) = chars.next() {
+        let counts = match c {
+            '[' | ']' | '{' | '}' | ',' | ':' | '?' => true,
+            '-' => chars
+                .peek()
+                .is_none_or(|&next| matches!(next, ' ' | '\t' | '\0') || is_break(next)),
+            c => is_break(c),
+        };
+        n += usize::from(counts);
+    }
+    n
 }
 
 /// Takes `cost` from the budget, or fails once it is spent.
@@ -210,6 +254,33 @@ mod tests {
             let read = documents(&text);
             assert!(read.is_ok(), "{}: {read:?}", &text[..40.min(text.len())]);
         }
+    }
+
+    /// A manifest of nothing but structure is refused before it is parsed; one of the largest
+    /// a task renders, a ConfigMap of 1 MiB of prose and lists as quoted strings, is read.
+    #[test]
+    fn a_manifest_of_little_but_structure_is_refused_before_parsing() {
+        for dense in [
+            format!("[{}]", ["a"; MAX_STRUCTURE].join(",")),
+            "-\n".repeat(MAX_STRUCTURE / 2 + 1),
+            format!("{{{}}}", [":"; MAX_STRUCTURE].join("")),
+        ] {
+            let err = documents(&dense).expect_err("refused");
+            assert!(err.contains("YAML indicators and line breaks"), "{err}");
+        }
+        assert_eq!(structure("- a\n-b\n---\n[x: y, ? z]\u{2028}"), 11);
+
+        let prose = "## Step\n\nRead the logs, find the cause: fix it - then test.\n- one\n\
+                     | a | b |\n|---|---|\n";
+        let file = prose.repeat((1 << 20) / prose.len());
+        let quoted = serde_json::to_string(&file).expect("json");
+        let text = format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: t-files\ndata:\n  \
+             \"task.md\": {quoted}\n---\napiVersion: batch/v1\nkind: Job\n"
+        );
+        assert!(text.len() > 1 << 20);
+        let docs = documents(&text).expect("read");
+        assert_eq!(docs[0]["data"]["task.md"], Value::String(file));
     }
 
     /// Aliases as a chart may use them, for a few repeated labels, stay within the bound.
