@@ -405,6 +405,41 @@ async fn failing_pods_fail_the_taskrun_with_backoff_limit_exceeded() {
     );
 }
 
+/// Events are recorded off the reconcile's path: refused (as a quota or another team's policy
+/// may refuse them), they hold up neither the Job nor the status, fail no reconcile, and the
+/// refusal is logged.
+#[tokio::test]
+async fn a_refused_event_holds_up_no_taskrun() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-no-events").await;
+    let probe: Event = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "probe", "reportingInstance": "probe",
+        "action": "Probe", "reason": "Probe", "type": "Normal",
+        "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": ns, "name": "probe"},
+    }))
+    .expect("an Event");
+    let refusal = Refusal::of_creates(&client, &ns, probe, "Forbidden", "no events here").await;
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "quiet", 9, 1, &[("task.md", "x")])).await;
+    start_pod(&client, &ns, "quiet-9-v1").await;
+    finish_pod(&client, &ns, "quiet-9-v1", PodEnd::Succeeded).await;
+    wait_status(&api, "t", "Succeeded", |tr| {
+        phase(tr) == Some(Phase::Succeeded)
+    })
+    .await;
+    let log = ctrl.log_tail(200);
+    assert!(
+        log.contains("could not record an Event") && log.contains("no events here"),
+        "{log}"
+    );
+    assert_eq!(reconcile_errors(&ctrl).await, 0.0, "{log}");
+    refusal.lift().await;
+}
+
 /// A raised contextVersion: the old version's Job is stopped (with a `Superseded` Event) and its
 /// ConfigMap removed (no Job mounts it again), the new version gets both.
 #[tokio::test]
