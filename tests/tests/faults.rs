@@ -566,7 +566,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
+async fn while_the_webhook_is_down_taskruns_can_still_be_deleted_and_the_controller_writes() {
     let _turn = TURN.lock().await;
     let cp = ControlPlane::shared();
     let client = cp.client().await;
@@ -574,11 +574,11 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let webhook = Webhook::start(cp).await;
     webhook.register(cp).await;
-    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     // "held" is deleted as kubectl does by default (background), "held-fg" in the foreground,
     // as Argo CD prunes: the garbage collector then removes the foregroundDeletion finalizer
-    // with an update of its own, once the children are gone.
-    for (name, id) in [("held", 1), ("held-fg", 2)] {
+    // with an update of its own, once the children are gone. "bare" loses its finalizer.
+    for (name, id) in [("held", 1), ("held-fg", 2), ("bare", 3)] {
         api.create(&PostParams::default(), &taskrun(name, "outage", id))
             .await
             .expect("create");
@@ -589,6 +589,17 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
         })
         .await;
     }
+
+    // Someone takes the finalizer off "bare" while the controller is away (the mutating
+    // webhook stamps it only on create).
+    ctrl.kill();
+    api.patch(
+        "bare",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("take the finalizer off");
 
     // The configurations now point at nothing: failurePolicy Fail refuses every user write.
     webhook.kill();
@@ -623,6 +634,17 @@ async fn while_the_webhook_is_down_taskruns_can_still_be_deleted() {
         failed_calls.is_some_and(|l| !l.ends_with(" 0")),
         "no failed webhook call counted: {failed_calls:?}"
     );
+    // The controller's own writes do not go through the webhooks (their `not-the-controller`
+    // match condition): back, it puts the finalizer on "bare" again.
+    ctrl.restart();
+    wait_for("the finalizer back on bare", WAIT, || async {
+        let tr = api.get("bare").await.ok()?;
+        tr.finalizers()
+            .iter()
+            .any(|f| f == taskrun::FINALIZER)
+            .then_some(())
+    })
+    .await;
     // Neither the controller's finalizer removal nor any update of a TaskRun being deleted
     // goes through the webhooks.
     api.delete("held", &DeleteParams::default())
