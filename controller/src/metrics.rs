@@ -1,5 +1,5 @@
 //! Prometheus metrics: reconciles, errors, reconcile duration, watch failures, TaskRuns per
-//! phase and whether this replica leads.
+//! phase, whether this replica leads, and Events dropped.
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct Metrics {
     watch_failures: Family<Labels, Counter>,
     phases: Family<Labels, Gauge>,
     leading: Gauge,
+    events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -45,6 +46,7 @@ impl Default for Metrics {
         }
         let phases = Family::<Labels, Gauge>::default();
         let leading = Gauge::default();
+        let events_dropped = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register(
@@ -63,6 +65,11 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and reconciles, else 0",
             leading.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Events not recorded because too many were being recorded already",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -71,6 +78,7 @@ impl Default for Metrics {
             watch_failures,
             phases,
             leading,
+            events_dropped,
         }
     }
 }
@@ -89,6 +97,11 @@ impl Metrics {
         self.watch_failures
             .get_or_create(&vec![("resource", resource)])
             .inc();
+    }
+
+    /// An Event was dropped: too many were being recorded already.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     pub fn set_leading(&self, leading: bool) {

@@ -3,17 +3,41 @@
 use kube::Resource;
 use kube::runtime::events::{Event, Recorder};
 use taskrun::TaskRun;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::controller::Ctx;
+
+/// Events being recorded at once, at most. While the API server is slow to take Events, a
+/// burst of phase changes (thousands of TaskRuns at a restart) would otherwise pile up a task
+/// and a request for each; beyond this many, an Event is dropped, logged and counted.
+const MAX_IN_FLIGHT: usize = 256;
+
+static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
+
+/// A place among the Events being recorded, if there is one.
+fn slot() -> Option<SemaphorePermit<'static>> {
+    IN_FLIGHT.try_acquire().ok()
+}
 
 /// Records an Event on the TaskRun in the background: an Event is for people, and the
 /// TaskRun's progress must not wait for it. A new Recorder each time, so it only ever creates
 /// (a shared one patches repeats into a series); the RBAC grants `create` alone.
 pub(super) fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
+    let Some(slot) = slot() else {
+        ctx.base.shared.metrics.event_dropped();
+        tracing::warn!(
+            taskrun = tr.metadata.name.as_deref().unwrap_or_default(),
+            namespace = tr.metadata.namespace.as_deref().unwrap_or_default(),
+            reason = %event.reason,
+            "dropped an Event: {MAX_IN_FLIGHT} are being recorded already"
+        );
+        return;
+    };
     event.note = event.note.map(fit_note);
     let recorder = Recorder::new(ctx.base.client.clone(), ctx.base.reporter.clone());
     let reference = tr.object_ref(&());
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(error) = recorder.publish(&event, &reference).await {
             tracing::warn!(
                 taskrun = reference.name.as_deref().unwrap_or_default(),
@@ -43,7 +67,19 @@ fn fit_note(mut note: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fit_note;
+    use super::{MAX_IN_FLIGHT, fit_note, slot};
+
+    #[test]
+    fn no_more_events_are_recorded_at_once_than_the_bound() {
+        let taken: Vec<_> = std::iter::from_fn(slot).take(MAX_IN_FLIGHT + 1).collect();
+        assert_eq!(taken.len(), MAX_IN_FLIGHT);
+        assert!(slot().is_none());
+        drop(taken);
+        assert!(
+            slot().is_some(),
+            "a slot is free again once an Event is recorded"
+        );
+    }
 
     #[test]
     fn an_event_note_is_cut_to_one_kib_on_a_character_boundary() {
