@@ -31,6 +31,11 @@ use taskrun_webhook::index::READY_WHILE_RELISTING;
 const WAIT: Duration = Duration::from_secs(90);
 /// How long after the API server is back every TaskRun may take to have its Job.
 const RECOVERY: Duration = Duration::from_secs(45);
+/// How long after its connections go silent a client may take to notice and resume: the
+/// API clients' read timeout (`taskrun::client::READ_TIMEOUT`, 70 s, counted from the last
+/// byte read, a few seconds before the freeze) and a retry; about 63 s measured. Well short
+/// of a doubled timeout, and of kube's default of 290 s.
+const SILENCE_NOTICED: Duration = Duration::from_secs(100);
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -945,7 +950,7 @@ async fn a_silently_dead_watch_is_replaced_within_about_a_minute() {
     let frozen_at = Instant::now();
     wait_for(
         "the webhook's index to see the TaskRun created after its watch went silent",
-        Duration::from_secs(150),
+        SILENCE_NOTICED,
         || async { (indexed() > before).then_some(()) },
     )
     .await;
@@ -1002,7 +1007,7 @@ async fn a_controller_whose_connections_go_silent_resumes_within_about_a_minute(
     let frozen_at = Instant::now();
     wait_for(
         "the TaskRun created after the silence to get its Job",
-        Duration::from_secs(150),
+        SILENCE_NOTICED,
         has_job("after"),
     )
     .await;
