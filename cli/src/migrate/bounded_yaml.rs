@@ -19,11 +19,17 @@
 //! YAML makes events from: flow indicators, `:` and `?`, line breaks, and `-` before a blank (a
 //! block entry or a document marker). Beyond a few events per document, each such character
 //! yields at most a few events (an entry of a flow mapping, with its implicit null value), and
-//! no event comes without one. The legacy chart renders a task's files as quoted strings in one
-//! ConfigMap (at most 1 MiB of data), whose prose holds a few percent of such characters (a
-//! file of comma-separated data up to a fifth): below the bound. A forged manifest within it
-//! costs at most about 150 MB (146 MB measured for the densest found, `[? a, ? a, ...]`,
-//! against 1.6 GB before).
+//! no event comes without one. The count does not know a quoted string from structure: the
+//! legacy chart renders a task's files as quoted strings in one ConfigMap (at most 1 MiB of
+//! data), and a file of comma-separated numbers or of JSON counts up to two fifths of its
+//! bytes, inside the bound. A forged manifest within it costs about 300 MB at most: 290 MB
+//! measured for the densest shape found, `[? a, ? a, ...]` (a flow sequence of one-entry
+//! mappings), 102 MB for `[a,a,...]`, against 1.6 GB for the latter at 16 MiB before.
+//!
+//! Nor is a manifest with a directive (`%TAG`, `%YAML`) read: libyaml puts a `%TAG` prefix into
+//! the tag of every node that uses its handle, so one prefix of megabytes, used on each of
+//! thousands of nodes, would cost gigabytes while the count above saw a few characters. Helm
+//! renders no directive.
 
 use std::cell::Cell;
 use std::fmt;
@@ -39,10 +45,17 @@ pub const EXPANDS: &str = "the release manifest expands far beyond its size thro
 
 /// The most characters a manifest may hold that YAML makes events from (see the module's
 /// documentation).
-pub const MAX_STRUCTURE: usize = 1 << 18;
+pub const MAX_STRUCTURE: usize = 1 << 19;
 
 /// The documents of `text`, each as JSON (an empty document is `null`), in order.
 pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    if has_directive(text) {
+        return Err(
+            "the release manifest holds a YAML directive (a line starting with '%'), which \
+             Helm never renders; refused"
+                .to_owned(),
+        );
+    }
     let structure = structure(text);
     if structure > MAX_STRUCTURE {
         return Err(format!(
@@ -63,6 +76,15 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
             })
         })
         .collect()
+}
+
+/// Whether a line of `text` starts with '%': a directive, where a document may have one.
+fn has_directive(text: &str) -> bool {
+    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    text.trim_start_matches('\u{feff}').starts_with('%')
+        || text
+            .char_indices()
+            .any(|(i, c)| is_break(c) && text[i + c.len_utf8()..].starts_with(['%', '\u{feff}']))
 }
 
 /// How many characters of `text` may start a parser event: flow indicators, `:` and `?`
@@ -269,18 +291,45 @@ mod tests {
             assert!(err.contains("YAML indicators and line breaks"), "{err}");
         }
         assert_eq!(structure("- a\n-b\n---\n[x: y, ? z]\u{2028}"), 11);
+    }
 
-        let prose = "## Step\n\nRead the logs, find the cause: fix it - then test.\n- one\n\
-                     | a | b |\n|---|---|\n";
-        let file = prose.repeat((1 << 20) / prose.len());
-        let quoted = serde_json::to_string(&file).expect("json");
-        let text = format!(
-            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: t-files\ndata:\n  \
-             \"task.md\": {quoted}\n---\napiVersion: batch/v1\nkind: Job\n"
-        );
-        assert!(text.len() > 1 << 20);
-        let docs = documents(&text).expect("read");
-        assert_eq!(docs[0]["data"]["task.md"], Value::String(file));
+    /// The largest files a task's ConfigMap holds (1 MiB), as the chart renders them (quoted),
+    /// are read: prose, comma-separated numbers, JSON.
+    #[test]
+    fn a_configmap_of_dense_files_is_read() {
+        for line in [
+            "## Step\n\nRead the logs, find the cause: fix it - then test.\n- one\n| a | b |\n",
+            "1,2,3,4,5,6,7,8,9,10\n",
+            r#"{"a":[1,2,{"b":"c"}],"d":{"e":null}},"#,
+        ] {
+            let file = line.repeat((1 << 20) / line.len());
+            let quoted = serde_json::to_string(&file).expect("json");
+            let text = format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: t-files\ndata:\n  \
+                 \"task.md\": {quoted}\n---\napiVersion: batch/v1\nkind: Job\n"
+            );
+            let docs = documents(&text).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_eq!(docs[0]["data"]["task.md"], Value::String(file));
+        }
+    }
+
+    /// A directive could make every node's tag as long as the manifest: refused, wherever a
+    /// line starts with one. A '%' inside a quoted string (its line break escaped) is not one.
+    #[test]
+    fn a_manifest_with_a_directive_is_refused() {
+        let prefix = "x".repeat(1000);
+        for text in [
+            format!("%TAG !a! tag:{prefix}\n--- [!a!b x, !a!b x]\n"),
+            "%YAML 1.1\n---\na: 1\n".to_owned(),
+            "\u{feff}%YAML 1.1\n---\na: 1\n".to_owned(),
+            "a: 1\n...\n%YAML 1.1\n---\nb: 2\n".to_owned(),
+            "a: 1\r\n...\r\n%YAML 1.1\r\n---\r\nb: 2\r\n".to_owned(),
+        ] {
+            let err = documents(&text).expect_err("refused");
+            assert!(err.contains("YAML directive"), "{text:?}: {err}");
+        }
+        let docs = documents("a: \"50%\\n%TAG\"\n").expect("read");
+        assert_eq!(docs[0]["a"], "50%\n%TAG");
     }
 
     /// Aliases as a chart may use them, for a few repeated labels, stay within the bound.
