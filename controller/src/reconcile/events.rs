@@ -1,5 +1,7 @@
 //! Kubernetes Events on a TaskRun, recorded in the background.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use kube::Resource;
 use kube::runtime::events::{Event, Recorder};
 use taskrun::TaskRun;
@@ -14,6 +16,9 @@ const MAX_IN_FLIGHT: usize = 256;
 
 static IN_FLIGHT: Semaphore = Semaphore::const_new(MAX_IN_FLIGHT);
 
+/// Events dropped since the start, for the log's sampling (the metric counts them all).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// A place among the Events being recorded, if there is one.
 fn slot() -> Option<SemaphorePermit<'static>> {
     IN_FLIGHT.try_acquire().ok()
@@ -25,12 +30,18 @@ fn slot() -> Option<SemaphorePermit<'static>> {
 pub(super) fn record(ctx: &Ctx, tr: &TaskRun, mut event: Event) {
     let Some(slot) = slot() else {
         ctx.base.shared.metrics.event_dropped();
-        tracing::warn!(
-            taskrun = tr.metadata.name.as_deref().unwrap_or_default(),
-            namespace = tr.metadata.namespace.as_deref().unwrap_or_default(),
-            reason = %event.reason,
-            "dropped an Event: {MAX_IN_FLIGHT} are being recorded already"
+        let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        let (taskrun, namespace) = (
+            tr.metadata.name.as_deref().unwrap_or_default(),
+            tr.metadata.namespace.as_deref().unwrap_or_default(),
         );
+        // The first, then one in a hundred: a burst drops thousands.
+        if dropped == 1 || dropped.is_multiple_of(100) {
+            tracing::warn!(taskrun, namespace, reason = %event.reason, dropped,
+                "dropped an Event: {MAX_IN_FLIGHT} are being recorded already");
+        } else {
+            tracing::debug!(taskrun, namespace, reason = %event.reason, "dropped an Event");
+        }
         return;
     };
     event.note = event.note.map(fit_note);
