@@ -371,7 +371,8 @@ mod tests {
             let e = object.spec.as_ref().expect_err("unreadable");
             e.is_unchanged_in(req.old_object.as_ref())
         };
-        let bad = json!({"taskId": 1, "markdownFiles": [{"fileType": "newer"}]});
+        let bad = json!({"taskId": 1, "serviceName": "s",
+                         "markdownFiles": [{"filename": "a.md", "content": {"inline": "x"}}]});
         assert!(with_old(bad.clone(), Some(bad.clone())));
         assert!(!with_old(bad.clone(), None));
         assert!(!with_old(bad.clone(), Some(json!({"taskId": 2}))));
