@@ -38,6 +38,17 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
                     add.name
                 );
             }
+            for manager in &done.also_applied_by {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: {manager} also applies taskrun/{}'s contextVersion (a GitOps tool): \
+                     its next apply of a lower value is refused, and with it the sync of what it \
+                     applies with it; raise contextVersion to at least {} where {manager} \
+                     applies from (git)",
+                    add.name,
+                    done.context_version
+                );
+            }
             Ok(ExitCode::from(error::OK))
         }
         Command::MigrateHelm(args) => {

@@ -139,6 +139,63 @@ fn gitops_manifest(name: &str, files: &[(&str, &str)]) -> Value {
     })
 }
 
+/// A GitOps tool that applies contextVersion itself would send its lower value back at its
+/// next sync, which is refused (and with it the sync of all it applies with it): the command
+/// says so, naming the tool's field manager and the value to raise git to.
+#[tokio::test]
+async fn context_add_warns_when_a_gitops_tool_applies_the_context_version() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-add-gitops").await;
+    let mut manifest = gitops_manifest("t1", &[("task.md", "# Task\n")]);
+    manifest["spec"]["contextVersion"] = json!(1);
+    kubectl_apply(cp, &ns, "kustomize-controller", &manifest);
+    let dir = work_dir().join(&ns);
+    let (code, out, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
+            .arg(write_file(&dir, "ctx-1.md", "# More context\n"));
+        cmd
+    });
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("warning: kustomize-controller also applies taskrun/t1's contextVersion")
+            && err.contains("at least 2"),
+        "{err}"
+    );
+    // As it says: the tool's next apply is refused.
+    let path = work_dir().join(format!("{ns}-again.json"));
+    std::fs::write(&path, manifest.to_string()).expect("write manifest");
+    let again = cp
+        .kubectl()
+        .args(["apply", "--server-side", "--force-conflicts"])
+        .args(["--field-manager", "kustomize-controller", "-n", &ns, "-f"])
+        .arg(&path)
+        .output()
+        .expect("kubectl runs");
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && refused.contains("contextVersion may not decrease"),
+        "{refused}"
+    );
+
+    // A manifest without contextVersion leaves it to the command: no warning.
+    let ns = cp.namespace("ctx-add-gitops-none").await;
+    kubectl_apply(
+        cp,
+        &ns,
+        "kustomize-controller",
+        &gitops_manifest("t2", &[("task.md", "# Task\n")]),
+    );
+    let (code, _, err) = run({
+        let mut cmd = plugin(cp);
+        cmd.args(["context", "add", "t2", "-n", &ns, "-f"])
+            .arg(dir.join("ctx-1.md"));
+        cmd
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("also applies"), "{err}");
+}
+
 #[tokio::test]
 async fn context_add_merges_files_and_keeps_other_managers_fields() {
     let cp = cluster().await;

@@ -33,6 +33,9 @@ pub struct Added {
     /// The message of the TaskRun's failure as a duplicate, when it lost that race: no version
     /// of it runs while the TaskRun that holds its task lives.
     pub lost_as_duplicate: Option<String>,
+    /// Other managers that set contextVersion by server-side apply (a GitOps tool), and whose
+    /// next apply of their lower value is therefore refused.
+    pub also_applied_by: Vec<String>,
 }
 
 impl Added {
@@ -92,9 +95,18 @@ pub async fn run(
                     attempts: attempt,
                     changed: false,
                     lost_as_duplicate: lost_as_duplicate(&current),
+                    also_applied_by: Vec::new(),
                 });
             }
         };
+        // Read before the apply: forced, it takes contextVersion from them.
+        let also_applied_by = patch::other_appliers_of_context_version(
+            current
+                .metadata
+                .managed_fields
+                .as_deref()
+                .unwrap_or_default(),
+        );
         // force: take contextVersion over from whoever set it last (kubectl, a GitOps tool);
         // raising it is the point of the command. Files are new or already ours, so force
         // never takes a file from another manager.
@@ -106,6 +118,7 @@ pub async fn run(
                     attempts: attempt,
                     changed: true,
                     lost_as_duplicate: lost_as_duplicate(&applied),
+                    also_applied_by,
                 });
             }
             Err(e) if status_code(&e) == Some(409) => {
@@ -170,6 +183,7 @@ mod tests {
             attempts,
             changed,
             lost_as_duplicate: None,
+            also_applied_by: Vec::new(),
         }
     }
 

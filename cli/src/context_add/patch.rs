@@ -43,6 +43,25 @@ pub fn owned_files(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<St
         .collect()
 }
 
+/// The other managers whose server-side applies set `spec.contextVersion` (a GitOps tool's:
+/// `kustomize-controller`, `argocd-controller`). Each apply sends its whole intent, so the
+/// next one sends that manager's own, lower contextVersion, which is refused; under Argo CD's
+/// server-side diff, or Flux's dry-run of every object before applying any, that refusal stops
+/// the sync of everything else in the Application or Kustomization too.
+pub fn other_appliers_of_context_version(managed: &[ManagedFieldsEntry]) -> Vec<String> {
+    let mut managers: Vec<String> = managed
+        .iter()
+        .filter(|e| e.operation.as_deref() == Some("Apply"))
+        .filter_map(|e| Some((e.manager.as_deref()?, e.fields_v1.as_ref()?)))
+        .filter(|(manager, _)| ![MANAGER, FORMER_MANAGER].contains(manager))
+        .filter(|(_, fields)| fields.0.pointer("/f:spec/f:contextVersion").is_some())
+        .map(|(manager, _)| manager.to_owned())
+        .collect();
+    managers.sort();
+    managers.dedup();
+    managers
+}
+
 /// What `context add` is to do with a TaskRun as read.
 #[derive(Debug, PartialEq)]
 pub enum Plan {
@@ -194,6 +213,29 @@ mod tests {
             .iter()
             .filter_map(|f| f["filename"].as_str())
             .collect()
+    }
+
+    /// Only other managers' server-side applies that set contextVersion: this command's own,
+    /// an update (client-side apply keeps a field the manifest did not change) and an apply
+    /// of files alone do not send a lower value back.
+    #[test]
+    fn other_appliers_of_context_version_are_gitops_applies() {
+        let mut files_only = entry("flux-files", "Apply", &["a.md"]);
+        files_only.fields_v1 = Some(FieldsV1(json!({"f:spec": {"f:markdownFiles": {}}})));
+        let managed = vec![
+            entry(MANAGER, "Apply", &["ctx-1.md"]),
+            entry(FORMER_MANAGER, "Apply", &["ctx-0.md"]),
+            entry("kustomize-controller", "Apply", &["task.md"]),
+            entry("argocd-controller", "Apply", &["task.md"]),
+            entry("kubectl-client-side-apply", "Update", &["task.md"]),
+            entry("kustomize-controller", "Apply", &["notes.md"]),
+            files_only,
+        ];
+        assert_eq!(
+            other_appliers_of_context_version(&managed),
+            ["argocd-controller", "kustomize-controller"]
+        );
+        assert!(other_appliers_of_context_version(&[]).is_empty());
     }
 
     #[test]
