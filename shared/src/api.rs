@@ -156,9 +156,8 @@ pub struct MarkdownFile {
     pub file_type: Option<FileType>,
 }
 
-/// What a markdown file is for.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "kebab-case")]
+/// What a markdown file is for, by its wire name (`as_str`) both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FileType {
     /// The task description.
     Task,
@@ -175,8 +174,33 @@ pub enum FileType {
     /// TaskRun would fail every list page it is on, and so stop the controller for every
     /// TaskRun; kept, it is written back unchanged by what re-applies a TaskRun's files. Not
     /// in the schema: the CRD allows only the types above.
-    #[serde(untagged)]
     Other(String),
+}
+
+impl Serialize for FileType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Read straight from the string (serde's `untagged` would buffer every value first).
+impl<'de> Deserialize<'de> for FileType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = FileType;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file type")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<FileType, E> {
+                let known = FileType::KNOWN.into_iter().find(|t| t.as_str() == name);
+                Ok(known.unwrap_or_else(|| FileType::Other(name.to_owned())))
+            }
+        }
+        d.deserialize_str(Name)
+    }
 }
 
 /// The schema lists the known types only, one `oneOf` entry each as derived for a plain
