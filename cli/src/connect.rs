@@ -157,7 +157,7 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
         conn.context.as_deref(),
         |path| matches!(std::fs::metadata(path), Err(e) if e.kind() == ErrorKind::NotFound),
     )?;
-    let mut config = match source {
+    let config = match source {
         Source::Files(files) => {
             let kubeconfig = read_merged(&files).map_err(|source| Error::Kubeconfig {
                 files: shown_paths(&files),
@@ -180,12 +180,11 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
             source,
         })?,
     };
-    // kube sets none: a connection gone silently dead (a NAT or load balancer dropping it)
-    // would hang the command for good. A request that then times out is reported as one that
-    // may have taken effect, and running the command again is safe.
-    config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
+    // With a read timeout (kube sets none: a connection gone silently dead would hang the
+    // command for good; a request that then times out is reported as one that may have taken
+    // effect, and running the command again is safe) and brief retries of 429/503/504.
     let namespace = namespace(conn.namespace.as_deref(), &config.default_namespace);
-    let client = kube::Client::try_from(config).map_err(Error::Client)?;
+    let client = taskrun_apiclient::client(config).map_err(Error::Client)?;
     Ok((client, namespace))
 }
 

@@ -22,9 +22,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: config::Args) -> anyhow::Result<()> {
     let template = args.job_template()?;
-    let mut kube_config = kube::Config::infer().await?;
-    kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
-    let client = kube::Client::try_from(kube_config)?;
+    let client = taskrun_apiclient::client(kube::Config::infer().await?)?;
     controller::run(args, template, client).await?;
     Ok(())
 }

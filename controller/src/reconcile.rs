@@ -72,8 +72,10 @@ pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error>
 }
 
 /// Per-object exponential backoff: the count of consecutive failures is kept per object and
-/// cleared by the next success (in `reconcile`). A failure for want of an answer from the API
-/// server is noted as such, so that the object is retried as soon as it answers (outage.rs).
+/// cleared by the next success (in `reconcile`), each delay stretched or shrunk by up to a
+/// fifth at random, so that TaskRuns that failed together (a throttled burst) are not retried
+/// together. A failure for want of an answer from the API server is noted as such, so that
+/// the object is retried as soon as it answers (outage.rs).
 pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let failures = match ctx.failures.lock() {
         Ok(mut map) => {
@@ -84,7 +86,8 @@ pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
         }
         Err(_) => 1,
     };
-    let delay = taskrun::client::retry_delay(failures, ctx.base.backoff_base, ctx.base.backoff_max);
+    let delay = taskrun::client::retry_delay(failures, ctx.base.backoff_base, ctx.base.backoff_max)
+        .mul_f64(0.8 + 0.4 * fastrand::f64());
     tracing::warn!(
         taskrun = %tr.name_any(),
         namespace = tr.namespace().unwrap_or_default(),

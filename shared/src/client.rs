@@ -43,8 +43,9 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The delay before the next try after `failures` failures in a row (from 1; 0 counts as 1):
-/// `base`, doubled per failure, at most `cap`. The webhook's re-lists add jitter, so that its
-/// replicas do not list in step; the controller's retries are per object and spread already.
+/// `base`, doubled per failure, at most `cap`. Its callers add jitter: the webhook's re-lists,
+/// so that its replicas do not list in step, and the controller's retries of a TaskRun, so
+/// that TaskRuns that failed together are not retried together.
 pub fn retry_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(31);
     base.saturating_mul(1u32 << doublings).min(cap)

@@ -1580,6 +1580,42 @@ async fn refuse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let _ = s.shutdown().await;
 }
 
+/// A throttled API server (429 and 503, `Retry-After: 1`) is retried a few times, briefly,
+/// then reported: the plugin neither fails at the first refusal nor goes on for minutes (kube's
+/// own retries went up to 15 times, each wait at least what the server asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_reports_a_throttled_api_server_after_a_few_brief_retries() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    let proxy = FaultProxy::start(cp, "throttled-plugin").await;
+    let file = taskrun_tests::work_dir().join("throttled.md");
+    std::fs::write(&file, "# more\n").expect("write a context file");
+    proxy.open_window();
+    let started = Instant::now();
+    let out = Command::new(workspace_bin("kubectl-taskrun"))
+        .arg("--kubeconfig")
+        .arg(&proxy.kubeconfig)
+        .args(["-n", "default", "context", "add", "anything", "-f"])
+        .arg(&file)
+        .output()
+        .expect("kubectl-taskrun runs");
+    let took = started.elapsed();
+    proxy.close_window();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(
+        proxy.refused(),
+        1 + taskrun_apiclient::RETRIES as usize,
+        "one request and its retries: {err}"
+    );
+    // Each wait is the second asked for, stretched by up to a half.
+    assert!(took < Duration::from_secs(10), "{took:?}: {err}");
+    assert!(
+        err.contains("Too Many Requests") || err.contains("fault injected"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_for_a_while_bring_backoff_not_a_hot_loop_then_recovery() {
     const WINDOW: Duration = Duration::from_secs(20);

@@ -100,9 +100,7 @@ pub const BLOCKING_GRACE: Duration = Duration::from_secs(3);
 /// Serves admission with a duplicate index fed by a watch on every namespace's TaskRuns.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::default());
-    let mut kube_config = kube::Config::infer().await?;
-    kube_config.read_timeout = Some(taskrun::client::READ_TIMEOUT);
-    let client = kube::Client::try_from(kube_config)?;
+    let client = taskrun_apiclient::client(kube::Config::infer().await?)?;
     let index = Arc::new(Index::default());
     let follower = tokio::spawn({
         let (index, metrics) = (index.clone(), metrics.clone());

@@ -47,10 +47,12 @@ pub async fn versus_minimal_loop(
         }
         Ok(total)
     };
+    // The controller's own client setup (timeouts, retries), as the controller builds it.
+    let loop_client = cluster::controller_client(cp).await?;
     let before = cluster::api_requests(client).await?;
     let (cp_before, own_before) = (cp_cpu()?, cluster::cpu_time(std::process::id())?);
     let started = Instant::now();
-    let count = cluster::minimal_loop(client, &ns_loop, s.api_concurrency).await?;
+    let count = cluster::minimal_loop(&loop_client, &ns_loop, s.api_concurrency).await?;
     let loop_secs = started.elapsed().as_secs_f64();
     let loop_cp_ms = (cp_cpu()? - cp_before) * 1e3 / n as f64;
     let loop_client_ms =
