@@ -37,6 +37,12 @@ fn is_true(c: &JobCondition, type_: &str) -> bool {
 
 /// The outcome of a Job, read from its conditions first (Complete / SuccessCriteriaMet,
 /// Failed / FailureTarget, Suspended) and its pod counts after.
+///
+/// SuccessCriteriaMet and FailureTarget are the Job controller's decision, written before it
+/// has stopped the Job's pods (past `activeDeadlineSeconds` it deletes them, and an agent may
+/// take its grace period to stop); it adds Complete or Failed once none is left. Until then the
+/// version is still Running: a TaskRun reported finished while its agent still writes would
+/// let `kubectl wait`, a GitOps tool or a raised contextVersion act too soon.
 pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     let empty = JobStatus::default();
     let status = status.unwrap_or(&empty);
@@ -46,6 +52,25 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             .iter()
             .find_map(|t| conditions.iter().find(|c| is_true(c, t)))
     };
+    let final_condition = find(&["Complete", "Failed"]);
+    if final_condition.is_none()
+        && let Some(c) = find(&["SuccessCriteriaMet", "FailureTarget"])
+        && pods_still_stopping(status)
+    {
+        let how = if c.type_ == "SuccessCriteriaMet" {
+            "succeeded".to_owned()
+        } else {
+            format!(
+                "failed ({})",
+                c.reason.as_deref().unwrap_or(reason::JOB_FAILED)
+            )
+        };
+        return Outcome::new(
+            Phase::Running,
+            reason::RUNNING,
+            format!("Job {job_name} has {how}; its pods are stopping"),
+        );
+    }
     if let Some(c) = find(&["Complete", "SuccessCriteriaMet"]) {
         return Outcome {
             finished_at: status
@@ -131,6 +156,25 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
         reason::JOB_CREATED,
         format!("Job {job_name} created, waiting for its pod"),
     )
+}
+
+/// Pods of the Job still terminating, or ended but not yet counted by the Job controller.
+/// (`terminating` is reported since Kubernetes 1.28 with JobPodReplacementPolicy, on by
+/// default since 1.29; without it a decided end is taken as the end.)
+fn pods_still_stopping(status: &JobStatus) -> bool {
+    let uncounted = status
+        .uncounted_terminated_pods
+        .as_ref()
+        .is_some_and(|u| count(u.succeeded.as_deref()) + count(u.failed.as_deref()) > 0);
+    status.terminating.unwrap_or(0) > 0 || uncounted
+}
+
+/// The last state of a Job that is gone, as its end is read: its pods are gone or going with
+/// it, so a decided end (SuccessCriteriaMet, FailureTarget) is its end.
+pub fn as_gone(mut status: JobStatus) -> JobStatus {
+    status.terminating = None;
+    status.uncounted_terminated_pods = None;
+    status
 }
 
 fn count(pods: Option<&[String]>) -> i64 {
@@ -530,6 +574,62 @@ mod tests {
                 assert_eq!(o.finished_at, Some(t(200)));
             }
         }
+    }
+
+    /// Past its deadline the Job controller writes FailureTarget and deletes the pod, and adds
+    /// Failed once the pod is gone: until then the agent may still be writing.
+    #[test]
+    fn a_decided_end_waits_for_the_pods_to_stop() {
+        let stopping = |c: &str, why: Option<&str>| {
+            let mut s = with(vec![cond(c, "True", why)]);
+            s.terminating = Some(1);
+            s
+        };
+        let o = outcome(&stopping("FailureTarget", Some("DeadlineExceeded")));
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Running, "Running"));
+        assert!(
+            o.message
+                .contains("failed (DeadlineExceeded); its pods are stopping"),
+            "{}",
+            o.message
+        );
+        let o = outcome(&stopping("SuccessCriteriaMet", None));
+        assert_eq!(o.phase, Phase::Running);
+        assert!(o.message.contains("has succeeded; its pods are stopping"));
+        let mut uncounted = with(vec![cond(
+            "FailureTarget",
+            "True",
+            Some("BackoffLimitExceeded"),
+        )]);
+        uncounted.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            failed: Some(vec!["uid".into()]),
+            succeeded: None,
+        });
+        assert_eq!(outcome(&uncounted).phase, Phase::Running);
+
+        // Once the final condition is there, pods or not, the end is read; and the last state
+        // of a Job that is gone reads as its end.
+        let mut failed = stopping("FailureTarget", Some("DeadlineExceeded"));
+        failed.conditions.get_or_insert_default().push(cond(
+            "Failed",
+            "True",
+            Some("DeadlineExceeded"),
+        ));
+        let o = outcome(&failed);
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "DeadlineExceeded")
+        );
+        let gone = as_gone(stopping("FailureTarget", Some("DeadlineExceeded")));
+        let o = outcome(&gone);
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "DeadlineExceeded")
+        );
+        assert_eq!(
+            outcome(&as_gone(stopping("SuccessCriteriaMet", None))).phase,
+            Phase::Succeeded
+        );
     }
 
     #[test]

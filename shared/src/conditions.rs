@@ -17,7 +17,8 @@ pub mod reason {
     /// The Job's pod exists but is not running yet: being scheduled, pulling its image,
     /// starting (or stuck at one of these: unschedulable, a wrong image).
     pub const POD_PENDING: &str = "PodPending";
-    /// The Job has a pod running, or one that ended which the Job has not counted yet.
+    /// The Job has a pod running, or one that ended which the Job has not counted yet, or its
+    /// end is decided (SuccessCriteriaMet, FailureTarget) and its pods are still stopping.
     pub const RUNNING: &str = "Running";
     /// A pod failed and the Job starts another.
     pub const RETRYING: &str = "Retrying";
@@ -28,11 +29,12 @@ pub mod reason {
     /// The Job failed for a reason other than those it names (`JOB_FAILURE`).
     pub const JOB_FAILED: &str = "JobFailed";
     /// Failure reasons the Job controller sets, passed through as they are.
-    pub const JOB_FAILURE: [&str; 4] = [
+    pub const JOB_FAILURE: [&str; 5] = [
         "BackoffLimitExceeded",
         "DeadlineExceeded",
         "PodFailurePolicy",
         "MaxFailedIndexesExceeded",
+        "FailedIndexes",
     ];
     /// An older live TaskRun of the same identity runs instead (final).
     pub const DUPLICATE: &str = "Duplicate";

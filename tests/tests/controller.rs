@@ -440,6 +440,69 @@ async fn a_refused_event_holds_up_no_taskrun() {
     refusal.lift().await;
 }
 
+/// Past `activeDeadlineSeconds` the Job controller decides the Job failed (FailureTarget) and
+/// deletes its pod, and adds Failed only once the pod is gone: meanwhile the agent may still be
+/// writing, so the TaskRun stays Running, and fails with DeadlineExceeded once it is gone.
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-deadline").await;
+    let _ctrl = Controller::start(
+        cp,
+        &[&format!("--namespace={ns}"), "--active-deadline-seconds=5"],
+    );
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "slow", 5, 1, &[("task.md", "x")])).await;
+    let pod = wait_for("the Job's pod", WAIT, || async {
+        pods_of(&client, &ns, "slow-5-v1").await.into_iter().next()
+    })
+    .await
+    .name_any();
+    // Bound to a node (none runs here), the pod is deleted gracefully: it stays, being deleted,
+    // until its kubelet would confirm the end.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        &pod,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .expect("bind the pod");
+    start_pod(&client, &ns, "slow-5-v1").await;
+
+    let tr = wait_status(&api, "t", "its pod stopping past the deadline", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.message.as_deref())
+            .is_some_and(|m| m.contains("failed (DeadlineExceeded); its pods are stopping"))
+    })
+    .await;
+    assert_eq!(phase(&tr), Some(Phase::Running));
+    assert_eq!(condition(&tr, "Succeeded").map(|c| c.0), Some("Unknown"));
+    let stopping = pods.get(&pod).await.expect("the pod, being deleted");
+    assert!(stopping.metadata.deletion_timestamp.is_some());
+
+    // Its kubelet confirms: the pod is gone, the Job failed.
+    pods.delete(
+        &pod,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the pod");
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(
+        condition(&tr, "Succeeded"),
+        Some(("False", "DeadlineExceeded"))
+    );
+}
+
 /// A raised contextVersion: the old version's Job is stopped (with a `Superseded` Event) and its
 /// ConfigMap removed (no Job mounts it again), the new version gets both.
 #[tokio::test]

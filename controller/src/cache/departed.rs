@@ -55,7 +55,12 @@ impl Departed {
             Some((tr, _)) => tr.metadata.deletion_timestamp.is_none(),
             None => !listed(taskruns),
         };
-        let finished = status::job_outcome(&name, job.status.as_ref())
+        // Gone, its pods go with it: an end decided while they were stopping is its end.
+        let gone = CachedJob {
+            metadata: job.metadata.clone(),
+            status: job.status.clone().map(status::as_gone),
+        };
+        let finished = status::job_outcome(&name, gone.status.as_ref())
             .phase
             .is_final();
         if !(owner_lives && finished) {
@@ -78,7 +83,7 @@ impl Departed {
         }
         let key = (ns, name);
         e.order.push_back((now, key.clone()));
-        e.jobs.insert(key, (now, Arc::new(job.clone())));
+        e.jobs.insert(key, (now, Arc::new(gone)));
     }
 
     /// The last state of a finished Job deleted a moment ago. It is kept until the status
@@ -153,6 +158,27 @@ mod tests {
         departed.record(&job("later", Some("Complete")), &owners);
         assert!(departed.get("ns", "failed").is_none(), "expired");
         assert!(departed.get("ns", "later").is_some());
+    }
+
+    /// A Job deleted after the Job controller decided its end but before its pods had
+    /// stopped (no final condition yet) is kept, and read as ended.
+    #[test]
+    fn a_job_deleted_while_its_pods_stopped_is_kept_as_ended() {
+        let departed = Departed::new(Duration::from_secs(300));
+        let mut stopping = job("deadline", Some("FailureTarget"));
+        if let Some(s) = stopping.status.as_mut() {
+            s.terminating = Some(1);
+        }
+        assert!(
+            !status::job_outcome("deadline", stopping.status.as_ref())
+                .phase
+                .is_final(),
+            "live, it still runs"
+        );
+        departed.record(&stopping, &owners(false));
+        let kept = departed.get("ns", "deadline").expect("kept");
+        let phase = status::job_outcome("deadline", kept.status.as_ref()).phase;
+        assert_eq!(phase, taskrun::Phase::Failed);
     }
 
     /// The same Job name recorded twice (its TaskRun deleted and made again with the same
