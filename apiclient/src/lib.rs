@@ -25,7 +25,8 @@ pub const RETRIES: u32 = 3;
 /// The first wait when the API server names none; doubled per retry.
 const BASE_WAIT: Duration = Duration::from_millis(200);
 
-/// The longest wait before a retry, whatever the API server asks.
+/// The longest wait before a retry, whatever the API server asks, before the jitter (which
+/// stretches it by up to half).
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Requests queued for the retry layer (kube's own client queues as many).

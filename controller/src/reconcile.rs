@@ -72,9 +72,9 @@ pub async fn reconcile(tr: Arc<TaskRun>, ctx: Arc<Ctx>) -> Result<Action, Error>
 }
 
 /// Per-object exponential backoff: the count of consecutive failures is kept per object and
-/// cleared by the next success (in `reconcile`), each delay stretched or shrunk by up to a
-/// fifth at random, so that TaskRuns that failed together (a throttled burst) are not retried
-/// together. A failure for want of an answer from the API server is noted as such, so that
+/// cleared by the next success (in `reconcile`), each delay shortened by up to a tenth at
+/// random (never past `--backoff-max-seconds`), so that TaskRuns that failed together (a
+/// throttled burst) are not retried together. A failure for want of an answer from the API server is noted as such, so that
 /// the object is retried as soon as it answers (outage.rs).
 pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let failures = match ctx.failures.lock() {
@@ -87,7 +87,7 @@ pub fn error_policy(tr: Arc<TaskRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
         Err(_) => 1,
     };
     let delay = taskrun::client::retry_delay(failures, ctx.base.backoff_base, ctx.base.backoff_max)
-        .mul_f64(0.8 + 0.4 * fastrand::f64());
+        .mul_f64(1.0 - 0.1 * fastrand::f64());
     tracing::warn!(
         taskrun = %tr.name_any(),
         namespace = tr.namespace().unwrap_or_default(),
@@ -287,11 +287,16 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .as_ref()
         .and_then(|s| s.start_time.clone())
         .or(job_created);
+    let (job_status, stopping_left) = status::stopping_limited(job_status, &now());
     let outcome = status::job_outcome(&job_name, job_status.as_ref());
     let outcome = status::once_running(outcome, &prev, tr.spec.context_version, &job_name);
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     ctx.children.written_from_job(&ns, &job_name);
+    // A decided end whose pods have not stopped yet: reported at the limit if they never do.
+    if let Some(left) = stopping_left {
+        return Ok(Action::requeue(left));
+    }
     // No periodic resync, finished or not: every input of this function is watched (the
     // TaskRun, its Jobs, its ConfigMaps), and a watch that cannot resume lists again: every
     // child listed, and every child gone since (relist.rs), reconciles its TaskRun. A requeue

@@ -158,22 +158,49 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     )
 }
 
-/// Pods of the Job still terminating, or ended but not yet counted by the Job controller.
-/// (`terminating` is reported since Kubernetes 1.28 with JobPodReplacementPolicy, on by
-/// default since 1.29; without it a decided end is taken as the end.)
+/// Pods of the Job still terminating (uncounted ones have ended already). `terminating` is
+/// reported since Kubernetes 1.28 with JobPodReplacementPolicy, on by default since 1.29;
+/// without it a decided end is taken as the end.
 fn pods_still_stopping(status: &JobStatus) -> bool {
-    let uncounted = status
-        .uncounted_terminated_pods
-        .as_ref()
-        .is_some_and(|u| count(u.succeeded.as_deref()) + count(u.failed.as_deref()) > 0);
-    status.terminating.unwrap_or(0) > 0 || uncounted
+    status.terminating.unwrap_or(0) > 0
+}
+
+/// How long a decided end waits for the Job's pods to stop before it is reported anyway: a
+/// pod on a node gone dark, or held by a finalizer, may never be seen to stop. Four times the
+/// default termination grace period.
+pub const STOPPING_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The Job's status as its end is read at `now`: when its end was decided more than
+/// `STOPPING_LIMIT` ago, as if its pods had stopped (`as_gone`). Also how long, if at all,
+/// until that limit is reached, for the reconcile to look again then.
+pub fn stopping_limited(
+    status: Option<JobStatus>,
+    now: &Time,
+) -> (Option<JobStatus>, Option<std::time::Duration>) {
+    let Some(status) = status else {
+        return (None, None);
+    };
+    if !pods_still_stopping(&status) {
+        return (Some(status), None);
+    }
+    let decided = status.conditions.iter().flatten().find(|c| {
+        (c.type_ == "SuccessCriteriaMet" || c.type_ == "FailureTarget") && c.status == "True"
+    });
+    let Some(since) = decided.and_then(|c| c.last_transition_time.as_ref()) else {
+        return (Some(status), None);
+    };
+    let waited = now.0.duration_since(since.0).as_secs_f64().max(0.0);
+    let waited = std::time::Duration::try_from_secs_f64(waited).unwrap_or(STOPPING_LIMIT);
+    match STOPPING_LIMIT.checked_sub(waited) {
+        Some(left) if !left.is_zero() => (Some(status), Some(left)),
+        _ => (Some(as_gone(status)), None),
+    }
 }
 
 /// The last state of a Job that is gone, as its end is read: its pods are gone or going with
 /// it, so a decided end (SuccessCriteriaMet, FailureTarget) is its end.
 pub fn as_gone(mut status: JobStatus) -> JobStatus {
     status.terminating = None;
-    status.uncounted_terminated_pods = None;
     status
 }
 
@@ -596,16 +623,13 @@ mod tests {
         let o = outcome(&stopping("SuccessCriteriaMet", None));
         assert_eq!(o.phase, Phase::Running);
         assert!(o.message.contains("has succeeded; its pods are stopping"));
-        let mut uncounted = with(vec![cond(
-            "FailureTarget",
-            "True",
-            Some("BackoffLimitExceeded"),
-        )]);
+        // Pods ended but not yet counted have stopped: the end is read.
+        let mut uncounted = with(vec![cond("SuccessCriteriaMet", "True", None)]);
         uncounted.uncounted_terminated_pods = Some(UncountedTerminatedPods {
-            failed: Some(vec!["uid".into()]),
-            succeeded: None,
+            succeeded: Some(vec!["uid".into()]),
+            failed: None,
         });
-        assert_eq!(outcome(&uncounted).phase, Phase::Running);
+        assert_eq!(outcome(&uncounted).phase, Phase::Succeeded);
 
         // Once the final condition is there, pods or not, the end is read; and the last state
         // of a Job that is gone reads as its end.
@@ -630,6 +654,35 @@ mod tests {
             outcome(&as_gone(stopping("SuccessCriteriaMet", None))).phase,
             Phase::Succeeded
         );
+    }
+
+    /// A pod that never stops (its node gone dark) holds the decided end back only so long.
+    #[test]
+    fn a_decided_end_is_reported_when_the_pods_take_too_long() {
+        let mut s = with(vec![cond(
+            "FailureTarget",
+            "True",
+            Some("DeadlineExceeded"),
+        )]);
+        s.terminating = Some(1);
+        // Decided at 200 (`cond`).
+        let (read, left) = stopping_limited(Some(s.clone()), &t(230));
+        assert_eq!(
+            left,
+            Some(STOPPING_LIMIT - std::time::Duration::from_secs(30))
+        );
+        assert_eq!(outcome(&read.expect("status")).phase, Phase::Running);
+        let (read, left) = stopping_limited(Some(s.clone()), &t(200 + 120));
+        assert_eq!(left, None);
+        let o = outcome(&read.expect("status"));
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "DeadlineExceeded")
+        );
+        // Not stopping: as it is.
+        s.terminating = Some(0);
+        assert_eq!(stopping_limited(Some(s.clone()), &t(230)), (Some(s), None));
+        assert_eq!(stopping_limited(None, &t(230)), (None, None));
     }
 
     #[test]

@@ -450,7 +450,8 @@ async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
     let ns = cp.namespace("ctrl-deadline").await;
     let _ctrl = Controller::start(
         cp,
-        &[&format!("--namespace={ns}"), "--active-deadline-seconds=5"],
+        // Long enough to bind the pod first, on a busy machine too.
+        &[&format!("--namespace={ns}"), "--active-deadline-seconds=15"],
     );
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "slow", 5, 1, &[("task.md", "x")])).await;

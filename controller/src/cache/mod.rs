@@ -162,7 +162,8 @@ pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
     let name = job.metadata.name.as_deref().unwrap_or_default();
     name != current
         && job.metadata.deletion_timestamp.is_none()
-        && !status::job_outcome(name, job.status.as_ref())
+        // A Job whose end is decided has ended for this, its pods stopping or not.
+        && !status::job_outcome(name, job.status.clone().map(status::as_gone).as_ref())
             .phase
             .is_final()
 }
