@@ -6,9 +6,6 @@ SHELL := /bin/bash
 # what an earlier session (or run) built.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/taskrun/cargo-target
 export CARGO_TERM_COLOR ?= never
-# Incremental state is kept per crate and build, never pruned: in that shared dir it grew to
-# 25 GB over a few weeks and filled the disk mid-build. Dependencies are never incremental.
-export CARGO_INCREMENTAL ?= 0
 
 .PHONY: help deps test lint fmt clippy fuzz-check build control-plane crd cluster up down run bench helm go-tools fuzz
 
