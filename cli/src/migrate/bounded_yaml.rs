@@ -78,9 +78,13 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
         .collect()
 }
 
+/// YAML 1.1's line breaks, as libyaml reads them.
+fn is_break(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
 /// Whether a line of `text` starts with '%': a directive, where a document may have one.
 fn has_directive(text: &str) -> bool {
-    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
     text.trim_start_matches('\u{feff}').starts_with('%')
         || text
             .char_indices()
@@ -91,7 +95,6 @@ fn has_directive(text: &str) -> bool {
 /// (indicators anywhere in a flow collection), line breaks (YAML 1.1's, as libyaml's), and
 /// `-` before a blank or the end (a block entry or a document marker).
 fn structure(text: &str) -> usize {
-    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
     let mut chars = text.chars().peekable();
     let mut n = 0;
     while let Some(c) = chars.next() {
