@@ -139,8 +139,9 @@ mod tests {
             let started = tokio::time::Instant::now();
             wait.await;
             let waited = started.elapsed();
+            // At most half again, and the timer's millisecond of rounding.
             assert!(
-                waited >= Duration::from_secs(1) && waited < Duration::from_millis(1500),
+                waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1501),
                 "{waited:?}"
             );
         }
