@@ -148,6 +148,9 @@ pub fn job(tr: &TaskRun, owner: OwnerReference, t: &JobTemplate) -> Job {
             backoff_limit: t.backoff_limit,
             active_deadline_seconds: t.active_deadline_seconds,
             ttl_seconds_after_finished: t.ttl_seconds_after_finished,
+            // A pod deleted or evicted is replaced only once it has stopped: two agents of one
+            // task never run side by side (the default starts the next as the first stops).
+            pod_replacement_policy: Some("Failed".into()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: pod_labels,
@@ -302,6 +305,7 @@ mod tests {
         assert_eq!(spec.backoff_limit, Some(2));
         assert_eq!(spec.active_deadline_seconds, Some(600));
         assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
+        assert_eq!(spec.pod_replacement_policy.as_deref(), Some("Failed"));
         let pod = pod_spec(&job);
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(pod.service_account_name.as_deref(), Some("agent"));

@@ -132,6 +132,18 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             format!("Job {job_name}'s pod has ended; the Job is finishing"),
         );
     }
+    // With `podReplacementPolicy: Failed` (the Jobs made here), a pod deleted or evicted is
+    // neither active nor failed until it has stopped, and nothing replaces it before.
+    if status.active.unwrap_or(0) == 0 && pods_still_stopping(status) {
+        return Outcome::new(
+            Phase::Pending,
+            reason::RETRYING,
+            format!(
+                "Job {job_name}'s pod is stopping (deleted or evicted); the Job starts another \
+                 once it has stopped, unless its backoff limit is reached"
+            ),
+        );
+    }
     let failed = i64::from(status.failed.unwrap_or(0)).saturating_add(ended_failed);
     if failed > 0 {
         return Outcome::new(
@@ -549,6 +561,24 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
+    }
+
+    #[test]
+    fn a_stopping_pod_with_no_decided_end_is_a_retry_that_waits() {
+        let o = outcome(&JobStatus {
+            terminating: Some(1),
+            failed: Some(1),
+            ..Default::default()
+        });
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "Retrying"));
+        assert!(o.message.contains("pod is stopping"), "{}", o.message);
+        // Its replacement already counted (a Job made with the default policy): that one's state.
+        let o = outcome(&JobStatus {
+            terminating: Some(1),
+            active: Some(1),
+            ..Default::default()
+        });
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "PodPending"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -83,6 +83,25 @@ async fn live_pod(pods: &Api<Pod>, ns: &str, job: &str) -> Pod {
         },
     )
     .await
+}
+
+/// Waits for a live pod of Job `job` in `ns` and binds it to a node (none runs here), and
+/// returns its name. Bound, a pod deleted gracefully stays, being deleted, until its kubelet
+/// would confirm the end: a test ends it with a delete of grace period 0.
+pub async fn bind_pod(client: &Client, ns: &str, job: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = live_pod(&pods, ns, job).await.name_any();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        &pod,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bind pod {pod}: {e}"));
+    pod
 }
 
 /// The pod's (first) container's name and image.

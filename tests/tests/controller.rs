@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
-use taskrun_tests::kubelet::{PodEnd, finish_pod, start_pod};
+use taskrun_tests::kubelet::{PodEnd, bind_pod, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
 use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
@@ -455,24 +455,8 @@ async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
     );
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "slow", 5, 1, &[("task.md", "x")])).await;
-    let pod = wait_for("the Job's pod", WAIT, || async {
-        pods_of(&client, &ns, "slow-5-v1").await.into_iter().next()
-    })
-    .await
-    .name_any();
-    // Bound to a node (none runs here), the pod is deleted gracefully: it stays, being deleted,
-    // until its kubelet would confirm the end.
+    let pod = bind_pod(&client, &ns, "slow-5-v1").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
-                         "target": {"apiVersion": "v1", "kind": "Node", "name": "node-a"}});
-    pods.create_subresource::<_, serde_json::Value>(
-        "binding",
-        &pod,
-        &PostParams::default(),
-        &binding,
-    )
-    .await
-    .expect("bind the pod");
     start_pod(&client, &ns, "slow-5-v1").await;
 
     let tr = wait_status(&api, "t", "its pod stopping past the deadline", |tr| {
@@ -502,6 +486,76 @@ async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
         condition(&tr, "Succeeded"),
         Some(("False", "DeadlineExceeded"))
     );
+}
+
+/// An evicted pod (a node drained, say) is replaced only once it has stopped: the agent may
+/// take its grace period to stop, and two agents of one task must never run side by side.
+#[tokio::test]
+async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-evict").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "drained", 4, 1, &[("task.md", "x")])).await;
+    let pod = bind_pod(&client, &ns, "drained-4-v1").await;
+    start_pod(&client, &ns, "drained-4-v1").await;
+    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.evict(&pod, &Default::default())
+        .await
+        .expect("evict the pod");
+    let tr = wait_status(&api, "t", "its pod stopping", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.message.as_deref())
+            .is_some_and(|m| m.contains("pod is stopping"))
+    })
+    .await;
+    assert_eq!(phase(&tr), Some(Phase::Pending));
+    assert_eq!(condition(&tr, "Succeeded"), Some(("Unknown", "Retrying")));
+    // The Job controller has seen the eviction (the status says so) and starts nothing, past
+    // its backoff after a failure too (10 s; the default policy starts the next pod then).
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(20) {
+        let live = pods_of(&client, &ns, "drained-4-v1").await;
+        assert_eq!(
+            live.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
+            [pod.clone()],
+            "a pod beside the one stopping"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Its kubelet ends it, Failed, and removes it: now the Job starts another pod.
+    finish_pod(&client, &ns, "drained-4-v1", PodEnd::Failed).await;
+    pods.delete(
+        &pod,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the pod");
+    let next = wait_for("a replacement pod", WAIT, || async {
+        pods_of(&client, &ns, "drained-4-v1")
+            .await
+            .into_iter()
+            .find(|p| p.name_any() != pod)
+    })
+    .await;
+    start_pod(&client, &ns, "drained-4-v1").await;
+    let tr = wait_status(&api, "t", "Running again", |tr| {
+        phase(tr) == Some(Phase::Running)
+    })
+    .await;
+    assert_eq!(
+        tr.status.and_then(|s| s.job_name).as_deref(),
+        Some("drained-4-v1")
+    );
+    assert!(next.metadata.deletion_timestamp.is_none());
 }
 
 /// A raised contextVersion: the old version's Job is stopped (with a `Superseded` Event) and its
