@@ -66,11 +66,17 @@ async fn run(cli: Cli) -> Result<ExitCode, error::Error> {
     }
 }
 
+/// Warnings, but not kube's line for each failed HTTP attempt: a refused attempt is retried,
+/// and one that fails for good ends in the plugin's own `error:` line.
+const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person at a terminal, not in a CI log or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
