@@ -216,8 +216,12 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .job(&ns, &job_name)
         .await
         .filter(|j| cache::controlled_by(&j.metadata, uid));
-    let (job_status, job_created) = match cached_job {
-        Some(job) => (job.status.clone(), job.metadata.creation_timestamp.clone()),
+    let (job_status, job_created, job_deleting) = match cached_job {
+        Some(job) => (
+            job.status.clone(),
+            job.metadata.creation_timestamp.clone(),
+            job.metadata.deletion_timestamp.is_some(),
+        ),
         None => {
             let existed = prev.observed_context_version == Some(version)
                 && prev.job_name.as_deref() == Some(job_name.as_str());
@@ -261,8 +265,12 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             };
             match claimed {
                 // A Job just created has no status yet.
-                Ok(Claim::Created(at)) => (None, at),
-                Ok(Claim::Ours(job)) => (job.status, job.metadata.creation_timestamp),
+                Ok(Claim::Created(at)) => (None, at, false),
+                Ok(Claim::Ours(job)) => (
+                    job.status,
+                    job.metadata.creation_timestamp,
+                    job.metadata.deletion_timestamp.is_some(),
+                ),
                 Ok(other) => {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_JOB).await;
                 }
@@ -290,6 +298,12 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let (job_status, stopping_left) = status::stopping_limited(job_status, &now());
     let outcome = status::job_outcome(&job_name, job_status.as_ref());
     let outcome = status::once_running(outcome, &prev, tr.spec.context_version, &job_name);
+    // This version's Job is deleted only by others: this controller deletes older versions'.
+    let outcome = if job_deleting {
+        status::being_deleted(outcome, &job_name)
+    } else {
+        outcome
+    };
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     ctx.children.written_from_job(&ns, &job_name);

@@ -170,6 +170,24 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     )
 }
 
+/// `outcome` of a Job that is being deleted: its end, if it had one (a finished Job's TTL
+/// deletes it in the foreground), and otherwise that it is going before its end. Nothing
+/// replaces its pods, and the version ends as `JobLost` once it is gone; read alone, its pods
+/// being stopped would look like a retry.
+pub fn being_deleted(outcome: Outcome, job_name: &str) -> Outcome {
+    if outcome.phase.is_final() {
+        return outcome;
+    }
+    Outcome::new(
+        outcome.phase,
+        reason::JOB_DELETING,
+        format!(
+            "Job {job_name} is being deleted before its end, not by this controller; this \
+             version ends as JobLost once it is gone (raise contextVersion to run the task again)"
+        ),
+    )
+}
+
 /// Pods of the Job still terminating (uncounted ones have ended already). `terminating` is
 /// reported since Kubernetes 1.28 with JobPodReplacementPolicy, on by default since 1.29;
 /// without it a decided end is taken as the end.
@@ -579,6 +597,31 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((o.phase, o.reason.as_str()), (Phase::Pending, "PodPending"));
+    }
+
+    #[test]
+    fn a_job_being_deleted_before_its_end_says_so_and_keeps_an_end_it_had() {
+        let stopping = outcome(&JobStatus {
+            terminating: Some(1),
+            ..Default::default()
+        });
+        let o = being_deleted(stopping, "j");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Pending, "JobDeleting")
+        );
+        assert!(o.message.contains("ends as JobLost"), "{}", o.message);
+        let ran = outcome(&JobStatus {
+            ready: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(being_deleted(ran, "j").phase, Phase::Running);
+        let done = outcome(&with(vec![cond("Complete", "True", None)]));
+        let o = being_deleted(done, "j");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Succeeded, "Completed")
+        );
     }
 
     #[test]

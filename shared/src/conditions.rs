@@ -20,8 +20,11 @@ pub mod reason {
     /// The Job has a pod running, or one that ended which the Job has not counted yet, or its
     /// end is decided (SuccessCriteriaMet, FailureTarget) and its pods are still stopping.
     pub const RUNNING: &str = "Running";
-    /// A pod failed and the Job starts another.
+    /// A pod failed, or is stopping (deleted or evicted), and the Job starts another.
     pub const RETRYING: &str = "Retrying";
+    /// The Job is being deleted (not by the controller) before its end: nothing replaces its
+    /// pods, and once it is gone the version ends as `JOB_LOST`.
+    pub const JOB_DELETING: &str = "JobDeleting";
     /// The Job is suspended.
     pub const SUSPENDED: &str = "Suspended";
     /// The Job completed: the version succeeded.
@@ -56,6 +59,7 @@ pub mod reason {
             POD_PENDING,
             RUNNING,
             RETRYING,
+            JOB_DELETING,
             SUSPENDED,
             COMPLETED,
             JOB_FAILED,

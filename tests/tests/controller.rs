@@ -522,7 +522,7 @@ async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
         let live = pods_of(&client, &ns, "drained-4-v1").await;
         assert_eq!(
             live.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
-            [pod.clone()],
+            std::slice::from_ref(&pod),
             "a pod beside the one stopping"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1540,6 +1540,50 @@ async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
         jobs.get_opt("lost-1-v1").await.expect("get").is_none(),
         "the lost Job was created again"
     );
+}
+
+/// A Job deleted in the foreground before its end stays while its pods stop, and the Job
+/// controller starts no other: the status says the Job is going (not that a pod is retried),
+/// and the version ends as JobLost once it is gone.
+#[tokio::test]
+async fn a_job_deleted_in_the_foreground_is_reported_going_then_lost() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-foreground").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "fore", 2, 1, &[("task.md", "x")])).await;
+    let pod = bind_pod(&client, &ns, "fore-2-v1").await;
+    start_pod(&client, &ns, "fore-2-v1").await;
+    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.delete("fore-2-v1", &DeleteParams::foreground())
+        .await
+        .expect("delete the Job");
+    let tr = wait_status(&api, "t", "JobDeleting", |tr| {
+        condition(tr, "Succeeded") == Some(("Unknown", "JobDeleting"))
+    })
+    .await;
+    assert!(
+        tr.status
+            .and_then(|s| s.message)
+            .is_some_and(|m| m.contains("ends as JobLost once it is gone")),
+    );
+
+    // Its pod's kubelet ends it: the Job goes, and with it the version.
+    finish_pod(&client, &ns, "fore-2-v1", PodEnd::Failed).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete(
+        &pod,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the pod");
+    let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
+    assert_eq!(condition(&tr, "Succeeded"), Some(("False", "JobLost")));
 }
 
 /// The API server refuses the Job (here an admission policy; a used-up ResourceQuota answers
