@@ -216,11 +216,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .job(&ns, &job_name)
         .await
         .filter(|j| cache::controlled_by(&j.metadata, uid));
-    let (job_status, job_created, job_deleting) = match cached_job {
+    let (job_status, job_created, job_deletion) = match cached_job {
         Some(job) => (
             job.status.clone(),
             job.metadata.creation_timestamp.clone(),
-            job.metadata.deletion_timestamp.is_some(),
+            status::deletion(&job.metadata),
         ),
         None => {
             let existed = prev.observed_context_version == Some(version)
@@ -248,7 +248,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                             format!(
                                 "Job {job_name} was removed before its end was seen (deleted, or \
                                  finished and removed by its ttlSecondsAfterFinished); this version \
-                                 is not run again: raise contextVersion to run the task again"
+                                 is not run again: raise contextVersion to run the task again (a \
+                                 pod an orphaning delete left may still run: kubectl get pods -l \
+                                 batch.kubernetes.io/job-name={job_name})"
                             ),
                         );
                         let next = status::next_status(&prev, &seen, &o, &now());
@@ -265,12 +267,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             };
             match claimed {
                 // A Job just created has no status yet.
-                Ok(Claim::Created(at)) => (None, at, false),
-                Ok(Claim::Ours(job)) => (
-                    job.status,
-                    job.metadata.creation_timestamp,
-                    job.metadata.deletion_timestamp.is_some(),
-                ),
+                Ok(Claim::Created(at)) => (None, at, status::Deletion::No),
+                Ok(Claim::Ours(job)) => {
+                    let deletion = status::deletion(&job.metadata);
+                    (job.status, job.metadata.creation_timestamp, deletion)
+                }
                 Ok(other) => {
                     return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_JOB).await;
                 }
@@ -298,12 +299,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let (job_status, stopping_left) = status::stopping_limited(job_status, &now());
     let outcome = status::job_outcome(&job_name, job_status.as_ref());
     let outcome = status::once_running(outcome, &prev, tr.spec.context_version, &job_name);
-    // This version's Job is deleted only by others: this controller deletes older versions'.
-    let outcome = if job_deleting {
-        status::being_deleted(outcome, &job_name)
-    } else {
-        outcome
-    };
+    let outcome = status::being_deleted(outcome, &job_name, job_status.as_ref(), job_deletion);
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     ctx.children.written_from_job(&ns, &job_name);

@@ -3,7 +3,7 @@
 //! and the time.
 
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use taskrun::{Phase, TaskRunStatus};
 
@@ -139,8 +139,9 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
             Phase::Pending,
             reason::RETRYING,
             format!(
-                "Job {job_name}'s pod is stopping (deleted or evicted); the Job starts another \
-                 once it has stopped, unless its backoff limit is reached"
+                "Job {job_name}'s pod is stopping; the Job starts another once it has stopped, \
+                 unless its backoff limit is reached (a pod on an unreachable node stops once the \
+                 node is deleted or tainted node.kubernetes.io/out-of-service)"
             ),
         );
     }
@@ -170,20 +171,56 @@ pub fn job_outcome(job_name: &str, status: Option<&JobStatus>) -> Outcome {
     )
 }
 
-/// `outcome` of a Job that is being deleted: its end, if it had one (a finished Job's TTL
-/// deletes it in the foreground), and otherwise that it is going before its end. Nothing
-/// replaces its pods, and the version ends as `JobLost` once it is gone; read alone, its pods
-/// being stopped would look like a retry.
-pub fn being_deleted(outcome: Outcome, job_name: &str) -> Outcome {
-    if outcome.phase.is_final() {
+/// Whether, and how, a Job is being deleted, as its metadata says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    No,
+    /// Its pods go with it (a foreground deletion).
+    StoppingPods,
+    /// Its pods are left to run on (an orphaning deletion, the API's default for a Job).
+    OrphaningPods,
+}
+
+pub fn deletion(meta: &ObjectMeta) -> Deletion {
+    if meta.deletion_timestamp.is_none() {
+        Deletion::No
+    } else if meta.finalizers.iter().flatten().any(|f| f == "orphan") {
+        Deletion::OrphaningPods
+    } else {
+        Deletion::StoppingPods
+    }
+}
+
+/// `outcome` of a Job being deleted as `deletion` says, `status` its status: its end if it has
+/// one, decided (SuccessCriteriaMet, FailureTarget) or final (a finished Job's TTL deletes it
+/// in the foreground), which gone it keeps (`as_gone`); otherwise that it is going before its
+/// end. Nothing replaces its pods, and the version ends as `JobLost` once it is gone; read
+/// alone, its pods being stopped would look like a retry. This version's Job is deleted only by
+/// others: this controller deletes older versions' Jobs.
+pub fn being_deleted(
+    outcome: Outcome,
+    job_name: &str,
+    status: Option<&JobStatus>,
+    deletion: Deletion,
+) -> Outcome {
+    let gone = status.cloned().map(as_gone);
+    if deletion == Deletion::No || job_outcome(job_name, gone.as_ref()).phase.is_final() {
         return outcome;
     }
+    let pods = match deletion {
+        Deletion::OrphaningPods => format!(
+            "its pods are left to run on (an orphaning delete): check them (kubectl get pods -l \
+             batch.kubernetes.io/job-name={job_name}) before raising contextVersion to run the \
+             task again"
+        ),
+        _ => "raise contextVersion to run the task again".to_owned(),
+    };
     Outcome::new(
         outcome.phase,
         reason::JOB_DELETING,
         format!(
             "Job {job_name} is being deleted before its end, not by this controller; this \
-             version ends as JobLost once it is gone (raise contextVersion to run the task again)"
+             version ends as JobLost once it is gone; {pods}"
         ),
     )
 }
@@ -601,27 +638,65 @@ mod tests {
 
     #[test]
     fn a_job_being_deleted_before_its_end_says_so_and_keeps_an_end_it_had() {
-        let stopping = outcome(&JobStatus {
+        let deleted =
+            |s: JobStatus| being_deleted(outcome(&s), "j", Some(&s), Deletion::StoppingPods);
+        let o = deleted(JobStatus {
             terminating: Some(1),
             ..Default::default()
         });
-        let o = being_deleted(stopping, "j");
         assert_eq!(
             (o.phase, o.reason.as_str()),
             (Phase::Pending, "JobDeleting")
         );
         assert!(o.message.contains("ends as JobLost"), "{}", o.message);
-        let ran = outcome(&JobStatus {
+        let ran = deleted(JobStatus {
             ready: Some(1),
             ..Default::default()
         });
-        assert_eq!(being_deleted(ran, "j").phase, Phase::Running);
-        let done = outcome(&with(vec![cond("Complete", "True", None)]));
-        let o = being_deleted(done, "j");
+        assert_eq!(
+            (ran.phase, ran.reason.as_str()),
+            (Phase::Running, "JobDeleting")
+        );
+        let o = deleted(with(vec![cond("Complete", "True", None)]));
         assert_eq!(
             (o.phase, o.reason.as_str()),
             (Phase::Succeeded, "Completed")
         );
+        // An end decided, its pods still stopping: it keeps that end, gone too.
+        let mut past_deadline = with(vec![cond(
+            "FailureTarget",
+            "True",
+            Some("DeadlineExceeded"),
+        )]);
+        past_deadline.terminating = Some(1);
+        let o = deleted(past_deadline);
+        assert_eq!((o.phase, o.reason.as_str()), (Phase::Running, "Running"));
+        assert!(o.message.contains("its pods are stopping"), "{}", o.message);
+    }
+
+    #[test]
+    fn how_a_job_is_being_deleted_is_read_from_its_metadata() {
+        let mut meta = ObjectMeta::default();
+        assert_eq!(deletion(&meta), Deletion::No);
+        meta.deletion_timestamp = Some(t(1));
+        assert_eq!(deletion(&meta), Deletion::StoppingPods);
+        meta.finalizers = Some(vec!["foregroundDeletion".into()]);
+        assert_eq!(deletion(&meta), Deletion::StoppingPods);
+        meta.finalizers = Some(vec!["orphan".into()]);
+        assert_eq!(deletion(&meta), Deletion::OrphaningPods);
+        let running = JobStatus {
+            ready: Some(1),
+            ..Default::default()
+        };
+        let o = being_deleted(
+            outcome(&running),
+            "j",
+            Some(&running),
+            Deletion::OrphaningPods,
+        );
+        assert!(o.message.contains("left to run on"), "{}", o.message);
+        let o = being_deleted(outcome(&running), "j", Some(&running), Deletion::No);
+        assert_eq!(o.reason, "Running");
     }
 
     #[test]
