@@ -20,7 +20,8 @@ pub mod reason {
     /// The Job has a pod running, or one that ended which the Job has not counted yet, or its
     /// end is decided (SuccessCriteriaMet, FailureTarget) and its pods are still stopping.
     pub const RUNNING: &str = "Running";
-    /// A pod failed, or is stopping (deleted or evicted), and the Job starts another.
+    /// A pod failed, or is stopping (deleted, evicted), and the Job starts another once it has
+    /// stopped, unless its backoff limit is reached.
     pub const RETRYING: &str = "Retrying";
     /// The Job is being deleted (not by the controller) before its end: nothing replaces its
     /// pods, and once it is gone the version ends as `JOB_LOST`.
