@@ -149,7 +149,7 @@ pub fn job(tr: &TaskRun, owner: OwnerReference, t: &JobTemplate) -> Job {
             active_deadline_seconds: t.active_deadline_seconds,
             ttl_seconds_after_finished: t.ttl_seconds_after_finished,
             // A pod deleted or evicted is replaced only once it has stopped: two agents of one
-            // task never run side by side (the default starts the next as the first stops).
+            // version never run side by side (the default starts the next as the first stops).
             pod_replacement_policy: Some("Failed".into()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {

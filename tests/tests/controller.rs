@@ -489,7 +489,7 @@ async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
 }
 
 /// An evicted pod (a node drained, say) is replaced only once it has stopped: the agent may
-/// take its grace period to stop, and two agents of one task must never run side by side.
+/// take its grace period to stop, and two agents of one version must never run side by side.
 #[tokio::test]
 async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
     let cp = ControlPlane::shared();
