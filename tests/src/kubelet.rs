@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -102,6 +102,20 @@ pub async fn bind_pod(client: &Client, ns: &str, job: &str) -> String {
     .await
     .unwrap_or_else(|e| panic!("bind pod {pod}: {e}"));
     pod
+}
+
+/// What a kubelet does once pod `pod` of Job `job`, being deleted, has stopped: reports it
+/// Failed (its container killed), then removes it.
+pub async fn confirm_stopped(client: &Client, ns: &str, job: &str, pod: &str) {
+    finish_pod(client, ns, job, PodEnd::Failed).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete(pod, &now)
+        .await
+        .unwrap_or_else(|e| panic!("remove pod {pod}: {e}"));
 }
 
 /// The pod's (first) container's name and image.

@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
-use taskrun_tests::kubelet::{PodEnd, bind_pod, finish_pod, start_pod};
+use taskrun_tests::kubelet::{PodEnd, bind_pod, confirm_stopped, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
 use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
@@ -122,6 +122,24 @@ async fn pods_of(client: &Client, ns: &str, job: &str) -> Vec<Pod> {
         .await
         .map(|l| l.items)
         .unwrap_or_default()
+}
+
+/// Creates TaskRun "t" of `service` and `task_id` at version 1, binds its pod to a node (so
+/// that a deletion waits for `confirm_stopped`), starts it and waits until the TaskRun is
+/// Running; the pod's name.
+async fn running_on_a_node(
+    client: &Client,
+    api: &Api<TaskRun>,
+    ns: &str,
+    service: &str,
+    task_id: i64,
+) -> String {
+    create(api, &taskrun("t", service, task_id, 1, &[("task.md", "x")])).await;
+    let job = names::job_name(service, task_id, 1);
+    let pod = bind_pod(client, ns, &job).await;
+    start_pod(client, ns, &job).await;
+    wait_status(api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+    pod
 }
 
 /// The Events recorded about the TaskRun with `uid`.
@@ -497,10 +515,7 @@ async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
     let ns = cp.namespace("ctrl-evict").await;
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
-    create(&api, &taskrun("t", "drained", 4, 1, &[("task.md", "x")])).await;
-    let pod = bind_pod(&client, &ns, "drained-4-v1").await;
-    start_pod(&client, &ns, "drained-4-v1").await;
-    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+    let pod = running_on_a_node(&client, &api, &ns, "drained", 4).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.evict(&pod, &Default::default())
@@ -535,16 +550,7 @@ async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
     }
 
     // Its kubelet ends it, Failed, and removes it: now the Job starts another pod.
-    finish_pod(&client, &ns, "drained-4-v1", PodEnd::Failed).await;
-    pods.delete(
-        &pod,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await
-    .expect("delete the pod");
+    confirm_stopped(&client, &ns, "drained-4-v1", &pod).await;
     wait_for("a replacement pod", WAIT, || async {
         pods_of(&client, &ns, "drained-4-v1")
             .await
@@ -1553,10 +1559,7 @@ async fn a_job_deleted_in_the_foreground_is_reported_going_then_lost() {
     let ns = cp.namespace("ctrl-foreground").await;
     let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
-    create(&api, &taskrun("t", "fore", 2, 1, &[("task.md", "x")])).await;
-    let pod = bind_pod(&client, &ns, "fore-2-v1").await;
-    start_pod(&client, &ns, "fore-2-v1").await;
-    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+    let pod = running_on_a_node(&client, &api, &ns, "fore", 2).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.delete("fore-2-v1", &DeleteParams::foreground())
         .await
@@ -1572,17 +1575,7 @@ async fn a_job_deleted_in_the_foreground_is_reported_going_then_lost() {
     );
 
     // Its pod's kubelet ends it: the Job goes, and with it the version.
-    finish_pod(&client, &ns, "fore-2-v1", PodEnd::Failed).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.delete(
-        &pod,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await
-    .expect("delete the pod");
+    confirm_stopped(&client, &ns, "fore-2-v1", &pod).await;
     let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
     assert_eq!(condition(&tr, "Succeeded"), Some(("False", "JobLost")));
 }
