@@ -31,7 +31,8 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
 
-    /// Log format on stderr (the level comes from RUST_LOG, default `warn` without kube's line for each failed HTTP attempt).
+    /// Log format on stderr (the level comes from RUST_LOG, default `warn` without kube's line
+    /// for each failed HTTP attempt).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -181,6 +181,7 @@ pub enum Deletion {
     OrphaningPods,
 }
 
+/// How the Job with metadata `meta` is being deleted, if it is.
 pub fn deletion(meta: &ObjectMeta) -> Deletion {
     if meta.deletion_timestamp.is_none() {
         Deletion::No
@@ -191,20 +192,24 @@ pub fn deletion(meta: &ObjectMeta) -> Deletion {
     }
 }
 
-/// `outcome` of a Job being deleted as `deletion` says, `status` its status: its end if it has
-/// one, decided (SuccessCriteriaMet, FailureTarget) or final (a finished Job's TTL deletes it
-/// in the foreground), which gone it keeps (`as_gone`); otherwise that it is going before its
-/// end. Nothing replaces its pods, and the version ends as `JobLost` once it is gone; read
-/// alone, its pods being stopped would look like a retry. This version's Job is deleted only by
-/// others: this controller deletes older versions' Jobs.
+/// `outcome` of a Job with status `status`, being deleted as `deletion` says. A Job with an
+/// end keeps it: a final one (a finished Job's TTL deletes it in the foreground), or a decided
+/// one (SuccessCriteriaMet, FailureTarget) whose pods still stop, which is its end once it is
+/// gone (`as_gone`). Any other Job is going before its end: nothing replaces its pods, and the
+/// version ends as `JobLost` once it is gone (read alone, its pods being stopped would look
+/// like a retry). The current version's Job is deleted only by others: this controller
+/// deletes older versions' Jobs.
 pub fn being_deleted(
     outcome: Outcome,
     job_name: &str,
     status: Option<&JobStatus>,
     deletion: Deletion,
 ) -> Outcome {
+    if deletion == Deletion::No {
+        return outcome;
+    }
     let gone = status.cloned().map(as_gone);
-    if deletion == Deletion::No || job_outcome(job_name, gone.as_ref()).phase.is_final() {
+    if job_outcome(job_name, gone.as_ref()).phase.is_final() {
         return outcome;
     }
     let pods = match deletion {
