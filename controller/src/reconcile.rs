@@ -22,7 +22,7 @@ use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate
 
 use self::claim::{Claim, claim, judge};
 use self::events::record;
-use self::finalizer::{cleanup, set_finalizer};
+use self::finalizer::{Written, cleanup, set_finalizer};
 use self::superseded::{drop_superseded_config_map, stop_superseded};
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
@@ -105,15 +105,20 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<TaskRun> = Api::namespaced(ctx.base.client.clone(), &ns);
     let has_finalizer = tr.finalizers().iter().any(|f| f == FINALIZER);
+    // A finalizer write that finds the TaskRun changed since the cache's copy (this
+    // controller's own writes, whose echo has not reached the cache yet) is tried again once the
+    // cache has caught up, as no failure.
     if tr.meta().deletion_timestamp.is_some() {
         if has_finalizer {
             cleanup(tr, ctx, &ns).await?;
-            set_finalizer(&api, tr, false).await?;
+            if set_finalizer(&api, tr, false).await? == Written::Stale {
+                return Ok(Action::requeue(LOOK_AGAIN));
+            }
         }
         return Ok(Action::await_change());
     }
-    if !has_finalizer {
-        set_finalizer(&api, tr, true).await?;
+    if !has_finalizer && set_finalizer(&api, tr, true).await? == Written::Stale {
+        return Ok(Action::requeue(LOOK_AGAIN));
     }
 
     let uid = tr.meta().uid.as_deref();

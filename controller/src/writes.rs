@@ -77,6 +77,13 @@ fn replaced(s: &kube::core::Status, uid: &str) -> bool {
     s.code == 409 && !uid.is_empty() && s.message.contains(uid)
 }
 
+/// Whether a write was refused because it named a resourceVersion the object has moved on
+/// from (409, "the object has been modified"): what it was computed from is stale. An
+/// admission webhook may deny a write with 409 too: that is an error to retry.
+pub fn stale(s: &kube::core::Status) -> bool {
+    s.code == 409 && s.reason == "Conflict" && s.message.contains("the object has been modified")
+}
+
 /// Whether a create was refused because an object holds the name (409 AlreadyExists). An
 /// admission webhook may deny a create with 409 too: that is a refusal, which says nothing of
 /// the name (a reconcile reports it as `CreateRefused`, with its message).
@@ -165,6 +172,25 @@ mod tests {
             !replaced(&precondition, ""),
             "no uid, no precondition to have failed"
         );
+    }
+
+    #[test]
+    fn only_a_moved_resource_version_counts_as_stale() {
+        use kube::core::Status;
+        // As kube-apiserver 1.37 words it (seen in the e2e tests' controller logs).
+        let moved = Status::failure(
+            "Operation cannot be fulfilled on taskruns.orchestrator.io \"t\": the object has been \
+             modified; please apply your changes to the latest version and try again",
+            "Conflict",
+        )
+        .with_code(409);
+        assert!(stale(&moved));
+        let denied = Status::failure(
+            "admission webhook \"x\" denied the request: frozen",
+            "Conflict",
+        )
+        .with_code(409);
+        assert!(!stale(&denied), "a denial is an error to retry");
     }
 
     #[test]

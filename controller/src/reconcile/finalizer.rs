@@ -31,13 +31,23 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     Ok(())
 }
 
+/// How a finalizer write went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    Done,
+    /// The TaskRun had changed since the copy it was computed from (`writes::stale`): nothing
+    /// was written.
+    Stale,
+}
+
 /// Adds or removes the finalizer. The patch carries the resourceVersion it was computed
-/// from, so a concurrent change to the list makes it fail (and retry) instead of losing it.
+/// from, so a concurrent change to the list makes it fail (`Written::Stale`, to be tried again
+/// on a fresher copy) instead of losing it.
 pub(super) async fn set_finalizer(
     api: &Api<TaskRun>,
     tr: &TaskRun,
     present: bool,
-) -> Result<(), Error> {
+) -> Result<Written, Error> {
     let mut finalizers: Vec<String> = tr
         .finalizers()
         .iter()
@@ -61,9 +71,10 @@ pub(super) async fn set_finalizer(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Written::Done),
         // Already gone: nothing left to finalize.
-        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(Written::Done),
+        Err(kube::Error::Api(s)) if writes::stale(&s) => Ok(Written::Stale),
         Err(e) => Err(e.into()),
     }
 }
