@@ -151,6 +151,15 @@ mod tests {
 
     const URL: &str = "/apis/orchestrator.io/v1/namespaces/ns/taskruns";
 
+    /// An admission webhook's denial with 409, which says nothing of the object's state.
+    fn denied_by_a_webhook() -> kube::core::Status {
+        kube::core::Status::failure(
+            "admission webhook \"x\" denied the request: frozen",
+            "Conflict",
+        )
+        .with_code(409)
+    }
+
     #[test]
     fn only_a_failed_uid_precondition_counts_as_replaced() {
         use kube::core::Status;
@@ -162,11 +171,7 @@ mod tests {
         )
         .with_code(409);
         assert!(replaced(&precondition, "uid-a"));
-        let denied = Status::failure(
-            "admission webhook \"x\" denied the request: frozen",
-            "Conflict",
-        )
-        .with_code(409);
+        let denied = denied_by_a_webhook();
         assert!(!replaced(&denied, "uid-a"), "a denial is an error to retry");
         assert!(
             !replaced(&precondition, ""),
@@ -185,11 +190,7 @@ mod tests {
         )
         .with_code(409);
         assert!(stale(&moved));
-        let denied = Status::failure(
-            "admission webhook \"x\" denied the request: frozen",
-            "Conflict",
-        )
-        .with_code(409);
+        let denied = denied_by_a_webhook();
         assert!(!stale(&denied), "a denial is an error to retry");
     }
 
@@ -200,11 +201,7 @@ mod tests {
         let exists =
             Status::failure("configmaps \"c\" already exists", "AlreadyExists").with_code(409);
         assert!(name_taken(&exists));
-        let denied = Status::failure(
-            "admission webhook \"x\" denied the request: frozen",
-            "Conflict",
-        )
-        .with_code(409);
+        let denied = denied_by_a_webhook();
         assert!(!name_taken(&denied), "a denial is reported, not waited for");
     }
 
