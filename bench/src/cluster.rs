@@ -240,13 +240,7 @@ pub fn memory_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
 /// A client for the admin of `cp` built as the controller builds its own
 /// (`taskrun_apiclient::client`): what the minimal loop writes through.
 pub async fn controller_client(cp: &ControlPlane) -> anyhow::Result<Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    Ok(taskrun_apiclient::client(config)?)
+    Ok(taskrun_apiclient::client(cp.config().await)?)
 }
 
 /// The API server's own metrics, as text.

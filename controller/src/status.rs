@@ -208,8 +208,7 @@ pub fn being_deleted(
     if deletion == Deletion::No {
         return outcome;
     }
-    let gone = status.cloned().map(as_gone);
-    if job_outcome(job_name, gone.as_ref()).phase.is_final() {
+    if has_ended(job_name, status) {
         return outcome;
     }
     let pods = match deletion {
@@ -267,6 +266,12 @@ pub fn stopping_limited(
         Some(left) if !left.is_zero() => (Some(status), Some(left)),
         _ => (Some(as_gone(status)), None),
     }
+}
+
+/// Whether the Job's end is decided or final, its pods stopping or not: how it reads once gone.
+pub fn has_ended(job_name: &str, status: Option<&JobStatus>) -> bool {
+    let gone = status.cloned().map(as_gone);
+    job_outcome(job_name, gone.as_ref()).phase.is_final()
 }
 
 /// The last state of a Job that is gone, as its end is read: its pods are gone or going with

@@ -160,6 +160,13 @@ impl ControlPlane {
             .collect()
     }
 
+    /// The admin's client configuration, for a client built another way (the controller's).
+    pub async fn config(&self) -> kube::Config {
+        config_for(self.kubeconfig())
+            .await
+            .unwrap_or_else(|e| panic!("cannot read the test cluster's kubeconfig: {e}"))
+    }
+
     /// A new admin client on the calling runtime.
     pub async fn client(&self) -> kube::Client {
         client_for(self.kubeconfig())
@@ -333,12 +340,15 @@ impl ControlPlane {
     }
 }
 
-async fn client_for(kubeconfig: &Path) -> Result<kube::Client, String> {
+async fn config_for(kubeconfig: &Path) -> Result<kube::Config, String> {
     let kubeconfig = Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|e| e.to_string())?;
-    kube::Client::try_from(config).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
+}
+
+async fn client_for(kubeconfig: &Path) -> Result<kube::Client, String> {
+    kube::Client::try_from(config_for(kubeconfig).await?).map_err(|e| e.to_string())
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -55,6 +55,11 @@ async fn create(api: &Api<TaskRun>, tr: &TaskRun) -> TaskRun {
         .unwrap_or_else(|e| panic!("create TaskRun {}: {e}", tr.name_any()))
 }
 
+/// The message of the TaskRun's status.
+fn message(tr: &TaskRun) -> Option<&str> {
+    tr.status.as_ref()?.message.as_deref()
+}
+
 /// Waits until the TaskRun's status satisfies `ok`, and returns the TaskRun.
 async fn wait_status(
     api: &Api<TaskRun>,
@@ -91,11 +96,7 @@ fn phase(tr: &TaskRun) -> Option<Phase> {
 /// Failed as a Duplicate, its message containing `words` (the holder's name).
 fn duplicate_naming(tr: &TaskRun, words: &str) -> bool {
     condition(tr, "Succeeded") == Some(("False", "Duplicate"))
-        && tr
-            .status
-            .as_ref()
-            .and_then(|s| s.message.as_deref())
-            .is_some_and(|m| m.contains(words))
+        && message(tr).is_some_and(|m| m.contains(words))
 }
 
 fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
@@ -478,10 +479,7 @@ async fn a_job_past_its_deadline_fails_the_taskrun_once_its_pod_has_stopped() {
     start_pod(&client, &ns, "slow-5-v1").await;
 
     let tr = wait_status(&api, "t", "its pod stopping past the deadline", |tr| {
-        tr.status
-            .as_ref()
-            .and_then(|s| s.message.as_deref())
-            .is_some_and(|m| m.contains("failed (DeadlineExceeded); its pods are stopping"))
+        message(tr).is_some_and(|m| m.contains("failed (DeadlineExceeded); its pods are stopping"))
     })
     .await;
     assert_eq!(phase(&tr), Some(Phase::Running));
@@ -522,10 +520,7 @@ async fn an_evicted_pod_is_replaced_only_once_it_has_stopped() {
         .await
         .expect("evict the pod");
     let tr = wait_status(&api, "t", "its pod stopping", |tr| {
-        tr.status
-            .as_ref()
-            .and_then(|s| s.message.as_deref())
-            .is_some_and(|m| m.contains("pod is stopping"))
+        message(tr).is_some_and(|m| m.contains("pod is stopping"))
     })
     .await;
     assert_eq!(phase(&tr), Some(Phase::Pending));
@@ -1183,7 +1178,7 @@ async fn a_name_held_by_a_foreign_config_map_fails_the_version_and_leaves_it_alo
     let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
     assert_eq!(condition(&tr, "Succeeded"), Some(("False", "NameConflict")));
     let cm_name = foreign.name_any();
-    let message = tr.status.and_then(|s| s.message).unwrap_or_default();
+    let message = message(&tr).unwrap_or_default();
     assert!(
         message.starts_with(&format!("ConfigMap {cm_name} already exists")),
         "{message}"
@@ -1568,11 +1563,7 @@ async fn a_job_deleted_in_the_foreground_is_reported_going_then_lost() {
         condition(tr, "Succeeded") == Some(("Unknown", "JobDeleting"))
     })
     .await;
-    assert!(
-        tr.status
-            .and_then(|s| s.message)
-            .is_some_and(|m| m.contains("ends as JobLost once it is gone")),
-    );
+    assert!(message(&tr).is_some_and(|m| m.contains("ends as JobLost once it is gone")));
 
     // Its pod's kubelet ends it: the Job goes, and with it the version.
     confirm_stopped(&client, &ns, "fore-2-v1", &pod).await;
@@ -1756,7 +1747,7 @@ async fn a_job_removed_while_status_writes_fail_still_ends_as_it_did() {
         phase(&tr),
         Some(Phase::Succeeded),
         "the Job succeeded; the status says {:?}",
-        tr.status.as_ref().and_then(|s| s.message.as_deref())
+        message(&tr)
     );
     assert!(
         jobs.get_opt("refused-1-v1").await.expect("get").is_none(),
@@ -1950,10 +1941,7 @@ async fn the_writes_accept_header_gets_metadata_only_answers() {
         "{answer}"
     );
     let stored = api.get_status("t").await.expect("get");
-    assert_eq!(
-        stored.status.and_then(|s| s.message).as_deref(),
-        Some("written")
-    );
+    assert_eq!(message(&stored), Some("written"));
 }
 
 /// Children are named by task and version, so a successor TaskRun of the same task can make

@@ -163,9 +163,7 @@ pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
     name != current
         && job.metadata.deletion_timestamp.is_none()
         // A Job whose end is decided has ended for this, its pods stopping or not.
-        && !status::job_outcome(name, job.status.clone().map(status::as_gone).as_ref())
-            .phase
-            .is_final()
+        && !status::has_ended(name, job.status.as_ref())
 }
 
 fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
