@@ -129,12 +129,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     // Any Job of an older version still running is stopped, whether or not the status ever
     // named it (a status write lost after a Job was created leaves no trace of that Job
-    // there): until the status records this version, each one the cache holds; after that,
+    // there): until the status names this version's Job, each one the cache holds; after that,
     // finished or not, each one the Job watch brings late or that was cached when this term
     // began (`cache::Superseded`). Version 1 has nothing older.
+    let mut stopped_now = Vec::new();
     if version > 1 {
-        let scan = prev.observed_context_version != Some(version);
-        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
+        let scan = prev.observed_context_version != Some(version) || prev.job_name.is_none();
+        stopped_now = stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
         if scan {
             drop_superseded_config_map(tr, ctx, &ns, &prev).await;
         }
@@ -268,7 +269,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             };
             let claimed = match found {
                 Some(claim) => Ok(claim),
-                None => claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await,
+                None => {
+                    if let Some(older) = older_still_running(tr, ctx, &job_name, stopped_now).await
+                    {
+                        return wait_for_older(&api, tr, ctx, &prev, &seen, &older).await;
+                    }
+                    claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await
+                }
             };
             match claimed {
                 // A Job just created has no status yet.
@@ -318,6 +325,54 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // would keep an entry per running TaskRun in kube-runtime's scheduler (about 640 bytes:
     // 6 MiB at 10,000) to find nothing new.
     Ok(Action::await_change())
+}
+
+/// The Job of an older version of `tr` that may still have a pod, if there is one: one this
+/// reconcile has just deleted (`stopped_now`: the cache may not show it yet), or one the cache
+/// shows unfinished (`cache::may_still_run`). Version 1 has none, and asks nothing.
+async fn older_still_running(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    current: &str,
+    stopped_now: Vec<String>,
+) -> Option<String> {
+    if tr.spec.context_version <= 1 {
+        return None;
+    }
+    if let Some(name) = stopped_now.into_iter().next() {
+        return Some(name);
+    }
+    let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let older = ctx.children.older_still_running(uid, current).await?;
+    Some(older.name_any())
+}
+
+/// The status while the Job `older` of an older version stops: this version's Job is made
+/// once it is gone or finished (the Job's events bring the reconcile back; the look again is
+/// for a Job this controller's cache never held).
+async fn wait_for_older(
+    api: &Api<TaskRun>,
+    tr: &TaskRun,
+    ctx: &Ctx,
+    prev: &TaskRunStatus,
+    seen: &Observed,
+    older: &str,
+) -> Result<Action, Error> {
+    let waiting = status::reason::PREVIOUS_VERSION_STOPPING;
+    let o = Outcome::new(
+        Phase::Pending,
+        waiting,
+        format!(
+            "Job {older} of an older version is stopping; this version's Job is made once its \
+             pods have stopped, so that two versions never run at once (a pod on an unreachable \
+             node stops once the node is deleted or tainted node.kubernetes.io/out-of-service: \
+             kubectl get pods -l batch.kubernetes.io/job-name={older})"
+        ),
+    );
+    let next = status::next_status(prev, seen, &o, &now());
+    write_status(api, tr, ctx, prev, &next).await?;
+    let again = status::wait_again(prev, seen.context_version, waiting, &now());
+    Ok(Action::requeue(again))
 }
 
 /// Whether `fresh`, the TaskRun read from the API server just now, is still the `tr` this
@@ -386,7 +441,12 @@ async fn settle_unclaimed<K>(
                 status::reason::WAITING_FOR_PREVIOUS_OWNER,
                 message,
             ),
-            Action::requeue(status::wait_again(prev, seen.context_version, &now())),
+            Action::requeue(status::wait_again(
+                prev,
+                seen.context_version,
+                status::reason::WAITING_FOR_PREVIOUS_OWNER,
+                &now(),
+            )),
         ),
         Claim::Taken(message) => (
             Outcome::new(Phase::Failed, status::reason::NAME_CONFLICT, message),

@@ -35,6 +35,17 @@ fn is_true(c: &JobCondition, type_: &str) -> bool {
     c.type_ == type_ && c.status == "True"
 }
 
+/// Whether the Job has finished: Complete or Failed, which the Job controller writes once
+/// none of its pods is left.
+pub fn finished(status: Option<&JobStatus>) -> bool {
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    conditions
+        .iter()
+        .any(|c| is_true(c, "Complete") || is_true(c, "Failed"))
+}
+
 /// The outcome of a Job, read from its conditions first (Complete / SuccessCriteriaMet,
 /// Failed / FailureTarget, Suspended) and its pod counts after.
 ///
@@ -285,15 +296,21 @@ fn count(pods: Option<&[String]>) -> i64 {
     pods.map_or(0, |p| i64::try_from(p.len()).unwrap_or(i64::MAX))
 }
 
-/// How soon to look again at a child name still held by a TaskRun that is going away: 2 s at
-/// first, then a quarter of the time this version has waited so far, at most 30 s. Garbage
-/// collection after a mass deletion can take minutes, and every look reads the TaskRun with
-/// its markdown and tries the name again.
-pub fn wait_again(prev: &TaskRunStatus, version: i64, now: &Time) -> std::time::Duration {
+/// How soon to look again at what version `version` waits for (`waiting`: the reason it
+/// waits, a child name still held by a TaskRun going away, or an older version's Job
+/// stopping): 2 s at first, then a quarter of the time this version has waited so far, at
+/// most 30 s. Garbage collection after a mass deletion can take minutes, and every look at a
+/// name reads the TaskRun with its markdown and tries the name again.
+pub fn wait_again(
+    prev: &TaskRunStatus,
+    version: i64,
+    waiting: &str,
+    now: &Time,
+) -> std::time::Duration {
     let waiting = prev
         .conditions
         .iter()
-        .find(|c| c.type_ == SUCCEEDED && c.reason == reason::WAITING_FOR_PREVIOUS_OWNER)
+        .find(|c| c.type_ == SUCCEEDED && c.reason == waiting)
         .filter(|_| prev.observed_context_version == Some(version));
     let waited = waiting.map_or(0, |c| {
         now.0.as_second() - c.last_transition_time.0.as_second()
@@ -496,12 +513,21 @@ mod tests {
             }],
             ..TaskRunStatus::default()
         };
-        let secs = |prev: &TaskRunStatus, now: i64| wait_again(prev, 2, &t(now)).as_secs();
+        let secs = |prev: &TaskRunStatus, now: i64| {
+            wait_again(prev, 2, reason::WAITING_FOR_PREVIOUS_OWNER, &t(now)).as_secs()
+        };
         assert_eq!(secs(&TaskRunStatus::default(), 500), 2, "not waiting yet");
         assert_eq!(secs(&waiting(100, 2), 100), 2);
         assert_eq!(secs(&waiting(100, 2), 200), 25);
         assert_eq!(secs(&waiting(100, 2), 1000), 30);
         assert_eq!(secs(&waiting(100, 1), 1000), 2, "an older version's wait");
+        let for_another_reason = wait_again(
+            &waiting(100, 2),
+            2,
+            reason::PREVIOUS_VERSION_STOPPING,
+            &t(1000),
+        );
+        assert_eq!(for_another_reason.as_secs(), 2, "a wait for something else");
         // A raised version that waits: its wait began now, not when the last one began to run.
         let running_v1 = next_status(
             &TaskRunStatus::default(),

@@ -9,6 +9,7 @@ use hyper::header::{ACCEPT, HeaderValue};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+    PropagationPolicy,
 };
 use kube::core::Request;
 use kube::{Error, Resource};
@@ -44,19 +45,30 @@ pub async fn apply_status(
     .await
 }
 
-/// Deletes the child `name` if it is still the object with `uid` (background propagation: a
-/// Job's pods go too). Returns whether this call deleted it: the child already gone (404), or
+/// Deletes the child `name` if it is still the object with `uid`, with `propagation`: a Job's
+/// pods go too either way, but in the foreground the Job stays, marked as being deleted, until
+/// they have stopped (its pods are the garbage collector's to delete, and a pod bound to a node
+/// is gone once its kubelet says it has stopped), so that a Job's name or a newer version waits
+/// for them. Returns whether this call deleted it: the child already gone (404), or
 /// its name now held by another object (the uid precondition fails, 409), is not an error.
 /// Children are named by the task and version, so a successor TaskRun of the same task may
 /// have made its own child under the name while the cache still shows the old one; without
 /// the uid a stale cache would delete it. No uid (a child never seen), or an empty one, deletes
 /// by name alone.
-pub async fn delete_child<K>(api: &Api<K>, name: &str, uid: Option<&str>) -> Result<bool, Error>
+pub async fn delete_child<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: Option<&str>,
+    propagation: PropagationPolicy,
+) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let uid = uid.filter(|u| !u.is_empty());
-    let mut params = DeleteParams::background();
+    let mut params = DeleteParams {
+        propagation_policy: Some(propagation),
+        ..DeleteParams::default()
+    };
     params.preconditions = uid.map(|uid| Preconditions {
         uid: Some(uid.to_owned()),
         resource_version: None,

@@ -52,6 +52,9 @@ pub mod reason {
     pub const WAITING_FOR_PREVIOUS_OWNER: &str = "WaitingForPreviousOwner";
     /// The API server refused a child's create for a reason that may pass; retried.
     pub const CREATE_REFUSED: &str = "CreateRefused";
+    /// The Job of an older version is stopping: this version's Job is made once that Job is
+    /// gone or finished, so that two versions never run at once.
+    pub const PREVIOUS_VERSION_STOPPING: &str = "PreviousVersionStopping";
 
     /// All of them.
     pub fn all() -> impl Iterator<Item = &'static str> {
@@ -70,6 +73,7 @@ pub mod reason {
             JOB_LOST,
             WAITING_FOR_PREVIOUS_OWNER,
             CREATE_REFUSED,
+            PREVIOUS_VERSION_STOPPING,
         ]
         .into_iter()
         .chain(JOB_FAILURE)

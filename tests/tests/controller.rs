@@ -610,7 +610,7 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
         superseded
             .note
             .as_deref()
-            .is_some_and(|n| n.starts_with("stopped Job search-3-v1:")),
+            .is_some_and(|n| n.starts_with("stopping Job search-3-v1:")),
         "{:?}",
         superseded.note
     );
@@ -640,6 +640,70 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     // The old Job was stopped once, and so said once.
     let events = events_of(&client, &ns, &uid).await.expect("list Events");
     assert_eq!(count_reasons(&events).get("Superseded"), Some(&1));
+}
+
+/// A raised contextVersion while the old version's pod runs on a node: the old Job is deleted
+/// in the foreground, and the new version's Job is made only once that pod has stopped
+/// (Pending, `PreviousVersionStopping`): two versions of a task never run at once.
+#[tokio::test]
+async fn a_raised_context_version_waits_for_the_old_pod_to_stop() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-raise-wait").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let pod = running_on_a_node(&client, &api, &ns, "handover", 6).await;
+    let (old, new) = (
+        names::job_name("handover", 6, 1),
+        names::job_name("handover", 6, 2),
+    );
+
+    let raise = json!({"spec": {"contextVersion": 2}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .expect("raise contextVersion");
+    let tr = wait_status(&api, "t", "version 2 waiting", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "PreviousVersionStopping")
+    })
+    .await;
+    let status = tr.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Pending));
+    assert_eq!(status.observed_context_version, Some(2));
+    assert_eq!(status.job_name, None);
+    assert!(
+        message(&tr).is_some_and(|m| m.contains(&format!("Job {old} "))),
+        "{:?}",
+        message(&tr)
+    );
+    // The old pod is stopping and its Job stays until it has; nothing of version 2 runs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("the old pod to be deleted", WAIT, || async {
+        let p = pods.get_opt(&pod).await.ok()??;
+        p.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        assert!(
+            jobs.get_opt(&new).await.expect("get").is_none(),
+            "version 2's Job made while version 1's pod still stops"
+        );
+        let going = jobs.get_opt(&old).await.expect("get");
+        assert!(
+            going.is_some_and(|j| j.metadata.deletion_timestamp.is_some()),
+            "version 1's Job went before its pod stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    confirm_stopped(&client, &ns, &old, &pod).await;
+    let tr = wait_status(&api, "t", "version 2's Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(new.as_str())
+    })
+    .await;
+    assert_eq!(tr.status.and_then(|s| s.attempts), Some(2));
+    wait_gone("version 1's Job", WAIT, &jobs, &old).await;
 }
 
 /// A Job of version 1 whose status write was lost (the controller killed right after creating
@@ -1143,6 +1207,47 @@ async fn a_task_recreated_while_its_old_job_goes_away_waits_then_runs() {
         .map(|o| o.uid.clone());
     assert_eq!(
         controller, t2.metadata.uid,
+        "the Job is not the new TaskRun's"
+    );
+}
+
+/// A task deleted while its pod runs on a node, then created again: the old Job is deleted in
+/// the foreground and keeps its name until that pod has stopped, so the new TaskRun waits
+/// (`WaitingForPreviousOwner`) rather than running beside the old agent.
+#[tokio::test]
+async fn a_task_recreated_while_its_old_pod_stops_waits_for_it() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-recreate-pod").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let pod = running_on_a_node(&client, &api, &ns, "redo", 7).await;
+    let job_name = names::job_name("redo", 7, 1);
+    api.delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone("the old TaskRun", WAIT, &api, "t").await;
+
+    let t2 = create(&api, &taskrun("t2", "redo", 7, 1, &[("task.md", "again")])).await;
+    let waiting = wait_status(&api, "t2", "the new TaskRun to wait", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "WaitingForPreviousOwner")
+    })
+    .await;
+    assert_eq!(phase(&waiting), Some(Phase::Pending));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let old = jobs.get(&job_name).await.expect("the old Job, still there");
+    assert!(old.metadata.deletion_timestamp.is_some());
+
+    confirm_stopped(&client, &ns, &job_name, &pod).await;
+    let tr = wait_status(&api, "t2", "the Job of the new TaskRun", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(job_name.as_str())
+    })
+    .await;
+    assert_ne!(phase(&tr), Some(Phase::Failed));
+    let job = jobs.get(&job_name).await.expect("the new Job");
+    assert_eq!(
+        job.owner_references().first().map(|o| o.uid.clone()),
+        t2.metadata.uid,
         "the Job is not the new TaskRun's"
     );
 }
@@ -1951,7 +2056,9 @@ async fn the_writes_accept_header_gets_metadata_only_answers() {
 /// a child already gone, counts as done.
 #[tokio::test]
 async fn a_childs_delete_names_its_uid_and_spares_a_successor_under_that_name() {
-    use taskrun_controller::writes::delete_child;
+    use kube::api::PropagationPolicy::Background;
+    let delete_child =
+        |api, name, uid| taskrun_controller::writes::delete_child(api, name, uid, Background);
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-delete-uid").await;

@@ -125,6 +125,14 @@ impl Children {
         self.superseded.forget(uid, None);
     }
 
+    /// A cached Job of another version than `current` that the TaskRun `uid` controls and that
+    /// may still have a pod (`may_still_run`); one pass over the cache, copying nothing.
+    pub async fn older_still_running(&self, uid: &str, current: &str) -> Option<Arc<CachedJob>> {
+        self.ready().await;
+        self.jobs
+            .find(|j| controlled_by(&j.metadata, Some(uid)) && may_still_run(j, current))
+    }
+
     /// The cached Jobs the TaskRun `uid` controls. A child created a moment ago may not be
     /// cached yet; what a deletion misses, the garbage collector removes by owner reference.
     pub async fn jobs_of(&self, uid: &str) -> Vec<Arc<CachedJob>> {
@@ -164,6 +172,16 @@ pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
         && job.metadata.deletion_timestamp.is_none()
         // A Job whose end is decided has ended for this, its pods stopping or not.
         && !status::has_ended(name, job.status.as_ref())
+}
+
+/// True for a Job other than `current`, the Job of its TaskRun's version, that may still have
+/// a pod: one not finished (no Complete or Failed condition), being deleted or not. The Job
+/// controller marks a Job finished only once its pods have stopped, and a Job deleted in the
+/// foreground stays until they have, so a version whose Job is yet to be made waits for these:
+/// two versions of one task never run at once.
+pub fn may_still_run(job: &CachedJob, current: &str) -> bool {
+    job.metadata.name.as_deref().unwrap_or_default() != current
+        && !status::finished(job.status.as_ref())
 }
 
 fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
@@ -285,7 +303,7 @@ fn trim_unread(meta: &mut ObjectMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::fixtures::taskrun;
+    use crate::cache::fixtures::{job, taskrun};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
 
@@ -337,5 +355,28 @@ mod tests {
         // kube-runtime maps a child to its TaskRun by this reference: it stays whole.
         let kept = &m.owner_references.as_ref().expect("owner reference")[0];
         assert_eq!((kept.kind.as_str(), kept.name.as_str()), ("TaskRun", "t"));
+    }
+
+    #[test]
+    fn an_older_versions_job_may_still_run_until_it_has_finished() {
+        let may = |j: &CachedJob| may_still_run(j, "svc-1-v2");
+        assert!(may(&job("svc-1-v1", None)), "unfinished");
+        assert!(
+            !may(&job("svc-1-v2", None)),
+            "the current version's own Job"
+        );
+        let mut deleting = job("svc-1-v1", None);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(
+            may(&deleting),
+            "deleted in the foreground, its pods stopping"
+        );
+        // Past its deadline, its pods stopping: the end is decided, the pods not stopped yet.
+        assert!(may(&job("svc-1-v1", Some("FailureTarget"))));
+        assert!(may(&job("svc-1-v1", Some("SuccessCriteriaMet"))));
+        assert!(!may(&job("svc-1-v1", Some("Complete"))));
+        assert!(!may(&job("svc-1-v1", Some("Failed"))));
+        deleting.status = job("svc-1-v1", Some("Complete")).status;
+        assert!(!may(&deleting), "finished, removed by its TTL");
     }
 }

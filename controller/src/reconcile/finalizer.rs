@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use taskrun::{FINALIZER, TaskRun};
 
@@ -11,7 +11,9 @@ use super::Error;
 use crate::controller::Ctx;
 use crate::writes;
 
-/// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer.
+/// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer. The
+/// Jobs in the foreground: each keeps its name until its pods have stopped, so that the task
+/// created again waits for them (`WaitingForPreviousOwner`) instead of running beside them.
 /// They are found in the caches: a list per deletion (even narrowed by label, the API server
 /// reads the whole namespace from etcd for it) made deleting thousands of TaskRuns quadratic.
 pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
@@ -19,10 +21,12 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     for j in ctx.children.jobs_of(uid).await {
-        writes::delete_child(&jobs, &j.name_any(), j.metadata.uid.as_deref()).await?;
+        let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
+        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
     }
     for cm in ctx.children.config_maps_of(uid).await {
-        writes::delete_child(&config_maps, &cm.name_any(), cm.metadata.uid.as_deref()).await?;
+        let (name, cm_uid) = (cm.name_any(), cm.metadata.uid.as_deref());
+        writes::delete_child(&config_maps, &name, cm_uid, PropagationPolicy::Background).await?;
     }
     ctx.written.forget(uid);
     ctx.starting.settled(uid);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
+use kube::api::{Api, PropagationPolicy};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use taskrun::{TaskRun, TaskRunStatus};
@@ -16,18 +16,20 @@ use crate::cache::ChildRef;
 use crate::controller::Ctx;
 use crate::{cache, job, status, writes};
 
-/// Deletes the Jobs of older versions that are still running (background propagation: their
-/// pods go too): those `cache::Superseded` noted, and with `scan` those `superseded` finds in
-/// the cache and the status (a pass over the cached Jobs). Deleting rather than suspending
-/// frees the pods at once and leaves nothing for a later version to trip over; the old
-/// version's outcome is recorded as an Event.
+/// Deletes the Jobs of older versions that are still running: those `cache::Superseded`
+/// noted, and with `scan` those `superseded` finds in the cache and the status (a pass over the
+/// cached Jobs). Deleting rather than suspending leaves nothing for a later version to trip
+/// over; the old version's outcome is recorded as an Event. In the foreground: each Job stays
+/// until its pods have stopped, and the new version's Job is made only then
+/// (`PreviousVersionStopping`). Returns the Jobs this call deleted: the cache may not show
+/// them yet.
 pub(super) async fn stop_superseded(
     tr: &TaskRun,
     ctx: &Ctx,
     jobs: &Api<Job>,
     prev: &TaskRunStatus,
     scan: bool,
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     let mut stop = ctx.children.superseded_of(uid, &ctx.taskruns).await;
@@ -39,6 +41,7 @@ pub(super) async fn stop_superseded(
             }
         }
     }
+    let mut stopped = Vec::new();
     for ChildRef { name, uid: job_uid } in stop {
         let job_uid = match job_uid {
             Some(job_uid) => job_uid,
@@ -56,25 +59,28 @@ pub(super) async fn stop_superseded(
                 }
             },
         };
-        let deleted = writes::delete_child(jobs, &name, Some(&job_uid)).await?;
+        let deleted =
+            writes::delete_child(jobs, &name, Some(&job_uid), PropagationPolicy::Foreground)
+                .await?;
         ctx.children.stopped(uid, &name);
         if !deleted {
             continue;
         }
-        tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopped the Job of a superseded version");
+        tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopping the Job of a superseded version");
         let event = Event {
             type_: EventType::Normal,
             reason: "Superseded".into(),
             note: Some(format!(
-                "stopped Job {name}: contextVersion {} replaces it",
+                "stopping Job {name}: contextVersion {} replaces it",
                 tr.spec.context_version
             )),
             action: "StopJob".into(),
             secondary: None,
         };
         record(ctx, tr, event);
+        stopped.push(name);
     }
-    Ok(())
+    Ok(stopped)
 }
 
 /// Deletes the ConfigMap of the version the status records, once a newer one is asked for:
@@ -103,7 +109,8 @@ pub(super) async fn drop_superseded_config_map(
         return;
     };
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
-    match writes::delete_child(&config_maps, name, cm.metadata.uid.as_deref()).await {
+    let cm_uid = cm.metadata.uid.as_deref();
+    match writes::delete_child(&config_maps, name, cm_uid, PropagationPolicy::Background).await {
         Ok(_) => {
             tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), config_map = %name, "removed the ConfigMap of a superseded version")
         }
