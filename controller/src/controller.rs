@@ -328,7 +328,10 @@ async fn run_controller(
             let (departed, superseded) = (departed.clone(), superseded.clone());
             let taskruns = reader.clone();
             move |event| match event {
-                watcher::Event::Delete(job) => departed.record(job, &taskruns),
+                watcher::Event::Delete(job) => {
+                    departed.record(job, &taskruns);
+                    superseded.gone(job);
+                }
                 watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
                     superseded.record(job, &taskruns)
                 }

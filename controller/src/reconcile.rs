@@ -181,8 +181,10 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // version was removed, meets none of its names. So a TaskRun that has never run asks the
     // cache for an older live TaskRun of its identity, preferring one that has run (the one to
     // add context to, as the message says), or has begun to (`Starting`). One pass over the
-    // cache when there is none.
+    // cache when there is none. A TaskRun that has run a version holds its task (a raised
+    // version waiting for its Job names none).
     if prev.job_name.is_none()
+        && ran_before == 0
         && let Some(other) = runs_instead(tr, ctx, cm_ours, &job_name).await
     {
         let duplicate = Claim::<Job>::Duplicate(other);
@@ -364,7 +366,7 @@ async fn wait_for_older(
         waiting,
         format!(
             "Job {older} of an older version is stopping; this version's Job is made once its \
-             pods have stopped, so that two versions never run at once (a pod on an unreachable \
+             pods have stopped, so that two versions do not run side by side (a pod on an unreachable \
              node stops once the node is deleted or tainted node.kubernetes.io/out-of-service: \
              kubectl get pods -l batch.kubernetes.io/job-name={older})"
         ),

@@ -53,7 +53,7 @@ pub mod reason {
     /// The API server refused a child's create for a reason that may pass; retried.
     pub const CREATE_REFUSED: &str = "CreateRefused";
     /// The Job of an older version is stopping: this version's Job is made once that Job is
-    /// gone or finished, so that two versions never run at once.
+    /// gone or finished, so that the agents of two versions do not run side by side.
     pub const PREVIOUS_VERSION_STOPPING: &str = "PreviousVersionStopping";
 
     /// All of them.

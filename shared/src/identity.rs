@@ -41,7 +41,8 @@ pub struct Existing<'a> {
     /// True once it has a deletionTimestamp: it is going away and no longer holds its
     /// identity, so a task can be deleted and created again.
     pub terminating: bool,
-    /// True once its status names a Job: it has run.
+    /// True once its status names a Job, or counts a version run (`attempts`; a raised
+    /// version waiting for its Job names none): it has run.
     pub has_run: bool,
     /// When it was created (seconds since the epoch), and its uid for a tie within a second.
     pub created: Option<i64>,
@@ -55,7 +56,10 @@ impl<'a> Existing<'a> {
         Self {
             name: meta.name.as_deref().unwrap_or_default(),
             terminating: meta.deletion_timestamp.is_some(),
-            has_run: tr.status.as_ref().is_some_and(|s| s.job_name.is_some()),
+            has_run: tr
+                .status
+                .as_ref()
+                .is_some_and(|s| s.job_name.is_some() || s.attempts.is_some_and(|a| a > 0)),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
             uid: meta.uid.as_deref().unwrap_or_default(),
         }

@@ -583,13 +583,15 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     api.patch("t", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("raise contextVersion");
-    let tr = wait_status(&api, "t", "status of version 2", |tr| {
-        tr.status.as_ref().and_then(|s| s.observed_context_version) == Some(2)
+    // Version 2 waits for version 1's Job to be gone (`PreviousVersionStopping`), at once here:
+    // its pod is on no node.
+    let tr = wait_status(&api, "t", "version 2's Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some("search-3-v2")
     })
     .await;
     let status = tr.status.clone().expect("status");
+    assert_eq!(status.observed_context_version, Some(2));
     assert_eq!(status.attempts, Some(2));
-    assert_eq!(status.job_name.as_deref(), Some("search-3-v2"));
     assert!(
         matches!(status.phase, Some(Phase::Pending | Phase::Running)),
         "{status:?}"
@@ -728,12 +730,10 @@ async fn an_old_versions_job_that_no_status_named_is_still_stopped() {
     })
     .await;
     wait_gone("the version 1 Job to be stopped", WAIT, &jobs, &old).await;
-    assert!(
-        jobs.get_opt(&names::job_name("search", 4, 2))
-            .await
-            .expect("get")
-            .is_some()
-    );
+    wait_for("version 2's Job", WAIT, || async {
+        jobs.get_opt(&names::job_name("search", 4, 2)).await.ok()?
+    })
+    .await;
 }
 
 /// The same Job, reaching the controller only once the status records version 2 (its status

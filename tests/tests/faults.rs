@@ -1075,10 +1075,16 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
     proxy.close_window();
 
     let deadline = Instant::now() + RECOVERY;
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
     loop {
         let new_run = api.get("a-new").await.ok();
         let rerun = api.get("t01").await.ok();
-        let gone = matches!(api.get_opt("t02").await, Ok(None));
+        // With its Job: deleted in the foreground, that stays until its pods are gone.
+        let gone = matches!(api.get_opt("t02").await, Ok(None))
+            && matches!(
+                jobs.get_opt(&names::job_name("relist", 2, 1)).await,
+                Ok(None)
+            );
         let lost = api.get("t03").await.ok();
         let v2 = names::job_name("relist", 1, 2);
         let job_lost = lost
@@ -1118,11 +1124,7 @@ async fn what_changed_while_the_controller_was_cut_off_is_acted_on_after_it_list
     );
     // One Job each, none twice: t01's second version replaced its first, t02's went with it,
     // t03's lost one was not made again.
-    let jobs: BTreeSet<String> = list(&Api::<Job>::namespaced(client.clone(), &ns))
-        .await
-        .iter()
-        .map(|j| j.name_any())
-        .collect();
+    let jobs: BTreeSet<String> = list(&jobs).await.iter().map(|j| j.name_any()).collect();
     let expected: BTreeSet<String> = std::iter::once(names::job_name("relist", 1, 2))
         .chain((4..=21).map(|i| names::job_name("relist", i, 1)))
         .collect();

@@ -337,16 +337,37 @@ pub struct SlimTaskRun {
     status: Option<SlimStatus>,
 }
 
-/// Only whether the status names a Job: whether the TaskRun has run.
+/// Only whether the status names a Job or counts a version run: whether the TaskRun has run
+/// (`taskrun::Existing::has_run`).
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct SlimStatus {
     #[serde(deserialize_with = "present")]
     job_name: bool,
+    #[serde(deserialize_with = "positive")]
+    attempts: bool,
+}
+
+impl SlimStatus {
+    fn has_run(self) -> bool {
+        self.job_name || self.attempts
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
+}
+
+/// Whether a count is above zero; anything but a number reads as no (one odd object must not
+/// fail the whole list).
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(i64),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(matches!(Option::<Count>::deserialize(d)?, Some(Count::Number(n)) if n > 0))
 }
 
 // Defaults: one odd object must not fail the whole list (the schema requires both anyway).
@@ -392,7 +413,7 @@ impl SlimTaskRun {
             ),
             name: self.metadata.name.clone()?,
             terminating: self.metadata.deletion_timestamp.is_some(),
-            has_run: self.status.is_some_and(|s| s.job_name),
+            has_run: self.status.is_some_and(SlimStatus::has_run),
             created: self
                 .metadata
                 .creation_timestamp
@@ -724,6 +745,19 @@ mod tests {
             not_run.entry().map(|e| (e.has_run, e.created)),
             Some((false, None))
         );
+        // A raised version waiting for its Job: no Job named, one version run.
+        let has_run = |status: serde_json::Value| {
+            let o: SlimTaskRun = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "t", "namespace": "ns"},
+                "spec": {"taskId": 7, "serviceName": "billing"},
+                "status": status
+            }))
+            .expect("decodes");
+            o.entry().map(|e| e.has_run)
+        };
+        assert_eq!(has_run(serde_json::json!({"attempts": 1})), Some(true));
+        assert_eq!(has_run(serde_json::json!({"attempts": 0})), Some(false));
+        assert_eq!(has_run(serde_json::json!({"attempts": "1"})), Some(false));
         let no_spec: SlimTaskRun =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "t"}}))
                 .expect("decodes");

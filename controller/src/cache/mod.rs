@@ -115,9 +115,16 @@ impl Children {
         self.superseded.of(uid)
     }
 
-    /// The Job by that name of the TaskRun `uid` is deleted (or gone).
+    /// The Job by that name of the TaskRun `uid` is deleted (or gone): not to be stopped
+    /// again (`Superseded`).
     pub fn stopped(&self, uid: &str, name: &str) {
-        self.superseded.forget(uid, Some(name));
+        self.superseded.stopped(uid, name);
+    }
+
+    /// Whether the Job by that name of the TaskRun `uid` was stopped and the Job watch has not
+    /// shown it going yet (the cache may still show it as it was).
+    pub fn was_stopped(&self, uid: &str, name: &str) -> bool {
+        self.superseded.was_stopped(uid, name)
     }
 
     /// The TaskRun `uid` is gone: nothing of it is to be stopped any more.
@@ -175,13 +182,20 @@ pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
 }
 
 /// True for a Job other than `current`, the Job of its TaskRun's version, that may still have
-/// a pod: one not finished (no Complete or Failed condition), being deleted or not. The Job
-/// controller marks a Job finished only once its pods have stopped, and a Job deleted in the
-/// foreground stays until they have, so a version whose Job is yet to be made waits for these:
-/// two versions of one task never run at once.
+/// a pod: one not finished (no Complete or Failed condition), being deleted or not, or one that
+/// still counts pods active or stopping. The Job controller (1.31 on) marks a Job finished only
+/// once its pods have stopped, and a Job deleted in the foreground stays until they have, so a
+/// version whose Job is yet to be made waits for these; an older one may mark it Failed while
+/// its pods still stop, which the counts show.
 pub fn may_still_run(job: &CachedJob, current: &str) -> bool {
+    let status = job.status.as_ref();
+    let pods = status.map_or(0, |s| {
+        s.active
+            .unwrap_or(0)
+            .saturating_add(s.terminating.unwrap_or(0))
+    });
     job.metadata.name.as_deref().unwrap_or_default() != current
-        && !status::finished(job.status.as_ref())
+        && (!status::finished(status) || pods > 0)
 }
 
 fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
@@ -378,5 +392,11 @@ mod tests {
         assert!(!may(&job("svc-1-v1", Some("Failed"))));
         deleting.status = job("svc-1-v1", Some("Complete")).status;
         assert!(!may(&deleting), "finished, removed by its TTL");
+        // Before 1.31 the Job controller may mark a Job Failed while its pods still stop.
+        let mut failed_early = job("svc-1-v1", Some("Failed"));
+        if let Some(s) = failed_early.status.as_mut() {
+            s.terminating = Some(1);
+        }
+        assert!(may(&failed_early));
     }
 }

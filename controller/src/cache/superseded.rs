@@ -6,18 +6,26 @@ use std::sync::{Mutex, Once, PoisonError};
 use kube::runtime::reflector::Store;
 use taskrun::TaskRun;
 
-use super::{CachedJob, ChildRef, controller_of, runs_another_version};
+use super::{CachedJob, ChildRef, controller_of, controller_ref, runs_another_version};
 use crate::job;
 
 /// Unfinished Jobs of a version older than their TaskRun's, by the TaskRun's uid, as the Job
 /// watch brings them. The reconcile stops the older Jobs it finds in the cache until the
 /// status records the new version; a Job that reaches the cache only after that (its status
 /// write lost, then contextVersion raised and reconciled before the watch brought the Job)
-/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here
-/// and forgets it.
+/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here;
+/// a Job stopped is remembered as such until the watch shows it going, so that an event the
+/// watch brings late (of before the delete) does not have it stopped, and announced, twice.
 pub struct Superseded {
-    jobs: Mutex<HashMap<String, BTreeMap<String, Option<String>>>>,
+    jobs: Mutex<HashMap<String, BTreeMap<String, Noted>>>,
     swept: Once,
+}
+
+/// A Job noted: to stop (with the uid its delete names), or stopped, its going not yet seen.
+#[derive(Clone, Debug, PartialEq)]
+enum Noted {
+    ToStop(Option<String>),
+    Stopped,
 }
 
 impl Default for Superseded {
@@ -44,12 +52,20 @@ impl Superseded {
             self.forget(uid, Some(name));
             return;
         }
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(uid.to_owned())
-            .or_default()
-            .insert(name.to_owned(), job.metadata.uid.clone());
+        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let noted = map.entry(uid.to_owned()).or_default();
+        if noted.get(name) != Some(&Noted::Stopped) {
+            noted.insert(name.to_owned(), Noted::ToStop(job.metadata.uid.clone()));
+        }
+    }
+
+    /// Called for every Job the watch reports gone.
+    pub fn gone(&self, job: &CachedJob) {
+        if let (Some(name), Some(owner)) =
+            (job.metadata.name.as_deref(), controller_ref(&job.metadata))
+        {
+            self.forget(&owner.uid, Some(name));
+        }
     }
 
     /// Notes every cached Job `record` would, once per term (the first time it is called):
@@ -63,13 +79,35 @@ impl Superseded {
         });
     }
 
+    /// The Jobs of the TaskRun `uid` to stop.
     pub(super) fn of(&self, uid: &str) -> Vec<ChildRef> {
         let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(uid)
             .into_iter()
             .flatten()
-            .map(|(name, uid)| ChildRef::new(name, uid.as_deref()))
+            .filter_map(|(name, noted)| match noted {
+                Noted::ToStop(uid) => Some(ChildRef::new(name, uid.as_deref())),
+                Noted::Stopped => None,
+            })
             .collect()
+    }
+
+    /// The Job `name` of the TaskRun `uid` was deleted (or found gone): not to be stopped again
+    /// until the watch shows it going (then it is forgotten).
+    pub(super) fn stopped(&self, uid: &str, name: &str) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid.to_owned())
+            .or_default()
+            .insert(name.to_owned(), Noted::Stopped);
+    }
+
+    /// Whether the Job `name` of the TaskRun `uid` was stopped and the watch has not shown it
+    /// going yet.
+    pub(super) fn was_stopped(&self, uid: &str, name: &str) -> bool {
+        let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(uid).and_then(|n| n.get(name)) == Some(&Noted::Stopped)
     }
 
     /// Forgets one Job of the TaskRun `uid`, or all of them.
@@ -122,6 +160,28 @@ mod tests {
         assert!(superseded.of("u").is_empty());
         superseded.record(&job("svc-1-v1", None), &store);
         superseded.forget("u", None);
+        assert!(superseded.jobs.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_stopped_job_is_not_stopped_again_by_a_late_event() {
+        let store = owner_at(3, false);
+        let superseded = Superseded::default();
+        let old = job("svc-1-v1", None);
+        superseded.record(&old, &store);
+        superseded.stopped("u", "svc-1-v1");
+        // An event of before the delete, brought late by the watch.
+        superseded.record(&old, &store);
+        assert!(superseded.of("u").is_empty());
+        assert!(superseded.was_stopped("u", "svc-1-v1"));
+        // The watch shows it going: forgotten.
+        let mut going = old.clone();
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        superseded.record(&going, &store);
+        assert!(superseded.jobs.lock().expect("lock").is_empty());
+        // One stopped that the watch only ever reports gone.
+        superseded.stopped("u", "svc-1-v2");
+        superseded.gone(&job("svc-1-v2", None));
         assert!(superseded.jobs.lock().expect("lock").is_empty());
     }
 

@@ -112,14 +112,19 @@ where
                     "{kind} {name} still belongs to TaskRun {owner} which is being deleted"
                 )),
                 Some(_) => Claim::Duplicate(owner),
+                None if existing.meta().deletion_timestamp.is_some() => Claim::Wait(format!(
+                    "{kind} {name} of the deleted TaskRun {owner} is being deleted{}",
+                    pods_hint(&kind, name)
+                )),
                 None => Claim::Wait(format!(
                     "{kind} {name} belonged to a deleted TaskRun {owner} and is being garbage-collected"
                 )),
             }
         }
-        _ if existing.meta().deletion_timestamp.is_some() => {
-            Claim::Wait(format!("{kind} {name} is being deleted"))
-        }
+        _ if existing.meta().deletion_timestamp.is_some() => Claim::Wait(format!(
+            "{kind} {name} is being deleted{}",
+            pods_hint(&kind, name)
+        )),
         _ => Claim::Taken(format!(
             "{kind} {name} already exists and no TaskRun controls it; this version will not run: \
              remove it and recreate this TaskRun, or raise contextVersion (its children get new names)"
@@ -127,9 +132,20 @@ where
     }
 }
 
+/// For a Job being deleted: that it goes once its pods have stopped (deleted in the foreground,
+/// as this controller deletes them), and how to find them.
+fn pods_hint(kind: &str, name: &str) -> String {
+    if kind != "Job" {
+        return String::new();
+    }
+    format!(
+        "; it goes once its pods have stopped (kubectl get pods -l batch.kubernetes.io/job-name={name})"
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Claim, decide, foreign_owner};
+    use super::{Claim, decide, foreign_owner, pods_hint};
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
@@ -222,6 +238,15 @@ mod tests {
             assert_eq!(claim, "Wait");
             assert!(message.contains("is being garbage-collected"), "{message}");
         }
+        // Gone, and the child being deleted already (its pods stopping, for a Job).
+        let going = Some(child(vec![taskrun_owner("other")], true));
+        let (claim, message) = judged(going, None);
+        assert_eq!(claim, "Wait");
+        assert_eq!(
+            message,
+            format!("ConfigMap {NAME} of the deleted TaskRun owner-other is being deleted")
+        );
+        assert!(pods_hint("Job", "svc-7-v1").ends_with("job-name=svc-7-v1)"));
     }
 
     #[test]

@@ -20,7 +20,12 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    for j in ctx.children.jobs_of(uid).await {
+    // One being deleted already (by an earlier pass, its finalizer write stale) is left to go.
+    let jobs_of = ctx.children.jobs_of(uid).await;
+    for j in jobs_of
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+    {
         let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
         writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
     }

@@ -36,7 +36,8 @@ pub(super) async fn stop_superseded(
     if scan {
         let cached = ctx.children.jobs_of(uid).await;
         for child in superseded(&current, &cached, prev) {
-            if !stop.iter().any(|s| s.name == child.name) {
+            let noted = stop.iter().any(|s| s.name == child.name);
+            if !noted && !ctx.children.was_stopped(uid, &child.name) {
                 stop.push(child);
             }
         }
