@@ -278,6 +278,7 @@ async fn run_controller(
     *shared.store.write().unwrap_or_else(|e| e.into_inner()) = Some(reader.clone());
     let written = Arc::new(WrittenStatus::default());
     let starting = Arc::new(Starting::default());
+    let superseded = Arc::new(Superseded::default());
     // TaskRuns are listed in small pages, and at the latest resourceVersion: an API server
     // without pagination from its cache (KEP-4988, recent releases) answers a list at any
     // resourceVersion whole from the cache, ignoring the page size, and all the TaskRuns at
@@ -295,9 +296,13 @@ async fn run_controller(
         // Once the cache holds what the event brought.
         .inspect_ok({
             let (written, starting) = (written.clone(), starting.clone());
+            let superseded = superseded.clone();
             move |event| {
                 written.seen(event);
                 starting.seen(event);
+                if let watcher::Event::Delete(tr) = event {
+                    superseded.forget(tr.metadata.uid.as_deref().unwrap_or_default(), None);
+                }
             }
         });
     let stream = relist::when_listed(taskrun_events, reader.clone())
@@ -322,7 +327,6 @@ async fn run_controller(
         .inspect_err(watch_failed(base, watched::JOBS))
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
-    let superseded = Arc::new(Superseded::default());
     let job_events = relist::with_vanished(job_events, job_reader.clone())
         .inspect_ok({
             let (departed, superseded) = (departed.clone(), superseded.clone());

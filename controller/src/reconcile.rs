@@ -132,10 +132,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // there): until the status names this version's Job, each one the cache holds; after that,
     // finished or not, each one the Job watch brings late or that was cached when this term
     // began (`cache::Superseded`). Version 1 has nothing older.
-    let mut stopped_now = Vec::new();
     if version > 1 {
         let scan = prev.observed_context_version != Some(version) || prev.job_name.is_none();
-        stopped_now = stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
+        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
         if scan {
             drop_superseded_config_map(tr, ctx, &ns, &prev).await;
         }
@@ -181,10 +180,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // version was removed, meets none of its names. So a TaskRun that has never run asks the
     // cache for an older live TaskRun of its identity, preferring one that has run (the one to
     // add context to, as the message says), or has begun to (`Starting`). One pass over the
-    // cache when there is none. A TaskRun that has run a version holds its task (a raised
-    // version waiting for its Job names none).
-    if prev.job_name.is_none()
-        && ran_before == 0
+    // cache when there is none. A TaskRun that has run a version holds its task, also while a
+    // raised version waits for its Job (`TaskRunStatus::has_run`).
+    if !prev.has_run()
         && let Some(other) = runs_instead(tr, ctx, cm_ours, &job_name).await
     {
         let duplicate = Claim::<Job>::Duplicate(other);
@@ -272,8 +270,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
             let claimed = match found {
                 Some(claim) => Ok(claim),
                 None => {
-                    if let Some(older) = older_still_running(tr, ctx, &job_name, stopped_now).await
-                    {
+                    if let Some(older) = older_still_running(tr, ctx, &jobs, &job_name).await? {
                         return wait_for_older(&api, tr, ctx, &prev, &seen, &older).await;
                     }
                     claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await
@@ -329,24 +326,36 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// The Job of an older version of `tr` that may still have a pod, if there is one: one this
-/// reconcile has just deleted (`stopped_now`: the cache may not show it yet), or one the cache
-/// shows unfinished (`cache::may_still_run`). Version 1 has none, and asks nothing.
+/// The Job of an older version of `tr` that may still have a pod, if there is one: one the
+/// cache shows unfinished (`cache::may_still_run`), or one deleted here that the cache does not
+/// show (not yet, or never: gone while the watch was down), which the API server still has.
+/// Version 1 has none, and asks nothing.
 async fn older_still_running(
     tr: &TaskRun,
     ctx: &Ctx,
+    jobs: &Api<Job>,
     current: &str,
-    stopped_now: Vec<String>,
-) -> Option<String> {
+) -> Result<Option<String>, Error> {
     if tr.spec.context_version <= 1 {
-        return None;
+        return Ok(None);
     }
-    if let Some(name) = stopped_now.into_iter().next() {
-        return Some(name);
-    }
+    let ns = tr.namespace().unwrap_or_default();
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    let older = ctx.children.older_still_running(uid, current).await?;
-    Some(older.name_any())
+    if let Some(older) = ctx.children.older_still_running(uid, current).await {
+        return Ok(Some(older.name_any()));
+    }
+    for deleted in ctx.children.stopping(uid) {
+        // Cached: judged above (finished, its pods gone).
+        if ctx.children.job(&ns, &deleted.name).await.is_some() {
+            continue;
+        }
+        match jobs.get_metadata_opt(&deleted.name).await? {
+            Some(j) if j.metadata.uid == deleted.uid => return Ok(Some(deleted.name)),
+            // Gone, or another Job under the name.
+            _ => ctx.children.stopped(uid, &deleted.name),
+        }
+    }
+    Ok(None)
 }
 
 /// The status while the Job `older` of an older version stops: this version's Job is made
@@ -588,7 +597,7 @@ async fn runs_instead(tr: &TaskRun, ctx: &Ctx, cm_ours: bool, job_name: &str) ->
     ctx.starting
         .unless_another_runs(uid.unwrap_or_default(), |noted| {
             let known = Known {
-                started: &|u| noted(u) || ctx.written.names_a_job(u),
+                started: &|u| noted(u) || ctx.written.has_run(u),
                 ended_unrun: &|u, version| ctx.written.ended_unrun(u, version),
             };
             ctx.taskruns
@@ -606,7 +615,7 @@ async fn runs_instead(tr: &TaskRun, ctx: &Ctx, cm_ours: bool, job_name: &str) ->
 #[derive(Clone, Copy)]
 struct Known<'a> {
     /// Whether the TaskRun of a uid has begun to run: noted as starting (`Starting`), or a
-    /// status naming its Job was written.
+    /// status saying it has run was written.
     started: &'a dyn Fn(&str) -> bool,
     /// Whether a status written for the TaskRun of a uid ended that version without running
     /// it.

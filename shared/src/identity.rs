@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::TaskRun;
+use crate::{TaskRun, TaskRunStatus};
 
 /// What makes a task unique: two live TaskRuns with the same identity are duplicates,
 /// whatever their names.
@@ -33,6 +33,25 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Whether a TaskRun has run, from its status: the status names a Job (`job_named`), or counts
+/// a version run (`attempts`) without having ended its last version unrun (`ended`: its phase
+/// is final). A raised version waiting for its Job names none and still counts; one that ended
+/// as a Duplicate, say, does not.
+pub fn has_run(job_named: bool, attempts: Option<i64>, ended: bool) -> bool {
+    job_named || (attempts.is_some_and(|a| a > 0) && !ended)
+}
+
+impl TaskRunStatus {
+    /// Whether the TaskRun has run ([`has_run`]).
+    pub fn has_run(&self) -> bool {
+        has_run(
+            self.job_name.is_some(),
+            self.attempts,
+            self.phase.is_some_and(crate::Phase::is_final),
+        )
+    }
+}
+
 /// An existing TaskRun as the duplicate rule sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Existing<'a> {
@@ -41,8 +60,7 @@ pub struct Existing<'a> {
     /// True once it has a deletionTimestamp: it is going away and no longer holds its
     /// identity, so a task can be deleted and created again.
     pub terminating: bool,
-    /// True once its status names a Job, or counts a version run (`attempts`; a raised
-    /// version waiting for its Job names none): it has run.
+    /// True once it has run ([`has_run`]).
     pub has_run: bool,
     /// When it was created (seconds since the epoch), and its uid for a tie within a second.
     pub created: Option<i64>,
@@ -56,10 +74,7 @@ impl<'a> Existing<'a> {
         Self {
             name: meta.name.as_deref().unwrap_or_default(),
             terminating: meta.deletion_timestamp.is_some(),
-            has_run: tr
-                .status
-                .as_ref()
-                .is_some_and(|s| s.job_name.is_some() || s.attempts.is_some_and(|a| a > 0)),
+            has_run: tr.status.as_ref().is_some_and(TaskRunStatus::has_run),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
             uid: meta.uid.as_deref().unwrap_or_default(),
         }
@@ -98,7 +113,6 @@ pub fn find_duplicate<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TaskRunStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
@@ -211,6 +225,25 @@ mod tests {
         let mut going = taskrun("f", 1, "svc", 7);
         going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
         assert!(!holds_before(&going, &younger));
+    }
+
+    #[test]
+    fn a_taskrun_has_run_once_a_version_ran_unless_its_last_one_ended_unrun() {
+        use crate::Phase;
+        let status = |job: Option<&str>, attempts: Option<i64>, phase: Phase| TaskRunStatus {
+            job_name: job.map(Into::into),
+            attempts,
+            phase: Some(phase),
+            ..TaskRunStatus::default()
+        };
+        assert!(!TaskRunStatus::default().has_run());
+        assert!(status(Some("svc-7-v1"), Some(1), Phase::Running).has_run());
+        assert!(status(Some("svc-7-v1"), Some(1), Phase::Failed).has_run());
+        // A raised version waiting for its Job (or refused for now): no Job named.
+        assert!(status(None, Some(1), Phase::Pending).has_run());
+        assert!(!status(None, Some(0), Phase::Pending).has_run());
+        // Failed as a Duplicate at its raised version: that version ended unrun.
+        assert!(!status(None, Some(1), Phase::Failed).has_run());
     }
 
     #[test]

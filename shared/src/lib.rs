@@ -13,7 +13,7 @@ pub mod names;
 pub mod validation;
 
 pub use api::{FileType, MarkdownFile, Phase, TaskRun, TaskRunSpec, TaskRunStatus};
-pub use identity::{Existing, Identity, find_duplicate};
+pub use identity::{Existing, Identity, find_duplicate, has_run};
 pub use validation::{Violation, validate_create, validate_update};
 
 /// The finalizer the controller puts on every TaskRun so its children go before it does.

@@ -646,7 +646,7 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
 
 /// A raised contextVersion while the old version's pod runs on a node: the old Job is deleted
 /// in the foreground, and the new version's Job is made only once that pod has stopped
-/// (Pending, `PreviousVersionStopping`): two versions of a task never run at once.
+/// (Pending, `PreviousVersionStopping`): the agents of two versions do not run side by side.
 #[tokio::test]
 async fn a_raised_context_version_waits_for_the_old_pod_to_stop() {
     let cp = ControlPlane::shared();

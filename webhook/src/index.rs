@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::Deserialize;
-use taskrun::{Existing, Identity, TaskRun, find_duplicate};
+use taskrun::{Existing, Identity, Phase, TaskRun, find_duplicate};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -337,20 +337,26 @@ pub struct SlimTaskRun {
     status: Option<SlimStatus>,
 }
 
-/// Only whether the status names a Job or counts a version run: whether the TaskRun has run
-/// (`taskrun::Existing::has_run`).
+/// Only what says whether the TaskRun has run (`taskrun::has_run`): whether the status names
+/// a Job, the versions it counts, and whether its phase is final.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct SlimStatus {
     #[serde(deserialize_with = "present")]
     job_name: bool,
-    #[serde(deserialize_with = "positive")]
-    attempts: bool,
+    #[serde(deserialize_with = "lenient")]
+    attempts: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    phase: Option<Phase>,
 }
 
 impl SlimStatus {
     fn has_run(self) -> bool {
-        self.job_name || self.attempts
+        taskrun::has_run(
+            self.job_name,
+            self.attempts,
+            self.phase.is_some_and(Phase::is_final),
+        )
     }
 }
 
@@ -358,16 +364,22 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
 }
 
-/// Whether a count is above zero; anything but a number reads as no (one odd object must not
-/// fail the whole list).
-fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+/// The value, or None for one of another shape: one odd object must not fail the whole list.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Count {
-        Number(i64),
+    enum Read<T> {
+        Value(T),
         Other(serde::de::IgnoredAny),
     }
-    Ok(matches!(Option::<Count>::deserialize(d)?, Some(Count::Number(n)) if n > 0))
+    Ok(match Option::<Read<T>>::deserialize(d)? {
+        Some(Read::Value(v)) => Some(v),
+        Some(Read::Other(_)) | None => None,
+    })
 }
 
 // Defaults: one odd object must not fail the whole list (the schema requires both anyway).
@@ -745,7 +757,8 @@ mod tests {
             not_run.entry().map(|e| (e.has_run, e.created)),
             Some((false, None))
         );
-        // A raised version waiting for its Job: no Job named, one version run.
+        // A raised version waiting for its Job: no Job named, one version run; not once that
+        // version ended unrun.
         let has_run = |status: serde_json::Value| {
             let o: SlimTaskRun = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "t", "namespace": "ns"},
@@ -755,9 +768,24 @@ mod tests {
             .expect("decodes");
             o.entry().map(|e| e.has_run)
         };
-        assert_eq!(has_run(serde_json::json!({"attempts": 1})), Some(true));
+        assert_eq!(
+            has_run(serde_json::json!({"attempts": 1, "phase": "Pending"})),
+            Some(true)
+        );
         assert_eq!(has_run(serde_json::json!({"attempts": 0})), Some(false));
-        assert_eq!(has_run(serde_json::json!({"attempts": "1"})), Some(false));
+        assert_eq!(
+            has_run(serde_json::json!({"attempts": 1, "phase": "Failed"})),
+            Some(false)
+        );
+        // Odd shapes read as absent.
+        assert_eq!(
+            has_run(serde_json::json!({"attempts": "1", "phase": 3})),
+            Some(false)
+        );
+        assert_eq!(
+            has_run(serde_json::json!({"attempts": 1, "phase": "Odd"})),
+            Some(true)
+        );
         let no_spec: SlimTaskRun =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "t"}}))
                 .expect("decodes");

@@ -115,16 +115,21 @@ impl Children {
         self.superseded.of(uid)
     }
 
-    /// The Job by that name of the TaskRun `uid` is deleted (or gone): not to be stopped
-    /// again (`Superseded`).
+    /// The Job `name` of the TaskRun `uid` was found gone, or a successor's holds the name:
+    /// nothing to stop.
     pub fn stopped(&self, uid: &str, name: &str) {
-        self.superseded.stopped(uid, name);
+        self.superseded.forget(uid, Some(name));
     }
 
-    /// Whether the Job by that name of the TaskRun `uid` was stopped and the Job watch has not
-    /// shown it going yet (the cache may still show it as it was).
-    pub fn was_stopped(&self, uid: &str, name: &str) -> bool {
-        self.superseded.was_stopped(uid, name)
+    /// The Job `name` (uid `job_uid`) of the TaskRun `uid` was deleted here (`Superseded`).
+    pub fn deleted(&self, uid: &str, name: &str, job_uid: &str) {
+        self.superseded.deleted(uid, name, job_uid);
+    }
+
+    /// The Jobs of the TaskRun `uid` deleted here that the Job watch has not shown gone yet:
+    /// the cache may not show them at all (`Superseded`).
+    pub fn stopping(&self, uid: &str) -> Vec<ChildRef> {
+        self.superseded.deleted_of(uid)
     }
 
     /// The TaskRun `uid` is gone: nothing of it is to be stopped any more.
@@ -182,20 +187,14 @@ pub fn runs_another_version(job: &CachedJob, current: &str) -> bool {
 }
 
 /// True for a Job other than `current`, the Job of its TaskRun's version, that may still have
-/// a pod: one not finished (no Complete or Failed condition), being deleted or not, or one that
-/// still counts pods active or stopping. The Job controller (1.31 on) marks a Job finished only
-/// once its pods have stopped, and a Job deleted in the foreground stays until they have, so a
-/// version whose Job is yet to be made waits for these; an older one may mark it Failed while
-/// its pods still stop, which the counts show.
+/// a pod: one not finished (no Complete or Failed condition), being deleted or not. The Job
+/// controller (from 1.31) marks a Job finished only once its pods have stopped, and a Job
+/// deleted in the foreground stays until they have, so a version whose Job is yet to be made
+/// waits for these. (Before 1.31 a Job past its deadline is marked Failed while its pods
+/// stop; its pod counts are not kept up to date after that, so they cannot tell.)
 pub fn may_still_run(job: &CachedJob, current: &str) -> bool {
-    let status = job.status.as_ref();
-    let pods = status.map_or(0, |s| {
-        s.active
-            .unwrap_or(0)
-            .saturating_add(s.terminating.unwrap_or(0))
-    });
     job.metadata.name.as_deref().unwrap_or_default() != current
-        && (!status::finished(status) || pods > 0)
+        && !status::finished(job.status.as_ref())
 }
 
 fn controlled<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, uid: &str) -> Vec<Arc<K>> {
@@ -392,11 +391,5 @@ mod tests {
         assert!(!may(&job("svc-1-v1", Some("Failed"))));
         deleting.status = job("svc-1-v1", Some("Complete")).status;
         assert!(!may(&deleting), "finished, removed by its TTL");
-        // Before 1.31 the Job controller may mark a Job Failed while its pods still stop.
-        let mut failed_early = job("svc-1-v1", Some("Failed"));
-        if let Some(s) = failed_early.status.as_mut() {
-            s.terminating = Some(1);
-        }
-        assert!(may(&failed_early));
     }
 }

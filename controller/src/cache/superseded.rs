@@ -13,19 +13,20 @@ use crate::job;
 /// watch brings them. The reconcile stops the older Jobs it finds in the cache until the
 /// status records the new version; a Job that reaches the cache only after that (its status
 /// write lost, then contextVersion raised and reconciled before the watch brought the Job)
-/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here;
-/// a Job stopped is remembered as such until the watch shows it going, so that an event the
-/// watch brings late (of before the delete) does not have it stopped, and announced, twice.
+/// would otherwise run on beside the new version. The TaskRun's reconcile stops each one here.
+/// A Job deleted is remembered as such until the watch shows it gone: an event the watch brings
+/// late (of before the delete) must not have it deleted, and announced, twice, and the next
+/// version waits for it even while the cache does not hold it (`Children::stopping`).
 pub struct Superseded {
     jobs: Mutex<HashMap<String, BTreeMap<String, Noted>>>,
     swept: Once,
 }
 
-/// A Job noted: to stop (with the uid its delete names), or stopped, its going not yet seen.
+/// A Job noted, with the uid its delete names: to stop, or deleted and not yet seen gone.
 #[derive(Clone, Debug, PartialEq)]
 enum Noted {
     ToStop(Option<String>),
-    Stopped,
+    Deleted(String),
 }
 
 impl Default for Superseded {
@@ -46,17 +47,24 @@ impl Superseded {
         let Some((tr, uid)) = controller_of(&job.metadata, taskruns) else {
             return;
         };
+        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let deleted =
+            |n: &Noted| matches!(n, Noted::Deleted(d) if job.metadata.uid.as_ref() == Some(d));
+        let noted = map.get(uid).and_then(|n| n.get(name));
+        if noted.is_some_and(deleted) {
+            // Deleted here: forgotten once the watch shows it gone (`gone`).
+            return;
+        }
         if !runs_another_version(job, &job::child_names(&tr).0) {
             // Finished or going since it was noted, if it was: nothing to stop, and a finished
             // Job is kept with its pods' logs.
+            drop(map);
             self.forget(uid, Some(name));
             return;
         }
-        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let noted = map.entry(uid.to_owned()).or_default();
-        if noted.get(name) != Some(&Noted::Stopped) {
-            noted.insert(name.to_owned(), Noted::ToStop(job.metadata.uid.clone()));
-        }
+        map.entry(uid.to_owned())
+            .or_default()
+            .insert(name.to_owned(), Noted::ToStop(job.metadata.uid.clone()));
     }
 
     /// Called for every Job the watch reports gone.
@@ -87,31 +95,37 @@ impl Superseded {
             .flatten()
             .filter_map(|(name, noted)| match noted {
                 Noted::ToStop(uid) => Some(ChildRef::new(name, uid.as_deref())),
-                Noted::Stopped => None,
+                Noted::Deleted(_) => None,
             })
             .collect()
     }
 
-    /// The Job `name` of the TaskRun `uid` was deleted (or found gone): not to be stopped again
-    /// until the watch shows it going (then it is forgotten).
-    pub(super) fn stopped(&self, uid: &str, name: &str) {
+    /// The Job `name` (uid `job_uid`) of the TaskRun `uid` was deleted here: not to be deleted
+    /// again, and waited for, until the watch shows it gone.
+    pub(super) fn deleted(&self, uid: &str, name: &str, job_uid: &str) {
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(uid.to_owned())
             .or_default()
-            .insert(name.to_owned(), Noted::Stopped);
+            .insert(name.to_owned(), Noted::Deleted(job_uid.to_owned()));
     }
 
-    /// Whether the Job `name` of the TaskRun `uid` was stopped and the watch has not shown it
-    /// going yet.
-    pub(super) fn was_stopped(&self, uid: &str, name: &str) -> bool {
+    /// The Jobs of the TaskRun `uid` deleted here and not yet seen gone, with their uids.
+    pub(super) fn deleted_of(&self, uid: &str) -> Vec<ChildRef> {
         let map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(uid).and_then(|n| n.get(name)) == Some(&Noted::Stopped)
+        map.get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, noted)| match noted {
+                Noted::Deleted(job_uid) => Some(ChildRef::new(name, Some(job_uid))),
+                Noted::ToStop(_) => None,
+            })
+            .collect()
     }
 
     /// Forgets one Job of the TaskRun `uid`, or all of them.
-    pub(super) fn forget(&self, uid: &str, name: Option<&str>) {
+    pub fn forget(&self, uid: &str, name: Option<&str>) {
         let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(names) = map.get_mut(uid) else {
             return;
@@ -164,24 +178,35 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_job_is_not_stopped_again_by_a_late_event() {
+    fn a_deleted_job_is_not_stopped_again_and_is_waited_for_until_seen_gone() {
         let store = owner_at(3, false);
         let superseded = Superseded::default();
         let old = job("svc-1-v1", None);
         superseded.record(&old, &store);
-        superseded.stopped("u", "svc-1-v1");
-        // An event of before the delete, brought late by the watch.
+        superseded.deleted("u", "svc-1-v1", "uid-svc-1-v1");
+        let deleted = || {
+            superseded
+                .deleted_of("u")
+                .into_iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+        };
+        // An event of before the delete, brought late by the watch, then the delete's own.
         superseded.record(&old, &store);
-        assert!(superseded.of("u").is_empty());
-        assert!(superseded.was_stopped("u", "svc-1-v1"));
-        // The watch shows it going: forgotten.
         let mut going = old.clone();
         going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         superseded.record(&going, &store);
-        assert!(superseded.jobs.lock().expect("lock").is_empty());
-        // One stopped that the watch only ever reports gone.
-        superseded.stopped("u", "svc-1-v2");
-        superseded.gone(&job("svc-1-v2", None));
+        assert!(superseded.of("u").is_empty());
+        assert_eq!(deleted(), ["svc-1-v1"]);
+        // Another Job under that name (made again by someone): to stop.
+        let mut another = job("svc-1-v1", None);
+        another.metadata.uid = Some("a-new-uid".into());
+        superseded.record(&another, &store);
+        assert_eq!(superseded.of("u").len(), 1);
+        assert!(deleted().is_empty());
+        // Seen gone: forgotten.
+        superseded.deleted("u", "svc-1-v1", "uid-svc-1-v1");
+        superseded.gone(&old);
         assert!(superseded.jobs.lock().expect("lock").is_empty());
     }
 

@@ -54,11 +54,11 @@ impl WrittenStatus {
         }
     }
 
-    /// Whether the status last written for `uid`, which the cache does not show yet, names a
-    /// Job.
-    pub fn names_a_job(&self, uid: &str) -> bool {
+    /// Whether the status last written for `uid`, which the cache does not show yet, says the
+    /// TaskRun has run (`TaskRunStatus::has_run`).
+    pub fn has_run(&self, uid: &str) -> bool {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(uid).is_some_and(|s| s.job_name.is_some())
+        map.get(uid).is_some_and(TaskRunStatus::has_run)
     }
 
     /// Whether the status last written for `uid`, which the cache does not show yet, ended

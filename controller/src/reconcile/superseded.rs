@@ -21,28 +21,31 @@ use crate::{cache, job, status, writes};
 /// cached Jobs). Deleting rather than suspending leaves nothing for a later version to trip
 /// over; the old version's outcome is recorded as an Event. In the foreground: each Job stays
 /// until its pods have stopped, and the new version's Job is made only then
-/// (`PreviousVersionStopping`). Returns the Jobs this call deleted: the cache may not show
-/// them yet.
+/// (`PreviousVersionStopping`); each one deleted is noted (`Children::deleted`), and not
+/// deleted again while the cache still shows it as it was.
 pub(super) async fn stop_superseded(
     tr: &TaskRun,
     ctx: &Ctx,
     jobs: &Api<Job>,
     prev: &TaskRunStatus,
     scan: bool,
-) -> Result<Vec<String>, Error> {
+) -> Result<(), Error> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     let mut stop = ctx.children.superseded_of(uid, &ctx.taskruns).await;
     if scan {
         let cached = ctx.children.jobs_of(uid).await;
+        let deleted = ctx.children.stopping(uid);
         for child in superseded(&current, &cached, prev) {
             let noted = stop.iter().any(|s| s.name == child.name);
-            if !noted && !ctx.children.was_stopped(uid, &child.name) {
+            let deleted_already = deleted
+                .iter()
+                .any(|d| d.name == child.name && (child.uid.is_none() || child.uid == d.uid));
+            if !noted && !deleted_already {
                 stop.push(child);
             }
         }
     }
-    let mut stopped = Vec::new();
     for ChildRef { name, uid: job_uid } in stop {
         let job_uid = match job_uid {
             Some(job_uid) => job_uid,
@@ -63,10 +66,11 @@ pub(super) async fn stop_superseded(
         let deleted =
             writes::delete_child(jobs, &name, Some(&job_uid), PropagationPolicy::Foreground)
                 .await?;
-        ctx.children.stopped(uid, &name);
         if !deleted {
+            ctx.children.stopped(uid, &name);
             continue;
         }
+        ctx.children.deleted(uid, &name, &job_uid);
         tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopping the Job of a superseded version");
         let event = Event {
             type_: EventType::Normal,
@@ -79,9 +83,8 @@ pub(super) async fn stop_superseded(
             secondary: None,
         };
         record(ctx, tr, event);
-        stopped.push(name);
     }
-    Ok(stopped)
+    Ok(())
 }
 
 /// Deletes the ConfigMap of the version the status records, once a newer one is asked for:
