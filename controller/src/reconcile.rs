@@ -129,11 +129,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
     // Any Job of an older version still running is stopped, whether or not the status ever
     // named it (a status write lost after a Job was created leaves no trace of that Job
-    // there): until the status names this version's Job, each one the cache holds; after that,
+    // there): until the status records this version, each one the cache holds; after that,
     // finished or not, each one the Job watch brings late or that was cached when this term
     // began (`cache::Superseded`). Version 1 has nothing older.
     if version > 1 {
-        let scan = prev.observed_context_version != Some(version) || prev.job_name.is_none();
+        let scan = prev.observed_context_version != Some(version);
         stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
         if scan {
             drop_superseded_config_map(tr, ctx, &ns, &prev).await;

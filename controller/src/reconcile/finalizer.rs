@@ -9,6 +9,7 @@ use taskrun::{FINALIZER, TaskRun};
 
 use super::Error;
 use crate::controller::Ctx;
+use crate::status::{self, Deletion};
 use crate::writes;
 
 /// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer. The
@@ -20,12 +21,13 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
-    // One being deleted already (by an earlier pass, its finalizer write stale) is left to go.
-    let jobs_of = ctx.children.jobs_of(uid).await;
-    for j in jobs_of
-        .iter()
-        .filter(|j| j.metadata.deletion_timestamp.is_none())
-    {
+    // One being deleted with its pods already (by an earlier pass whose finalizer write was
+    // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
+    // again, in the foreground, which stops them.
+    for j in ctx.children.jobs_of(uid).await {
+        if status::deletion(&j.metadata) == Deletion::StoppingPods {
+            continue;
+        }
         let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
         writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
     }
