@@ -708,6 +708,53 @@ async fn a_raised_context_version_waits_for_the_old_pod_to_stop() {
     wait_gone("version 1's Job", WAIT, &jobs, &old).await;
 }
 
+/// A controller restarted while a raised version waits: the new one, which knows nothing of
+/// what the old one deleted, reads the stopping Job from its cache and still waits for its pod,
+/// then makes the new version's Job, without stopping the old one again.
+#[tokio::test]
+async fn a_controller_restarted_while_a_version_waits_still_waits_for_the_old_pod() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-wait-restart").await;
+    let args = [format!("--namespace={ns}")];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut ctrl = Controller::start(cp, &args);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let pod = running_on_a_node(&client, &api, &ns, "restart", 8).await;
+    let (old, new) = (
+        names::job_name("restart", 8, 1),
+        names::job_name("restart", 8, 2),
+    );
+    let raise = json!({"spec": {"contextVersion": 2}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .expect("raise contextVersion");
+    let tr = wait_status(&api, "t", "version 2 waiting", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "PreviousVersionStopping")
+    })
+    .await;
+    let uid = tr.uid().expect("uid");
+
+    ctrl.kill();
+    let _ctrl = Controller::start(cp, &args);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        assert!(
+            jobs.get_opt(&new).await.expect("get").is_none(),
+            "the restarted controller made version 2's Job while version 1's pod still stops"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    confirm_stopped(&client, &ns, &old, &pod).await;
+    wait_status(&api, "t", "version 2's Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(new.as_str())
+    })
+    .await;
+    let events = events_of(&client, &ns, &uid).await.expect("list Events");
+    assert_eq!(count_reasons(&events).get("Superseded"), Some(&1));
+}
+
 /// A Job of version 1 whose status write was lost (the controller killed right after creating
 /// it, say): when the TaskRun is already at version 2, that Job is still stopped.
 #[tokio::test]
