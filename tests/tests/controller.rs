@@ -644,6 +644,19 @@ async fn a_higher_context_version_stops_the_old_job_and_runs_the_new_one() {
     assert_eq!(count_reasons(&events).get("Superseded"), Some(&1));
 }
 
+/// Raises TaskRun "t" to version 2 and waits until that version waits for the old Job
+/// (`PreviousVersionStopping`); the TaskRun as then read.
+async fn raise_to_version_2_and_see_it_wait(api: &Api<TaskRun>) -> TaskRun {
+    let raise = json!({"spec": {"contextVersion": 2}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .expect("raise contextVersion");
+    wait_status(api, "t", "version 2 waiting", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "PreviousVersionStopping")
+    })
+    .await
+}
+
 /// A raised contextVersion while the old version's pod runs on a node: the old Job is deleted
 /// in the foreground, and the new version's Job is made only once that pod has stopped
 /// (Pending, `PreviousVersionStopping`): the agents of two versions do not run side by side.
@@ -660,14 +673,7 @@ async fn a_raised_context_version_waits_for_the_old_pod_to_stop() {
         names::job_name("handover", 6, 2),
     );
 
-    let raise = json!({"spec": {"contextVersion": 2}});
-    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
-        .await
-        .expect("raise contextVersion");
-    let tr = wait_status(&api, "t", "version 2 waiting", |tr| {
-        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "PreviousVersionStopping")
-    })
-    .await;
+    let tr = raise_to_version_2_and_see_it_wait(&api).await;
     let status = tr.status.clone().expect("status");
     assert_eq!(status.phase, Some(Phase::Pending));
     assert_eq!(status.observed_context_version, Some(2));
@@ -725,14 +731,7 @@ async fn a_controller_restarted_while_a_version_waits_still_waits_for_the_old_po
         names::job_name("restart", 8, 1),
         names::job_name("restart", 8, 2),
     );
-    let raise = json!({"spec": {"contextVersion": 2}});
-    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
-        .await
-        .expect("raise contextVersion");
-    let tr = wait_status(&api, "t", "version 2 waiting", |tr| {
-        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "PreviousVersionStopping")
-    })
-    .await;
+    let tr = raise_to_version_2_and_see_it_wait(&api).await;
     let uid = tr.uid().expect("uid");
 
     ctrl.kill();
