@@ -345,8 +345,12 @@ async fn older_still_running(
         return Ok(Some(older.name_any()));
     }
     for deleted in ctx.children.stopping(uid) {
-        // Cached: judged above (finished, its pods gone).
-        if ctx.children.job(&ns, &deleted.name).await.is_some() {
+        // Cached: judged as the cache shows it now, which may be since the pass above (the
+        // watch brought it meanwhile, during another note's GET, say).
+        if let Some(j) = ctx.children.job(&ns, &deleted.name).await {
+            if j.metadata.uid == deleted.uid && cache::may_still_run(&j, current) {
+                return Ok(Some(deleted.name));
+            }
             continue;
         }
         match jobs.get_metadata_opt(&deleted.name).await? {

@@ -735,10 +735,17 @@ async fn a_controller_restarted_while_a_version_waits_still_waits_for_the_old_po
     let uid = tr.uid().expect("uid");
 
     ctrl.kill();
-    let _ctrl = Controller::start(cp, &args);
+    let restarted = Controller::start(cp, &args);
+    // The restarted controller has looked at the TaskRun (the counter moves as a reconcile
+    // returns), so the window below is one in which it decided, not one before it began.
+    wait_for("the restarted controller to reconcile", WAIT, || async {
+        let text = http_get(restarted.http_addr(), "/metrics").await?;
+        (metric(&text, "taskrun_controller_reconciles_total")? > 0.0).then_some(())
+    })
+    .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let watched = Instant::now();
-    while watched.elapsed() < Duration::from_secs(8) {
+    while watched.elapsed() < Duration::from_secs(5) {
         assert!(
             jobs.get_opt(&new).await.expect("get").is_none(),
             "the restarted controller made version 2's Job while version 1's pod still stops"
