@@ -926,10 +926,16 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     };
     assert!((1..=32).contains(&streams), "{settings:?}");
     assert!(stream_window <= 64 * 1024, "{settings:?}");
-    assert!(connection_window <= 128 * 1024, "{connection_window}");
+    assert!(connection_window <= 256 * 1024, "{connection_window}");
     // Unread body data and the headers of every stream waiting at once: 384 KiB at most.
     let held = u64::from(streams) * u64::from(header_list) + connection_window;
     assert!(held <= 384 * 1024, "{held} bytes per connection");
+    // Streams waiting for body room, each with its window full, never hold it all
+    // (`http2_streams_waiting_for_body_room_do_not_stall_their_connection`).
+    assert!(
+        connection_window >= u64::from(streams) * u64::from(stream_window),
+        "{settings:?}, connection window {connection_window}"
+    );
     drop(s);
 
     // Exactly --max-body-bytes (8 MiB): a small review padded with whitespace.
@@ -955,6 +961,61 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
     eprintln!("8 MiB over HTTP/1.1: {:?}", started.elapsed());
+}
+
+/// HTTP/2 streams waiting for room in the body budget hold what they were sent unread. On one
+/// connection, one body holds most of the budget and a second the overdraft, both partly sent;
+/// two more wait for room with their stream windows full. If the waiting streams' windows
+/// could fill the connection window, the first two could never be sent the rest of their
+/// bodies: all four would wait until the body read timeout. They are all answered.
+#[tokio::test]
+async fn http2_streams_waiting_for_body_room_do_not_stall_their_connection() {
+    const BODY: usize = 256 * 1024;
+    let cp = ControlPlane::shared();
+    let webhook = Webhook::start_with(
+        cp,
+        &[
+            &format!("--max-body-bytes={BODY}"),
+            "--body-read-timeout=60s",
+        ],
+    )
+    .await;
+    let s = tls(&webhook, b"h2").await.expect("handshake");
+    let (mut client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut partly = async |n: i64, now: usize| {
+        let mut body = serde_json::to_vec(&review(
+            "CREATE",
+            "taskruns",
+            manifest(&format!("waiting-stream-{n}"), 9060 + n, "billing"),
+        ))
+        .expect("json");
+        body.resize(BODY, b' ');
+        h2_partly(&mut client, body.into(), now).await
+    };
+    // Most of the budget, then the overdraft (the budget's free room is too little for it).
+    let held = partly(1, 200 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let over = partly(2, 100 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two that find neither and wait, sent as much as their windows take.
+    let waiting = [partly(3, BODY).await, partly(4, BODY).await];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answers: Vec<_> = [held, over]
+        .into_iter()
+        .chain(waiting)
+        .map(|stream| {
+            let _ = stream.rest.send(());
+            (stream.answer, stream.sending)
+        })
+        .collect();
+    for (answer, sending) in answers {
+        let (status, text) = h2_answer(answer, Duration::from_secs(20)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"allowed\":true"), "{text}");
+        sending.await.expect("sent");
+    }
+    connection.abort();
 }
 
 /// Reviews of the largest size, as many at once as connections allow, each built to make
@@ -1075,17 +1136,69 @@ async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
         .body(())
         .expect("request");
     let (answer, mut stream) = client.send_request(request, false).expect("send");
-    let mut rest = body;
-    while !rest.is_empty() {
-        stream.reserve_capacity(rest.len());
+    h2_send(&mut stream, body, true).await;
+    let answer = h2_answer(answer, TIMEOUT).await;
+    drop(client);
+    connection.abort();
+    answer
+}
+
+/// Sends `body` on `stream` as the server's flow control lets it, ending the stream after it
+/// if `end`.
+async fn h2_send(stream: &mut h2::SendStream<bytes::Bytes>, mut body: bytes::Bytes, end: bool) {
+    while !body.is_empty() {
+        stream.reserve_capacity(body.len());
         let room = std::future::poll_fn(|cx| stream.poll_capacity(cx))
             .await
             .expect("the stream stays open")
             .expect("capacity");
-        let chunk = rest.split_to(room.min(rest.len()));
-        stream.send_data(chunk, rest.is_empty()).expect("data");
+        let chunk = body.split_to(room.min(body.len()));
+        stream
+            .send_data(chunk, end && body.is_empty())
+            .expect("data");
     }
-    let answer = tokio::time::timeout(TIMEOUT, answer)
+}
+
+/// A POST to `/validate` on a new stream of `client`: the first `now` bytes of `body` are sent
+/// at once, the rest when `rest` is told.
+struct PartlySent {
+    answer: h2::client::ResponseFuture,
+    rest: tokio::sync::oneshot::Sender<()>,
+    sending: tokio::task::JoinHandle<()>,
+}
+
+async fn h2_partly(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    mut body: bytes::Bytes,
+    now: usize,
+) -> PartlySent {
+    std::future::poll_fn(|cx| client.poll_ready(cx))
+        .await
+        .expect("a stream");
+    let request = http::Request::post("https://127.0.0.1/validate")
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(())
+        .expect("request");
+    let (answer, mut stream) = client.send_request(request, false).expect("send");
+    let (rest, told) = tokio::sync::oneshot::channel();
+    let first = body.split_to(now.min(body.len()));
+    let sending = tokio::spawn(async move {
+        h2_send(&mut stream, first, body.is_empty()).await;
+        if !body.is_empty() && told.await.is_ok() {
+            h2_send(&mut stream, body, true).await;
+        }
+    });
+    PartlySent {
+        answer,
+        rest,
+        sending,
+    }
+}
+
+/// The status and body of an HTTP/2 answer, which must come within `wait`.
+async fn h2_answer(answer: h2::client::ResponseFuture, wait: Duration) -> (u16, String) {
+    let answer = tokio::time::timeout(wait, answer)
         .await
         .expect("an answer in time")
         .expect("an answer");
@@ -1097,8 +1210,6 @@ async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
         let _ = received.flow_control().release_capacity(data.len());
         text.extend_from_slice(&data);
     }
-    drop(client);
-    connection.abort();
     (status, String::from_utf8_lossy(&text).into_owned())
 }
 

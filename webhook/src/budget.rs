@@ -7,7 +7,10 @@
 //!
 //! Bodies partly read could each wait for room the others hold, and all wait until their
 //! deadline. So one body at a time may go over the bound (the overdraft, at most one body):
-//! it is read to its end and answered, and gives its room back to the others.
+//! it is read to its end and answered, and gives its room back to the others. Over HTTP/2,
+//! a body waiting for room leaves what it was sent unread, which keeps its share of the
+//! connection's flow-control window: so that bodies waiting cannot take all of it from the
+//! ones being read, the connection window is every stream's window together (`server.rs`).
 
 use std::fmt::Display;
 use std::sync::Arc;

@@ -68,10 +68,12 @@ const PLAIN_CONNECTIONS: usize = 64;
 // - HTTP/1.1 reads one request at a time into a buffer of at most `H1_MAX_BUFFER` (hyper's
 //   default is ~400 KiB): a request head up to that size, then the body in chunks of it.
 // - HTTP/2 multiplexes. Body data the handlers have not taken yet (a stream waiting for room
-//   in the body budget, say) is bounded by the connection window, `H2_CONNECTION_WINDOW`; each
-//   stream's share by `H2_STREAM_WINDOW`. Each open stream holds its decoded headers, up to
-//   `H2_MAX_HEADER_LIST` each, while it waits: 32 × 8 KiB = 256 KiB. So at most 128 + 256 =
-//   384 KiB per connection, where hyper's defaults (1 MiB windows, 200 streams) and 64 KiB
+//   in the body budget, say) is bounded by each stream's window, `H2_STREAM_WINDOW`, and by
+//   the connection window, which is every stream's window together: streams waiting for room
+//   can never hold all of it, so the bodies being read (the one holding room, the overdraft's)
+//   are still sent the rest (`budget.rs`). Each open stream holds its decoded headers, up to
+//   `H2_MAX_HEADER_LIST` each, while it waits: 8 × 8 KiB = 64 KiB. So at most 256 + 64 = 320
+//   KiB per connection, where hyper's defaults (1 MiB windows, 200 streams) and 64 KiB
 //   headers came to 1 + 200 × 64 / 1024 = 13.5 MiB: ten connections would fill the pod's
 //   128 MiB. The API server sends one review per stream with a few hundred bytes of headers,
 //   and opens another connection when a connection's streams are all taken.
@@ -79,9 +81,9 @@ const PLAIN_CONNECTIONS: usize = 64;
 // which is why docs/install.md asks to keep the port to the API server.
 // A large body still arrives whole: the windows refill as the handler reads it.
 const H1_MAX_BUFFER: usize = 64 * 1024;
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
-const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
-const H2_MAX_STREAMS: u32 = 32;
+const H2_STREAM_WINDOW: u32 = 32 * 1024;
+const H2_MAX_STREAMS: u32 = 8;
+const H2_CONNECTION_WINDOW: u32 = H2_MAX_STREAMS * H2_STREAM_WINDOW;
 const H2_MAX_HEADER_LIST: u32 = 8 * 1024;
 
 /// Connection settings that every connection task needs.
