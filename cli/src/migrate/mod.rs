@@ -250,11 +250,15 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
             // The files ConfigMap gone, and a TaskRun this tool made from the release there:
             // an earlier --delete-releases stopped partway (its resources deleted, a revision
             // Secret not). That TaskRun was verified before the uninstall began.
-            if files.is_none()
-                && let Ok(Some(live)) = taskruns.get_opt(name).await
-                && plan::made_from(&live, release)
-            {
-                return judge_made_earlier(&live);
+            if files.is_none() {
+                match taskruns.get_opt(name).await {
+                    Ok(Some(live)) if plan::made_from(&live, release) => {
+                        return judge_made_earlier(&live);
+                    }
+                    Ok(_) => {}
+                    // Not "files not found": the files may be in that TaskRun.
+                    Err(e) => return unread(format!("reading TaskRun {name}"), &e),
+                }
             }
             return Outcome::Failed(problems.join("; "));
         }

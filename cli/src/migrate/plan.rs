@@ -255,12 +255,20 @@ fn config_map_problems(cm: &ConfigMap, name: &str, service: &str, task_id: i64) 
     let mut problems = Vec::new();
     let empty = BTreeMap::new();
     let labels = cm.metadata.labels.as_ref().unwrap_or(&empty);
-    if let Some(label) = labels.get("service").filter(|l| *l != service) {
+    // The chart copies the values into these labels: a release installed without them has
+    // them empty, which disagrees no more than the empty values do.
+    if let Some(label) = labels
+        .get("service")
+        .filter(|l| !l.is_empty() && *l != service)
+    {
         problems.push(format!(
             "ConfigMap {name} is labelled service={label:?}, not {service:?}"
         ));
     }
-    if let Some(label) = labels.get("task-id").filter(|l| **l != task_id.to_string()) {
+    if let Some(label) = labels
+        .get("task-id")
+        .filter(|l| !l.is_empty() && **l != task_id.to_string())
+    {
         problems.push(format!(
             "ConfigMap {name} is labelled task-id={label:?}, not {task_id}"
         ));
@@ -570,8 +578,10 @@ mod tests {
         assert_eq!(spec.task_id, 7);
         assert_eq!(spec.agent_name, None);
         // The chart's defaults are empty strings: not a disagreement.
+        // And the chart copies them into its ConfigMap's labels.
         let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
-        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        let cm = config_map(&[("task.md", "x")], &[("service", ""), ("task-id", "")]);
+        let spec = desired_spec(&rel, Some(&cm)).expect("spec");
         assert_eq!(
             (spec.service_name.as_str(), spec.task_id, spec.agent_name),
             ("billing", 7, None)
