@@ -1540,6 +1540,47 @@ async fn a_release_where_the_webhook_does_not_look_is_not_migrated() {
     );
 }
 
+/// Installs release `pay-task-{id}` (agent claude-1, one file), lets its Job finish, then
+/// upgrades it with `--set image=...` and `--set {set}`. A Job's pod template is immutable:
+/// the upgrade fails on the Job, as revision 2, after Helm has applied the rest. The spec
+/// revision 1 should become.
+async fn install_then_fail_an_upgrade(
+    cp: &ControlPlane,
+    ns: &str,
+    id: i64,
+    set: &str,
+) -> TaskRunSpec {
+    let spec = install_task(
+        cp,
+        ns,
+        "install",
+        "pay",
+        id,
+        "claude-1",
+        &[("task.md", "# Task\n")],
+    );
+    finish_legacy_jobs(cp, ns, &[]).await;
+    let chart = repo_root().join("tests/fixtures/legacy-chart");
+    let upgrade = helm_command(
+        cp,
+        ns,
+        &[
+            "upgrade",
+            &format!("pay-task-{id}"),
+            &chart.to_string_lossy(),
+            "--reuse-values",
+            "--set",
+            "image=registry.example/agent:other",
+            "--set",
+            set,
+        ],
+    )
+    .output()
+    .expect("helm runs");
+    assert!(!upgrade.status.success(), "the upgrade was meant to fail");
+    spec
+}
+
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`
 /// would act on that newer revision (its manifest, its hooks), so `--delete-releases` leaves
 /// such a release for Helm, saying why, instead of uninstalling from the revision migrated.
@@ -1548,37 +1589,9 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
     let cp = cluster().await;
     let ns = cp.namespace("migrate-failed-upgrade").await;
     let client = cp.client().await;
-    let spec = install_task(
-        cp,
-        &ns,
-        "install",
-        "pay",
-        6,
-        "claude-1",
-        &[("task.md", "# Task\n")],
-    );
-    finish_legacy_jobs(cp, &ns, &[]).await;
-    // A Job's pod template is immutable: the upgrade fails on the Job, as revision 2. It also
-    // names another agent (a value the TaskRun spec takes), so the spec tells which revision
-    // was migrated.
-    let chart = repo_root().join("tests/fixtures/legacy-chart");
-    let upgrade = helm_command(
-        cp,
-        &ns,
-        &[
-            "upgrade",
-            "pay-task-6",
-            &chart.to_string_lossy(),
-            "--reuse-values",
-            "--set",
-            "image=registry.example/agent:other",
-            "--set",
-            "agentName=claude-2",
-        ],
-    )
-    .output()
-    .expect("helm runs");
-    assert!(!upgrade.status.success(), "the upgrade was meant to fail");
+    // The upgrade also names another agent (a value the TaskRun spec takes), so the spec
+    // tells which revision was migrated.
+    let spec = install_then_fail_an_upgrade(cp, &ns, 6, "agentName=claude-2").await;
     let history = helm(cp, &ns, &["history", "pay-task-6", "-o", "json"]);
     assert!(history.contains("\"failed\""), "{history}");
     let failed_values = helm(
@@ -1619,10 +1632,51 @@ async fn a_release_whose_upgrade_failed_is_migrated_but_left_for_helm_to_uninsta
         helm_releases(cp, &ns).get("pay-task-6").map(String::as_str),
         Some("2")
     );
-    Api::<Job>::namespaced(client, &ns)
+    Api::<Job>::namespaced(client.clone(), &ns)
         .get("pay-task-6")
         .await
         .expect("the release's Job is still there");
+
+    // A failed upgrade that also changed the files: Helm updated the ConfigMap before the Job
+    // refused its change, so the ConfigMap holds revision 2's files under revision 1's values.
+    // Not migrated; the rollback the row advises makes it migrate as revision 1 was.
+    let spec = install_then_fail_an_upgrade(cp, &ns, 7, "files.task\\.md=# Changed").await;
+    let files = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("pay-task-7-files")
+        .await
+        .expect("the files ConfigMap");
+    assert_eq!(
+        files
+            .data
+            .and_then(|d| d.get("task.md").cloned())
+            .as_deref(),
+        Some("# Changed"),
+        "the failed upgrade changed the files"
+    );
+    let (code, out) = migrate(cp, &ns, &[]);
+    assert_eq!(code, 3, "{out}");
+    let line = row(&out, "pay-task-7");
+    assert!(
+        line.contains("FAILED")
+            && line.contains("no longer holds the files revision 1 rendered (\"task.md\" differ)")
+            && line.contains(&format!("`helm rollback pay-task-7 1 -n {ns}`")),
+        "{line}"
+    );
+    let taskruns = Api::<TaskRun>::namespaced(client, &ns);
+    assert!(
+        taskruns
+            .get_opt("pay-task-7")
+            .await
+            .expect("read")
+            .is_none(),
+        "migrated from files no revision deployed"
+    );
+    helm(cp, &ns, &["rollback", "pay-task-7", "1"]);
+    let (code, out) = migrate(cp, &ns, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(row(&out, "pay-task-7").contains("created"), "{out}");
+    let tr = taskruns.get("pay-task-7").await.expect("the TaskRun");
+    assert_eq!(tr.spec, spec);
 }
 
 /// `helm install --wait` that timed out (its Job runs on) leaves a release whose only revision

@@ -28,7 +28,7 @@ use crate::error::{Error, describe, retry_later};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
 pub use report::{Helm, Outcome, Row, exit_code, nothing_found, render};
-use uninstall::NotUninstalled;
+use uninstall::{ManifestObject, NotUninstalled};
 
 pub async fn run(
     client: kube::Client,
@@ -244,7 +244,19 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         Err(e) => return unread("reading the files ConfigMap".to_owned(), &e),
     };
     let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
-    let spec = match plan::desired_spec(release, files.as_ref()) {
+    // Read once: what the revision rendered into the files ConfigMap, and its Jobs.
+    let objects = uninstall::manifest_objects(&release.manifest);
+    let rendered = objects.as_ref().ok().and_then(|objects| {
+        objects
+            .iter()
+            .find(|o| {
+                o.kind == "ConfigMap"
+                    && o.name == plan::files_config_map(name)
+                    && o.namespace.as_deref().is_none_or(|n| n == ns)
+            })
+            .and_then(|o| o.data.as_ref())
+    });
+    let spec = match plan::desired_spec(release, files.as_ref(), rendered) {
         Ok(spec) => spec,
         Err(problems) => {
             // The files ConfigMap gone, and a TaskRun this tool made from the release there:
@@ -270,7 +282,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     }
     // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
     // would be the same task run twice at once.
-    match unfinished_job(client, release).await {
+    match unfinished_job(client, release, &objects).await {
         Ok(None) => {}
         Ok(Some(job)) => {
             return Outcome::Postponed(format!(
@@ -465,14 +477,17 @@ fn not_judged(e: &kube::Error) -> Outcome {
     ))
 }
 
-/// The first Job of the release's manifest that exists and has not finished.
+/// The first Job of the release's manifest (its `objects`, as read) that exists and has not
+/// finished.
 async fn unfinished_job(
     client: &kube::Client,
     release: &Release,
+    objects: &Result<Vec<ManifestObject>, String>,
 ) -> Result<Option<String>, String> {
-    let objects = uninstall::manifest_objects(&release.manifest)
+    let objects = objects
+        .as_ref()
         .map_err(|e| format!("cannot tell whether the release's Job still runs: {e}"))?;
-    uninstall::unfinished_job(client, &objects, &release.namespace).await
+    uninstall::unfinished_job(client, objects, &release.namespace).await
 }
 
 /// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.

@@ -7,13 +7,15 @@
 //!   agree with it when present, else the release is reported rather than guessed at.
 //! - `agentName` is the value `agentName` when it is a non-empty string.
 //! - `markdownFiles` are the keys of the ConfigMap `{service}-task-{id}-files`, in key order,
-//!   without a fileType (the legacy layout has none).
+//!   without a fileType (the legacy layout has none). Where the chart renders that ConfigMap,
+//!   it must still hold what the migrated revision rendered.
 //! - `contextVersion` is 1: the TaskRun starts its own history with everything it was given.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
+use serde_json::{Map, Value};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec, labels, validate_create};
 
 use super::release::Release;
@@ -176,10 +178,13 @@ pub fn in_progress_reason(namespace: &str, release: &str, newest: &Revision) -> 
 }
 
 /// The TaskRun spec equivalent to a legacy release and its files ConfigMap, or every reason
-/// it cannot be built (each a sentence naming the release or the ConfigMap).
+/// it cannot be built (each a sentence naming the release or the ConfigMap). `rendered` is
+/// the `data` the release's revision rendered into that ConfigMap, when its chart renders it:
+/// the ConfigMap must still hold exactly that.
 pub fn desired_spec(
     release: &Release,
     files: Option<&ConfigMap>,
+    rendered: Option<&Map<String, Value>>,
 ) -> Result<TaskRunSpec, Vec<String>> {
     let Some((service, task_id)) = legacy_identity(&release.name) else {
         return Err(vec![format!(
@@ -219,6 +224,10 @@ pub fn desired_spec(
         }
         Some(cm) => {
             problems.extend(config_map_problems(cm, &cm_name, service, task_id));
+            let changed = rendered.map(|r| changed_files(r, cm)).unwrap_or_default();
+            if !changed.is_empty() {
+                problems.push(changed_since_rendered(release, &cm_name, &changed));
+            }
             cm.data
                 .iter()
                 .flatten()
@@ -249,6 +258,45 @@ pub fn desired_spec(
     } else {
         Err(problems)
     }
+}
+
+/// The names of the files (sorted) that `cm` holds otherwise than `rendered`: changed, added
+/// or gone.
+fn changed_files(rendered: &Map<String, Value>, cm: &ConfigMap) -> Vec<String> {
+    let empty = BTreeMap::new();
+    let live = cm.data.as_ref().unwrap_or(&empty);
+    let mut names: Vec<String> = rendered
+        .keys()
+        .filter(|name| !live.contains_key(*name))
+        .chain(
+            live.iter()
+                .filter(|(name, content)| {
+                    rendered.get(*name).and_then(Value::as_str) != Some(content.as_str())
+                })
+                .map(|(name, _)| name),
+        )
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+/// Why a ConfigMap that no longer holds what the migrated revision rendered is not migrated.
+fn changed_since_rendered(release: &Release, cm_name: &str, changed: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut named: Vec<String> = changed
+        .iter()
+        .take(SHOWN)
+        .map(|f| taskrun::validation::shown(f))
+        .collect();
+    if changed.len() > SHOWN {
+        named.push(format!("{} more", changed.len() - SHOWN));
+    }
+    let (name, ns, version) = (&release.name, &release.namespace, release.version);
+    format!(
+        "ConfigMap {cm_name} no longer holds the files revision {version} rendered ({} differ): something changed them since (a failed `helm upgrade`, or an edit). Make the release render the files to migrate (`helm rollback {name} {version} -n {ns}`, or a `helm upgrade` with those files), then run this again",
+        named.join(", ")
+    )
 }
 
 fn config_map_problems(cm: &ConfigMap, name: &str, service: &str, task_id: i64) -> Vec<String> {
@@ -375,7 +423,7 @@ mod tests {
     use crate::migrate::release::{decode, tests as rel};
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     use kube::api::ObjectMeta;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     fn release(config: Value) -> Release {
         let mut record = rel::record();
@@ -550,7 +598,7 @@ mod tests {
     fn a_release_and_its_files_become_a_spec() {
         let rel =
             release(json!({"serviceName": "billing", "taskId": "7", "agentName": "claude-1"}));
-        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm()), None).expect("spec");
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
         assert_eq!(spec.agent_name.as_deref(), Some("claude-1"));
@@ -567,12 +615,12 @@ mod tests {
     #[test]
     fn numeric_task_ids_and_missing_values_are_fine() {
         let rel = release(json!({"taskId": 7}));
-        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm()), None).expect("spec");
         assert_eq!(spec.agent_name, None);
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
         let rel = release(json!({}));
-        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm()), None).expect("spec");
         // The name gives the task; the chart default serviceName "" is no disagreement.
         assert_eq!(spec.service_name, "billing");
         assert_eq!(spec.task_id, 7);
@@ -581,7 +629,7 @@ mod tests {
         // And the chart copies them into its ConfigMap's labels.
         let rel = release(json!({"serviceName": "", "taskId": "", "agentName": ""}));
         let cm = config_map(&[("task.md", "x")], &[("service", ""), ("task-id", "")]);
-        let spec = desired_spec(&rel, Some(&cm)).expect("spec");
+        let spec = desired_spec(&rel, Some(&cm), None).expect("spec");
         assert_eq!(
             (spec.service_name.as_str(), spec.task_id, spec.agent_name),
             ("billing", 7, None)
@@ -595,12 +643,12 @@ mod tests {
         record.as_object_mut().expect("an object").remove("config");
         record["chart"]["values"]["agentName"] = json!("claude-default");
         let rel = decode(&rel::encode(&record)).expect("decodes");
-        let spec = desired_spec(&rel, Some(&good_cm())).expect("spec");
+        let spec = desired_spec(&rel, Some(&good_cm()), None).expect("spec");
         assert_eq!(spec.agent_name.as_deref(), Some("claude-default"));
         // The consistency checks still see the defaults.
         record["chart"]["values"]["serviceName"] = json!("payments");
         let rel = decode(&rel::encode(&record)).expect("decodes");
-        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("disagrees");
+        let problems = desired_spec(&rel, Some(&good_cm()), None).expect_err("disagrees");
         assert!(
             problems
                 .iter()
@@ -616,7 +664,7 @@ mod tests {
             &[("task.md", "x")],
             &[("service", "payments"), ("task-id", "8")],
         );
-        let problems = desired_spec(&rel, Some(&cm)).expect_err("disagrees");
+        let problems = desired_spec(&rel, Some(&cm), None).expect_err("disagrees");
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(
             problems
@@ -630,14 +678,38 @@ mod tests {
     fn a_huge_disagreeing_value_is_cut_in_the_report() {
         let huge = "x".repeat(1 << 20);
         let rel = release(json!({"serviceName": huge, "taskId": huge}));
-        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("disagrees");
+        let problems = desired_spec(&rel, Some(&good_cm()), None).expect_err("disagrees");
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| p.len() < 200), "{problems:?}");
     }
 
+    /// The ConfigMap must hold what the migrated revision rendered: a failed `helm upgrade`
+    /// (or an edit) that changed it since is reported, naming the files and the revision.
+    #[test]
+    fn files_changed_since_the_revision_rendered_them_are_reported() {
+        let rel = release(json!({}));
+        let rendered = json!({"task.md": "# Task", "design.md": "# Design"});
+        let rendered = rendered.as_object();
+        desired_spec(&rel, Some(&good_cm()), rendered).expect("as rendered");
+        let later = config_map(
+            &[("task.md", "# Task, upgraded"), ("more.md", "# More")],
+            &[("service", "billing"), ("task-id", "7")],
+        );
+        let problems = desired_spec(&rel, Some(&later), rendered).expect_err("changed");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains(&format!(
+                "no longer holds the files revision {} rendered (\"design.md\", \"more.md\", \"task.md\" differ)",
+                rel.version
+            )) && problems[0].contains(&format!("`helm rollback billing-task-7 {}", rel.version)),
+            "{}",
+            problems[0]
+        );
+    }
+
     #[test]
     fn a_missing_config_map_is_reported() {
-        let problems = desired_spec(&release(json!({})), None).expect_err("no files");
+        let problems = desired_spec(&release(json!({})), None, None).expect_err("no files");
         assert_eq!(
             problems,
             ["ConfigMap billing-task-7-files with the task's files not found"]
@@ -647,7 +719,7 @@ mod tests {
     #[test]
     fn an_empty_file_is_reported_by_name() {
         let cm = config_map(&[("task.md", "x"), ("notes.md", "  \n")], &[]);
-        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("empty");
+        let problems = desired_spec(&release(json!({})), Some(&cm), None).expect_err("empty");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].contains("notes.md") && problems[0].contains("empty"),
@@ -662,7 +734,7 @@ mod tests {
             "img.png".to_owned(),
             k8s_openapi::ByteString(vec![1, 2]),
         )]));
-        let problems = desired_spec(&release(json!({})), Some(&cm)).expect_err("bad");
+        let problems = desired_spec(&release(json!({})), Some(&cm), None).expect_err("bad");
         assert!(
             problems
                 .iter()
@@ -679,12 +751,12 @@ mod tests {
     #[test]
     fn a_bad_agent_name_is_reported() {
         let rel = release(json!({"agentName": "Claude Agent"}));
-        let problems = desired_spec(&rel, Some(&good_cm())).expect_err("bad agent");
+        let problems = desired_spec(&rel, Some(&good_cm()), None).expect_err("bad agent");
         assert!(problems[0].contains("agentName"), "{problems:?}");
     }
 
     fn spec() -> TaskRunSpec {
-        desired_spec(&release(json!({})), Some(&good_cm())).expect("spec")
+        desired_spec(&release(json!({})), Some(&good_cm()), None).expect("spec")
     }
 
     #[test]

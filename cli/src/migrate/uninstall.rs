@@ -32,6 +32,8 @@ pub struct ManifestObject {
     pub namespace: Option<String>,
     /// `helm.sh/resource-policy: keep`: Helm leaves it in place on uninstall.
     pub keep: bool,
+    /// A ConfigMap's `data` as rendered (empty if it renders none); `None` for other kinds.
+    pub data: Option<serde_json::Map<String, Value>>,
 }
 
 /// The objects of a release manifest (multi-document YAML), in manifest order.
@@ -57,12 +59,20 @@ pub fn manifest_objects(manifest: &str) -> Result<Vec<ManifestObject>, String> {
         };
         let keep =
             text("/metadata/annotations/helm.sh~1resource-policy").as_deref() == Some("keep");
+        let data = (kind == "ConfigMap").then(|| {
+            value
+                .get("data")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        });
         objects.push(ManifestObject {
             api_version,
             kind,
             name,
             namespace: text("/metadata/namespace"),
             keep,
+            data,
         });
     }
     Ok(objects)
@@ -315,7 +325,7 @@ mod tests {
 
     #[test]
     fn manifest_objects_are_read_in_order() {
-        let manifest = "---\n# Source: claude-code/templates/configmap.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\n---\n# Source: claude-code/templates/job.yaml\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n  namespace: team-a\n  annotations:\n    helm.sh/resource-policy: keep\n---\n";
+        let manifest = "---\n# Source: claude-code/templates/configmap.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: billing-task-7-files\ndata:\n  \"task.md\": \"# Task\"\n---\n# Source: claude-code/templates/job.yaml\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: billing-task-7\n  namespace: team-a\n  annotations:\n    helm.sh/resource-policy: keep\n---\n";
         let objects = manifest_objects(manifest).expect("parses");
         assert_eq!(
             objects,
@@ -326,6 +336,7 @@ mod tests {
                     name: "billing-task-7-files".into(),
                     namespace: None,
                     keep: false,
+                    data: json!({"task.md": "# Task"}).as_object().cloned(),
                 },
                 ManifestObject {
                     api_version: "batch/v1".into(),
@@ -333,6 +344,7 @@ mod tests {
                     name: "billing-task-7".into(),
                     namespace: Some("team-a".into()),
                     keep: true,
+                    data: None,
                 },
             ]
         );
@@ -367,6 +379,7 @@ mod tests {
                 name: name.into(),
                 namespace: namespace.map(Into::into),
                 keep: false,
+                data: None,
             };
         let release = "billing-task-7";
         let chart = [
