@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
@@ -1579,6 +1580,66 @@ async fn install_then_fail_an_upgrade(
     .expect("helm runs");
     assert!(!upgrade.status.success(), "the upgrade was meant to fail");
     spec
+}
+
+/// With the files ConfigMap gone, the TaskRun is read to tell an uninstall stopped partway from
+/// files lost. A read that fails is said as such, not as the files being missing (they may be
+/// in that TaskRun): here the caller may read the release but not TaskRuns.
+#[tokio::test]
+async fn a_taskrun_that_cannot_be_read_is_not_reported_as_missing_files() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-unreadable").await;
+    let client = cp.client().await;
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "gone",
+        5,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .delete("gone-task-5-files", &Default::default())
+        .await
+        .expect("delete the files ConfigMap");
+    let user = format!("{ns}-reader");
+    let params = PostParams::default();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "release-reader"},
+        "rules": [{"apiGroups": ["", "batch"], "resources": ["secrets", "configmaps", "jobs"],
+                   "verbs": ["get", "list"]}],
+    }))
+    .expect("a Role");
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&params, &role)
+        .await
+        .expect("create the Role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "release-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "release-reader"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .expect("a RoleBinding");
+    Api::<RoleBinding>::namespaced(client, &ns)
+        .create(&params, &binding)
+        .await
+        .expect("bind the Role");
+
+    let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+    cmd.arg("--kubeconfig")
+        .arg(cp.kubeconfig_for(&user, &[]))
+        .args(["migrate-helm", "-n", &ns]);
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 3, "{out}{err}");
+    let line = row(&out, "gone-task-5");
+    assert!(
+        line.contains("FAILED")
+            && line.contains("reading TaskRun gone-task-5")
+            && line.contains("cannot get resource \"taskruns\"")
+            && !line.contains("not found"),
+        "{line}"
+    );
 }
 
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`
