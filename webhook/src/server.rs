@@ -71,11 +71,13 @@ const PLAIN_CONNECTIONS: usize = 64;
 //   in the body budget, say) is bounded by each stream's window, `H2_STREAM_WINDOW`, and by
 //   the connection window, which is every stream's window together: streams waiting for room
 //   can never hold all of it, so the bodies being read (the one holding room, the overdraft's)
-//   are still sent the rest (`budget.rs`). Each open stream holds its decoded headers, up to
-//   `H2_MAX_HEADER_LIST` each, while it waits: 8 × 8 KiB = 64 KiB. So at most 256 + 64 = 320
-//   KiB per connection, where hyper's defaults (1 MiB windows, 200 streams) and 64 KiB
-//   headers came to 1 + 200 × 64 / 1024 = 13.5 MiB: ten connections would fill the pod's
-//   128 MiB. The API server sends one review per stream with a few hundred bytes of headers,
+//   are still sent the rest (`budget.rs`). A stream waiting for room also holds the frame it
+//   waits with, which its window no longer counts: up to 16 KiB (HTTP/2's default frame
+//   size, which the webhook keeps) each, 8 × 16 = 128 KiB. And each open stream holds its
+//   decoded headers, up to `H2_MAX_HEADER_LIST` each, while it waits: 8 × 8 KiB = 64 KiB. So
+//   at most 256 + 128 + 64 = 448 KiB per connection, where hyper's defaults (1 MiB windows,
+//   200 streams) and 64 KiB headers came to over 13.5 MiB: ten connections would fill the
+//   pod's 128 MiB. The API server sends one review per stream with a few hundred bytes of headers,
 //   and opens another connection when a connection's streams are all taken.
 // That is per connection: `--max-connections` of them could hold more than the pod's memory,
 // which is why docs/install.md asks to keep the port to the API server.

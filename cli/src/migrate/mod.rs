@@ -28,7 +28,7 @@ use crate::error::{Error, describe, retry_later};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
 pub use report::{Helm, Outcome, Row, exit_code, nothing_found, render};
-use uninstall::{ManifestObject, NotUninstalled};
+use uninstall::NotUninstalled;
 
 pub async fn run(
     client: kube::Client,
@@ -244,18 +244,20 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         Err(e) => return unread("reading the files ConfigMap".to_owned(), &e),
     };
     let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
-    // Read once: what the revision rendered into the files ConfigMap, and its Jobs.
-    let objects = uninstall::manifest_objects(&release.manifest);
-    let rendered = objects.as_ref().ok().and_then(|objects| {
-        objects
-            .iter()
-            .find(|o| {
-                o.kind == "ConfigMap"
-                    && o.name == plan::files_config_map(name)
-                    && o.namespace.as_deref().is_none_or(|n| n == ns)
-            })
-            .and_then(|o| o.data.as_ref())
-    });
+    // What the revision rendered into the files ConfigMap, and its Jobs: without them neither
+    // the files nor whether the legacy Job still runs can be told.
+    let objects = match uninstall::manifest_objects(&release.manifest) {
+        Ok(objects) => objects,
+        Err(e) => return Outcome::Failed(format!("cannot read the release manifest: {e}")),
+    };
+    let rendered = objects
+        .iter()
+        .find(|o| {
+            o.kind == "ConfigMap"
+                && o.name == plan::files_config_map(name)
+                && o.namespace.as_deref().is_none_or(|n| n == ns)
+        })
+        .and_then(|o| o.data.as_ref());
     let spec = match plan::desired_spec(release, files.as_ref(), rendered) {
         Ok(spec) => spec,
         Err(problems) => {
@@ -282,7 +284,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     }
     // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
     // would be the same task run twice at once.
-    match unfinished_job(client, release, &objects).await {
+    match uninstall::unfinished_job(client, &objects, ns).await {
         Ok(None) => {}
         Ok(Some(job)) => {
             return Outcome::Postponed(format!(
@@ -475,19 +477,6 @@ fn not_judged(e: &kube::Error) -> Outcome {
         "not judged now ({}); run this again in a moment",
         describe(e)
     ))
-}
-
-/// The first Job of the release's manifest (its `objects`, as read) that exists and has not
-/// finished.
-async fn unfinished_job(
-    client: &kube::Client,
-    release: &Release,
-    objects: &Result<Vec<ManifestObject>, String>,
-) -> Result<Option<String>, String> {
-    let objects = objects
-        .as_ref()
-        .map_err(|e| format!("cannot tell whether the release's Job still runs: {e}"))?;
-    uninstall::unfinished_job(client, objects, &release.namespace).await
 }
 
 /// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.

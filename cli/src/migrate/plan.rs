@@ -294,7 +294,7 @@ fn changed_since_rendered(release: &Release, cm_name: &str, changed: &[String]) 
     }
     let (name, ns, version) = (&release.name, &release.namespace, release.version);
     format!(
-        "ConfigMap {cm_name} no longer holds the files revision {version} rendered ({} differ): something changed them since (a failed `helm upgrade`, or an edit). Make the release render the files to migrate (`helm rollback {name} {version} -n {ns}`, or a `helm upgrade` with those files), then run this again",
+        "ConfigMap {cm_name} no longer holds the files revision {version} rendered ({} differ): something changed them since (a failed `helm upgrade`, or an edit). Make the release render the files to migrate, then run this again: `helm rollback {name} {version} -n {ns}` puts back what a failed upgrade changed; after an edit, a `helm upgrade` with the files wanted",
         named.join(", ")
     )
 }
