@@ -993,7 +993,7 @@ async fn http2_streams_waiting_for_body_room_do_not_stall_their_connection() {
         ))
         .expect("json");
         body.resize(BODY, b' ');
-        h2_partly(&mut client, body.into(), now).await
+        h2_partly(&mut client, "/validate", body.into(), now).await
     };
     // Most of the budget, then the overdraft (the budget's free room is too little for it).
     let held = partly(1, 200 * 1024).await;
@@ -1129,17 +1129,11 @@ async fn server_settings<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (BTreeMa
 /// the body of the answer.
 async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
     let s = tls(w, b"h2").await.expect("handshake");
-    let (client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
+    let (mut client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
     let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!("https://127.0.0.1{path}"))
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .body(())
-        .expect("request");
-    let (answer, mut stream) = client.send_request(request, false).expect("send");
-    h2_send(&mut stream, body, true).await;
-    let answer = h2_answer(answer, TIMEOUT).await;
+    let sent = h2_partly(&mut client, path, body, usize::MAX).await;
+    let answer = h2_answer(sent.answer, TIMEOUT).await;
+    sent.sending.await.expect("sent");
     drop(client);
     connection.abort();
     answer
@@ -1161,23 +1155,26 @@ async fn h2_send(stream: &mut h2::SendStream<bytes::Bytes>, mut body: bytes::Byt
     }
 }
 
-/// A POST to `/validate` on a new stream of `client`: the first `now` bytes of `body` are sent
-/// at once, the rest when `rest` is told.
+/// A POST on its way: its answer to come, and the task sending its body.
 struct PartlySent {
     answer: h2::client::ResponseFuture,
+    /// Told (or dropped), the task sends the rest of the body.
     rest: tokio::sync::oneshot::Sender<()>,
     sending: tokio::task::JoinHandle<()>,
 }
 
+/// A POST of `body` to `path` on a new stream of `client`: its first `now` bytes are sent at
+/// once, the rest when `rest` is told.
 async fn h2_partly(
     client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
     mut body: bytes::Bytes,
     now: usize,
 ) -> PartlySent {
     std::future::poll_fn(|cx| client.poll_ready(cx))
         .await
         .expect("a stream");
-    let request = http::Request::post("https://127.0.0.1/validate")
+    let request = http::Request::post(format!("https://127.0.0.1{path}"))
         .header("content-type", "application/json")
         .header("content-length", body.len())
         .body(())

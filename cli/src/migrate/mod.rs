@@ -239,7 +239,8 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     let ns = release.namespace.as_str();
     let name = release.name.as_str();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let files = match config_maps.get_opt(&plan::files_config_map(name)).await {
+    let files_name = plan::files_config_map(name);
+    let files = match config_maps.get_opt(&files_name).await {
         Ok(files) => files,
         Err(e) => return unread("reading the files ConfigMap".to_owned(), &e),
     };
@@ -254,7 +255,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         .iter()
         .find(|o| {
             o.kind == "ConfigMap"
-                && o.name == plan::files_config_map(name)
+                && o.name == files_name
                 && o.namespace.as_deref().is_none_or(|n| n == ns)
         })
         .and_then(|o| o.data.as_ref());
