@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod fault_proxy;
 pub mod identity;
 pub mod kubelet;
 pub mod policy;

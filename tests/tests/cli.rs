@@ -15,6 +15,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use taskrun::{MarkdownFile, TaskRun, TaskRunSpec};
+use taskrun_tests::fault_proxy::FaultProxy;
 use taskrun_tests::kubelet::{PodEnd, finish_pod};
 use taskrun_tests::webhook::{UNSEEN_NAMESPACE_LABEL, Webhook};
 use taskrun_tests::{ControlPlane, repo_root, wait_for, work_dir, workspace_bin};
@@ -823,9 +824,17 @@ fn helm_releases(cp: &ControlPlane, ns: &str) -> BTreeMap<String, String> {
 }
 
 fn migrate(cp: &ControlPlane, ns: &str, flags: &[&str]) -> (i32, String) {
+    migrate_through(cp.kubeconfig(), ns, flags)
+}
+
+/// `migrate` with the cluster (and the user) that `kubeconfig` names.
+fn migrate_through(kubeconfig: &Path, ns: &str, flags: &[&str]) -> (i32, String) {
     let (code, out, err) = run({
-        let mut cmd = plugin(cp);
-        cmd.args(["migrate-helm", "-n", ns]).args(flags);
+        let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["migrate-helm", "-n", ns])
+            .args(flags);
         cmd
     });
     eprintln!("migrate-helm {flags:?} -> {code}\n{out}{err}");
@@ -1640,6 +1649,72 @@ async fn a_taskrun_that_cannot_be_read_is_not_reported_as_missing_files() {
             && !line.contains("not found"),
         "{line}"
     );
+}
+
+/// A request the API server cannot answer now (429 or 503 after the plugin's brief retries)
+/// leaves its step for a later run: reading the legacy Job before the TaskRun is made, and
+/// deleting a release record in the uninstall. Each is "not yet" (exit 3), not a failure, and
+/// the run after it finishes.
+// Multi-threaded: the proxy is served on this runtime while the plugin runs, blocking one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-unanswered").await;
+    let client = cp.client().await;
+    let taskruns = Api::<TaskRun>::namespaced(client, &ns);
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "busy",
+        6,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
+
+    proxy.refuse_requests_to(&format!("GET /apis/batch/v1/namespaces/{ns}/jobs/"));
+    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let line = row(&out, "busy-task-6");
+    assert!(
+        line.contains("not yet")
+            && line.contains("reading the release's Job \"busy-task-6\"")
+            && line.contains("run this again in a moment"),
+        "{line}"
+    );
+    assert!(proxy.refused() > 0, "nothing was refused");
+    assert!(
+        taskruns
+            .get_opt("busy-task-6")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    proxy.refuse_requests_to(&format!("DELETE /api/v1/namespaces/{ns}/secrets/"));
+    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let line = row(&out, "busy-task-6");
+    assert!(
+        line.contains("created")
+            && line.contains(" kept ")
+            && line.contains("deleting release record sh.helm.release.v1.busy-task-6.v1")
+            && line.contains("run this again in a moment"),
+        "{line}"
+    );
+    assert!(!line.contains("FAILED"), "{line}");
+
+    proxy.close_window();
+    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    let line = row(&out, "busy-task-6");
+    assert!(
+        line.contains("exists, matches") && line.contains("uninstalled"),
+        "{line}"
+    );
+    assert!(helm_releases(cp, &ns).is_empty());
 }
 
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`

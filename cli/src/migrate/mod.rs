@@ -27,8 +27,8 @@ use crate::context_add::MANAGER;
 use crate::error::{Error, describe, retry_later};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
+use report::NotDone;
 pub use report::{Helm, Outcome, Row, exit_code, nothing_found, render};
-use uninstall::NotUninstalled;
 
 pub async fn run(
     client: kube::Client,
@@ -189,9 +189,9 @@ async fn migrate_one(
                 "deleted {} resource(s) and {} revision(s)",
                 done.resources, done.revisions
             )),
-            // Its Job still runs or Helm is working on it: kept, whatever the outcome.
-            Err(NotUninstalled::Postponed(why)) => Helm::Postponed(why),
-            Err(NotUninstalled::Failed(why)) => Helm::Failed(why),
+            // Not now (its Job still runs, Helm is working on it, the API server did not
+            // answer) or failed: kept, whatever the outcome.
+            Err(not_done) => not_done.into(),
         };
     }
     Some(row)
@@ -213,7 +213,7 @@ async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<R
     let secret_obj = api
         .get(secret)
         .await
-        .map_err(|e| unread(format!("reading release Secret {secret}"), &e))?;
+        .map_err(|e| unread(&format!("reading release Secret {secret}"), &e))?;
     let data = secret_obj
         .data
         .as_ref()
@@ -222,17 +222,9 @@ async fn read_release(client: &kube::Client, ns: &str, secret: &str) -> Result<R
     release::decode(&data.0).map_err(|e| Outcome::Failed(format!("release Secret {secret}: {e}")))
 }
 
-/// A read that failed: not yet when asking again may succeed (the API server overloaded or not
-/// answering), else failed.
-fn unread(action: String, e: &kube::Error) -> Outcome {
-    if retry_later(e) {
-        Outcome::Postponed(format!(
-            "{action}: {}; run this again in a moment",
-            describe(e)
-        ))
-    } else {
-        Outcome::Failed(format!("{action}: {}", describe(e)))
-    }
+/// A read that failed: not yet when asking again may succeed, else failed.
+fn unread(action: &str, e: &kube::Error) -> Outcome {
+    NotDone::unanswered(action, e).into()
 }
 
 async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool) -> Outcome {
@@ -242,7 +234,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     let files_name = plan::files_config_map(name);
     let files = match config_maps.get_opt(&files_name).await {
         Ok(files) => files,
-        Err(e) => return unread("reading the files ConfigMap".to_owned(), &e),
+        Err(e) => return unread("reading the files ConfigMap", &e),
     };
     let taskruns: Api<TaskRun> = Api::namespaced(client.clone(), ns);
     // What the revision rendered into the files ConfigMap, and its Jobs: without them neither
@@ -272,7 +264,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
                     }
                     Ok(_) => {}
                     // Not "files not found": the files may be in that TaskRun.
-                    Err(e) => return unread(format!("reading TaskRun {name}"), &e),
+                    Err(e) => return unread(&format!("reading TaskRun {name}"), &e),
                 }
             }
             return Outcome::Failed(problems.join("; "));
@@ -281,7 +273,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
         Ok(None) => {}
-        Err(e) => return unread(format!("reading TaskRun {name}"), &e),
+        Err(e) => return unread(&format!("reading TaskRun {name}"), &e),
     }
     // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
     // would be the same task run twice at once.
@@ -292,7 +284,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
                 "its Job {job} has not finished, and the TaskRun would run the task again beside it; run this again once the Job has finished (or delete the Job to stop that run)"
             ));
         }
-        Err(why) => return Outcome::Failed(why),
+        Err(not_done) => return not_done.into(),
     }
 
     let mut taskrun = TaskRun::new(name, spec.clone());
@@ -323,7 +315,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.get_opt(name).await {
         Ok(Some(live)) => judge(&spec, &live, Outcome::Created),
         Ok(None) => Outcome::Failed("created, but gone when read back".into()),
-        Err(e) => unread("created, but reading it back".to_owned(), &e),
+        Err(e) => unread("created, but reading it back", &e),
     }
 }
 
@@ -597,17 +589,14 @@ mod tests {
 
     #[test]
     fn a_read_the_api_server_could_not_answer_now_is_not_yet_not_failed() {
-        let later = unread(
-            "reading TaskRun t".into(),
-            &status(503, "ServiceUnavailable"),
-        );
+        let later = unread("reading TaskRun t", &status(503, "ServiceUnavailable"));
         assert_eq!(
             later,
             Outcome::Postponed(
                 "reading TaskRun t: refused (503); run this again in a moment".into()
             )
         );
-        let failed = unread("reading TaskRun t".into(), &status(403, "Forbidden"));
+        let failed = unread("reading TaskRun t", &status(403, "Forbidden"));
         assert_eq!(
             failed,
             Outcome::Failed("reading TaskRun t: refused (403)".into())

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::plan::LEGACY_CHART;
+use crate::error::{describe, retry_later};
 
 /// What happened to one release's TaskRun.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,55 @@ pub enum Helm {
     /// and when to run again.
     Postponed(String),
     Failed(String),
+}
+
+/// Why a step (creating the TaskRun, uninstalling the release) was not done: not now, or
+/// failed. Becomes that step's `Postponed` or `Failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotDone {
+    /// Something is under way, or the API server could not answer now: the reason, and when
+    /// to run again.
+    Postponed(String),
+    Failed(String),
+}
+
+impl NotDone {
+    /// An API request that was not carried out: not now when asking again may succeed (the API
+    /// server overloaded or not answering), else failed.
+    pub fn unanswered(action: &str, e: &kube::Error) -> Self {
+        if retry_later(e) {
+            Self::Postponed(format!(
+                "{action}: {}; run this again in a moment",
+                describe(e)
+            ))
+        } else {
+            Self::Failed(format!("{action}: {}", describe(e)))
+        }
+    }
+}
+
+impl From<String> for NotDone {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
+impl From<NotDone> for Outcome {
+    fn from(not_done: NotDone) -> Self {
+        match not_done {
+            NotDone::Postponed(why) => Self::Postponed(why),
+            NotDone::Failed(why) => Self::Failed(why),
+        }
+    }
+}
+
+impl From<NotDone> for Helm {
+    fn from(not_done: NotDone) -> Self {
+        match not_done {
+            NotDone::Postponed(why) => Self::Postponed(why),
+            NotDone::Failed(why) => Self::Failed(why),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,5 +376,26 @@ mod tests {
         assert!(!row("a", Outcome::Skipped("x".into()), Helm::Kept).failed());
         assert!(row("a", Outcome::AlreadyMigrated, Helm::Kept).verified());
         assert!(!row("a", Outcome::WouldCreate, Helm::Kept).verified());
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        let status = kube::core::Status::failure("refused", "Reason").with_code(code);
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn an_uninstall_step_the_api_server_could_not_answer_now_is_postponed() {
+        let later = NotDone::unanswered("deleting release record r.v1", &api_error(503));
+        let r = row("a", Outcome::Created, later.into());
+        assert!(r.postponed() && !r.failed(), "{r:?}");
+        assert_eq!(
+            r.helm,
+            Helm::Postponed(
+                "deleting release record r.v1: refused (503); run this again in a moment".into()
+            )
+        );
+        let denied = NotDone::unanswered("deleting release record r.v1", &api_error(403));
+        let r = row("a", Outcome::Created, denied.into());
+        assert!(r.failed() && !r.postponed(), "{r:?}");
     }
 }

@@ -21,7 +21,8 @@ use taskrun::validation::shown;
 use super::bounded_yaml;
 use super::plan::{self, Revision};
 use super::release::Release;
-use crate::error::{describe, status_code};
+use super::report::NotDone;
+use crate::error::status_code;
 
 /// One object of a release manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +136,7 @@ pub async fn unfinished_job(
     client: &kube::Client,
     objects: &[ManifestObject],
     release_namespace: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, NotDone> {
     let jobs = objects
         .iter()
         .filter(|o| o.kind == "Job" && o.api_version == "batch/v1");
@@ -146,29 +147,12 @@ pub async fn unfinished_job(
             Ok(Some(job)) if plan::unfinished(&job) => return Ok(Some(object.name.clone())),
             Ok(_) => {}
             Err(e) => {
-                return Err(format!(
-                    "reading the release's Job {}: {}",
-                    object.name,
-                    describe(&e)
-                ));
+                let action = format!("reading the release's Job {}", shown(&object.name));
+                return Err(NotDone::unanswered(&action, &e));
             }
         }
     }
     Ok(None)
-}
-
-/// Why a release was not uninstalled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotUninstalled {
-    /// Not now (its Job still runs, Helm is working on it): what, and when to run again.
-    Postponed(String),
-    Failed(String),
-}
-
-impl From<String> for NotUninstalled {
-    fn from(why: String) -> Self {
-        Self::Failed(why)
-    }
 }
 
 /// What an uninstall would do or did: resources deleted and revision Secrets deleted.
@@ -182,15 +166,16 @@ pub struct Uninstalled {
 /// then the revision Secrets, the migrated revision's last, so that after a failure a later
 /// run still finds the release and finishes. Postponed while a Job of the release has not
 /// finished (deleting it would kill the run) or its newest revision is pending (Helm is
-/// working on it, and would lose the record it is writing).
+/// working on it, and would lose the record it is writing), and while the API server cannot
+/// answer.
 pub async fn uninstall(
     client: &kube::Client,
     release: &Release,
     dry_run: bool,
-) -> Result<Uninstalled, NotUninstalled> {
+) -> Result<Uninstalled, NotDone> {
     let hooks = delete_hooks(release);
     if !hooks.is_empty() {
-        return Err(NotUninstalled::Failed(format!(
+        return Err(NotDone::Failed(format!(
             "the release has delete hooks ({}); uninstall it with `helm uninstall`",
             hooks
                 .iter()
@@ -202,7 +187,7 @@ pub async fn uninstall(
     let objects = manifest_objects(&release.manifest)?;
     let owned = owned_objects(&objects, &release.name, &release.namespace)?;
     if let Some(job) = unfinished_job(client, &objects, &release.namespace).await? {
-        return Err(NotUninstalled::Postponed(format!(
+        return Err(NotDone::Postponed(format!(
             "its Job {job} has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
         )));
     }
@@ -210,19 +195,19 @@ pub async fn uninstall(
     let listed = secrets
         .list_metadata(&records_of(&release.name))
         .await
-        .map_err(|e| format!("listing the release's revisions: {}", describe(&e)))?;
+        .map_err(|e| NotDone::unanswered("listing the release's revisions", &e))?;
     // Only what reads as a revision is the release's: anything else the selector matched
     // (a Secret of that type without a numeric version label) is not deleted or counted.
     let records: Vec<Revision> = listed.items.iter().filter_map(revision).collect();
     if let Some(newest) = plan::newest_pending(&records) {
-        return Err(NotUninstalled::Postponed(plan::in_progress_reason(
+        return Err(NotDone::Postponed(plan::in_progress_reason(
             &release.namespace,
             &release.name,
             newest,
         )));
     }
     if let Some(newer) = plan::newer_than(&records, release.version) {
-        return Err(NotUninstalled::Failed(format!(
+        return Err(NotDone::Failed(format!(
             "revision {} ({}) is newer than the migrated revision {}, and uninstalling acts on the newest revision (what it made, its delete hooks): check it, then `helm uninstall {} -n {}`",
             newer.version, newer.status, release.version, release.name, release.namespace
         )));
@@ -249,10 +234,8 @@ pub async fn uninstall(
             Ok(_) => done.revisions += 1,
             Err(e) if status_code(&e) == Some(404) => {}
             Err(e) => {
-                return Err(NotUninstalled::Failed(format!(
-                    "deleting release record {secret}: {}",
-                    describe(&e)
-                )));
+                let action = format!("deleting release record {secret}");
+                return Err(NotDone::unanswered(&action, &e));
             }
         }
     }
@@ -294,8 +277,7 @@ async fn delete_object(
     kind: Owned,
     object: &ManifestObject,
     release_namespace: &str,
-) -> Result<bool, String> {
-    let what = format!("{} {}", object.kind, shown(&object.name));
+) -> Result<bool, NotDone> {
     // Background propagation: a Job's pods go with it, as with `helm uninstall`.
     let params = DeleteParams::background();
     let deleted = match kind {
@@ -311,7 +293,10 @@ async fn delete_object(
     match deleted {
         Ok(()) => Ok(true),
         Err(e) if status_code(&e) == Some(404) => Ok(false),
-        Err(e) => Err(format!("deleting {what}: {}", describe(&e))),
+        Err(e) => {
+            let action = format!("deleting {} {}", object.kind, shown(&object.name));
+            Err(NotDone::unanswered(&action, &e))
+        }
     }
 }
 
