@@ -3,8 +3,9 @@
 //! The harness runs kube-apiserver with API Priority and Fairness off (one client, nothing to
 //! protect), so its own 429s cannot be provoked. Instead a TLS-terminating proxy sits in front
 //! of it: it forwards bytes as they are (watches included) and, on demand, answers requests
-//! with 429 or 503 itself (every request, or only those of one kind), counting them; freezes
-//! or cuts its connections; or refuses new ones.
+//! with 429 or 503 itself (every request, or only those of one kind), counting them; holds
+//! requests of one kind until told to pass them on; freezes or cuts its connections; or
+//! refuses new ones.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,15 +31,25 @@ fn pem_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Requests whose request line (`GET /api/v1/...`) contains `pattern`, and what is done with
+/// them.
+#[derive(Clone)]
+struct Picked {
+    pattern: String,
+    hold: bool,
+}
+
 /// The proxy; stops when dropped.
 pub struct FaultProxy {
     /// Points at the proxy, which authenticates upstream as its user.
     pub kubeconfig: PathBuf,
     away: Arc<AtomicBool>,
     refusing: Arc<AtomicBool>,
-    /// Refuse only requests whose request line contains this.
-    refusing_lines: Arc<Mutex<Option<String>>>,
+    /// Requests picked out by their request line, and what is done with them.
+    picked: Arc<Mutex<Option<Picked>>>,
     refused: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<u64>,
     cut: tokio::sync::watch::Sender<u64>,
     freeze: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -118,7 +129,9 @@ impl FaultProxy {
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicUsize::new(0)),
         );
-        let refusing_lines = Arc::new(Mutex::new(None::<String>));
+        let picked = Arc::new(Mutex::new(None::<Picked>));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (release, _) = tokio::sync::watch::channel(0u64);
         let (cut, _) = tokio::sync::watch::channel(0u64);
         let (freeze, _) = tokio::sync::watch::channel(0u64);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
@@ -126,7 +139,7 @@ impl FaultProxy {
         let task = tokio::spawn({
             let (refusing, refused, cut) = (refusing.clone(), refused.clone(), cut.clone());
             let (freeze, away) = (freeze.clone(), away.clone());
-            let refusing_lines = refusing_lines.clone();
+            let (picked, held, release) = (picked.clone(), held.clone(), release.clone());
             async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     if away.load(Ordering::Relaxed) {
@@ -138,10 +151,8 @@ impl FaultProxy {
                     let (refusing, refused) = (refusing.clone(), refused.clone());
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
                     let mut freeze = freeze.subscribe();
-                    let lines = refusing_lines
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
+                    let picking = picked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let (held, mut released) = (held.clone(), release.subscribe());
                     tokio::spawn(async move {
                         let Ok(mut down) = acceptor.accept(tcp).await else {
                             return;
@@ -152,18 +163,24 @@ impl FaultProxy {
                             }
                             return;
                         }
-                        // Refusing some requests: the first on this connection is judged by
-                        // its request line, and passed on asking the API server to close the
+                        // Picking requests: the first on this connection is judged by its
+                        // request line, and passed on asking the API server to close the
                         // connection after answering, so that every request comes on a
                         // connection of its own and is judged.
                         let mut first = Vec::new();
-                        if let Some(pattern) = lines {
+                        if let Some(picked) = picking {
                             let Some(head) = read_head(&mut down).await else {
                                 return;
                             };
-                            if request_line(&head).contains(&pattern) {
-                                refuse(&mut down, &refused).await;
-                                return;
+                            if request_line(&head).contains(&picked.pattern) {
+                                if !picked.hold {
+                                    refuse(&mut down, &refused).await;
+                                    return;
+                                }
+                                held.fetch_add(1, Ordering::Relaxed);
+                                if released.changed().await.is_err() {
+                                    return;
+                                }
                             }
                             first = closing(head);
                         }
@@ -192,8 +209,10 @@ impl FaultProxy {
             kubeconfig,
             away,
             refusing,
-            refusing_lines,
+            picked,
             refused,
+            held,
+            release,
             cut,
             freeze,
             task,
@@ -248,25 +267,47 @@ impl FaultProxy {
         self.away.store(false, Ordering::Relaxed);
     }
 
-    /// From now on requests are passed on again; requests refused by their request line
-    /// too.
+    /// From now on requests are passed on again, those picked by their request line too.
     pub fn close_window(&self) {
         self.refusing.store(false, Ordering::Relaxed);
-        *self
-            .refusing_lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.pick(None);
     }
 
     /// From now on only requests whose request line (`GET /api/v1/...`) contains `pattern`
     /// are answered 429 or 503; the others pass, each on a connection of its own. Open
     /// connections are cut.
     pub fn refuse_requests_to(&self, pattern: &str) {
-        *self
-            .refusing_lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(pattern.to_owned());
+        self.pick(Some(Picked {
+            pattern: pattern.to_owned(),
+            hold: false,
+        }));
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// From now on requests whose request line contains `pattern` wait in the proxy until
+    /// [`release_held`](Self::release_held); the others pass, each on a connection of its
+    /// own. Open connections are cut.
+    pub fn hold_requests_to(&self, pattern: &str) {
+        self.pick(Some(Picked {
+            pattern: pattern.to_owned(),
+            hold: true,
+        }));
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Requests held so far.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Passes the held requests on, and holds no more.
+    pub fn release_held(&self) {
+        self.pick(None);
+        self.release.send_modify(|n| *n += 1);
+    }
+
+    fn pick(&self, picked: Option<Picked>) {
+        *self.picked.lock().unwrap_or_else(|p| p.into_inner()) = picked;
     }
 
     /// Requests answered 429 or 503 so far.

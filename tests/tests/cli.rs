@@ -421,6 +421,64 @@ async fn context_add_to_a_taskrun_being_deleted_is_a_failure_not_bad_input() {
     assert_eq!(after.spec, before.spec, "nothing was sent");
 }
 
+/// A TaskRun deleted between the plugin's read and its apply: the apply, finding nothing, is
+/// taken for a create and refused for the resourceVersion it carries. The plugin says the
+/// TaskRun is not found, as when it was gone before the read, and creates nothing.
+// Multi-threaded: the proxy is served on this runtime while the test waits on the plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_add_to_a_taskrun_deleted_before_its_apply_says_not_found() {
+    let cp = cluster().await;
+    let ns = cp.namespace("ctx-vanishing").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    kubectl_apply(
+        cp,
+        &ns,
+        "gitops",
+        &gitops_manifest("t1", &[("task.md", "# Task\n")]),
+    );
+    let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
+    proxy.hold_requests_to(&format!(
+        "PATCH /apis/orchestrator.io/v1/namespaces/{ns}/taskruns/t1?"
+    ));
+    let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
+    cmd.arg("--kubeconfig")
+        .arg(&proxy.kubeconfig)
+        .args(["context", "add", "t1", "-n", &ns, "-f"])
+        .arg(write_file(&work_dir().join(&ns), "ctx.md", "# More\n"));
+    let plugin = tokio::task::spawn_blocking(move || run(cmd));
+    wait_for("the plugin's apply to reach the proxy", TIMEOUT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+    api.delete("t1", &Default::default())
+        .await
+        .expect("delete the TaskRun");
+    // Its finalizer, which the controller would remove once its children are gone.
+    let release = json!({"metadata": {"finalizers": null}});
+    let _ = api
+        .patch(
+            "t1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&release),
+        )
+        .await;
+    wait_for("the TaskRun to be gone", TIMEOUT, || async {
+        matches!(api.get_opt("t1").await, Ok(None)).then_some(())
+    })
+    .await;
+    proxy.release_held();
+    let (code, out, err) = plugin.await.expect("the plugin's thread");
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("TaskRun t1 not found in namespace {ns}")),
+        "{err}"
+    );
+    assert!(
+        api.get_opt("t1").await.expect("read").is_none(),
+        "the apply created the TaskRun again"
+    );
+}
+
 /// Flux's kustomize-controller, before each apply, takes over the fields of every field
 /// manager whose name starts with "kubectl", so that hand edits are undone by the next sync
 /// (`tests/fluxapply`, with Flux's own apply library and options). The plugin's manager must

@@ -137,6 +137,14 @@ pub async fn run(
                     source: e,
                 });
             }
+            // Deleted since it was read: the apply was taken for a create, and refused for
+            // the resourceVersion it carries. Say so, not what a create of it was refused for.
+            Err(_) if matches!(api.get_opt(name).await, Ok(None)) => {
+                return Err(Error::NotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
             Err(e) => return Err(Error::api(format!("applying to TaskRun {name}"), e)),
         }
     }
