@@ -31,11 +31,11 @@ fn pem_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Requests whose request line (`GET /api/v1/...`) contains `pattern`, and what is done with
-/// them.
+/// Requests whose request line (`GET /api/v1/...`) contains every one of `parts`, and what is
+/// done with them.
 #[derive(Clone)]
 struct Picked {
-    pattern: String,
+    parts: Vec<String>,
     hold: bool,
 }
 
@@ -172,7 +172,8 @@ impl FaultProxy {
                             let Some(head) = read_head(&mut down).await else {
                                 return;
                             };
-                            if request_line(&head).contains(&picked.pattern) {
+                            let line = request_line(&head);
+                            if picked.parts.iter().all(|p| line.contains(p.as_str())) {
                                 if !picked.hold {
                                     refuse(&mut down, &refused).await;
                                     return;
@@ -273,23 +274,23 @@ impl FaultProxy {
         self.pick(None);
     }
 
-    /// From now on only requests whose request line (`GET /api/v1/...`) contains `pattern`
-    /// are answered 429 or 503; the others pass, each on a connection of its own. Open
-    /// connections are cut.
-    pub fn refuse_requests_to(&self, pattern: &str) {
+    /// From now on only requests whose request line (`GET /api/v1/...?watch=true HTTP/1.1`)
+    /// contains every one of `parts` are answered 429 or 503; the others pass, each on a
+    /// connection of its own. Open connections are cut.
+    pub fn refuse_requests_to(&self, parts: &[&str]) {
         self.pick(Some(Picked {
-            pattern: pattern.to_owned(),
+            parts: parts.iter().map(|p| (*p).to_owned()).collect(),
             hold: false,
         }));
         self.cut.send_modify(|n| *n += 1);
     }
 
-    /// From now on requests whose request line contains `pattern` wait in the proxy until
-    /// [`release_held`](Self::release_held); the others pass, each on a connection of its
-    /// own. Open connections are cut.
-    pub fn hold_requests_to(&self, pattern: &str) {
+    /// From now on requests whose request line contains every one of `parts` wait in the
+    /// proxy until [`release_held`](Self::release_held); the others pass, each on a connection
+    /// of its own. Open connections are cut.
+    pub fn hold_requests_to(&self, parts: &[&str]) {
         self.pick(Some(Picked {
-            pattern: pattern.to_owned(),
+            parts: parts.iter().map(|p| (*p).to_owned()).collect(),
             hold: true,
         }));
         self.cut.send_modify(|n| *n += 1);

@@ -437,9 +437,9 @@ async fn context_add_to_a_taskrun_deleted_before_its_apply_says_not_found() {
         &gitops_manifest("t1", &[("task.md", "# Task\n")]),
     );
     let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
-    proxy.hold_requests_to(&format!(
+    proxy.hold_requests_to(&[&format!(
         "PATCH /apis/orchestrator.io/v1/namespaces/{ns}/taskruns/t1?"
-    ));
+    )]);
     let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
     cmd.arg("--kubeconfig")
         .arg(&proxy.kubeconfig)
@@ -1732,7 +1732,7 @@ async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run(
     finish_legacy_jobs(cp, &ns, &[]).await;
     let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
 
-    proxy.refuse_requests_to(&format!("GET /apis/batch/v1/namespaces/{ns}/jobs/"));
+    proxy.refuse_requests_to(&[&format!("GET /apis/batch/v1/namespaces/{ns}/jobs/")]);
     let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
     assert_eq!(code, 3, "{out}");
     let line = row(&out, "busy-task-6");
@@ -1751,7 +1751,7 @@ async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run(
             .is_none()
     );
 
-    proxy.refuse_requests_to(&format!("DELETE /api/v1/namespaces/{ns}/secrets/"));
+    proxy.refuse_requests_to(&[&format!("DELETE /api/v1/namespaces/{ns}/secrets/")]);
     let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
     assert_eq!(code, 3, "{out}");
     let line = row(&out, "busy-task-6");

@@ -17,6 +17,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
 use taskrun_tests::controller::Controller;
+use taskrun_tests::fault_proxy::FaultProxy;
 use taskrun_tests::kubelet::{PodEnd, bind_pod, confirm_stopped, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
 use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
@@ -1303,6 +1304,70 @@ async fn a_task_recreated_while_its_old_pod_stops_waits_for_it() {
         t2.metadata.uid,
         "the Job is not the new TaskRun's"
     );
+}
+
+/// The same, with the TaskRun deleted before the controller's Job watch showed its Job (made
+/// a moment before, or while that watch is down): the Job its status names is asked of the
+/// API server and deleted in the foreground too. Left to the garbage collector, it would go in
+/// the background, its name freed while the pod still stops.
+// Multi-threaded: the proxy in front of the controller is served on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_deleted_before_the_job_watch_showed_its_job_still_stops_it_in_the_foreground() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-unseen-job").await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    let _ctrl = proxy.controller("unseen-job-controller", &ns, &["--leader-elect=false"]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    // The controller is up once it has finalized a first TaskRun; from then on its Job watch
+    // is held in the proxy, so its Job cache never shows the next Job.
+    create(&api, &taskrun("warm", "unseen", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "warm", "the first TaskRun's Job", |tr| {
+        tr.status
+            .as_ref()
+            .and_then(|s| s.job_name.as_ref())
+            .is_some()
+    })
+    .await;
+    proxy.hold_requests_to(&[&format!("/namespaces/{ns}/jobs?"), "watch=true"]);
+    wait_for("the Job watch to be held", WAIT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+
+    create(&api, &taskrun("t", "unseen", 7, 1, &[("task.md", "x")])).await;
+    let job_name = names::job_name("unseen", 7, 1);
+    wait_status(&api, "t", "the status to name the Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(job_name.as_str())
+    })
+    .await;
+    let pod = bind_pod(&client, &ns, &job_name).await;
+    start_pod(&client, &ns, &job_name).await;
+    api.delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone("the TaskRun", WAIT, &api, "t").await;
+    // Once the pod is being deleted, a Job deleted in the background is already gone.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_for("the pod to be deleted", WAIT, || async {
+        let pod = pods.get_opt(&pod).await.ok()??;
+        pod.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let old = jobs
+        .get_opt(&job_name)
+        .await
+        .expect("read the Job")
+        .expect("the old Job went before its pod stopped");
+    assert!(
+        old.finalizers().iter().any(|f| f == "foregroundDeletion"),
+        "{:?}",
+        old.metadata
+    );
+    proxy.release_held();
+    confirm_stopped(&client, &ns, &job_name, &pod).await;
+    wait_gone("the old Job", WAIT, &jobs, &job_name).await;
 }
 
 /// Makes a ConfigMap that no TaskRun controls under the name of version 1's ConfigMap of the

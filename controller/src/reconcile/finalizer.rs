@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 use taskrun::{FINALIZER, TaskRun};
 
 use super::Error;
+use crate::cache;
 use crate::controller::Ctx;
 use crate::status::{self, Deletion};
 use crate::writes;
@@ -17,6 +18,8 @@ use crate::writes;
 /// created again waits for them (`WaitingForPreviousOwner`) instead of running beside them.
 /// They are found in the caches: a list per deletion (even narrowed by label, the API server
 /// reads the whole namespace from etcd for it) made deleting thousands of TaskRuns quadratic.
+/// Only the Job the status names, when the Job watch has not shown it yet, is asked of the API
+/// server.
 pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
@@ -24,11 +27,24 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     // One being deleted with its pods already (by an earlier pass whose finalizer write was
     // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
     // again, in the foreground, which stops them.
-    for j in ctx.children.jobs_of(uid).await {
+    let cached = ctx.children.jobs_of(uid).await;
+    for j in &cached {
         if status::deletion(&j.metadata) == Deletion::StoppingPods {
             continue;
         }
         let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
+        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
+    }
+    // The TaskRun deleted right after its Job was made, or while the Job watch is down or
+    // re-listing: the garbage collector would delete that Job in the background, freeing its
+    // name at once, and the task created again would run beside the old pod.
+    let named = ctx.written.latest(uid, tr.status.as_ref()).job_name;
+    if let Some(name) = named.filter(|n| !cached.iter().any(|j| j.name_any() == *n))
+        && let Some(job) = jobs.get_metadata_opt(&name).await?
+        && cache::controlled_by(&job.metadata, Some(uid))
+        && status::deletion(&job.metadata) != Deletion::StoppingPods
+    {
+        let job_uid = job.metadata.uid.as_deref();
         writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
     }
     for cm in ctx.children.config_maps_of(uid).await {
