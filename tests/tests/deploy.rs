@@ -527,6 +527,79 @@ fn each_service_account_may_do_what_design_needs_and_no_more() {
     }
 }
 
+/// Whether `kubectl auth can-i` (the API server's own authorizer) says `user` may;
+/// `resource` may name a subresource (`taskruns.orchestrator.io/status`).
+fn can_i(cp: &ControlPlane, user: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    // kubectl reads `resource/x` as the object named x: a subresource is a flag of its own.
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let out = cp
+        .kubectl()
+        .args(["auth", "can-i", verb, resource, "-n", ns])
+        .arg(format!("--subresource={subresource}"))
+        .arg(format!("--as={user}"))
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl auth can-i: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// People get TaskRuns through Kubernetes' built-in roles, as they get Deployments: a
+/// namespace's `view` reads them and their status, `edit` and `admin` also create, change and
+/// delete them, and none of the three writes their status (the controller's). Without the
+/// base's aggregated ClusterRoles, `edit` may not even create one.
+#[test]
+fn the_built_in_user_roles_cover_taskruns_but_not_their_status() {
+    let cp = ControlPlane::shared();
+    identity::apply_rbac(cp);
+    let ns = "taskrun-users";
+    let kubectl = |args: &[&str]| {
+        let out = cp.kubectl().args(args).output().expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kubectl(&["create", "namespace", ns]);
+    for role in ["view", "edit", "admin"] {
+        let binding = format!("--clusterrole={role}");
+        let user = format!("--user={role}-user");
+        kubectl(&["create", "rolebinding", role, &binding, &user, "-n", ns]);
+    }
+    let taskruns = "taskruns.orchestrator.io";
+    let status = "taskruns.orchestrator.io/status";
+    // The aggregation controller folds the ClusterRoles in a moment after they are applied.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !can_i(cp, "edit-user", "create", taskruns, ns) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edit never came to cover creating TaskRuns"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let writes = ["create", "update", "patch", "delete", "deletecollection"];
+    for user in ["view-user", "edit-user", "admin-user"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(can_i(cp, user, verb, taskruns, ns), "{user} may not {verb}");
+        }
+        assert!(
+            can_i(cp, user, "get", status, ns),
+            "{user} may not read status"
+        );
+        for verb in ["update", "patch"] {
+            assert!(
+                !can_i(cp, user, verb, status, ns),
+                "{user} may {verb} status"
+            );
+        }
+        for verb in writes {
+            let may = can_i(cp, user, verb, taskruns, ns);
+            assert_eq!(may, user != "view-user", "{user} {verb} taskruns");
+        }
+    }
+    // Only where bound.
+    assert!(!can_i(cp, "edit-user", "create", taskruns, "default"));
+}
+
 /// The Deployment's container args, as the kubelet would run them here: loopback ports
 /// instead of 0.0.0.0 (the map: container port to local port), the mounted paths under
 /// `root`, `$(VAR)` expanded.

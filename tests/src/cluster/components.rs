@@ -15,9 +15,10 @@ use crate::process::{self, ChildGuard};
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Controllers the tests rely on: Jobs run, owners cascade, namespaces can be deleted,
-/// namespaces get a `default` ServiceAccount, finished Jobs with a TTL go away.
+/// namespaces get a `default` ServiceAccount, finished Jobs with a TTL go away, ClusterRoles
+/// labelled for aggregation reach the built-in `view`, `edit` and `admin`.
 const CONTROLLERS: &str = "job-controller,garbage-collector-controller,namespace-controller,\
-serviceaccount-controller,ttl-after-finished-controller";
+serviceaccount-controller,ttl-after-finished-controller,clusterrole-aggregation-controller";
 
 pub(super) struct Ports {
     pub etcd_client: u16,
