@@ -489,6 +489,37 @@ fn denied_by_admission(message: &str) -> bool {
         || (message.contains("ValidatingAdmissionPolicy '") && message.contains("denied request"))
 }
 
+/// The API server's message when it refused a request for a reason that may pass (403: a
+/// ResourceQuota used up, an admission policy, a namespace being deleted, missing RBAC; or an
+/// admission webhook or policy answering 400 or 422); `None` for any other failure.
+fn refusal_that_may_pass(e: &kube::Error) -> Option<&str> {
+    match e {
+        kube::Error::Api(s) if s.code == 403 || denied_by_admission(&s.message) => {
+            Some(s.message.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// A delete of a child refused for a reason that may pass: a Warning Event on the TaskRun,
+/// which otherwise shows nothing while the reconcile is retried with backoff and `meanwhile`
+/// says what waits (the raised version; the TaskRun, held by its finalizer).
+fn delete_refused(ctx: &Ctx, tr: &TaskRun, child: &str, e: &kube::Error, meanwhile: &str) {
+    let Some(message) = refusal_that_may_pass(e) else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "DeleteRefused".into(),
+        note: Some(format!(
+            "the API server refused deleting {child}: {message}; {meanwhile}"
+        )),
+        action: "DeleteChild".into(),
+        secondary: None,
+    };
+    record(ctx, tr, event);
+}
+
 /// A child's create failed with `e`, which the reconcile returns (to be retried with
 /// backoff). When the API server refused it for a reason that may pass (403: a ResourceQuota
 /// used up, an admission policy, a namespace being deleted, missing RBAC; or an admission
@@ -505,22 +536,21 @@ async fn refused(
     kind: &str,
     e: Error,
 ) -> Error {
-    let Error::Kube(kube::Error::Api(s)) = &e else {
+    let Some(message) = (match &e {
+        Error::Kube(k) => refusal_that_may_pass(k),
+        _ => None,
+    }) else {
         return e;
     };
     let job_named =
         prev.observed_context_version == Some(seen.context_version) && prev.job_name.is_some();
-    let may_pass = s.code == 403 || denied_by_admission(&s.message);
-    if !may_pass || job_named {
+    if job_named {
         return e;
     }
     let o = Outcome::new(
         Phase::Pending,
         status::reason::CREATE_REFUSED,
-        format!(
-            "the API server refused this version's {kind}: {}; retrying",
-            s.message
-        ),
+        format!("the API server refused this version's {kind}: {message}; retrying"),
     );
     let next = status::next_status(prev, seen, &o, &now());
     match write_status(api, tr, ctx, prev, &next).await {
@@ -693,7 +723,7 @@ fn not_run(tr: &TaskRun) -> Existing<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Known, denied_by_admission, runs_instead_of, still_to_run};
+    use super::{Known, denied_by_admission, refusal_that_may_pass, runs_instead_of, still_to_run};
     use taskrun::{Phase, TaskRun, TaskRunStatus};
 
     fn taskrun(name: &str, created: i64, service: &str, task_id: i64) -> TaskRun {
@@ -971,5 +1001,25 @@ mod tests {
         ] {
             assert!(!denied_by_admission(invalid), "{invalid}");
         }
+    }
+
+    #[test]
+    fn only_a_refusal_that_may_pass_is_told_to_people() {
+        let api = |code: u16, message: &str| {
+            let status = kube::core::Status::failure(message, "Reason").with_code(code);
+            kube::Error::Api(Box::new(status))
+        };
+        let policy = "jobs.batch \"svc-1-v1\" is forbidden: ValidatingAdmissionPolicy 'freeze' with binding 'freeze' denied request: jobs are frozen";
+        assert_eq!(refusal_that_may_pass(&api(403, policy)), Some(policy));
+        let rbac = "jobs.batch \"svc-1-v1\" is forbidden: User cannot delete";
+        assert_eq!(refusal_that_may_pass(&api(403, rbac)), Some(rbac));
+        assert_eq!(
+            refusal_that_may_pass(&api(500, "etcdserver: timeout")),
+            None
+        );
+        assert_eq!(
+            refusal_that_may_pass(&api(422, "Job.batch is invalid")),
+            None
+        );
     }
 }

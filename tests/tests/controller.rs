@@ -1370,6 +1370,68 @@ async fn a_task_deleted_before_the_job_watch_showed_its_job_still_stops_it_in_th
     wait_gone("the old Job", WAIT, &jobs, &job_name).await;
 }
 
+/// A delete of a child that the API server refuses (an admission policy freezing Job
+/// deletes): the TaskRun stays, held by its finalizer, and says why in a Warning Event
+/// (`DeleteRefused`, with the policy's message), not only in the controller's log. Once the
+/// policy goes, so does the TaskRun.
+#[tokio::test]
+async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-delete-refused").await;
+    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let tr = create(&api, &taskrun("t", "frozen", 1, 1, &[("task.md", "x")])).await;
+    let job_name = names::job_name("frozen", 1, 1);
+    wait_status(&api, "t", "a Job named", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(job_name.as_str())
+    })
+    .await;
+    let refusal = Refusal::start(
+        &client,
+        &ns,
+        json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["DELETE"],
+               "resources": ["jobs"]}),
+        "Forbidden",
+        "jobs are frozen here",
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("the policy to refuse Job deletes", WAIT, || async {
+        let dry_run = DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        };
+        matches!(jobs.delete(&job_name, &dry_run).await,
+                 Err(kube::Error::Api(e)) if e.message.contains("jobs are frozen"))
+        .then_some(())
+    })
+    .await;
+
+    api.delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let uid = tr.metadata.uid.clone().unwrap_or_default();
+    let event = wait_for("a DeleteRefused Event", WAIT, || async {
+        let events = events_of(&client, &ns, &uid).await?;
+        events
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("DeleteRefused"))
+    })
+    .await;
+    let note = event.note.clone().unwrap_or_default();
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+    assert!(
+        note.contains(&format!("deleting Job {job_name}"))
+            && note.contains("jobs are frozen here")
+            && note.contains("finalizer orchestrator.io/cleanup"),
+        "{note}"
+    );
+    assert!(api.get_opt("t").await.expect("read").is_some());
+    refusal.lift().await;
+    wait_gone("the TaskRun", WAIT, &api, "t").await;
+}
+
 /// Makes a ConfigMap that no TaskRun controls under the name of version 1's ConfigMap of the
 /// TaskRun "t", then "t"; returns the ConfigMap as made.
 async fn taskrun_whose_name_is_taken(client: &Client, ns: &str) -> ConfigMap {

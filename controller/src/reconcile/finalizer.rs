@@ -24,6 +24,12 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), ns);
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
+    let held = |child: String| {
+        move |e: &kube::Error| {
+            let meanwhile = format!("the TaskRun stays (finalizer {FINALIZER}) until it is gone");
+            super::delete_refused(ctx, tr, &child, e, &meanwhile);
+        }
+    };
     // One being deleted with its pods already (by an earlier pass whose finalizer write was
     // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
     // again, in the foreground, which stops them.
@@ -33,7 +39,9 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
             continue;
         }
         let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
-        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
+        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground)
+            .await
+            .inspect_err(held(format!("Job {name}")))?;
     }
     // The TaskRun deleted right after its Job was made, or while the Job watch is down or
     // re-listing: the garbage collector would delete that Job in the background, freeing its
@@ -45,11 +53,15 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
         && status::deletion(&job.metadata) != Deletion::StoppingPods
     {
         let job_uid = job.metadata.uid.as_deref();
-        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground).await?;
+        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground)
+            .await
+            .inspect_err(held(format!("Job {name}")))?;
     }
     for cm in ctx.children.config_maps_of(uid).await {
         let (name, cm_uid) = (cm.name_any(), cm.metadata.uid.as_deref());
-        writes::delete_child(&config_maps, &name, cm_uid, PropagationPolicy::Background).await?;
+        writes::delete_child(&config_maps, &name, cm_uid, PropagationPolicy::Background)
+            .await
+            .inspect_err(held(format!("ConfigMap {name}")))?;
     }
     ctx.written.forget(uid);
     ctx.starting.settled(uid);

@@ -65,7 +65,14 @@ pub(super) async fn stop_superseded(
         };
         let deleted =
             writes::delete_child(jobs, &name, Some(&job_uid), PropagationPolicy::Foreground)
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    let waits = format!(
+                        "contextVersion {} runs once it is gone",
+                        tr.spec.context_version
+                    );
+                    super::delete_refused(ctx, tr, &format!("Job {name}"), e, &waits);
+                })?;
         if !deleted {
             ctx.children.stopped(uid, &name);
             continue;
