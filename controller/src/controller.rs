@@ -64,6 +64,9 @@ pub struct Failures {
     pub count: u32,
     /// The last one failed for want of an answer from the API server (outage.rs).
     pub unreachable: bool,
+    /// A refused delete was told in an Event during these failures: not again until a
+    /// reconcile succeeds, however often it is retried.
+    pub told_delete_refused: bool,
 }
 
 impl Ctx {
@@ -463,6 +466,7 @@ mod tests {
         let failure = |unreachable| Failures {
             count: 1,
             unreachable,
+            ..Failures::default()
         };
         let (gone, here, refused) = (
             ObjectRef::new("gone").within("ns"),

@@ -503,11 +503,19 @@ fn refusal_that_may_pass(e: &kube::Error) -> Option<&str> {
 
 /// A delete of a child refused for a reason that may pass: a Warning Event on the TaskRun,
 /// which otherwise shows nothing while the reconcile is retried with backoff and `meanwhile`
-/// says what waits (the raised version; the TaskRun, held by its finalizer).
+/// says what waits (the raised version; the TaskRun, held by its finalizer). Once per run of
+/// failed reconciles, not at every retry.
 fn delete_refused(ctx: &Ctx, tr: &TaskRun, child: &str, e: &kube::Error, meanwhile: &str) {
     let Some(message) = refusal_that_may_pass(e) else {
         return;
     };
+    let told_already = ctx.failures.lock().is_ok_and(|mut failures| {
+        let f = failures.entry(ObjectRef::from_obj(tr)).or_default();
+        std::mem::replace(&mut f.told_delete_refused, true)
+    });
+    if told_already {
+        return;
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: "DeleteRefused".into(),

@@ -151,8 +151,9 @@ impl FaultProxy {
                     let (refusing, refused) = (refusing.clone(), refused.clone());
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
                     let mut freeze = freeze.subscribe();
-                    let picking = picked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    // Subscribed before the pick is read: a release in between still wakes it.
                     let (held, mut released) = (held.clone(), release.subscribe());
+                    let picking = picked.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     tokio::spawn(async move {
                         let Ok(mut down) = acceptor.accept(tcp).await else {
                             return;
@@ -347,7 +348,7 @@ fn request_line(head: &[u8]) -> String {
 }
 
 /// The request with `Connection: close` as its first header: the API server answers it, then
-/// closes the connection. The first `Connection` header is the one Go's server reads.
+/// closes the connection.
 fn closing(head: Vec<u8>) -> Vec<u8> {
     let end = head
         .windows(2)

@@ -1379,7 +1379,7 @@ async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-delete-refused").await;
-    let _ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     let tr = create(&api, &taskrun("t", "frozen", 1, 1, &[("task.md", "x")])).await;
     let job_name = names::job_name("frozen", 1, 1);
@@ -1428,6 +1428,18 @@ async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
         "{note}"
     );
     assert!(api.get_opt("t").await.expect("read").is_some());
+    // Told once, not at every retry.
+    let failed = reconcile_errors(&ctrl).await;
+    wait_for("two more refused reconciles", WAIT, || async {
+        (reconcile_errors(&ctrl).await >= failed + 2.0).then_some(())
+    })
+    .await;
+    let refused = events_of(&client, &ns, &uid).await.unwrap_or_default();
+    let told = refused
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("DeleteRefused"))
+        .count();
+    assert_eq!(told, 1, "{refused:?}");
     refusal.lift().await;
     wait_gone("the TaskRun", WAIT, &api, "t").await;
 }

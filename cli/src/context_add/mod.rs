@@ -137,8 +137,9 @@ pub async fn run(
                     source: e,
                 });
             }
-            // Deleted since it was read: the apply was taken for a create, and refused for
-            // the resourceVersion it carries. Say so, not what a create of it was refused for.
+            // Deleted since it was read: the apply was taken for a create of the partial
+            // TaskRun it sends, and refused as invalid (no serviceName, no taskId). Say so, not
+            // what that create was refused for.
             Err(_) if matches!(api.get_opt(name).await, Ok(None)) => {
                 return Err(Error::NotFound {
                     namespace: namespace.to_owned(),
