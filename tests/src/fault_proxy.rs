@@ -44,7 +44,6 @@ pub struct FaultProxy {
     /// Points at the proxy, which authenticates upstream as its user.
     pub kubeconfig: PathBuf,
     away: Arc<AtomicBool>,
-    refusing: Arc<AtomicBool>,
     /// Requests picked out by their request line, and what is done with them.
     picked: Arc<Mutex<Option<Picked>>>,
     refused: Arc<AtomicUsize>,
@@ -124,8 +123,7 @@ impl FaultProxy {
         std::fs::write(&kubeconfig, config.to_string()).expect("write kubeconfig");
 
         let upstream_addr = cp.server_url().trim_start_matches("https://").to_owned();
-        let (away, refusing, refused) = (
-            Arc::new(AtomicBool::new(false)),
+        let (away, refused) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicUsize::new(0)),
         );
@@ -137,7 +135,7 @@ impl FaultProxy {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let task = tokio::spawn({
-            let (refusing, refused, cut) = (refusing.clone(), refused.clone(), cut.clone());
+            let (refused, cut) = (refused.clone(), cut.clone());
             let (freeze, away) = (freeze.clone(), away.clone());
             let (picked, held, release) = (picked.clone(), held.clone(), release.clone());
             async move {
@@ -148,22 +146,18 @@ impl FaultProxy {
                         continue;
                     }
                     let (acceptor, connector) = (acceptor.clone(), connector.clone());
-                    let (refusing, refused) = (refusing.clone(), refused.clone());
+                    let refused = refused.clone();
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
                     let mut freeze = freeze.subscribe();
-                    // Subscribed before the pick is read: a release in between still wakes it.
-                    let (held, mut released) = (held.clone(), release.subscribe());
-                    let picking = picked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let (picked, held, release) = (picked.clone(), held.clone(), release.clone());
                     tokio::spawn(async move {
                         let Ok(mut down) = acceptor.accept(tcp).await else {
                             return;
                         };
-                        if refusing.load(Ordering::Relaxed) {
-                            if read_head(&mut down).await.is_some() {
-                                refuse(&mut down, &refused).await;
-                            }
-                            return;
-                        }
+                        // Subscribed before the pick is read: a release in between still
+                        // wakes it.
+                        let mut released = release.subscribe();
+                        let picking = picked.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         // Picking requests: the first on this connection is judged by its
                         // request line, and passed on asking the API server to close the
                         // connection after answering, so that every request comes on a
@@ -210,7 +204,6 @@ impl FaultProxy {
         FaultProxy {
             kubeconfig,
             away,
-            refusing,
             picked,
             refused,
             held,
@@ -231,8 +224,7 @@ impl FaultProxy {
 
     /// From now on every request is answered 429 or 503; open connections are cut.
     pub fn open_window(&self) {
-        self.refusing.store(true, Ordering::Relaxed);
-        self.cut.send_modify(|n| *n += 1);
+        self.refuse_requests_to(&[]);
     }
 
     /// A controller for `ns` that reaches the API server through this proxy.
@@ -271,7 +263,6 @@ impl FaultProxy {
 
     /// From now on requests are passed on again, those picked by their request line too.
     pub fn close_window(&self) {
-        self.refusing.store(false, Ordering::Relaxed);
         self.pick(None);
     }
 

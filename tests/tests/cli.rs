@@ -30,8 +30,13 @@ async fn cluster() -> &'static ControlPlane {
 }
 
 fn plugin(cp: &ControlPlane) -> Command {
+    plugin_with(cp.kubeconfig())
+}
+
+/// The plugin with the cluster (and the user) that `kubeconfig` names.
+fn plugin_with(kubeconfig: &Path) -> Command {
     let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-    cmd.arg("--kubeconfig").arg(cp.kubeconfig());
+    cmd.arg("--kubeconfig").arg(kubeconfig);
     cmd
 }
 
@@ -422,8 +427,8 @@ async fn context_add_to_a_taskrun_being_deleted_is_a_failure_not_bad_input() {
 }
 
 /// A TaskRun deleted between the plugin's read and its apply: the apply, finding nothing, is
-/// taken for a create and refused for the resourceVersion it carries. The plugin says the
-/// TaskRun is not found, as when it was gone before the read, and creates nothing.
+/// taken for a create of the partial TaskRun it sends and refused as invalid. The plugin says
+/// the TaskRun is not found, as when it was gone before the read, and creates nothing.
 // Multi-threaded: the proxy is served on this runtime while the test waits on the plugin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_add_to_a_taskrun_deleted_before_its_apply_says_not_found() {
@@ -440,10 +445,8 @@ async fn context_add_to_a_taskrun_deleted_before_its_apply_says_not_found() {
     proxy.hold_requests_to(&[&format!(
         "PATCH /apis/orchestrator.io/v1/namespaces/{ns}/taskruns/t1?"
     )]);
-    let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-    cmd.arg("--kubeconfig")
-        .arg(&proxy.kubeconfig)
-        .args(["context", "add", "t1", "-n", &ns, "-f"])
+    let mut cmd = plugin_with(&proxy.kubeconfig);
+    cmd.args(["context", "add", "t1", "-n", &ns, "-f"])
         .arg(write_file(&work_dir().join(&ns), "ctx.md", "# More\n"));
     let plugin = tokio::task::spawn_blocking(move || run(cmd));
     wait_for("the plugin's apply to reach the proxy", TIMEOUT, || async {
@@ -684,8 +687,8 @@ fn namespace_and_all_namespaces_are_refused_in_either_order() {
         &["migrate-helm", "-n", "team-a", "-A"],
     ] {
         let (code, out, err) = run({
-            let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-            cmd.arg("--kubeconfig").arg(&missing).args(args);
+            let mut cmd = plugin_with(&missing);
+            cmd.args(args);
             cmd
         });
         assert_eq!(code, 2, "{args:?}: stdout: {out}\nstderr: {err}");
@@ -716,10 +719,8 @@ fn an_unreachable_cluster_is_reported_with_the_cause() {
         ),
     );
     let (code, out, err) = run({
-        let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-        cmd.arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["context", "add", "t1", "-f"])
+        let mut cmd = plugin_with(&kubeconfig);
+        cmd.args(["context", "add", "t1", "-f"])
             .arg(write_file(&dir, "ctx.md", "# More\n"));
         cmd
     });
@@ -888,11 +889,8 @@ fn migrate(cp: &ControlPlane, ns: &str, flags: &[&str]) -> (i32, String) {
 /// `migrate` with the cluster (and the user) that `kubeconfig` names.
 fn migrate_through(kubeconfig: &Path, ns: &str, flags: &[&str]) -> (i32, String) {
     let (code, out, err) = run({
-        let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-        cmd.arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["migrate-helm", "-n", ns])
-            .args(flags);
+        let mut cmd = plugin_with(kubeconfig);
+        cmd.args(["migrate-helm", "-n", ns]).args(flags);
         cmd
     });
     eprintln!("migrate-helm {flags:?} -> {code}\n{out}{err}");
@@ -1693,10 +1691,8 @@ async fn a_taskrun_that_cannot_be_read_is_not_reported_as_missing_files() {
         .await
         .expect("bind the Role");
 
-    let mut cmd = Command::new(workspace_bin("kubectl-taskrun"));
-    cmd.arg("--kubeconfig")
-        .arg(cp.kubeconfig_for(&user, &[]))
-        .args(["migrate-helm", "-n", &ns]);
+    let mut cmd = plugin_with(&cp.kubeconfig_for(&user, &[]));
+    cmd.args(["migrate-helm", "-n", &ns]);
     let (code, out, err) = run(cmd);
     assert_eq!(code, 3, "{out}{err}");
     let line = row(&out, "gone-task-5");
