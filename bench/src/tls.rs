@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", path.display()))
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .with_context(|| format!("reading certificates from {}", path.display()))
 }
 
 /// A client that trusts only `ca`.
@@ -32,9 +32,8 @@ pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 /// A server config from a PEM certificate chain and key, HTTP/1.1 only.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let chain = read_certs(cert)?;
-    let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())?
-        .with_context(|| format!("no private key in {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -679,7 +679,7 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
         ))
         .expect("json");
         async move {
-            let mut s = tls_to(port, &ca, b"http/1.1").await.expect("handshake");
+            let mut s = tls_to(port, &ca, &[b"http/1.1"]).await.expect("handshake");
             assert!(
                 !allowed_on(&mut s, &body).await,
                 "the first answer closed the connection"
@@ -839,16 +839,16 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     }
     let mut slow_headers = Vec::new();
     for _ in 0..20 {
-        let mut s = tls(w, b"http/1.1").await.expect("handshake");
+        let mut s = tls(w).await.expect("handshake");
         s.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
             .await
             .expect("write");
         s.flush().await.expect("flush");
         slow_headers.push(s);
     }
-    let mut silent_h2 = Vec::new();
+    let mut silent_tls = Vec::new();
     for _ in 0..20 {
-        silent_h2.push(tls(w, b"h2").await.expect("handshake"));
+        silent_tls.push(tls(w).await.expect("handshake"));
     }
     // The server keeps answering while they hang on.
     for _ in 0..5 {
@@ -867,7 +867,7 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
         );
     }
     // ...and cuts every one of them off after its timeout (the slow headers and the silent
-    // HTTP/2 connections after the idle timeout, 8 s).
+    // TLS connections after the idle timeout, 8 s).
     let started = Instant::now();
     for s in &mut idle_tcp {
         assert_closed(s).await;
@@ -875,7 +875,7 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     for s in &mut slow_headers {
         assert_closed(s).await;
     }
-    for s in &mut silent_h2 {
+    for s in &mut silent_tls {
         assert_closed(s).await;
     }
     assert!(
@@ -896,49 +896,23 @@ async fn hostile_requests_get_clean_errors_and_readyz_keeps_answering() {
     pooled.await.expect("the pooled connection's reviews");
 }
 
-/// What one HTTP/2 connection may make the webhook buffer is bounded by what it announces: a
-/// small stream and connection window and few streams at once (hyper's defaults, 1 MiB windows
-/// and 200 streams, let ten connections fill the pod's memory). A body of the largest size
-/// allowed still arrives whole, over HTTP/2 and HTTP/1.1.
+/// The API server calls admission webhooks over HTTP/1.1 only, so only HTTP/1.1 is offered: a
+/// client that asks for HTTP/2 alone is refused at the handshake, one that offers both gets
+/// HTTP/1.1. A body of the largest size allowed arrives whole.
 #[tokio::test]
-async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
+async fn only_http1_is_offered_and_the_largest_body_still_arrives() {
     let cp = ControlPlane::shared();
     let webhook = Webhook::start(cp).await;
+    let ca = webhook.ca_pem();
 
-    let mut s = tls(&webhook, b"h2").await.expect("handshake");
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+    let refused = tls_to(webhook.port(), &ca, &[b"h2"]).await;
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("NoApplicationProtocol"), "{error:?}");
+    let both = tls_to(webhook.port(), &ca, &[b"h2", b"http/1.1"])
         .await
-        .expect("preface");
-    s.flush().await.expect("flush");
-    let (settings, connection_window) = server_settings(&mut s).await;
-    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE,
-    // SETTINGS_MAX_HEADER_LIST_SIZE.
-    let (streams, stream_window, header_list) =
-        (settings.get(&3), settings.get(&4), settings.get(&6));
-    eprintln!(
-        "HTTP/2: {streams:?} streams, stream window {stream_window:?}, connection window \
-         {connection_window}, header list {header_list:?}"
-    );
-    let (Some(&streams), Some(&stream_window), Some(&header_list)) =
-        (streams, stream_window, header_list)
-    else {
-        panic!("a limit left unannounced (unbounded): {settings:?}");
-    };
-    assert!((1..=8).contains(&streams), "{settings:?}");
-    assert!(stream_window <= 32 * 1024, "{settings:?}");
-    assert!(connection_window <= 256 * 1024, "{connection_window}");
-    // Unread body data, and of every stream waiting at once the frame it waits with and its
-    // headers: 448 KiB at most. SETTINGS_MAX_FRAME_SIZE is 16 KiB unless announced.
-    let frame = u64::from(settings.get(&5).copied().unwrap_or(16 * 1024));
-    let held = u64::from(streams) * (u64::from(header_list) + frame) + connection_window;
-    assert!(held <= 448 * 1024, "{held} bytes per connection");
-    // Streams waiting for body room, each with its window full, never hold it all
-    // (`http2_streams_waiting_for_body_room_do_not_stall_their_connection`).
-    assert!(
-        connection_window >= u64::from(streams) * u64::from(stream_window),
-        "{settings:?}, connection window {connection_window}"
-    );
-    drop(s);
+        .expect("handshake");
+    assert_eq!(both.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(both);
 
     // Exactly --max-body-bytes (8 MiB): a small review padded with whitespace.
     let mut body = serde_json::to_vec(&review(
@@ -948,14 +922,6 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     ))
     .expect("json");
     body.resize(8 * 1024 * 1024, b' ');
-    let body = bytes::Bytes::from(body);
-
-    let started = Instant::now();
-    let (status, answer) = h2_post(&webhook, "/validate", body.clone()).await;
-    assert_eq!(status, 200, "{answer}");
-    assert!(answer.contains("\"allowed\":true"), "{answer}");
-    eprintln!("8 MiB over HTTP/2: {:?}", started.elapsed());
-
     let started = Instant::now();
     let r = send(&webhook, &post("/validate", "application/json", &body))
         .await
@@ -963,61 +929,6 @@ async fn http2_windows_are_small_and_the_largest_body_still_arrives() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["response"]["allowed"], true, "{}", r.body);
     eprintln!("8 MiB over HTTP/1.1: {:?}", started.elapsed());
-}
-
-/// HTTP/2 streams waiting for room in the body budget hold what they were sent unread. On one
-/// connection, one body holds most of the budget and a second the overdraft, both partly sent;
-/// two more wait for room with their stream windows full. If the waiting streams' windows
-/// could fill the connection window, the first two could never be sent the rest of their
-/// bodies: all four would wait until the body read timeout. They are all answered.
-#[tokio::test]
-async fn http2_streams_waiting_for_body_room_do_not_stall_their_connection() {
-    const BODY: usize = 256 * 1024;
-    let cp = ControlPlane::shared();
-    let webhook = Webhook::start_with(
-        cp,
-        &[
-            &format!("--max-body-bytes={BODY}"),
-            "--body-read-timeout=60s",
-        ],
-    )
-    .await;
-    let s = tls(&webhook, b"h2").await.expect("handshake");
-    let (mut client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
-    let mut partly = async |n: i64, now: usize| {
-        let mut body = serde_json::to_vec(&review(
-            "CREATE",
-            "taskruns",
-            manifest(&format!("waiting-stream-{n}"), 9060 + n, "billing"),
-        ))
-        .expect("json");
-        body.resize(BODY, b' ');
-        h2_partly(&mut client, "/validate", body.into(), now).await
-    };
-    // Most of the budget, then the overdraft (the budget's free room is too little for it).
-    let held = partly(1, 200 * 1024).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let over = partly(2, 100 * 1024).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Two that find neither and wait, sent as much as their windows take.
-    let waiting = [partly(3, BODY).await, partly(4, BODY).await];
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let answers: Vec<_> = [held, over]
-        .into_iter()
-        .chain(waiting)
-        .map(|stream| {
-            let _ = stream.rest.send(());
-            (stream.answer, stream.sending)
-        })
-        .collect();
-    for (answer, sending) in answers {
-        let (status, text) = h2_answer(answer, Duration::from_secs(20)).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("\"allowed\":true"), "{text}");
-        sending.await.expect("sent");
-    }
-    connection.abort();
 }
 
 /// Reviews of the largest size, as many at once as connections allow, each built to make
@@ -1068,150 +979,6 @@ async fn the_largest_reviews_at_once_stay_within_the_memory_limit() {
     );
 }
 
-/// Reads the server's first frames after the client preface: its SETTINGS (id to value) and
-/// its connection window (65,535 raised by its WINDOW_UPDATEs on stream 0, the only way to
-/// announce a larger one). Waits for the SETTINGS and one connection WINDOW_UPDATE, or
-/// half a second past the SETTINGS if none comes.
-async fn server_settings<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (BTreeMap<u16, u32>, u64) {
-    let mut settings = None;
-    let mut connection_window = 65_535u64;
-    let mut updated = false;
-    let deadline = tokio::time::sleep(TIMEOUT);
-    tokio::pin!(deadline);
-    loop {
-        let mut head = [0u8; 9];
-        let read = tokio::select! {
-            read = s.read_exact(&mut head) => read,
-            () = &mut deadline => break,
-        };
-        read.expect("a frame");
-        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; length];
-        s.read_exact(&mut payload).await.expect("a frame's payload");
-        match kind {
-            // SETTINGS, not the acknowledgement of ours.
-            4 if flags & 1 == 0 => {
-                settings = Some(
-                    payload
-                        .chunks_exact(6)
-                        .map(|p| {
-                            (
-                                u16::from_be_bytes([p[0], p[1]]),
-                                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-                            )
-                        })
-                        .collect::<BTreeMap<_, _>>(),
-                );
-                // A server that keeps the default connection window sends no update.
-                deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_millis(500));
-            }
-            8 if stream == 0 && payload.len() == 4 => {
-                let increment =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff;
-                connection_window += u64::from(increment);
-                updated = true;
-            }
-            _ => {}
-        }
-        if settings.is_some() && updated {
-            break;
-        }
-    }
-    (settings.expect("the server's SETTINGS"), connection_window)
-}
-
-/// One POST over HTTP/2 (the `h2` crate, honouring the server's flow control): the status and
-/// the body of the answer.
-async fn h2_post(w: &Webhook, path: &str, body: bytes::Bytes) -> (u16, String) {
-    let s = tls(w, b"h2").await.expect("handshake");
-    let (mut client, connection) = h2::client::handshake(s).await.expect("HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
-    let sent = h2_partly(&mut client, path, body, usize::MAX).await;
-    let answer = h2_answer(sent.answer, TIMEOUT).await;
-    sent.sending.await.expect("sent");
-    drop(client);
-    connection.abort();
-    answer
-}
-
-/// Sends `body` on `stream` as the server's flow control lets it, ending the stream after it
-/// if `end`.
-async fn h2_send(stream: &mut h2::SendStream<bytes::Bytes>, mut body: bytes::Bytes, end: bool) {
-    while !body.is_empty() {
-        stream.reserve_capacity(body.len());
-        let room = std::future::poll_fn(|cx| stream.poll_capacity(cx))
-            .await
-            .expect("the stream stays open")
-            .expect("capacity");
-        let chunk = body.split_to(room.min(body.len()));
-        stream
-            .send_data(chunk, end && body.is_empty())
-            .expect("data");
-    }
-}
-
-/// A POST on its way: its answer to come, and the task sending its body.
-struct PartlySent {
-    answer: h2::client::ResponseFuture,
-    /// Told (or dropped), the task sends the rest of the body.
-    rest: tokio::sync::oneshot::Sender<()>,
-    sending: tokio::task::JoinHandle<()>,
-}
-
-/// A POST of `body` to `path` on a new stream of `client`: its first `now` bytes are sent at
-/// once, the rest when `rest` is told.
-async fn h2_partly(
-    client: &mut h2::client::SendRequest<bytes::Bytes>,
-    path: &str,
-    mut body: bytes::Bytes,
-    now: usize,
-) -> PartlySent {
-    std::future::poll_fn(|cx| client.poll_ready(cx))
-        .await
-        .expect("a stream");
-    let request = http::Request::post(format!("https://127.0.0.1{path}"))
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .body(())
-        .expect("request");
-    let (answer, mut stream) = client.send_request(request, false).expect("send");
-    let (rest, told) = tokio::sync::oneshot::channel();
-    let first = body.split_to(now.min(body.len()));
-    let sending = tokio::spawn(async move {
-        h2_send(&mut stream, first, body.is_empty()).await;
-        if !body.is_empty() && told.await.is_ok() {
-            h2_send(&mut stream, body, true).await;
-        }
-    });
-    PartlySent {
-        answer,
-        rest,
-        sending,
-    }
-}
-
-/// The status and body of an HTTP/2 answer, which must come within `wait`.
-async fn h2_answer(answer: h2::client::ResponseFuture, wait: Duration) -> (u16, String) {
-    let answer = tokio::time::timeout(wait, answer)
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    let status = answer.status().as_u16();
-    let mut received = answer.into_body();
-    let mut text = Vec::new();
-    while let Some(data) = received.data().await {
-        let data = data.expect("the answer's body");
-        let _ = received.flow_control().release_capacity(data.len());
-        text.extend_from_slice(&data);
-    }
-    (status, String::from_utf8_lossy(&text).into_owned())
-}
-
 /// Reads until the server closes the connection; fails if it stays open past 10 s.
 async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
     assert!(
@@ -1242,7 +1009,7 @@ async fn sigterm_finishes_the_requests_in_flight_then_exits() {
     );
     let mut connections = Vec::new();
     for _ in 0..2 {
-        let mut s = tls(&webhook, b"http/1.1").await.expect("handshake");
+        let mut s = tls(&webhook).await.expect("handshake");
         s.write_all(head.as_bytes()).await.expect("write");
         s.write_all(&body[..10]).await.expect("write");
         s.flush().await.expect("flush");
@@ -1334,13 +1101,11 @@ async fn sigterm_exits_while_a_certificate_read_is_stalled() {
 async fn beyond_max_connections_a_connection_waits_and_probes_still_answer() {
     let cp = ControlPlane::shared();
     let webhook = Webhook::start_with(cp, &["--max-connections=1"]).await;
-    let first = tls(&webhook, b"http/1.1")
-        .await
-        .expect("the first connection");
+    let first = tls(&webhook).await.expect("the first connection");
     // The second waits in the listen backlog: connected, but no handshake until a slot frees.
     let second = tokio::spawn({
         let (port, ca) = (webhook.port(), webhook.ca_pem());
-        async move { tls_to(port, &ca, b"http/1.1").await.map(drop) }
+        async move { tls_to(port, &ca, &[b"http/1.1"]).await.map(drop) }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
@@ -1405,7 +1170,7 @@ async fn after_sigterm_it_answers_while_not_ready_until_a_second_signal() {
         .expect("json")
     };
     // A keep-alive connection opened before the signal, as the API server pools them.
-    let mut pooled = tls(&webhook, b"http/1.1").await.expect("handshake");
+    let mut pooled = tls(&webhook).await.expect("handshake");
     assert!(
         !allowed_on(&mut pooled, &body("pooled-before", 53)).await,
         "an answer before the signal closed its connection"
@@ -1504,12 +1269,17 @@ impl Response {
     }
 }
 
-async fn tls(w: &Webhook, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
-    tls_to(w.port(), &w.ca_pem(), alpn).await
+async fn tls(w: &Webhook) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_to(w.port(), &w.ca_pem(), &[b"http/1.1"]).await
 }
 
-/// A TLS connection to the webhook on `port`, whose CA is `ca_pem`.
-async fn tls_to(port: u16, ca_pem: &str, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
+/// A TLS connection to the webhook on `port`, whose CA is `ca_pem`, offering `protocols` by
+/// ALPN.
+async fn tls_to(
+    port: u16,
+    ca_pem: &str,
+    protocols: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(std::io::Error::other)?)
@@ -1521,10 +1291,9 @@ async fn tls_to(port: u16, ca_pem: &str, alpn: &[u8]) -> std::io::Result<TlsStre
     .map_err(std::io::Error::other)?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    // As the API server's client does (Go sets it on every TCP connection): without it, each
-    // HTTP/2 window's last segment waits for the webhook's delayed ACK, 40 ms a window.
+    // As the API server's client does (Go sets it on every TCP connection).
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
     TlsConnector::from(Arc::new(config))
@@ -1534,7 +1303,7 @@ async fn tls_to(port: u16, ca_pem: &str, alpn: &[u8]) -> std::io::Result<TlsStre
 
 /// One request on a new HTTPS connection (HTTP/1.1); the response and the certificate served.
 async fn send(w: &Webhook, request: &[u8]) -> std::io::Result<Response> {
-    let mut s = tls(w, b"http/1.1").await?;
+    let mut s = tls(w).await?;
     let peer_cert = s
         .get_ref()
         .1

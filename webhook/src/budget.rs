@@ -1,16 +1,13 @@
 //! A bound on the request bodies held at once. Each admission request holds room for the bytes
 //! of its body as they arrive (not for the length it declares: a client that declares the
 //! largest bodies and sends nothing would otherwise hold the whole budget), and gives it back
-//! once answered; beyond the bound, requests wait. Without it, a client opening many HTTP/2
-//! streams with large bodies could run the pod out of memory, each body within the
+//! once answered; beyond the bound, requests wait. Without it, a client opening many
+//! connections with large bodies could run the pod out of memory, each body within the
 //! per-request limit.
 //!
 //! Bodies partly read could each wait for room the others hold, and all wait until their
 //! deadline. So one body at a time may go over the bound (the overdraft, at most one body):
-//! it is read to its end and answered, and gives its room back to the others. Over HTTP/2,
-//! a body waiting for room leaves what it was sent unread, which keeps its share of the
-//! connection's flow-control window: so that bodies waiting cannot take all of it from the
-//! ones being read, the connection window is every stream's window together (`server.rs`).
+//! it is read to its end and answered, and gives its room back to the others.
 
 use std::fmt::Display;
 use std::sync::Arc;

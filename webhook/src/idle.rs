@@ -1,6 +1,6 @@
 //! A stream that fails with `TimedOut` when neither direction makes progress for a while: the
-//! peer sends nothing and takes nothing. So silent connections (no TLS handshake, no HTTP/2
-//! preface, ignored pings) do not pile up, and neither do connections whose peer stops reading:
+//! peer sends nothing and takes nothing. So silent connections (no TLS handshake, no request)
+//! do not pile up, and neither do connections whose peer stops reading:
 //! a client that pipelines requests and never reads the answers leaves hyper blocked in a write,
 //! never polling a read, and would otherwise hold its slot for as long as it stays connected.
 //! A client that reads a large answer slowly, or a server writing one to a silent client, is

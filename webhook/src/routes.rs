@@ -13,7 +13,7 @@ use futures::FutureExt;
 use http_body_util::Full;
 use hyper::body::{Body, Bytes};
 use hyper::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode};
 
 use crate::admission::{self, Hook};
 use crate::budget::{BodyBudget, ReadError};
@@ -57,14 +57,13 @@ impl App {
         let label = route_label(route, req.method(), listener);
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let http1 = req.version() < Version::HTTP_2;
         let (mut response, operation, result) =
             recover(self.clone().route(req, route, listener)).await;
         // Once shutting down, each answer closes its keep-alive connection: the API server
         // pools them, and would go on sending reviews down one until the pod is gone (a
         // request written just as it closes fails the user's apply). Its next review opens a
         // new connection, which the Service sends to a pod still ready.
-        if http1 && self.shutting_down.load(Ordering::Acquire) {
+        if self.shutting_down.load(Ordering::Acquire) {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -1,5 +1,6 @@
-//! The listeners: HTTPS for admission (HTTP/2 or HTTP/1.1 by ALPN; its connections spread over
-//! one thread per core, at most 4, `workers.rs`), plain HTTP for metrics and probes;
+//! The listeners: HTTPS for admission (HTTP/1.1, the only protocol the API server speaks to an
+//! admission webhook; its connections spread over one thread per core, at most 4,
+//! `workers.rs`), plain HTTP for metrics and probes;
 //! per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -63,30 +64,12 @@ const BODIES_AT_ONCE: usize = 1;
 /// beyond closes the longest idle (`slots.rs`).
 const PLAIN_CONNECTIONS: usize = 64;
 
-// What one connection may make the webhook hold, whatever the client does (the bodies being
-// read are bounded apart from this, by the body budget):
-// - HTTP/1.1 reads one request at a time into a buffer of at most `H1_MAX_BUFFER` (hyper's
-//   default is ~400 KiB): a request head up to that size, then the body in chunks of it.
-// - HTTP/2 multiplexes. Body data the handlers have not taken yet (a stream waiting for room
-//   in the body budget, say) is bounded by each stream's window, `H2_STREAM_WINDOW`, and by
-//   the connection window, which is every stream's window together: streams waiting for room
-//   can never hold all of it, so the bodies being read (the one holding room, the overdraft's)
-//   are still sent the rest (`budget.rs`). A stream waiting for room also holds the frame it
-//   waits with, which its window no longer counts: up to 16 KiB (HTTP/2's default frame
-//   size, which the webhook keeps) each, 8 × 16 = 128 KiB. And each open stream holds its
-//   decoded headers, up to `H2_MAX_HEADER_LIST` each, while it waits: 8 × 8 KiB = 64 KiB. So
-//   at most 256 + 128 + 64 = 448 KiB per connection, where hyper's defaults (1 MiB windows,
-//   200 streams) and 64 KiB headers came to over 13.5 MiB: ten connections would fill the
-//   pod's 128 MiB. The API server sends one review per stream with a few hundred bytes of headers,
-//   and opens another connection when a connection's streams are all taken.
-// That is per connection: `--max-connections` of them could hold more than the pod's memory,
-// which is why docs/install.md asks to keep the port to the API server.
-// A large body still arrives whole: the windows refill as the handler reads it.
+/// What one admission connection may make the webhook hold besides the body being read (which
+/// the body budget bounds): HTTP/1.1 reads one request at a time into a buffer of at most this
+/// (hyper's default is ~400 KiB), a request head up to that size, then the body in chunks of
+/// it. Still, `--max-connections` of them, with their TLS buffers, could hold more than the
+/// pod's memory, which is why docs/install.md asks to keep the port to the API server.
 const H1_MAX_BUFFER: usize = 64 * 1024;
-const H2_STREAM_WINDOW: u32 = 32 * 1024;
-const H2_MAX_STREAMS: u32 = 8;
-const H2_CONNECTION_WINDOW: u32 = H2_MAX_STREAMS * H2_STREAM_WINDOW;
-const H2_MAX_HEADER_LIST: u32 = 8 * 1024;
 
 /// Connection settings that every connection task needs.
 struct Limits {
@@ -288,38 +271,21 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let service = service_fn(move |req| app.clone().handle(req, Listener::Tls));
-    let io = TokioIo::new(tls);
-    let result = if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            // Pings keep a healthy idle connection (the API server's) above the idle timeout
-            // and find dead peers.
-            .keep_alive_interval(Some(limits.idle_timeout / 3))
-            // A peer that cannot answer a ping in the time allowed for a handshake is gone.
-            .keep_alive_timeout(limits.handshake_timeout)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            .max_header_list_size(H2_MAX_HEADER_LIST);
-        watcher.watch(builder.serve_connection(io, service)).await
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .max_buf_size(H1_MAX_BUFFER)
-            // hyper starts the head timer as soon as it waits for the next request, so on a
-            // kept-alive connection it is an idle timeout too. The API server pools its
-            // HTTP/1.1 connections (a Service-referenced webhook is called over HTTP/1.1 only)
-            // and keeps them idle for up to 90 s; a review it sends down one that is being
-            // closed fails with EOF and is not retried. So the wait for a head gets the idle
-            // timeout, longer than that, and the client closes idle connections, not us. A
-            // head that stops arriving is cut off by it too.
-            .header_read_timeout(limits.idle_timeout);
-        watcher.watch(builder.serve_connection(io, service)).await
-    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(H1_MAX_BUFFER)
+        // hyper starts the head timer as soon as it waits for the next request, so on a
+        // kept-alive connection it is an idle timeout too. The API server pools its HTTP/1.1
+        // connections and keeps them idle for up to 90 s; a review it sends down one that is
+        // being closed fails with EOF and is not retried. So the wait for a head gets the idle
+        // timeout, longer than that, and the client closes idle connections, not us. A head
+        // that stops arriving is cut off by it too.
+        .header_read_timeout(limits.idle_timeout);
+    let result = watcher
+        .watch(builder.serve_connection(TokioIo::new(tls), service))
+        .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }

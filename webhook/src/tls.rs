@@ -252,13 +252,17 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate from `store`.
+/// TLS 1.2 and 1.3, HTTP/1.1, the certificate from `store`. The API server calls an admission
+/// webhook over HTTP/1.1 only, by Service or by URL (`k8s.io/apiserver`,
+/// `pkg/util/webhook/client.go`; HTTP/2 only to a URL at localhost, where HTTP/1.1 serves as
+/// well), so HTTP/2 is not offered: a client that asks for nothing else is refused at the
+/// handshake (`no_application_protocol`).
 pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(store.provider.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -8,6 +8,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use crate::{SERVING, SYSTEM_NS, WEBHOOK_CONFIG};
@@ -100,7 +102,7 @@ pub(crate) fn secret_files(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 
 /// The DER of the first certificate in a PEM bundle.
 pub(crate) fn first_der(pem: &[u8]) -> Vec<u8> {
-    rustls_pemfile::certs(&mut &pem[..])
+    CertificateDer::pem_slice_iter(pem)
         .next()
         .and_then(Result::ok)
         .map(|c| c.to_vec())

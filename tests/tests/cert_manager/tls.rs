@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TLS client for the webhook on loopback that opens a new connection per request.
@@ -15,7 +17,7 @@ pub(crate) struct LoopbackTls {
 impl LoopbackTls {
     pub(crate) fn new(addr: SocketAddr, ca_pem: &[u8]) -> Self {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
             let cert = cert.unwrap_or_else(|e| panic!("bad CA PEM: {e}"));
             roots.add(cert).unwrap_or_else(|e| panic!("bad CA: {e}"));
         }
