@@ -47,6 +47,8 @@ pub enum TlsError {
         key: String,
         reason: String,
     },
+    #[error("the certificate in {path} expired at {not_after}; the one served now is still valid")]
+    Expired { path: String, not_after: ASN1Time },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -132,7 +134,9 @@ impl CertStore {
         if last.as_ref() == Some(&pair) {
             return Reload::Unchanged;
         }
-        let result = self.parse(&pair.0, &pair.1);
+        let result = self
+            .parse(&pair.0, &pair.1)
+            .and_then(|(key, not_after)| self.not_a_step_back(key, not_after));
         *last = Some(pair);
         match result {
             Ok((key, not_after)) => {
@@ -140,6 +144,32 @@ impl CertStore {
                 Reload::Loaded { not_after }
             }
             Err(e) => Reload::Failed(e),
+        }
+    }
+
+    /// An expired pair does not replace one still valid: a Secret written back from an old
+    /// copy would otherwise fail every handshake until someone noticed. (Only notAfter: a
+    /// new certificate's notBefore may be a moment ahead of this node's clock.) Served when
+    /// nothing valid is, as it fails no more than what it replaces.
+    fn not_a_step_back(
+        &self,
+        key: CertifiedKey,
+        end: NotAfter,
+    ) -> Result<(CertifiedKey, NotAfter), TlsError> {
+        let now = ASN1Time::now();
+        let expired = end.as_ref().is_ok_and(|end| *end <= now);
+        let current_valid = self.current.load().as_ref().is_some_and(|current| {
+            current
+                .cert
+                .first()
+                .is_some_and(|leaf| not_after(leaf).is_ok_and(|end| end > now))
+        });
+        match end {
+            Ok(not_after) if expired && current_valid => Err(TlsError::Expired {
+                path: self.cert_path.display().to_string(),
+                not_after,
+            }),
+            end => Ok((key, end)),
         }
     }
 
@@ -619,6 +649,42 @@ sA==\n\
         store.reload_logged(&metrics);
         assert_eq!(metrics.cert_reload_failures.get(), 1);
         assert_eq!(metrics.cert_expiry.get(), 1_972_166_400);
+    }
+
+    /// An old pair written back over a valid one (a Secret restored from an old copy) is
+    /// refused and counted; the valid one keeps serving. With nothing valid served, it loads:
+    /// it fails no more handshakes than what it replaces.
+    #[test]
+    fn an_expired_pair_does_not_replace_a_valid_one() {
+        let (dir, store, _) = serving_2031();
+        let valid = served(&store);
+
+        let old = expiring(2020, 1, 1);
+        old.write(dir.path(), "tls").expect("write");
+        let failed = store.reload();
+        assert!(
+            matches!(&failed, Reload::Failed(TlsError::Expired { .. })),
+            "{failed:?}"
+        );
+        assert!(matches!(store.reload(), Reload::Unchanged), "counted once");
+        assert_eq!(served(&store), valid);
+
+        // An expired pair served, then another expired one: the newer files are served.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = CertStore::new(
+            other_dir.path().join("tls.crt"),
+            other_dir.path().join("tls.key"),
+        );
+        old.write(other_dir.path(), "tls").expect("write");
+        assert!(matches!(
+            other.reload(),
+            Reload::Loaded { not_after: Ok(_) }
+        ));
+        assert_eq!(served(&other), der(&old.cert_pem));
+        let older = expiring(2019, 1, 1);
+        older.write(other_dir.path(), "tls").expect("write");
+        assert!(matches!(other.reload(), Reload::Loaded { .. }));
+        assert_eq!(served(&other), der(&older.cert_pem));
     }
 
     /// A leaf rustls accepts but the X.509 parser refuses (its notAfter names month 13; rustls
