@@ -7,9 +7,10 @@
 //! anything the notifications miss. Notifications that cannot mean a change (opens and reads,
 //! the webhook's own among them) are ignored. A pair read across a swap (the old certificate,
 //! then the new key) is read once more before it counts as failed. A pair that does not load
-//! (half-written, key not matching the certificate) is logged and counted, and the previous
-//! pair keeps serving. Whether a pair loads is rustls' call: the expiry gauge's parser only
-//! reads the notAfter, and a certificate it cannot read is served with the gauge at 0.
+//! (half-written, key not matching the certificate, or past its notAfter while the one served
+//! is not) is logged and counted, and the previous pair keeps serving. Whether a pair is
+//! usable is rustls' call; the X.509 parser only reads the notAfter, for the expiry gauge and
+//! that comparison, and a certificate it cannot read is served with the gauge at 0.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -150,19 +151,21 @@ impl CertStore {
     /// An expired pair does not replace one still valid: a Secret written back from an old
     /// copy would otherwise fail every handshake until someone noticed. (Only notAfter: a
     /// new certificate's notBefore may be a moment ahead of this node's clock.) Served when
-    /// nothing valid is, as it fails no more than what it replaces.
+    /// nothing known to be valid is (none served, or one whose notAfter cannot be read), as it
+    /// fails no more than what it replaces. Valid through its notAfter second, as RFC 5280 has
+    /// it.
     fn not_a_step_back(
         &self,
         key: CertifiedKey,
         end: NotAfter,
     ) -> Result<(CertifiedKey, NotAfter), TlsError> {
         let now = ASN1Time::now();
-        let expired = end.as_ref().is_ok_and(|end| *end <= now);
+        let expired = end.as_ref().is_ok_and(|end| *end < now);
         let current_valid = self.current.load().as_ref().is_some_and(|current| {
             current
                 .cert
                 .first()
-                .is_some_and(|leaf| not_after(leaf).is_ok_and(|end| end > now))
+                .is_some_and(|leaf| not_after(leaf).is_ok_and(|end| end >= now))
         });
         match end {
             Ok(not_after) if expired && current_valid => Err(TlsError::Expired {
@@ -187,8 +190,8 @@ impl CertStore {
         Reload::Failed(e)
     }
 
-    /// The served pair and its certificate's notAfter. Whether the pair is served is rustls'
-    /// call alone: a leaf only the expiry's parser refuses is served, its notAfter unknown.
+    /// The pair and its certificate's notAfter. Whether the pair is usable is rustls' call
+    /// alone: a leaf only the expiry's parser refuses is usable, its notAfter unknown.
     fn parse(&self, cert: &[u8], key: &[u8]) -> Result<(CertifiedKey, NotAfter), TlsError> {
         let cert_path = self.cert_path.display().to_string();
         let key_path = self.key_path.display().to_string();
@@ -656,7 +659,7 @@ sA==\n\
     /// it fails no more handshakes than what it replaces.
     #[test]
     fn an_expired_pair_does_not_replace_a_valid_one() {
-        let (dir, store, _) = serving_2031();
+        let (dir, store, metrics) = serving_2031();
         let valid = served(&store);
 
         let old = expiring(2020, 1, 1);
@@ -667,6 +670,16 @@ sA==\n\
             "{failed:?}"
         );
         assert!(matches!(store.reload(), Reload::Unchanged), "counted once");
+        assert_eq!(served(&store), valid);
+        // Through the logging path, which the server uses: one failure, the gauge unmoved.
+        expiring(2021, 1, 1)
+            .write(dir.path(), "tls")
+            .expect("write");
+        store.reload_logged(&metrics);
+        store.reload_logged(&metrics);
+        assert_eq!(metrics.cert_reload_failures.get(), 1);
+        assert_eq!(metrics.cert_reloads.get(), 1);
+        assert_eq!(metrics.cert_expiry.get(), JAN_2_2031);
         assert_eq!(served(&store), valid);
 
         // An expired pair served, then another expired one: the newer files are served.
@@ -713,6 +726,12 @@ sA==\n\
         assert_eq!(metrics.cert_reloads.get(), 2);
         assert_eq!(served(&store), leaf);
         assert_eq!(metrics.cert_expiry.get(), 0);
+
+        // Nothing known to be valid is served: an expired pair may replace it.
+        let old = expiring(2020, 1, 1);
+        old.write(dir.path(), "tls").expect("write");
+        store.reload_logged(&metrics);
+        assert_eq!(served(&store), der(&old.cert_pem));
     }
 
     #[test]
