@@ -1,6 +1,6 @@
-//! The listeners: HTTPS for admission (HTTP/1.1, the only protocol the API server speaks to an
-//! admission webhook; its connections spread over one thread per core, at most 4,
-//! `workers.rs`), plain HTTP for metrics and probes;
+//! The listeners: HTTPS for admission (HTTP/1.1, what the API server calls webhooks with,
+//! `tls.rs`; its connections spread over one thread per core, at most 4, `workers.rs`), plain
+//! HTTP for metrics and probes;
 //! per-connection timeouts and a connection cap; graceful shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
