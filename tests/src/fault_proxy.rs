@@ -270,20 +270,22 @@ impl FaultProxy {
     /// contains every one of `parts` are answered 429 or 503; the others pass, each on a
     /// connection of its own. Open connections are cut.
     pub fn refuse_requests_to(&self, parts: &[&str]) {
-        self.pick(Some(Picked {
-            parts: parts.iter().map(|p| (*p).to_owned()).collect(),
-            hold: false,
-        }));
-        self.cut.send_modify(|n| *n += 1);
+        self.pick_from_now(parts, false);
     }
 
     /// From now on requests whose request line contains every one of `parts` wait in the
     /// proxy until [`release_held`](Self::release_held); the others pass, each on a connection
     /// of its own. Open connections are cut.
     pub fn hold_requests_to(&self, parts: &[&str]) {
+        self.pick_from_now(parts, true);
+    }
+
+    /// Picks the requests whose request line contains every one of `parts`, and cuts open
+    /// connections so that every request from now on is judged.
+    fn pick_from_now(&self, parts: &[&str], hold: bool) {
         self.pick(Some(Picked {
             parts: parts.iter().map(|p| (*p).to_owned()).collect(),
-            hold: true,
+            hold,
         }));
         self.cut.send_modify(|n| *n += 1);
     }

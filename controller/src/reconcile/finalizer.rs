@@ -30,32 +30,35 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
             super::delete_refused(ctx, tr, &child, e, &meanwhile);
         }
     };
-    // One being deleted with its pods already (by an earlier pass whose finalizer write was
-    // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
-    // again, in the foreground, which stops them.
     let cached = ctx.children.jobs_of(uid).await;
-    for j in &cached {
-        if status::deletion(&j.metadata) == Deletion::StoppingPods {
-            continue;
-        }
-        let (name, job_uid) = (j.name_any(), j.metadata.uid.as_deref());
-        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground)
-            .await
-            .inspect_err(held(format!("Job {name}")))?;
-    }
     // The TaskRun deleted right after its Job was made, or while the Job watch is down or
     // re-listing: the garbage collector would delete that Job in the background, freeing its
     // name at once, and the task created again would run beside the old pod.
     let named = ctx.written.latest(uid, tr.status.as_ref()).job_name;
-    if let Some(name) = named.filter(|n| !cached.iter().any(|j| j.name_any() == *n))
-        && let Some(job) = jobs.get_metadata_opt(&name).await?
-        && cache::controlled_by(&job.metadata, Some(uid))
-        && status::deletion(&job.metadata) != Deletion::StoppingPods
-    {
-        let job_uid = job.metadata.uid.as_deref();
-        writes::delete_child(&jobs, &name, job_uid, PropagationPolicy::Foreground)
-            .await
-            .inspect_err(held(format!("Job {name}")))?;
+    let uncached = match named.filter(|n| !cached.iter().any(|j| j.name_any() == *n)) {
+        Some(name) => jobs
+            .get_metadata_opt(&name)
+            .await?
+            .filter(|j| cache::controlled_by(&j.metadata, Some(uid))),
+        None => None,
+    };
+    // One being deleted with its pods already (by an earlier pass whose finalizer write was
+    // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
+    // again, in the foreground, which stops them.
+    let found = cached.iter().map(|j| &j.metadata);
+    for meta in found.chain(uncached.as_ref().map(|j| &j.metadata)) {
+        if status::deletion(meta) == Deletion::StoppingPods {
+            continue;
+        }
+        let name = meta.name.as_deref().unwrap_or_default();
+        writes::delete_child(
+            &jobs,
+            name,
+            meta.uid.as_deref(),
+            PropagationPolicy::Foreground,
+        )
+        .await
+        .inspect_err(held(format!("Job {name}")))?;
     }
     for cm in ctx.children.config_maps_of(uid).await {
         let (name, cm_uid) = (cm.name_any(), cm.metadata.uid.as_deref());
