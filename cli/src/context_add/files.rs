@@ -5,21 +5,32 @@
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
-use taskrun::limits::MAX_TOTAL_BYTES;
+use taskrun::limits::{MAX_FILES, MAX_TOTAL_BYTES};
 use taskrun::validation::check_files;
 use taskrun::{FileType, MarkdownFile};
 
 use crate::error::Error;
 
 /// Reads every file (its base name becomes the filename) and checks them all; the error
-/// lists every problem found.
+/// lists every problem found. No more is read, all files together, than a TaskRun may hold.
 pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<MarkdownFile>, Error> {
+    if paths.len() > MAX_FILES {
+        return Err(Error::Invalid(vec![format!(
+            "{} files given with -f, and a TaskRun has at most {MAX_FILES}: add them in several \
+             steps, or merge some",
+            paths.len()
+        )]));
+    }
     let mut problems = Vec::new();
     let mut files = Vec::new();
+    let mut left = MAX_TOTAL_BYTES;
     for path in paths {
         let path = path.as_ref();
-        match read(path, file_type.clone()) {
-            Ok(file) => files.push(file),
+        match read(path, file_type.clone(), left) {
+            Ok(file) => {
+                left -= file.content.len();
+                files.push(file);
+            }
             Err(why) => problems.push(format!("{}: {why}", path.display())),
         }
     }
@@ -38,8 +49,9 @@ pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<Markd
     }
 }
 
-/// One file, or why it cannot be had (a sentence that follows the path).
-fn read(path: &Path, file_type: FileType) -> Result<MarkdownFile, String> {
+/// One file of at most `left` bytes (what the files before it left of the total), or why it
+/// cannot be had (a sentence that follows the path).
+fn read(path: &Path, file_type: FileType, left: usize) -> Result<MarkdownFile, String> {
     if path.as_os_str() == "-" {
         return Err(
             "reading from stdin is not supported: give the path of a markdown file (its name becomes the filename)"
@@ -57,16 +69,29 @@ fn read(path: &Path, file_type: FileType) -> Result<MarkdownFile, String> {
             "the file name is not UTF-8: rename the file (a filename may have letters, digits, '.', '_' and '-', and ends in .md)",
         )?,
     };
-    let bytes = match read_at_most(path, MAX_TOTAL_BYTES) {
+    let bytes = match read_at_most(path, left) {
         Ok(Contents::Bytes(bytes)) => bytes,
-        Ok(Contents::TooLarge) => {
+        Ok(Contents::TooLarge) if left == MAX_TOTAL_BYTES => {
             return Err(format!(
                 "more than {MAX_TOTAL_BYTES} bytes, which a TaskRun's files may take in total"
+            ));
+        }
+        Ok(Contents::TooLarge) => {
+            return Err(format!(
+                "more than the {left} bytes the files before it leave of the \
+                 {MAX_TOTAL_BYTES} a TaskRun's files may take in total"
             ));
         }
         Ok(Contents::Directory) => {
             return Err(
                 "is a directory: give each markdown file with its own -f (for example -f DIR/*.md)"
+                    .into(),
+            );
+        }
+        Ok(Contents::NotAFile) => {
+            return Err(
+                "is not a regular file (a pipe or a device, say): save the markdown to a file \
+                 and give its path"
                     .into(),
             );
         }
@@ -90,15 +115,22 @@ enum Contents {
     /// More than the bound.
     TooLarge,
     Directory,
+    /// A pipe, a socket or a device: opening or reading one could wait for ever (a FIFO with
+    /// no writer, a terminal) or never end (`/dev/zero`).
+    NotAFile,
 }
 
-/// The file's bytes, read no further than one byte past `max`, whatever the file claims to
-/// be: a pipe, `/dev/zero` or a file still growing.
+/// The file's bytes, read no further than one byte past `max`, even from a file still
+/// growing. Only a regular file is opened at all.
 fn read_at_most(path: &Path, max: usize) -> std::io::Result<Contents> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.is_dir() {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() {
         return Ok(Contents::Directory);
     }
+    if !kind.is_file() {
+        return Ok(Contents::NotAFile);
+    }
+    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(max as u64 + 1).read_to_end(&mut bytes)?;
     Ok(if bytes.len() <= max {
@@ -238,12 +270,47 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_file_is_read_no_further_than_the_limit() {
-        // A character device reports length 0; before the bounded read this never returned.
-        let problems = refused(&[Path::new("/dev/zero")]);
+    fn files_read_stop_at_the_total_a_taskrun_may_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Each within the bounds, the five together past the total: the last is read no
+        // further than what the first four leave (plus one byte), and the problem is named
+        // for it.
+        let size = 240_000;
+        let paths: Vec<_> = ["a.md", "b.md", "c.md", "d.md", "e.md"]
+            .iter()
+            .map(|name| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, vec![b'x'; size]).expect("write");
+                path
+            })
+            .collect();
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        let problems = refused(&refs);
+        let left = MAX_TOTAL_BYTES - 4 * size;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems[0].contains("/dev/zero") && problems[0].contains("more than"),
+            problems[0].contains("e.md")
+                && problems[0].contains(&format!("the {left} bytes the files before it leave")),
+            "{problems:?}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pipes_and_devices_are_refused_without_being_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A FIFO with no writer: opening it would wait for one for ever.
+        let fifo = dir.path().join("p.md");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // /dev/zero would never end, /dev/stdin waits at a terminal.
+        let problems = refused(&[&fifo, Path::new("/dev/zero")]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.contains("is not a regular file")),
             "{problems:?}"
         );
     }
