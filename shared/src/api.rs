@@ -392,6 +392,18 @@ impl TaskRun {
         )
     }
 
+    /// The message of the controller's verdict that this TaskRun lost to an older one of its
+    /// task (Succeeded False, `Duplicate`): it never runs, whatever its spec.
+    pub fn lost_as_duplicate(&self) -> Option<&str> {
+        use crate::conditions::{SUCCEEDED, reason::DUPLICATE};
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED && c.status == "False" && c.reason == DUPLICATE)
+            .map(|c| c.message.as_str())
+    }
+
     /// True when `other` is of the same identity, compared in place (no `Identity` built).
     pub fn same_task(&self, other: &TaskRun) -> bool {
         self.spec.task_id == other.spec.task_id

@@ -1771,6 +1771,90 @@ async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run(
     assert!(helm_releases(cp, &ns).is_empty());
 }
 
+/// A TaskRun applied by hand (or from git) that matches its release is marked as made from
+/// it before the uninstall deletes anything: an uninstall cut off after the release's files
+/// ConfigMap is gone (its records left) is then finished by the next run, instead of failing
+/// for want of the files it can no longer compare.
+// Multi-threaded: the proxy is served on this runtime while the plugin runs, blocking one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taskrun_already_there_is_marked_before_its_release_is_uninstalled() {
+    let cp = cluster().await;
+    let ns = cp.namespace("migrate-mark").await;
+    let client = cp.client().await;
+    let taskruns = Api::<TaskRun>::namespaced(client, &ns);
+    install_task(
+        cp,
+        &ns,
+        "install",
+        "marked",
+        4,
+        "",
+        &[("task.md", "# Task\n")],
+    );
+    finish_legacy_jobs(cp, &ns, &[]).await;
+    let by_hand = json!({
+        "apiVersion": "orchestrator.io/v1",
+        "kind": "TaskRun",
+        "metadata": {"name": "marked-task-4"},
+        "spec": {
+            "taskId": 4,
+            "serviceName": "marked",
+            "markdownFiles": [{"filename": "task.md", "content": "# Task\n"}],
+        },
+    });
+    kubectl_apply(cp, &ns, "kubectl", &by_hand);
+    let migrated_from = |tr: &TaskRun| {
+        tr.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("orchestrator.io/migrated-from"))
+            .cloned()
+    };
+    // Without --delete-releases nothing is written to it.
+    let (_, out) = migrate(cp, &ns, &[]);
+    assert!(
+        row(&out, "marked-task-4").contains("exists, matches"),
+        "{out}"
+    );
+    let tr = taskruns.get("marked-task-4").await.expect("get");
+    assert_eq!(migrated_from(&tr), None);
+
+    // The uninstall stops after the resources: the release records cannot be deleted.
+    let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
+    proxy.refuse_requests_to(&[&format!("DELETE /api/v1/namespaces/{ns}/secrets/")]);
+    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    let line = row(&out, "marked-task-4");
+    assert!(
+        line.contains("exists, matches") && line.contains(" kept "),
+        "{line}"
+    );
+    let tr = taskruns.get("marked-task-4").await.expect("get");
+    assert_eq!(
+        migrated_from(&tr).as_deref(),
+        Some(format!("helm release {ns}/marked-task-4 revision 1").as_str())
+    );
+    let config_maps = Api::<ConfigMap>::namespaced(cp.client().await, &ns);
+    assert!(
+        config_maps
+            .get_opt("marked-task-4-files")
+            .await
+            .expect("get")
+            .is_none(),
+        "the uninstall did not get as far as the files"
+    );
+
+    proxy.close_window();
+    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    assert_eq!(code, 0, "{out}");
+    let line = row(&out, "marked-task-4");
+    assert!(
+        line.contains("exists, matches") && line.contains("uninstalled"),
+        "{line}"
+    );
+    assert!(helm_releases(cp, &ns).is_empty());
+}
+
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`
 /// would act on that newer revision (its manifest, its hooks), so `--delete-releases` leaves
 /// such a release for Helm, saying why, instead of uninstalling from the revision migrated.

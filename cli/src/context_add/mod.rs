@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use taskrun::{MarkdownFile, TaskRun, conditions};
+use taskrun::{MarkdownFile, TaskRun};
 
 use crate::error::{Error, describe, may_have_taken_effect, status_code};
 
@@ -94,7 +94,7 @@ pub async fn run(
                     files: files(),
                     attempts: attempt,
                     changed: false,
-                    lost_as_duplicate: lost_as_duplicate(&current),
+                    lost_as_duplicate: current.lost_as_duplicate().map(str::to_owned),
                     also_applied_by: Vec::new(),
                 });
             }
@@ -117,7 +117,7 @@ pub async fn run(
                     files: files(),
                     attempts: attempt,
                     changed: true,
-                    lost_as_duplicate: lost_as_duplicate(&applied),
+                    lost_as_duplicate: applied.lost_as_duplicate().map(str::to_owned),
                     also_applied_by,
                 });
             }
@@ -158,19 +158,6 @@ pub async fn run(
 /// The message of a TaskRun's Succeeded=False condition with reason Duplicate: it lost the race
 /// for its task to an older TaskRun, and runs no version, this one or a later, while that one
 /// lives (DESIGN section 5).
-fn lost_as_duplicate(tr: &TaskRun) -> Option<String> {
-    tr.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| {
-            c.type_ == conditions::SUCCEEDED
-                && c.status == "False"
-                && c.reason == conditions::reason::DUPLICATE
-        })
-        .map(|c| c.message.clone())
-}
-
 /// "Full jitter" exponential backoff: a uniform wait in [0, min(cap, base * 2^attempt)), so
 /// callers that collided spread out instead of colliding again in lockstep. `unit` is a
 /// uniform random number in [0, 1).

@@ -18,13 +18,13 @@ use std::io::Write;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use taskrun::validation::shown;
 use taskrun::{TaskRun, labels};
 
 use crate::args::MigrateArgs;
 use crate::context_add::MANAGER;
-use crate::error::{Error, describe, retry_later};
+use crate::error::{Error, describe, retry_later, status_code};
 use plan::{LEGACY_CHART, NotPicked, Revision, Verdict};
 use release::Release;
 use report::NotDone;
@@ -177,7 +177,8 @@ async fn migrate_one(
             return None;
         }
     };
-    row.outcome = migrate_release(client, &release, args.dry_run).await;
+    let uninstalling = args.delete_releases && !args.dry_run;
+    row.outcome = migrate_release(client, &release, args.dry_run, uninstalling).await;
     let eligible = row.verified() || (args.dry_run && row.outcome == Outcome::WouldCreate);
     if args.delete_releases && eligible {
         row.helm = match uninstall::uninstall(client, &release, args.dry_run).await {
@@ -227,7 +228,14 @@ fn unread(action: &str, e: &kube::Error) -> Outcome {
     NotDone::unanswered(action, e).into()
 }
 
-async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool) -> Outcome {
+/// Migrates one release: creates its TaskRun, or verifies the one there. `uninstalling`: the
+/// release is to be uninstalled once its TaskRun is verified.
+async fn migrate_release(
+    client: &kube::Client,
+    release: &Release,
+    dry_run: bool,
+    uninstalling: bool,
+) -> Outcome {
     let ns = release.namespace.as_str();
     let name = release.name.as_str();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -271,7 +279,7 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
         }
     };
     match taskruns.get_opt(name).await {
-        Ok(Some(live)) => return judge(&spec, &live, Outcome::AlreadyMigrated),
+        Ok(Some(live)) => return existing(&taskruns, &spec, &live, release, uninstalling).await,
         Ok(None) => {}
         Err(e) => return unread(&format!("reading TaskRun {name}"), &e),
     }
@@ -302,14 +310,14 @@ async fn migrate_release(client: &kube::Client, release: &Release, dry_run: bool
     match taskruns.create(&params, &taskrun).await {
         Ok(would_be) if plan::admitted(&would_be) => {}
         Ok(_) => return Outcome::Failed(format!("not created: {}", not_admitted())),
-        Err(e) => return refused(&taskruns, release, &spec, e, dry_run).await,
+        Err(e) => return refused(&taskruns, release, &spec, e, dry_run, uninstalling).await,
     }
     if dry_run {
         return Outcome::WouldCreate;
     }
     params.dry_run = false;
     if let Err(e) = taskruns.create(&params, &taskrun).await {
-        return refused(&taskruns, release, &spec, e, dry_run).await;
+        return refused(&taskruns, release, &spec, e, dry_run, uninstalling).await;
     }
     // Verify from a fresh read, not the create response.
     match taskruns.get_opt(name).await {
@@ -327,10 +335,11 @@ async fn refused(
     spec: &taskrun::TaskRunSpec,
     e: kube::Error,
     dry_run: bool,
+    uninstalling: bool,
 ) -> Outcome {
     let name = release.name.as_str();
     if !dry_run && let Ok(Some(live)) = taskruns.get_opt(name).await {
-        return judge(spec, &live, Outcome::AlreadyMigrated);
+        return existing(taskruns, spec, &live, release, uninstalling).await;
     }
     if retry_later(&e) {
         return not_judged(&e);
@@ -472,6 +481,45 @@ fn not_judged(e: &kube::Error) -> Outcome {
     ))
 }
 
+/// Verifies a TaskRun that was there already. One about to stand in for a release being
+/// uninstalled is first marked as made from it (`plan::MIGRATED_FROM`), as those this tool
+/// creates are: the uninstall deletes the release's files ConfigMap before its records, and a
+/// later run that finds the records left and the files gone finishes the uninstall only for a
+/// TaskRun so marked.
+async fn existing(
+    taskruns: &Api<TaskRun>,
+    spec: &taskrun::TaskRunSpec,
+    live: &TaskRun,
+    release: &Release,
+    uninstalling: bool,
+) -> Outcome {
+    let verified = judge(spec, live, Outcome::AlreadyMigrated);
+    if !uninstalling || verified != Outcome::AlreadyMigrated || plan::made_from(live, release) {
+        return verified;
+    }
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    // The resourceVersion makes the patch apply only to the TaskRun just verified.
+    let mark = serde_json::json!({"metadata": {
+        "resourceVersion": live.metadata.resource_version,
+        "annotations": {plan::MIGRATED_FROM: plan::migrated_from(release)},
+    }});
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match taskruns.patch(name, &params, &Patch::Merge(&mark)).await {
+        Ok(_) => verified,
+        Err(e) if status_code(&e) == Some(409) => Outcome::Postponed(format!(
+            "TaskRun {name} changed while it was verified; run this again"
+        )),
+        Err(e) => NotDone::unanswered(
+            &format!("marking TaskRun {name} as migrated from the release, before uninstalling it"),
+            &e,
+        )
+        .into(),
+    }
+}
+
 /// Verifies an existing TaskRun against the desired spec: `ok` when it matches and was admitted.
 fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome {
     let name = live.metadata.name.as_deref().unwrap_or_default();
@@ -487,7 +535,20 @@ fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome
         Verdict::Same | Verdict::MovedOn if !plan::admitted(live) => {
             Outcome::Failed(not_admitted())
         }
-        Verdict::Same | Verdict::MovedOn => ok,
+        Verdict::Same | Verdict::MovedOn => runs(live, ok),
+    }
+}
+
+/// `ok`, unless the controller found `live` a duplicate of an older TaskRun of its task (both
+/// admitted at once, before the webhook's index saw either): then it never runs, and the
+/// release is not served by it.
+fn runs(live: &TaskRun, ok: Outcome) -> Outcome {
+    match live.lost_as_duplicate() {
+        Some(why) => Outcome::Failed(format!(
+            "TaskRun {} exists but will never run: {why}",
+            live.metadata.name.as_deref().unwrap_or_default()
+        )),
+        None => ok,
     }
 }
 
@@ -503,7 +564,7 @@ fn judge_made_earlier(live: &TaskRun) -> Outcome {
     if !plan::admitted(live) {
         return Outcome::Failed(not_admitted());
     }
-    Outcome::AlreadyMigrated
+    runs(live, Outcome::AlreadyMigrated)
 }
 
 fn not_admitted() -> String {
@@ -515,8 +576,9 @@ fn not_admitted() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use taskrun::{MarkdownFile, TaskRunSpec, labels};
+    use taskrun::{MarkdownFile, TaskRunSpec, conditions, labels};
 
     fn spec() -> TaskRunSpec {
         TaskRunSpec {
@@ -664,5 +726,31 @@ mod tests {
         going.metadata.deletion_timestamp = Some(Time(Default::default()));
         let outcome = judge(&spec(), &going, Outcome::AlreadyMigrated);
         assert!(matches!(outcome, Outcome::Failed(why) if why.contains("being deleted")));
+    }
+
+    #[test]
+    fn a_task_run_that_lost_as_a_duplicate_is_not_verified() {
+        let mut lost = admitted(spec());
+        lost.status = Some(taskrun::TaskRunStatus {
+            conditions: vec![Condition {
+                type_: conditions::SUCCEEDED.into(),
+                status: "False".into(),
+                reason: conditions::reason::DUPLICATE.into(),
+                message: "TaskRun billing-first holds task 7 of billing".into(),
+                last_transition_time: Time(Default::default()),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        for outcome in [
+            judge(&spec(), &lost, Outcome::Created),
+            judge_made_earlier(&lost),
+        ] {
+            assert!(
+                matches!(&outcome, Outcome::Failed(why)
+                    if why.contains("never run") && why.contains("billing-first holds")),
+                "{outcome:?}"
+            );
+        }
     }
 }
