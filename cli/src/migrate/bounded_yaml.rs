@@ -26,6 +26,15 @@
 //! measured for the densest shape found, `[? a, ? a, ...]` (a flow sequence of one-entry
 //! mappings), 102 MB for `[a,a,...]`, against 1.6 GB for the latter at 16 MiB before.
 //!
+//! Nor is a manifest whose flow collections (`[`, `{`) nest deeper than `MAX_FLOW_DEPTH`:
+//! libyaml walks every open flow level at each token it reads, so a manifest of `[?` repeated
+//! a quarter of a million times (512 KiB, within the count above) took 258 s to refuse, time
+//! growing with the square of its depth (7 s at a quarter of it), before serde_yaml_ng's own
+//! limit of 128 levels could. 256 levels open and the most tokens the count allows take 70 ms. The
+//! depth is counted as the count above is, quoted or not, brackets opened and not yet closed:
+//! a task's file would need more than `MAX_FLOW_DEPTH` unclosed brackets in a row to be taken
+//! for one.
+//!
 //! Nor is a manifest with a directive (`%TAG`, `%YAML`) read: libyaml puts a `%TAG` prefix into
 //! the tag of every node that uses its handle, so one prefix of megabytes, used on each of
 //! thousands of nodes, would cost gigabytes while the count above saw a few characters. Helm
@@ -47,6 +56,10 @@ pub const EXPANDS: &str = "the release manifest expands far beyond its size thro
 /// documentation).
 pub const MAX_STRUCTURE: usize = 1 << 19;
 
+/// The deepest flow collections may nest (see the module's documentation). serde_yaml_ng
+/// refuses more than 128 levels of any kind once a document is read.
+pub const MAX_FLOW_DEPTH: usize = 256;
+
 /// The documents of `text`, each as JSON (an empty document is `null`), in order.
 pub fn documents(text: &str) -> Result<Vec<Value>, String> {
     if has_directive(text) {
@@ -61,6 +74,12 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
         return Err(format!(
             "the release manifest holds {structure} YAML indicators and line breaks, more than \
              any chart of a task renders (at most {MAX_STRUCTURE}); refused"
+        ));
+    }
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "the release manifest opens more than {MAX_FLOW_DEPTH} '[' or '{{' without closing \
+             them, more than any chart of a task renders; refused"
         ));
     }
     let budget = Cell::new(text.len().saturating_mul(3).saturating_add(16));
@@ -108,6 +127,23 @@ fn structure(text: &str) -> usize {
         n += usize::from(counts);
     }
     n
+}
+
+/// The most `[` and `{` of `text` open at once, quoted or not (a close with none open counts
+/// nothing).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Takes `cost` from the budget, or fails once it is spent.
@@ -298,6 +334,22 @@ mod tests {
 
     /// The largest files a task's ConfigMap holds (1 MiB), as the chart renders them (quoted),
     /// are read: prose, comma-separated numbers, JSON.
+    #[test]
+    fn flow_collections_nested_deeper_than_any_chart_are_refused_before_parsing() {
+        // Within the count of structure, and quadratic for libyaml to scan: 258 s before.
+        let deep = "[?".repeat(MAX_STRUCTURE / 2);
+        let refused = documents(&deep).expect_err("refused");
+        assert!(refused.contains("more than 256 '[' or '{'"), "{refused}");
+        // As deep as the bound is read as far as serde_yaml_ng goes (128 levels), and closed
+        // brackets count nothing.
+        let nested = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
+        assert_eq!(documents(&nested).expect("read").len(), 1);
+        let many = format!("a: \"{}\"\n", "[x] ".repeat(MAX_FLOW_DEPTH * 4));
+        assert_eq!(documents(&many).expect("read").len(), 1);
+        let unclosed = format!("a: \"{}\"\n", "[".repeat(MAX_FLOW_DEPTH));
+        assert_eq!(documents(&unclosed).expect("read").len(), 1);
+    }
+
     #[test]
     fn a_configmap_of_dense_files_is_read() {
         for line in [
