@@ -26,12 +26,16 @@ lint fmt clippy fuzz-check build control-plane go-tools helm: | deps
 
 lint: fmt clippy fuzz-check ## rustfmt and clippy; says so loudly when a component is missing
 
-fuzz-check: ## the fuzz targets still build against the crates, with fuzz/Cargo.lock current
-	cd fuzz && cargo check --locked --bins --quiet
+fuzz-check: ## the fuzz targets (a workspace of their own) still build against the crates, lint clean, with fuzz/Cargo.lock current
+	@if cargo clippy --version >/dev/null 2>&1; then \
+	  cd fuzz && cargo clippy --locked --bins --quiet -- -D warnings; \
+	else \
+	  cd fuzz && cargo check --locked --bins --quiet; \
+	fi
 
 fmt:
 	@if cargo fmt --version >/dev/null 2>&1; then \
-	  cargo fmt --all --check; \
+	  cargo fmt --all --check && (cd fuzz && cargo fmt --check); \
 	else \
 	  echo "!!! rustfmt is not installed on this machine: formatting was NOT checked" >&2; \
 	fi
@@ -83,6 +87,8 @@ fuzz: ## run every cargo-fuzz target for FUZZ_SECONDS each (needs cargo-fuzz; st
 	@cd fuzz && for target in validation admission helm_release; do \
 	  mkdir -p corpus/$$target; seeds=; [ -d seeds/$$target ] && seeds=seeds/$$target; \
 	  echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|==[0-9]+== ERROR|SUMMARY)' ; \
-	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	  mkdir -p artifacts; log=artifacts/$$target.log; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target $$seeds -- -max_total_time=$(FUZZ_SECONDS) >$$log 2>&1 \
+	    || { tail -n 60 $$log; echo "== fuzz $$target failed: the whole output is in fuzz/$$log" >&2; exit 1; }; \
+	  grep -E '^(Done|==[0-9]+== ERROR|SUMMARY)' $$log || true; \
 	done

@@ -9,7 +9,7 @@ set -euo pipefail
 
 here="$1" module="$2" name="$3"
 version="$(cd "$here" && go list -m -f '{{.Version}}' "$module")"
-sources="$(cat "$here/main.go" "$here/go.sum" | sha256sum | cut -c1-12)"
+sources="$(cat "$here/main.go" "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
 bin="$cache_root/$name/${module##*/}-$version-$sources/$name"
 

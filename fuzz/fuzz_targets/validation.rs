@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use taskrun::{TaskRunSpec, validate_create, validate_update};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(spec) = serde_json::from_slice::<TaskRunSpec>(data) else { return };
+    let Ok(spec) = serde_json::from_slice::<TaskRunSpec>(data) else {
+        return;
+    };
     let created = validate_create(&spec);
     let updated = validate_update(&spec, &spec);
     // Compared apart from the rules an update does not judge again (a kept name still counts

@@ -11,7 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="$(cd "$here" && go list -m -f '{{.Version}}' github.com/cert-manager/cert-manager)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
 # The mains are part of what is built: a change to them gets a new cache entry.
-mains="$(cat "$here"/cmd/*/main.go "$here/go.sum" | sha256sum | cut -c1-12)"
+mains="$(cat "$here"/cmd/*/main.go "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
 out="$cache_root/cert-manager/$version-$mains"
 
 # One build at a time (parallel tests call this); a waiter then finds the result cached.

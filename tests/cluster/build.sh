@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane (kube-apiserver, kube-controller-manager, kubectl)
 # and etcd from the Go modules pinned in this directory's go.mod, and caches the binaries by
-# version outside the checkout. Prints the bin directory on stdout. A second call with the
-# same version returns at once.
+# version, and by what else decides the build (go.mod, go.sum, this script), outside the
+# checkout. Prints the bin directory on stdout. A second call with the same inputs returns at
+# once.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 k8s_version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 etcd_version="$(cd "$here" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
-bin_dir="$cache_root/control-plane/$k8s_version-etcd-$etcd_version/bin"
+inputs="$(cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+bin_dir="$cache_root/control-plane/$k8s_version-etcd-$etcd_version-$inputs/bin"
 
 built() {
   [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" \

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the helm CLI from the helm.sh/helm/v3 module pinned in this directory's go.mod and
-# caches it by version outside the checkout (like tests/cluster/build.sh). Prints the path of
-# the helm binary on stdout. A second call with the same version returns at once.
+# caches it by version and by what else decides the build (go.mod, go.sum, this script)
+# outside the checkout (like tests/cluster/build.sh). Prints the path of the helm binary on
+# stdout. A second call with the same inputs returns at once.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="$(cd "$here" && go list -m -f '{{.Version}}' helm.sh/helm/v3)"
 cache_root="${TASKRUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskrun}"
-bin="$cache_root/helm/$version/helm"
+inputs="$(cat "$here/go.mod" "$here/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+bin="$cache_root/helm/$version-$inputs/helm"
 
 if [[ -x "$bin" ]]; then
   echo "$bin"
