@@ -36,7 +36,14 @@ fn pem_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
 #[derive(Clone)]
 struct Picked {
     parts: Vec<String>,
-    hold: bool,
+    action: Action,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Refuse,
+    Hold,
+    Pass,
 }
 
 /// The proxy; stops when dropped.
@@ -48,6 +55,8 @@ pub struct FaultProxy {
     picked: Arc<Mutex<Option<Picked>>>,
     refused: Arc<AtomicUsize>,
     held: Arc<AtomicUsize>,
+    /// The request line of every request judged since the last pick.
+    seen: Arc<Mutex<Vec<String>>>,
     release: tokio::sync::watch::Sender<u64>,
     cut: tokio::sync::watch::Sender<u64>,
     freeze: tokio::sync::watch::Sender<u64>,
@@ -129,6 +138,7 @@ impl FaultProxy {
         );
         let picked = Arc::new(Mutex::new(None::<Picked>));
         let held = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let (release, _) = tokio::sync::watch::channel(0u64);
         let (cut, _) = tokio::sync::watch::channel(0u64);
         let (freeze, _) = tokio::sync::watch::channel(0u64);
@@ -138,6 +148,7 @@ impl FaultProxy {
             let (refused, cut) = (refused.clone(), cut.clone());
             let (freeze, away) = (freeze.clone(), away.clone());
             let (picked, held, release) = (picked.clone(), held.clone(), release.clone());
+            let seen = seen.clone();
             async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     if away.load(Ordering::Relaxed) {
@@ -150,6 +161,7 @@ impl FaultProxy {
                     let (mut cut, upstream_addr) = (cut.subscribe(), upstream_addr.clone());
                     let mut freeze = freeze.subscribe();
                     let (picked, held, release) = (picked.clone(), held.clone(), release.clone());
+                    let seen = seen.clone();
                     tokio::spawn(async move {
                         let Ok(mut down) = acceptor.accept(tcp).await else {
                             return;
@@ -168,14 +180,22 @@ impl FaultProxy {
                                 return;
                             };
                             let line = request_line(&head);
+                            seen.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(line.clone());
                             if picked.parts.iter().all(|p| line.contains(p.as_str())) {
-                                if !picked.hold {
-                                    refuse(&mut down, &refused).await;
-                                    return;
-                                }
-                                held.fetch_add(1, Ordering::Relaxed);
-                                if released.changed().await.is_err() {
-                                    return;
+                                match picked.action {
+                                    Action::Refuse => {
+                                        refuse(&mut down, &refused).await;
+                                        return;
+                                    }
+                                    Action::Hold => {
+                                        held.fetch_add(1, Ordering::Relaxed);
+                                        if released.changed().await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Action::Pass => {}
                                 }
                             }
                             first = closing(head);
@@ -207,6 +227,7 @@ impl FaultProxy {
             picked,
             refused,
             held,
+            seen,
             release,
             cut,
             freeze,
@@ -270,22 +291,33 @@ impl FaultProxy {
     /// contains every one of `parts` are answered 429 or 503; the others pass, each on a
     /// connection of its own. Open connections are cut.
     pub fn refuse_requests_to(&self, parts: &[&str]) {
-        self.pick_from_now(parts, false);
+        self.pick_from_now(parts, Action::Refuse);
     }
 
     /// From now on requests whose request line contains every one of `parts` wait in the
     /// proxy until [`release_held`](Self::release_held); the others pass, each on a connection
     /// of its own. Open connections are cut.
     pub fn hold_requests_to(&self, parts: &[&str]) {
-        self.pick_from_now(parts, true);
+        self.pick_from_now(parts, Action::Hold);
+    }
+
+    /// From now on every request passes, each on a connection of its own, its request line
+    /// kept ([`requests`](Self::requests)). Open connections are cut.
+    pub fn note_requests(&self) {
+        self.pick_from_now(&[], Action::Pass);
+    }
+
+    /// The request lines of the requests judged since the last pick.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Picks the requests whose request line contains every one of `parts`, and cuts open
     /// connections so that every request from now on is judged.
-    fn pick_from_now(&self, parts: &[&str], hold: bool) {
+    fn pick_from_now(&self, parts: &[&str], action: Action) {
         self.pick(Some(Picked {
             parts: parts.iter().map(|p| (*p).to_owned()).collect(),
-            hold,
+            action,
         }));
         self.cut.send_modify(|n| *n += 1);
     }
@@ -303,6 +335,7 @@ impl FaultProxy {
 
     fn pick(&self, picked: Option<Picked>) {
         *self.picked.lock().unwrap_or_else(|p| p.into_inner()) = picked;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Requests answered 429 or 503 so far.

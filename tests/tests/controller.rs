@@ -11,6 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -20,7 +21,7 @@ use taskrun_tests::controller::Controller;
 use taskrun_tests::fault_proxy::FaultProxy;
 use taskrun_tests::kubelet::{PodEnd, bind_pod, confirm_stopped, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
-use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
+use taskrun_tests::{ControlPlane, free_addr, http_get, metric, wait_for, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -110,11 +111,11 @@ fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
 }
 
 /// The controller's count of failed reconciles (0 before its /metrics answers).
-async fn reconcile_errors(ctrl: &Controller) -> f64 {
+/// `None` when `/metrics` did not answer with it.
+async fn reconcile_errors(ctrl: &Controller) -> Option<f64> {
     http_get(ctrl.http_addr(), "/metrics")
         .await
         .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
-        .unwrap_or(0.0)
 }
 
 /// The pods of a Job, found by the label the Job controller sets.
@@ -456,7 +457,7 @@ async fn a_refused_event_holds_up_no_taskrun() {
         log.contains("could not record an Event") && log.contains("no events here"),
         "{log}"
     );
-    assert_eq!(reconcile_errors(&ctrl).await, 0.0, "{log}");
+    assert_eq!(reconcile_errors(&ctrl).await, Some(0.0), "{log}");
     refusal.lift().await;
 }
 
@@ -1370,6 +1371,82 @@ async fn a_task_deleted_before_the_job_watch_showed_its_job_still_stops_it_in_th
     wait_gone("the old Job", WAIT, &jobs, &job_name).await;
 }
 
+/// A reconcile that finds everything in place asks the API server nothing and writes nothing
+/// (DESIGN section 5: children are read from the watches' caches, and a status is written only
+/// when it changes): a change to the Job that changes nothing of the TaskRun's status, and the
+/// reconciles that the watches' resumption may bring, make no request but the watches' own.
+// Multi-threaded: the proxy in front of the controller is served on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-in-place").await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    let http_addr = free_addr();
+    let _ctrl = proxy.controller(
+        "in-place-controller",
+        &ns,
+        &["--leader-elect=false", &format!("--http-addr={http_addr}")],
+    );
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "in-place", 3, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "PodPending once the pod exists", |tr| {
+        condition(tr, "Succeeded") == Some(("Unknown", "PodPending"))
+    })
+    .await;
+    let reconciles = async || {
+        http_get(http_addr, "/metrics")
+            .await
+            .and_then(|t| metric(&t, "taskrun_controller_reconciles_total"))
+            .unwrap_or_default()
+    };
+    // Settled: the Job controller's last status update has been reconciled.
+    let last = std::cell::Cell::new(reconciles().await);
+    wait_for("the reconciles to settle", WAIT, || async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = reconciles().await;
+        (now == last.replace(now) && now > 0.0).then_some(())
+    })
+    .await;
+    let status = api.get("t").await.expect("get").status;
+
+    proxy.note_requests();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.patch(
+        &names::job_name("in-place", 3, 1),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touched": "yes"}}})),
+    )
+    .await
+    .expect("annotate the Job");
+    wait_for("a reconcile of the annotated Job", WAIT, || async {
+        (reconciles().await > last.get()).then_some(())
+    })
+    .await;
+    let requests = proxy.requests();
+    // Single objects (`.../jobs/NAME`, a status) or anything but a read: a reconcile's own.
+    let reconciles_asked: Vec<&String> = requests
+        .iter()
+        .filter(|line| {
+            !line.starts_with("GET ")
+                || ["/taskruns/", "/jobs/", "/configmaps/"]
+                    .iter()
+                    .any(|plural| line.contains(plural))
+        })
+        .collect();
+    assert!(
+        reconciles_asked.is_empty(),
+        "a reconcile with nothing to do made requests: {reconciles_asked:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("/jobs?") && l.contains("watch=true")),
+        "the Job watch was not seen resuming through the proxy: {requests:#?}"
+    );
+    assert_eq!(api.get("t").await.expect("get").status, status);
+}
+
 /// A delete of a child that the API server refuses (an admission policy freezing Job
 /// deletes): the TaskRun stays, held by its finalizer, and says why in a Warning Event
 /// (`DeleteRefused`, with the policy's message), not only in the controller's log. Once the
@@ -1429,9 +1506,9 @@ async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
     );
     assert!(api.get_opt("t").await.expect("read").is_some());
     // Told once, not at every retry.
-    let failed = reconcile_errors(&ctrl).await;
+    let failed = reconcile_errors(&ctrl).await.unwrap_or_default();
     wait_for("two more refused reconciles", WAIT, || async {
-        (reconcile_errors(&ctrl).await >= failed + 2.0).then_some(())
+        (reconcile_errors(&ctrl).await >= Some(failed + 2.0)).then_some(())
     })
     .await;
     let refused = events_of(&client, &ns, &uid).await.unwrap_or_default();
@@ -1707,6 +1784,81 @@ async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     );
 }
 
+/// The one exception to waiting out a Lease (DESIGN section 5): its holder cleared or changed
+/// by hand. A free Lease may be taken at once by either replica; a leader that reads another
+/// holder stops acting at once. Either way, soon exactly one replica leads, the one the Lease
+/// names.
+#[tokio::test]
+async fn a_lease_changed_by_hand_ends_with_one_leader_the_one_it_names() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-lease-by-hand").await;
+    let lease = format!("lease-{ns}");
+    let lease_flag = format!("--lease-name={lease}");
+    let ns_flag = format!("--namespace={ns}");
+    let a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
+    let leases: Api<Lease> =
+        Api::namespaced(client.clone(), taskrun_tests::controller::LEASE_NAMESPACE);
+    let holder = async || leases.get(&lease).await.ok()?.spec?.holder_identity;
+    wait_for("replica-a to lead", WAIT, || async {
+        (holder().await? == "replica-a").then_some(())
+    })
+    .await;
+    let b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
+    let leading = async |c: &Controller| {
+        let text = http_get(c.http_addr(), "/metrics").await?;
+        metric(&text, "taskrun_controller_leading")
+    };
+    wait_for("replica-b to stand by", WAIT, || async {
+        (leading(&b).await? == 0.0).then_some(())
+    })
+    .await;
+    // The replica that leads, if exactly one does and the Lease names it.
+    let one_leader = async || {
+        let holder = holder().await?;
+        let named = match (leading(&a).await? == 1.0, leading(&b).await? == 1.0) {
+            (true, false) => "replica-a",
+            (false, true) => "replica-b",
+            _ => return None,
+        };
+        (named == holder).then_some(holder)
+    };
+    let set_holder = async |holder: Option<&str>| {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let patch = json!({"spec": {"holderIdentity": holder, "renewTime": now}});
+        leases
+            .patch(&lease, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("change the Lease by hand");
+    };
+
+    // Cleared: whoever reads it first takes it (the leader, renewing, most often).
+    set_holder(None).await;
+    wait_for("one leader, the Lease's holder", WAIT, || one_leader()).await;
+    // Handed to the standby: the leader reads another holder, and stops acting; the standby
+    // renews what names it. Seen twice a Lease's duration apart, so that a settled state is
+    // not taken for a passing one.
+    set_holder(Some("replica-b")).await;
+    for _ in 0..2 {
+        wait_for("replica-b alone to lead", WAIT, || async {
+            (one_leader().await? == "replica-b").then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    assert_eq!(
+        one_leader().await.as_deref(),
+        Some("replica-b"),
+        "replica-a:\n{}\nreplica-b:\n{}",
+        a.log_tail(20),
+        b.log_tail(20)
+    );
+    assert!(
+        a.log_tail(50)
+            .contains("another replica holds the Lease: stopped acting")
+    );
+}
+
 /// A template the API server refuses, though the controller's own checks pass it, stops the
 /// controller at start (a dry-run create of a Job built from it, in the controller's own
 /// namespace), with the API server's message, instead of failing every TaskRun as
@@ -1943,7 +2095,7 @@ async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_statu
         "no ConfigMaps here for now",
     )
     .await;
-    let errors = || reconcile_errors(&ctrl);
+    let errors = async || reconcile_errors(&ctrl).await.unwrap_or_default();
     let before = errors().await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     config_maps
@@ -2026,7 +2178,7 @@ async fn a_job_removed_while_status_writes_fail_still_ends_as_it_did() {
     .await;
     // Two more refused reconciles, both after the Job was gone: the second is a retry of the
     // first.
-    let errors = || reconcile_errors(&ctrl);
+    let errors = async || reconcile_errors(&ctrl).await.unwrap_or_default();
     let gone_at = errors().await;
     wait_for(
         "two refused reconciles after the Job was gone",

@@ -393,8 +393,8 @@ async fn a_controller_started_while_the_api_server_is_down_runs_once_it_is_back(
         .expect("create");
     cp.stop_apiserver();
     let mut ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
-    // Longer than a few quick retries: README promises the first read is retried for 60 s, and
-    // a controller that gave up after some seconds must fail here.
+    // Longer than a few quick retries: README promises the first read of the Lease is retried
+    // for up to 10 minutes, and a controller that gave up after some seconds must fail here.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let running = ctrl.is_running();
     let log = ctrl.log_tail(1000);
@@ -1146,14 +1146,14 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     let refusal = Refusal::of_job_creates(&client, &ns, "Forbidden", "no Jobs here for now").await;
     let proxy = FaultProxy::for_the_controller(cp).await;
     // No leader election (its Lease would end the term in an outage and start afresh), and
-    // retries 2, 4, 8 then 16 s apart.
+    // retries 3, 6, 12 then 24 s apart.
     let http_addr = free_addr();
     let ctrl = proxy.controller(
         "outage-controller",
         &ns,
         &[
             "--leader-elect=false",
-            "--backoff-base-ms=2000",
+            "--backoff-base-ms=3000",
             &format!("--http-addr={http_addr}"),
         ],
     );
@@ -1184,22 +1184,30 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
     // The API server goes away for the controller, and meanwhile the cause goes too.
     proxy.go_away();
     refusal.lift().await;
-    // The fourth failure comes 14 s after the first; the next retry would be 16 s later.
+    // The fourth failure comes 21 s after the first; the backoff's next retry would come 24 s
+    // later, less its jitter (up to a tenth): 21.6 s at the soonest.
     failed(4).await;
     proxy.come_back();
     let back = Instant::now();
     wait_for_jobs(&api, &["held"]).await;
     let took = back.elapsed();
     eprintln!("the TaskRun got its Job {took:?} after the API server answered again");
-    // The backoff's retry would come about 16 s after `back`; 14 s leaves a slow machine room
-    // for the outage probe, a watch's backoff, a re-list and four writes.
+    // The retry came from the probe that saw the API server answer again, not the backoff.
+    let log = std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
     assert!(
-        took < Duration::from_secs(14),
+        log.lines()
+            .any(|l| l.contains("the API server answers again") && l.contains("taskruns=1")),
+        "the outage probe retried nothing:\n{}",
+        taskrun_tests::log_tail(ctrl.log_path(), 30)
+    );
+    // 16 s leaves a slow machine room for the probe (once a second), a watch's backoff, a
+    // re-list and four writes, and stays well short of the backoff's 21.6 s.
+    assert!(
+        took < Duration::from_secs(16),
         "the reconcile waited out its backoff: {took:?} after the API server answered again\n{}",
         taskrun_tests::log_tail(ctrl.log_path(), 30)
     );
     // The watches that failed in the outage said so, at warn, and were counted.
-    let log = std::fs::read_to_string(ctrl.log_path()).unwrap_or_default();
     assert!(
         log.lines().any(|l| l.contains("WARN")
             && l.contains("a watch failed")

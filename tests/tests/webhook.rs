@@ -633,8 +633,8 @@ async fn certificate_rotation_under_load_fails_no_request() {
     );
     assert!(metric(webhook, "taskrun_webhook_certificate_reloads_total") >= reloads_before + 3.0);
     assert_eq!(
-        metric(webhook, "taskrun_webhook_certificate_reload_failures_total"),
-        0.0
+        webhook.metric("taskrun_webhook_certificate_reload_failures_total"),
+        Some(0.0)
     );
     eprintln!(
         "rotation: {} requests through the API server, {} direct, 0 failed",
@@ -1132,7 +1132,9 @@ async fn beyond_max_connections_a_connection_waits_and_probes_still_answer() {
 #[tokio::test]
 async fn idle_connections_to_the_probe_port_do_not_keep_probes_out() {
     let cp = ControlPlane::shared();
-    let webhook = Webhook::start(cp).await;
+    // Idle connections are never timed out here: only closing the longest idle for a new one
+    // lets a probe in (within get_plain's 5 s read timeout).
+    let webhook = Webhook::start_with(cp, &["--header-read-timeout=600s"]).await;
     let mut idle = Vec::new();
     for _ in 0..100 {
         idle.push(
@@ -1143,16 +1145,8 @@ async fn idle_connections_to_the_probe_port_do_not_keep_probes_out() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
-        let started = Instant::now();
         let answer = webhook.get_plain("/readyz");
         assert_eq!(answer.map(|(code, _)| code), Some(200));
-        // Waiting for a slot took 10 s (the header read timeout); 3 s leaves a loaded machine
-        // room over the kubelet's 1 s.
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the probe took {:?}",
-            started.elapsed()
-        );
     }
 }
 

@@ -261,7 +261,7 @@ impl App {
 }
 
 /// Runs a handler; a panic becomes a 500 with a JSON Status instead of a dead connection.
-pub async fn recover(handler: impl Future<Output = Reply>) -> Reply {
+async fn recover(handler: impl Future<Output = Reply>) -> Reply {
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(reply) => reply,
         Err(_) => {
