@@ -14,7 +14,8 @@ Exit codes:
   0  success
   1  runtime or API failure (cannot connect, TaskRun CRD not installed, TaskRun not found or
      being deleted, retries exhausted, ...)
-  2  usage error or invalid input (bad flags, a file that would be rejected, a file that already exists)
+  2  usage error or invalid input (bad flags, a file that would be rejected, a file that already
+     exists, a TaskRun the API server or its webhook refuses as invalid); nothing was changed
   3  migrate-helm: at least one release could not be migrated or uninstalled (the others were):
      it failed (the table says why), or it is not done yet because something was still under
      way (its legacy Job running, a Helm operation in progress): run the command again once that
@@ -32,7 +33,8 @@ pub struct Cli {
     pub conn: Connection,
 
     /// Log format on stderr (the level comes from RUST_LOG, default `warn` without kube's line
-    /// for each failed HTTP attempt).
+    /// for each failed HTTP attempt). The log lines only: the command's own `error:` and
+    /// `warning:` lines are text either way.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -95,9 +95,15 @@ impl Error {
     }
 
     pub fn exit_code(&self) -> ExitCode {
-        // Only bad input is INVALID; cluster state (a TaskRun being deleted) is a FAILURE.
+        // Only bad input is INVALID; cluster state (a TaskRun being deleted) is a FAILURE. The
+        // API server's 422 (its schema or the webhook refusing the TaskRun the input makes) is
+        // bad input that the plugin's own checks did not catch: a webhook newer than the plugin.
         ExitCode::from(match self {
             Error::Invalid(_) => INVALID,
+            Error::Api {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 422 => INVALID,
             _ => FAILURE,
         })
     }
@@ -253,16 +259,22 @@ mod tests {
             }],
             retry_after_seconds: 0,
         });
-        let e = Error::api("reading TaskRun t1", kube::Error::Api(Box::new(invalid)));
+        let e = Error::api(
+            "applying to TaskRun t1",
+            kube::Error::Api(Box::new(invalid)),
+        );
         let text = e.to_string();
         assert_eq!(
             text,
-            "reading TaskRun t1: admission webhook \"validate.taskruns.orchestrator.io\" denied the request: spec.markdownFiles: empty (422)"
+            "applying to TaskRun t1: admission webhook \"validate.taskruns.orchestrator.io\" denied the request: spec.markdownFiles: empty (422)"
         );
         for dump in ["Status {", "ErrorResponse {", "StatusDetails", "causes"] {
             assert!(!text.contains(dump), "{text}");
         }
-        assert_eq!(e.exit_code(), ExitCode::from(FAILURE));
+        // The TaskRun the input makes was refused: bad input, as when the plugin finds it.
+        assert_eq!(e.exit_code(), ExitCode::from(INVALID));
+        let forbidden = Error::api("applying to TaskRun t1", api(403, "forbidden"));
+        assert_eq!(forbidden.exit_code(), ExitCode::from(FAILURE));
     }
 
     #[test]
