@@ -21,21 +21,36 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts the controller with a test image, text logs, a free /metrics port and, unless
+    /// Starts the controller as its ServiceAccount, with only the RBAC of manifests/base, as in
+    /// a cluster; with a test image, text logs, a free /metrics port, quick retries and, unless
     /// `extra_args` name a Lease, leader election on a Lease of its own (so parallel tests
-    /// never wait on each other). Pass `--namespace=NS` to keep it to one test's namespace.
+    /// never wait on each other). `extra_args` override any of these. Pass `--namespace=NS` to
+    /// keep it to one test's namespace.
     pub fn start(cp: &ControlPlane, extra_args: &[&str]) -> Controller {
+        let kubeconfig = identity::kubeconfig_as(cp, CONTROLLER_SERVICE_ACCOUNT);
+        Self::start_through(kubeconfig, None, extra_args)
+    }
+
+    /// The same, reaching the API server as `kubeconfig` says (a fault proxy's), its log
+    /// named `name` when given.
+    pub fn start_through(
+        kubeconfig: std::path::PathBuf,
+        name: Option<&str>,
+        extra_args: &[&str],
+    ) -> Controller {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let http_addr = free_addr();
         let given = |flag: &str| extra_args.iter().any(|a| a.starts_with(flag));
-        let mut args = vec![
-            format!("--http-addr={http_addr}"),
-            "--log-format=text".to_owned(),
-            "--backoff-base-ms=200".to_owned(),
-            "--backoff-max-seconds=5".to_owned(),
-        ];
+        let http_addr = extra_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--http-addr=")?.parse().ok())
+            .unwrap_or_else(free_addr);
+        let mut args = Vec::new();
         let defaults = [
+            ("--http-addr", http_addr.to_string()),
+            ("--log-format", "text".to_owned()),
+            ("--backoff-base-ms", "200".to_owned()),
+            ("--backoff-max-seconds", "5".to_owned()),
             ("--image", "registry.example/agent:test".to_owned()),
             (
                 "--lease-name",
@@ -52,9 +67,7 @@ impl Controller {
             }
         }
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        let name = format!("taskrun-controller-{n}");
-        // As in a cluster: its ServiceAccount, with only the RBAC of manifests/base.
-        let kubeconfig = identity::kubeconfig_as(cp, CONTROLLER_SERVICE_ACCOUNT);
+        let name = name.map_or_else(|| format!("taskrun-controller-{n}"), str::to_owned);
         let child = spawn(&kubeconfig, &args, &name);
         Controller {
             child,
@@ -102,6 +115,11 @@ impl Controller {
     /// The last lines of its log, for assertion messages.
     pub fn log_tail(&self, lines: usize) -> String {
         crate::process::log_tail(self.child.log_path(), lines)
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> &std::path::Path {
+        self.child.log_path()
     }
 }
 

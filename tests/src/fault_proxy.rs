@@ -8,14 +8,14 @@
 //! refuses new ones.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{ChildGuard, ControlPlane, identity, spawn_logged, work_dir, workspace_bin};
+use crate::controller::Controller;
+use crate::{ControlPlane, identity, work_dir};
 
 /// PEM files of a TLS identity.
 fn pem_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
@@ -73,8 +73,12 @@ impl FaultProxy {
     /// The same, authenticating as `user` in `groups` (`system:masters` for an admin).
     pub async fn start_as(cp: &ControlPlane, user: &str, groups: &[&str]) -> FaultProxy {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // One directory per proxy: two tests of one process may each have a proxy for the
+        // same user, and a kubeconfig written over would send one's client to the other's.
         // No ':' in the path: KUBECONFIG is a ':'-separated list.
-        let dir = work_dir().join(format!("fault-proxy-{}", user.replace(':', "-")));
+        static PROXIES: AtomicUsize = AtomicUsize::new(0);
+        let n = PROXIES.fetch_add(1, Ordering::Relaxed);
+        let dir = work_dir().join(format!("fault-proxy-{}-{n}", user.replace(':', "-")));
         std::fs::create_dir_all(&dir).expect("proxy dir");
         // Upstream: the cluster CA, the user's client certificate.
         let upstream: serde_json::Value = serde_json::from_slice(
@@ -248,21 +252,14 @@ impl FaultProxy {
         self.refuse_requests_to(&[]);
     }
 
-    /// A controller for `ns` that reaches the API server through this proxy.
-    pub fn controller(&self, name: &str, ns: &str, extra_args: &[&str]) -> ChildGuard {
-        let mut cmd = Command::new(workspace_bin("taskrun-controller"));
-        if !extra_args.iter().any(|a| a.starts_with("--http-addr=")) {
-            cmd.arg("--http-addr=127.0.0.1:0");
-        }
-        cmd.args([
-            "--log-format=text",
-            "--image=registry.example/agent:test",
-            &format!("--namespace={ns}"),
-        ])
-        .args(extra_args)
-        .env("KUBECONFIG", &self.kubeconfig)
-        .env("TASKRUN_LOG_LEVEL", "info,taskrun_controller=debug");
-        spawn_logged(cmd, name).expect("start the controller")
+    /// A controller for `ns` that reaches the API server through this proxy, started as
+    /// [`Controller::start`] starts one.
+    pub fn controller(&self, name: &str, ns: &str, extra_args: &[&str]) -> Controller {
+        let namespace = format!("--namespace={ns}");
+        let args: Vec<&str> = std::iter::once(namespace.as_str())
+            .chain(extra_args.iter().copied())
+            .collect();
+        Controller::start_through(self.kubeconfig.clone(), Some(name), &args)
     }
 
     /// Every connection open now goes silent for good, without a close or a reset, as when a

@@ -1383,7 +1383,7 @@ async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
     let ns = cp.namespace("ctrl-in-place").await;
     let proxy = FaultProxy::for_the_controller(cp).await;
     let http_addr = free_addr();
-    let _ctrl = proxy.controller(
+    let ctrl = proxy.controller(
         "in-place-controller",
         &ns,
         &["--leader-elect=false", &format!("--http-addr={http_addr}")],
@@ -1419,10 +1419,16 @@ async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
     )
     .await
     .expect("annotate the Job");
-    wait_for("a reconcile of the annotated Job", WAIT, || async {
-        (reconciles().await > last.get()).then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    while reconciles().await <= last.get() {
+        assert!(
+            Instant::now() < deadline,
+            "no reconcile of the annotated Job; requests: {:#?}\n{}",
+            proxy.requests(),
+            ctrl.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let requests = proxy.requests();
     // Single objects (`.../jobs/NAME`, a status) or anything but a read: a reconcile's own.
     let reconciles_asked: Vec<&String> = requests

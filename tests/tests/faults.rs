@@ -1154,6 +1154,7 @@ async fn a_reconcile_that_could_not_reach_the_api_server_is_retried_once_it_answ
         &[
             "--leader-elect=false",
             "--backoff-base-ms=3000",
+            "--backoff-max-seconds=300",
             &format!("--http-addr={http_addr}"),
         ],
     );
