@@ -26,14 +26,16 @@
 //! measured for the densest shape found, `[? a, ? a, ...]` (a flow sequence of one-entry
 //! mappings), 102 MB for `[a,a,...]`, against 1.6 GB for the latter at 16 MiB before.
 //!
-//! Nor is a manifest whose flow collections (`[`, `{`) nest deeper than `MAX_FLOW_DEPTH`:
-//! libyaml walks every open flow level at each token it reads, so a manifest of `[?` repeated
-//! a quarter of a million times (512 KiB, within the count above) took 258 s to refuse, time
-//! growing with the square of its depth (7 s at a quarter of it), before serde_yaml_ng's own
-//! limit of 128 levels could. 256 levels open and the most tokens the count allows take 70 ms. The
-//! depth is counted as the count above is, quoted or not, brackets opened and not yet closed:
-//! a task's file would need more than `MAX_FLOW_DEPTH` unclosed brackets in a row to be taken
-//! for one.
+//! Nor is a manifest whose flow collections (`[`, `{`) may nest deeper than
+//! `MAX_FLOW_DEPTH`: libyaml walks the open flow levels at each token it reads, so a manifest of
+//! `[?` repeated a quarter of a million times (512 KiB, within the count above) took 258 s to
+//! refuse, time growing faster than the square of its depth (7 s at a quarter of it), before
+//! serde_yaml_ng's own limit of 128 levels could. With 1,024 levels open and as many tokens
+//! more as the count allows, the worst shape measured took 0.6 s. The depth is counted as the
+//! count above is, quoted or not (telling a quoted scalar from structure takes YAML's whole
+//! grammar, and a scan that got it wrong would let a forged manifest through): the brackets
+//! opened and not yet closed anywhere in the manifest, so a task's files could reach the bound
+//! only with a thousand more `[` and `{` than `]` and `}`, as no prose or code has.
 //!
 //! Nor is a manifest with a directive (`%TAG`, `%YAML`) read: libyaml puts a `%TAG` prefix into
 //! the tag of every node that uses its handle, so one prefix of megabytes, used on each of
@@ -58,7 +60,7 @@ pub const MAX_STRUCTURE: usize = 1 << 19;
 
 /// The deepest flow collections may nest (see the module's documentation). serde_yaml_ng
 /// refuses more than 128 levels of any kind once a document is read.
-pub const MAX_FLOW_DEPTH: usize = 256;
+pub const MAX_FLOW_DEPTH: usize = 1024;
 
 /// The documents of `text`, each as JSON (an empty document is `null`), in order.
 pub fn documents(text: &str) -> Result<Vec<Value>, String> {
@@ -79,7 +81,8 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
     if flow_depth(text) > MAX_FLOW_DEPTH {
         return Err(format!(
             "the release manifest opens more than {MAX_FLOW_DEPTH} '[' or '{{' without closing \
-             them, more than any chart of a task renders; refused"
+             them, counted quoted or not, far beyond any chart of a task; refused (if the \
+             release is genuine, apply its TaskRun by hand, then `helm uninstall` it)"
         ));
     }
     let budget = Cell::new(text.len().saturating_mul(3).saturating_add(16));
@@ -332,16 +335,17 @@ mod tests {
         assert_eq!(structure("- a\n-b\n---\n[x: y, ? z]\u{2028}"), 11);
     }
 
-    /// The largest files a task's ConfigMap holds (1 MiB), as the chart renders them (quoted),
-    /// are read: prose, comma-separated numbers, JSON.
     #[test]
     fn flow_collections_nested_deeper_than_any_chart_are_refused_before_parsing() {
         // Within the count of structure, and quadratic for libyaml to scan: 258 s before.
         let deep = "[?".repeat(MAX_STRUCTURE / 2);
         let refused = documents(&deep).expect_err("refused");
-        assert!(refused.contains("more than 256 '[' or '{'"), "{refused}");
-        // As deep as the bound is read as far as serde_yaml_ng goes (128 levels), and closed
-        // brackets count nothing.
+        assert!(
+            refused.contains("more than 1024 '[' or '{'") && refused.contains("helm uninstall"),
+            "{refused}"
+        );
+        // Nesting is read as far as serde_yaml_ng goes (128 levels); brackets closed, or up to
+        // the bound left open in a quoted string, are read.
         let nested = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
         assert_eq!(documents(&nested).expect("read").len(), 1);
         let many = format!("a: \"{}\"\n", "[x] ".repeat(MAX_FLOW_DEPTH * 4));
@@ -350,6 +354,8 @@ mod tests {
         assert_eq!(documents(&unclosed).expect("read").len(), 1);
     }
 
+    /// The largest files a task's ConfigMap holds (1 MiB), as the chart renders them (quoted),
+    /// are read: prose, comma-separated numbers, JSON.
     #[test]
     fn a_configmap_of_dense_files_is_read() {
         for line in [
