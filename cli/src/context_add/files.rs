@@ -121,16 +121,21 @@ enum Contents {
 }
 
 /// The file's bytes, read no further than one byte past `max`, even from a file still
-/// growing. Only a regular file is opened at all.
+/// growing. Only a regular file is read: what is opened is judged, not the path (which could
+/// be swapped meanwhile), and opened without waiting for a FIFO's writer.
 fn read_at_most(path: &Path, max: usize) -> std::io::Result<Contents> {
-    let kind = std::fs::metadata(path)?.file_type();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
     if kind.is_dir() {
         return Ok(Contents::Directory);
     }
     if !kind.is_file() {
         return Ok(Contents::NotAFile);
     }
-    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(max as u64 + 1).read_to_end(&mut bytes)?;
     Ok(if bytes.len() <= max {
@@ -297,7 +302,7 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn pipes_and_devices_are_refused_without_being_opened() {
+    fn pipes_and_devices_are_refused_without_waiting_on_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         // A FIFO with no writer: opening it would wait for one for ever.
         let fifo = dir.path().join("p.md");
@@ -306,8 +311,15 @@ mod tests {
             .status()
             .expect("mkfifo");
         assert!(made.success());
-        // /dev/zero would never end, /dev/stdin waits at a terminal.
-        let problems = refused(&[&fifo, Path::new("/dev/zero")]);
+        // /dev/zero would never end, /dev/stdin waits at a terminal. Asked on a thread of its
+        // own, so that a regression fails here instead of hanging the suite.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(refused(&[&fifo, Path::new("/dev/zero")]));
+        });
+        let problems = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a pipe or device was waited on");
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems.iter().all(|p| p.contains("is not a regular file")),
