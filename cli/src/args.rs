@@ -125,8 +125,9 @@ pub enum Command {
     /// deployed `{service}-task-{id}` release from its `{service}-task-{id}-files` ConfigMap,
     /// creates it through the API (the admission webhook judges it like any other client's),
     /// verifies it and prints a table. Safe to run again: a TaskRun that already matches is left
-    /// alone. Helm releases are only uninstalled with --delete-releases, and only those whose
-    /// TaskRun was verified.
+    /// alone (with --delete-releases, only annotated orchestrator.io/migrated-from first). Helm
+    /// releases are only uninstalled with --delete-releases, and only those whose TaskRun was
+    /// verified.
     #[command(after_help = EXIT_CODES)]
     MigrateHelm(MigrateArgs),
 }
@@ -195,7 +196,9 @@ pub struct MigrateArgs {
     pub dry_run: bool,
 
     /// After a release's TaskRun is verified, uninstall the release: delete the resources its
-    /// manifest lists and all its revision Secrets, as `helm uninstall` does. Releases with
+    /// manifest lists and all its revision Secrets, as `helm uninstall` does. A TaskRun that was
+    /// there already is first annotated orchestrator.io/migrated-from, so that a run cut short
+    /// after the release's files are deleted can be finished by the next. Releases with
     /// delete hooks are left for `helm uninstall`; a release whose Job has not finished, or that
     /// a Helm operation is working on, is kept until a later run.
     #[arg(long)]

@@ -155,9 +155,6 @@ pub async fn run(
     })
 }
 
-/// The message of a TaskRun's Succeeded=False condition with reason Duplicate: it lost the race
-/// for its task to an older TaskRun, and runs no version, this one or a later, while that one
-/// lives (DESIGN section 5).
 /// "Full jitter" exponential backoff: a uniform wait in [0, min(cap, base * 2^attempt)), so
 /// callers that collided spread out instead of colliding again in lockstep. `unit` is a
 /// uniform random number in [0, 1).

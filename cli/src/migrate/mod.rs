@@ -545,7 +545,8 @@ fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome
 fn runs(live: &TaskRun, ok: Outcome) -> Outcome {
     match live.lost_as_duplicate() {
         Some(why) => Outcome::Failed(format!(
-            "TaskRun {} exists but will never run: {why}",
+            "TaskRun {} exists but will never run, so the release is kept (the controller's \
+             verdict: {why})",
             live.metadata.name.as_deref().unwrap_or_default()
         )),
         None => ok,
