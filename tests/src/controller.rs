@@ -40,7 +40,13 @@ impl Controller {
     ) -> Controller {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let given = |flag: &str| extra_args.iter().any(|a| a.starts_with(flag));
+        // The flag itself: `--lease-name` is not given by `--lease-namespace=...`.
+        let given = |flag: &str| {
+            extra_args.iter().any(|a| {
+                a.strip_prefix(flag)
+                    .is_some_and(|v| v.is_empty() || v.starts_with('='))
+            })
+        };
         let http_addr = extra_args
             .iter()
             .find_map(|a| a.strip_prefix("--http-addr=")?.parse().ok())
