@@ -12,7 +12,7 @@ use taskrun::{FileType, MarkdownFile};
 use crate::error::Error;
 
 /// Reads every file (its base name becomes the filename) and checks them all; the error
-/// lists every problem found. No more is read, all files together, than a TaskRun may hold.
+/// lists every problem found. No more is held, all files together, than a TaskRun may hold.
 pub fn load(paths: &[impl AsRef<Path>], file_type: FileType) -> Result<Vec<MarkdownFile>, Error> {
     if paths.len() > MAX_FILES {
         return Err(Error::Invalid(vec![format!(
