@@ -1747,10 +1747,7 @@ async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run(
             .is_none()
     );
 
-    proxy.refuse_requests_to(&[&format!("DELETE /api/v1/namespaces/{ns}/secrets/")]);
-    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
-    assert_eq!(code, 3, "{out}");
-    let line = row(&out, "busy-task-6");
+    let line = uninstall_stopped_at_the_records(&proxy, &ns, "busy-task-6");
     assert!(
         line.contains("created")
             && line.contains(" kept ")
@@ -1760,15 +1757,30 @@ async fn a_release_the_api_server_cannot_answer_for_now_is_left_for_a_later_run(
     );
     assert!(!line.contains("FAILED"), "{line}");
 
+    uninstall_finished(cp, &proxy, &ns, "busy-task-6");
+}
+
+/// `--delete-releases` through `proxy` with every delete of a release record refused: the
+/// uninstall stops after the release's resources. Exit code 3; the release's row.
+fn uninstall_stopped_at_the_records(proxy: &FaultProxy, ns: &str, release: &str) -> String {
+    proxy.refuse_requests_to(&[&format!("DELETE /api/v1/namespaces/{ns}/secrets/")]);
+    let (code, out) = migrate_through(&proxy.kubeconfig, ns, &["--delete-releases"]);
+    assert_eq!(code, 3, "{out}");
+    row(&out, release).to_owned()
+}
+
+/// `--delete-releases` through `proxy` once it passes everything again: the release's
+/// TaskRun matches, the release is uninstalled, and none is left in `ns`.
+fn uninstall_finished(cp: &ControlPlane, proxy: &FaultProxy, ns: &str, release: &str) {
     proxy.close_window();
-    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
+    let (code, out) = migrate_through(&proxy.kubeconfig, ns, &["--delete-releases"]);
     assert_eq!(code, 0, "{out}");
-    let line = row(&out, "busy-task-6");
+    let line = row(&out, release);
     assert!(
         line.contains("exists, matches") && line.contains("uninstalled"),
         "{line}"
     );
-    assert!(helm_releases(cp, &ns).is_empty());
+    assert!(helm_releases(cp, ns).is_empty());
 }
 
 /// A TaskRun applied by hand (or from git) that matches its release is marked as made from
@@ -1821,10 +1833,7 @@ async fn a_taskrun_already_there_is_marked_before_its_release_is_uninstalled() {
 
     // The uninstall stops after the resources: the release records cannot be deleted.
     let proxy = FaultProxy::start_as(cp, &format!("{ns}-admin"), &["system:masters"]).await;
-    proxy.refuse_requests_to(&[&format!("DELETE /api/v1/namespaces/{ns}/secrets/")]);
-    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
-    assert_eq!(code, 3, "{out}");
-    let line = row(&out, "marked-task-4");
+    let line = uninstall_stopped_at_the_records(&proxy, &ns, "marked-task-4");
     assert!(
         line.contains("exists, matches") && line.contains(" kept "),
         "{line}"
@@ -1843,16 +1852,7 @@ async fn a_taskrun_already_there_is_marked_before_its_release_is_uninstalled() {
             .is_none(),
         "the uninstall did not get as far as the files"
     );
-
-    proxy.close_window();
-    let (code, out) = migrate_through(&proxy.kubeconfig, &ns, &["--delete-releases"]);
-    assert_eq!(code, 0, "{out}");
-    let line = row(&out, "marked-task-4");
-    assert!(
-        line.contains("exists, matches") && line.contains("uninstalled"),
-        "{line}"
-    );
-    assert!(helm_releases(cp, &ns).is_empty());
+    uninstall_finished(cp, &proxy, &ns, "marked-task-4");
 }
 
 /// A failed `helm upgrade` leaves a newer revision above the deployed one. `helm uninstall`

@@ -21,7 +21,7 @@ use taskrun_tests::controller::Controller;
 use taskrun_tests::fault_proxy::FaultProxy;
 use taskrun_tests::kubelet::{PodEnd, bind_pod, confirm_stopped, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
-use taskrun_tests::{ControlPlane, free_addr, http_get, metric, wait_for, wait_gone};
+use taskrun_tests::{ControlPlane, http_get, metric, wait_for, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -110,11 +110,16 @@ fn condition<'a>(tr: &'a TaskRun, type_: &str) -> Option<(&'a str, &'a str)> {
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
+/// The unlabelled metric `name` of the controller; `None` when `/metrics` did not answer with
+/// it.
+async fn controller_metric(ctrl: &Controller, name: &str) -> Option<f64> {
+    let text = http_get(ctrl.http_addr(), "/metrics").await?;
+    metric(&text, name)
+}
+
 /// The controller's count of failed reconciles; `None` when `/metrics` did not answer with it.
 async fn reconcile_errors(ctrl: &Controller) -> Option<f64> {
-    http_get(ctrl.http_addr(), "/metrics")
-        .await
-        .and_then(|t| metric(&t, "taskrun_controller_reconcile_errors_total"))
+    controller_metric(ctrl, "taskrun_controller_reconcile_errors_total").await
 }
 
 /// The count of failed reconciles now, as a baseline: waited for, never taken as 0 when
@@ -1390,12 +1395,7 @@ async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-in-place").await;
     let proxy = FaultProxy::for_the_controller(cp).await;
-    let http_addr = free_addr();
-    let ctrl = proxy.controller(
-        "in-place-controller",
-        &ns,
-        &["--leader-elect=false", &format!("--http-addr={http_addr}")],
-    );
+    let ctrl = proxy.controller("in-place-controller", &ns, &["--leader-elect=false"]);
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("t", "in-place", 3, 1, &[("task.md", "x")])).await;
     wait_status(&api, "t", "PodPending once the pod exists", |tr| {
@@ -1403,9 +1403,8 @@ async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
     })
     .await;
     let reconciles = async || {
-        http_get(http_addr, "/metrics")
+        controller_metric(&ctrl, "taskrun_controller_reconciles_total")
             .await
-            .and_then(|t| metric(&t, "taskrun_controller_reconciles_total"))
             .unwrap_or_default()
     };
     // Settled: the Job controller's last status update has been reconciled.
@@ -1704,33 +1703,44 @@ async fn a_controller_killed_mid_reconcile_leaves_exactly_one_job_per_taskrun() 
 /// grace (2 s in these tests) when some had to be dropped, then 5 s to release the Lease.
 const STOPS_WITHIN: Duration = Duration::from_secs(5 + 2 + 5);
 
+/// Two replicas for `ns` sharing the Lease `lease-NS` (in the Lease namespace, through
+/// `leases`): replica-a leading, and replica-b standing by, ready (so it has read the Lease)
+/// and saying it does not lead.
+async fn leader_and_standby(
+    cp: &ControlPlane,
+    ns: &str,
+    leases: &Api<Lease>,
+) -> (Controller, Controller, String) {
+    let lease = format!("lease-{ns}");
+    let lease_flag = format!("--lease-name={lease}");
+    let ns_flag = format!("--namespace={ns}");
+    let a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
+    wait_for("replica-a to lead", WAIT, || async {
+        let holder = leases.get(&lease).await.ok()?.spec?.holder_identity?;
+        (holder == "replica-a").then_some(())
+    })
+    .await;
+    let b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
+    wait_for("replica-b to stand by", WAIT, || async {
+        let ready = http_get(b.http_addr(), "/readyz").await?;
+        let leading = controller_metric(&b, "taskrun_controller_leading").await?;
+        (ready.starts_with("HTTP/1.1 200") && leading == 0.0).then_some(())
+    })
+    .await;
+    (a, b, lease)
+}
+
 #[tokio::test]
 async fn of_two_replicas_only_the_leader_acts_and_a_successor_takes_over() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-leader").await;
-    let lease = format!("lease-{ns}");
-    let lease_flag = format!("--lease-name={lease}");
-    let ns_flag = format!("--namespace={ns}");
-    let mut a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
     let leases: Api<Lease> =
         Api::namespaced(client.clone(), taskrun_tests::controller::LEASE_NAMESPACE);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
-    wait_for("replica-a to lead", WAIT, || async {
-        (holder(leases.get(&lease).await.ok()?)? == "replica-a").then_some(())
-    })
-    .await;
-    let mut b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
-    // The standby has read the Lease (it is ready only after that first read) and says it does
-    // not lead, before the TaskRun is made: a standby that wrongly acted would reconcile it as
-    // its watch brings it.
-    wait_for("replica-b to stand by", WAIT, || async {
-        let ready = http_get(b.http_addr(), "/readyz").await?;
-        let text = http_get(b.http_addr(), "/metrics").await?;
-        (ready.starts_with("HTTP/1.1 200") && metric(&text, "taskrun_controller_leading")? == 0.0)
-            .then_some(())
-    })
-    .await;
+    // The standby stands by before the TaskRun is made: a standby that wrongly acted would
+    // reconcile it as its watch brings it.
+    let (mut a, mut b, lease) = leader_and_standby(cp, &ns, &leases).await;
 
     let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
     create(&api, &taskrun("one", "lead", 1, 1, &[("task.md", "x")])).await;
@@ -1806,26 +1816,11 @@ async fn a_lease_changed_by_hand_ends_with_one_leader_the_one_it_names() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-lease-by-hand").await;
-    let lease = format!("lease-{ns}");
-    let lease_flag = format!("--lease-name={lease}");
-    let ns_flag = format!("--namespace={ns}");
-    let a = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-a"]);
     let leases: Api<Lease> =
         Api::namespaced(client.clone(), taskrun_tests::controller::LEASE_NAMESPACE);
+    let (a, b, lease) = leader_and_standby(cp, &ns, &leases).await;
     let holder = async || leases.get(&lease).await.ok()?.spec?.holder_identity;
-    wait_for("replica-a to lead", WAIT, || async {
-        (holder().await? == "replica-a").then_some(())
-    })
-    .await;
-    let b = Controller::start(cp, &[&ns_flag, &lease_flag, "--identity=replica-b"]);
-    let leading = async |c: &Controller| {
-        let text = http_get(c.http_addr(), "/metrics").await?;
-        metric(&text, "taskrun_controller_leading")
-    };
-    wait_for("replica-b to stand by", WAIT, || async {
-        (leading(&b).await? == 0.0).then_some(())
-    })
-    .await;
+    let leading = async |c: &Controller| controller_metric(c, "taskrun_controller_leading").await;
     // The replica that leads, if exactly one does and the Lease names it.
     let one_leader = async || {
         let holder = holder().await?;
