@@ -23,7 +23,7 @@ use taskrun::{Existing, FINALIZER, Phase, TaskRun, TaskRunStatus, find_duplicate
 use self::claim::{Claim, claim, judge};
 use self::events::record;
 use self::finalizer::{Written, cleanup, set_finalizer};
-use self::superseded::{drop_superseded_config_map, stop_superseded};
+use self::superseded::{NotStopped, drop_superseded_config_map, stop_superseded};
 use crate::controller::Ctx;
 use crate::status::{self, Observed, Outcome, now};
 use crate::{cache, job, writes};
@@ -127,6 +127,16 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         .written
         .latest(uid.unwrap_or_default(), tr.status.as_ref());
     let jobs: Api<Job> = Api::namespaced(ctx.base.client.clone(), &ns);
+    // Versions that ran before this one; this one counts once its Job exists.
+    let ran_before = status::runs_before(&prev, version);
+    let mut seen = Observed {
+        generation: tr.meta().generation,
+        context_version: version,
+        job_name: None,
+        config_map_name: None,
+        attempts: ran_before,
+        started_at: None,
+    };
     // Any Job of an older version still running is stopped, whether or not the status ever
     // named it (a status write lost after a Job was created leaves no trace of that Job
     // there): until the status records this version, each one the cache holds; after that,
@@ -134,7 +144,10 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // began (`cache::Superseded`). Version 1 has nothing older.
     if version > 1 {
         let scan = prev.observed_context_version != Some(version);
-        stop_superseded(tr, ctx, &jobs, &prev, scan).await?;
+        if let Err(NotStopped { job, error }) = stop_superseded(tr, ctx, &jobs, &prev, scan).await {
+            let refused_delete = Refused::DeleteOlder(&job);
+            return Err(refused(&api, tr, ctx, &prev, &seen, refused_delete, error).await);
+        }
         if scan {
             drop_superseded_config_map(tr, ctx, &ns, &prev).await;
         }
@@ -156,16 +169,6 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
 
-    // Versions that ran before this one; this one counts once its Job exists.
-    let ran_before = status::runs_before(&prev, version);
-    let mut seen = Observed {
-        generation: tr.meta().generation,
-        context_version: version,
-        job_name: None,
-        config_map_name: None,
-        attempts: ran_before,
-        started_at: None,
-    };
     let (job_name, cm_name) = job::child_names(tr);
     // Children are looked up in the caches first: a reconcile that finds them in place makes
     // no API call (most reconciles are echoes of this controller's own writes).
@@ -206,7 +209,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         let desired = job::config_map(&source, owner.clone());
         let claimed = match claim(&config_maps, &api, tr, desired).await {
             Ok(claimed) => claimed,
-            Err(e) => return Err(refused(&api, tr, ctx, &prev, &seen, "ConfigMap", e).await),
+            Err(e) => {
+                return Err(
+                    refused(&api, tr, ctx, &prev, &seen, Refused::Create("ConfigMap"), e).await,
+                );
+            }
         };
         match claimed {
             Claim::Created(_) | Claim::Ours(_) => {}
@@ -297,7 +304,11 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                     write_status(&api, tr, ctx, &prev, &next).await?;
                     return Ok(Action::await_change());
                 }
-                Err(e) => return Err(refused(&api, tr, ctx, &prev, &seen, "Job", e).await),
+                Err(e) => {
+                    return Err(
+                        refused(&api, tr, ctx, &prev, &seen, Refused::Create("Job"), e).await,
+                    );
+                }
             }
         }
     };
@@ -528,20 +539,31 @@ fn delete_refused(ctx: &Ctx, tr: &TaskRun, child: &str, e: &kube::Error, meanwhi
     record(ctx, tr, event);
 }
 
-/// A child's create failed with `e`, which the reconcile returns (to be retried with
-/// backoff). When the API server refused it for a reason that may pass (403: a ResourceQuota
-/// used up, an admission policy, a namespace being deleted, missing RBAC; or an admission
-/// webhook or policy answering 400 or 422), the status says so
-/// meanwhile: the TaskRun would otherwise show nothing at all, and the reason only the
-/// controller's log. Not once the status names this version's Job (a ConfigMap removed by
-/// hand, then refused): that status keeps the Job, so that it is never made again.
+/// A request of a reconcile that the API server refused, as the status tells it.
+#[derive(Clone, Copy)]
+enum Refused<'a> {
+    /// The create of this version's ConfigMap or Job (`CreateRefused`).
+    Create(&'a str),
+    /// The delete of an older version's Job, by name, which this version waits for
+    /// (`DeleteRefused`).
+    DeleteOlder(&'a str),
+}
+
+/// A request failed with `e`, which the reconcile returns (to be retried with backoff). When
+/// the API server refused it for a reason that may pass (403: a ResourceQuota used up, an
+/// admission policy, a namespace being deleted, missing RBAC; or an admission webhook or
+/// policy answering 400 or 422), the status says so meanwhile: the TaskRun would otherwise show
+/// nothing at all, and the reason only the controller's log (and, for a delete, an Event). Not
+/// once the status names this version's Job (a ConfigMap removed by hand, then refused; an
+/// older Job the watch brought late): that status keeps the Job, so that it is never made
+/// again.
 async fn refused(
     api: &Api<TaskRun>,
     tr: &TaskRun,
     ctx: &Ctx,
     prev: &TaskRunStatus,
     seen: &Observed,
-    kind: &str,
+    what: Refused<'_>,
     e: Error,
 ) -> Error {
     let Some(message) = (match &e {
@@ -555,11 +577,21 @@ async fn refused(
     if job_named {
         return e;
     }
-    let o = Outcome::new(
-        Phase::Pending,
-        status::reason::CREATE_REFUSED,
-        format!("the API server refused this version's {kind}: {message}; retrying"),
-    );
+    let o = match what {
+        Refused::Create(kind) => Outcome::new(
+            Phase::Pending,
+            status::reason::CREATE_REFUSED,
+            format!("the API server refused this version's {kind}: {message}; retrying"),
+        ),
+        Refused::DeleteOlder(job) => Outcome::new(
+            Phase::Pending,
+            status::reason::DELETE_REFUSED,
+            format!(
+                "the API server refused deleting Job {job} of an older version: {message}; \
+                 this version's Job is made once that Job is gone or finished; retrying"
+            ),
+        ),
+    };
     let next = status::next_status(prev, seen, &o, &now());
     match write_status(api, tr, ctx, prev, &next).await {
         Ok(()) => e,

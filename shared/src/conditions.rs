@@ -55,6 +55,9 @@ pub mod reason {
     /// The Job of an older version is stopping: this version's Job is made once that Job is
     /// gone or finished, so that the agents of two versions do not run side by side.
     pub const PREVIOUS_VERSION_STOPPING: &str = "PreviousVersionStopping";
+    /// The API server refused deleting the Job of an older version for a reason that may pass;
+    /// retried. This version's Job is made once that Job is gone or finished.
+    pub const DELETE_REFUSED: &str = "DeleteRefused";
 
     /// All of them.
     pub fn all() -> impl Iterator<Item = &'static str> {
@@ -74,6 +77,7 @@ pub mod reason {
             WAITING_FOR_PREVIOUS_OWNER,
             CREATE_REFUSED,
             PREVIOUS_VERSION_STOPPING,
+            DELETE_REFUSED,
         ]
         .into_iter()
         .chain(JOB_FAILURE)

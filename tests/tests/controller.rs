@@ -1459,6 +1459,32 @@ async fn a_reconcile_that_finds_everything_in_place_makes_no_request() {
     assert_eq!(api.get("t").await.expect("get").status, status);
 }
 
+/// A policy refusing every Job delete in `ns` ("jobs are frozen here"), once the API server
+/// applies it to the Job `job`.
+async fn freeze_job_deletes(client: &Client, ns: &str, job: &str) -> Refusal {
+    let refusal = Refusal::start(
+        client,
+        ns,
+        json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["DELETE"],
+               "resources": ["jobs"]}),
+        "Forbidden",
+        "jobs are frozen here",
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    wait_for("the policy to refuse Job deletes", WAIT, || async {
+        let dry_run = DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        };
+        matches!(jobs.delete(job, &dry_run).await,
+                 Err(kube::Error::Api(e)) if e.message.contains("jobs are frozen"))
+        .then_some(())
+    })
+    .await;
+    refusal
+}
+
 /// A delete of a child that the API server refuses (an admission policy freezing Job
 /// deletes): the TaskRun stays, held by its finalizer, and says why in a Warning Event
 /// (`DeleteRefused`, with the policy's message), not only in the controller's log. Once the
@@ -1476,26 +1502,7 @@ async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
         tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(job_name.as_str())
     })
     .await;
-    let refusal = Refusal::start(
-        &client,
-        &ns,
-        json!({"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["DELETE"],
-               "resources": ["jobs"]}),
-        "Forbidden",
-        "jobs are frozen here",
-    )
-    .await;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    wait_for("the policy to refuse Job deletes", WAIT, || async {
-        let dry_run = DeleteParams {
-            dry_run: true,
-            ..DeleteParams::default()
-        };
-        matches!(jobs.delete(&job_name, &dry_run).await,
-                 Err(kube::Error::Api(e)) if e.message.contains("jobs are frozen"))
-        .then_some(())
-    })
-    .await;
+    let refusal = freeze_job_deletes(&client, &ns, &job_name).await;
 
     api.delete("t", &DeleteParams::default())
         .await
@@ -1531,6 +1538,72 @@ async fn a_refused_delete_of_a_child_is_told_in_a_warning_event() {
     assert_eq!(told, 1, "{refused:?}");
     refusal.lift().await;
     wait_gone("the TaskRun", WAIT, &api, "t").await;
+}
+
+/// A raised contextVersion whose older Job the API server will not delete (a policy freezing
+/// Job deletes): the new version waits and its status says why (`DeleteRefused`, quoting the
+/// refusal), and it keeps trying to stop that Job after its status records the new version.
+/// Once the policy goes, the old Job is stopped and the new version runs. It starts at version
+/// 2, so that the controller's one look at the cache for older Jobs per term
+/// (`Superseded::sweep_once`) is over before the raise.
+#[tokio::test]
+async fn a_raised_version_whose_older_job_may_not_be_deleted_says_so_and_runs_once_it_may() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-raise-refused").await;
+    let ctrl = Controller::start(cp, &[&format!("--namespace={ns}")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "frozen", 2, 2, &[("task.md", "x")])).await;
+    let (old, new) = (
+        names::job_name("frozen", 2, 2),
+        names::job_name("frozen", 2, 3),
+    );
+    wait_status(&api, "t", "a Job named", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(old.as_str())
+    })
+    .await;
+    let refusal = freeze_job_deletes(&client, &ns, &old).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+
+    let raise = json!({"spec": {"contextVersion": 3}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .expect("raise contextVersion");
+    let tr = wait_status(&api, "t", "version 3 told of the refusal", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, r)| r == "DeleteRefused")
+    })
+    .await;
+    let status = tr.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Pending));
+    assert_eq!(status.observed_context_version, Some(3));
+    assert_eq!(status.job_name, None);
+    let said = message(&tr).unwrap_or_default();
+    assert!(
+        said.contains(&format!("deleting Job {old} of an older version"))
+            && said.contains("jobs are frozen here"),
+        "{said}"
+    );
+    // Retried after the status recorded version 3, and still refused: the status stays.
+    let failed = reconcile_errors_now(&ctrl).await;
+    wait_for("two more refused reconciles", WAIT, || async {
+        (reconcile_errors(&ctrl).await >= Some(failed + 2.0)).then_some(())
+    })
+    .await;
+    let tr = api.get("t").await.expect("read");
+    assert_eq!(
+        condition(&tr, "Succeeded").map(|(_, r)| r),
+        Some("DeleteRefused")
+    );
+    let going = jobs.get(&old).await.expect("the old Job");
+    assert_eq!(going.metadata.deletion_timestamp, None);
+    assert!(jobs.get_opt(&new).await.expect("get").is_none());
+
+    refusal.lift().await;
+    wait_status(&api, "t", "version 3's Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some(new.as_str())
+    })
+    .await;
+    wait_gone("version 2's Job", WAIT, &jobs, &old).await;
 }
 
 /// Makes a ConfigMap that no TaskRun controls under the name of version 1's ConfigMap of the

@@ -121,6 +121,11 @@ impl Children {
         self.superseded.forget(uid, Some(name));
     }
 
+    /// The Job `job` of the TaskRun `uid` could not be stopped: tried again (`Superseded`).
+    pub fn to_stop(&self, uid: &str, job: &ChildRef) {
+        self.superseded.to_stop(uid, job);
+    }
+
     /// The Job `name` (uid `job_uid`) of the TaskRun `uid` was deleted here (`Superseded`).
     pub fn deleted(&self, uid: &str, name: &str, job_uid: &str) {
         self.superseded.deleted(uid, name, job_uid);

@@ -100,6 +100,17 @@ impl Superseded {
             .collect()
     }
 
+    /// A Job of the TaskRun `uid` that this controller failed to stop (its delete refused, or
+    /// no answer): stopped at the next reconcile even once the status records the new version,
+    /// whose reconciles look for older Jobs only here. Not when it was deleted already.
+    pub(super) fn to_stop(&self, uid: &str, job: &ChildRef) {
+        let mut map = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let noted = map.entry(uid.to_owned()).or_default();
+        if !matches!(noted.get(&job.name), Some(Noted::Deleted(_))) {
+            noted.insert(job.name.clone(), Noted::ToStop(job.uid.clone()));
+        }
+    }
+
     /// The Job `name` (uid `job_uid`) of the TaskRun `uid` was deleted here: not to be deleted
     /// again, and waited for, until the watch shows it gone.
     pub(super) fn deleted(&self, uid: &str, name: &str, job_uid: &str) {
@@ -208,6 +219,25 @@ mod tests {
         superseded.deleted("u", "svc-1-v1", "uid-svc-1-v1");
         superseded.gone(&old);
         assert!(superseded.jobs.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_job_whose_stop_failed_stays_to_stop_until_deleted_or_finished() {
+        let store = owner_at(3, false);
+        let superseded = Superseded::default();
+        // Cached while it was the current version's Job: the watch never noted it.
+        let refused = ChildRef::new("svc-1-v2", Some("uid-svc-1-v2"));
+        superseded.to_stop("u", &refused);
+        assert_eq!(superseded.of("u"), std::slice::from_ref(&refused));
+        // Tried again and deleted: waited for, not stopped again, even if noted once more.
+        superseded.deleted("u", "svc-1-v2", "uid-svc-1-v2");
+        superseded.to_stop("u", &refused);
+        assert!(superseded.of("u").is_empty());
+        assert_eq!(superseded.deleted_of("u"), [refused]);
+        // Finished before it could be stopped: left alone, and kept with its pods' logs.
+        superseded.to_stop("u", &ChildRef::new("svc-1-v1", Some("uid-svc-1-v1")));
+        superseded.record(&job("svc-1-v1", Some("Complete")), &store);
+        assert!(superseded.of("u").is_empty());
     }
 
     #[test]

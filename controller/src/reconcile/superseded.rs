@@ -16,20 +16,28 @@ use crate::cache::ChildRef;
 use crate::controller::Ctx;
 use crate::{cache, job, status, writes};
 
+/// An older version's Job that a reconcile failed to stop, and why.
+pub(super) struct NotStopped {
+    pub job: String,
+    pub error: Error,
+}
+
 /// Deletes the Jobs of older versions that are still running: those `cache::Superseded`
 /// noted, and with `scan` those `superseded` finds in the cache and the status (a pass over the
 /// cached Jobs). Deleting rather than suspending leaves nothing for a later version to trip
 /// over; the old version's outcome is recorded as an Event. In the foreground: each Job stays
 /// until its pods have stopped, and the new version's Job is made only then
 /// (`PreviousVersionStopping`); each one deleted is noted (`Children::deleted`), and not
-/// deleted again while the cache still shows it as it was.
+/// deleted again while the cache still shows it as it was. One that could not be stopped is
+/// noted to be stopped (`Children::to_stop`): the status may record the new version meanwhile
+/// (`DeleteRefused`), after which no reconcile scans for it.
 pub(super) async fn stop_superseded(
     tr: &TaskRun,
     ctx: &Ctx,
     jobs: &Api<Job>,
     prev: &TaskRunStatus,
     scan: bool,
-) -> Result<(), Error> {
+) -> Result<(), NotStopped> {
     let current = job::child_names(tr).0;
     let uid = tr.meta().uid.as_deref().unwrap_or_default();
     let mut stop = ctx.children.superseded_of(uid, &ctx.taskruns).await;
@@ -46,12 +54,24 @@ pub(super) async fn stop_superseded(
             }
         }
     }
-    for ChildRef { name, uid: job_uid } in stop {
-        let job_uid = match job_uid {
+    for child in stop {
+        let not_stopped = |error: Error| {
+            ctx.children.to_stop(uid, &child);
+            NotStopped {
+                job: child.name.clone(),
+                error,
+            }
+        };
+        let name = child.name.clone();
+        let job_uid = match child.uid.clone() {
             Some(job_uid) => job_uid,
             // A Job named only by the status, which another writer may have set: deleted
             // only if this TaskRun controls it, and only that Job (by uid).
-            None => match jobs.get_metadata_opt(&name).await? {
+            None => match jobs
+                .get_metadata_opt(&name)
+                .await
+                .map_err(|e| not_stopped(e.into()))?
+            {
                 Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
                     j.metadata.uid.unwrap_or_default()
                 }
@@ -72,7 +92,8 @@ pub(super) async fn stop_superseded(
                         tr.spec.context_version
                     );
                     super::delete_refused(ctx, tr, &format!("Job {name}"), e, &waits);
-                })?;
+                })
+                .map_err(|e| not_stopped(e.into()))?;
         if !deleted {
             ctx.children.stopped(uid, &name);
             continue;
