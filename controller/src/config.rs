@@ -44,9 +44,12 @@ pub struct Args {
     #[arg(long, env = "TASKRUN_BACKOFF_MAX_SECONDS", default_value_t = 300)]
     pub backoff_max_seconds: u64,
 
-    /// Elect a leader through a Lease, so of several replicas only one acts.
-    #[arg(long, env = "TASKRUN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Elect a leader through a Lease, so of several replicas only one acts (`false`: every
+    /// replica reconciles, so only with one replica).
+    #[arg(long, env = "TASKRUN_LEADER_ELECT", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// Name of the Lease the replicas elect their leader through.
     #[arg(long, env = "TASKRUN_LEASE_NAME", default_value = "taskrun-controller")]
     pub lease_name: String,
     /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
@@ -70,8 +73,10 @@ pub struct Args {
     /// --env-from-secret is added to the file's envFrom; each resource flag sets one key.
     #[arg(long, env = "TASKRUN_JOB_TEMPLATE")]
     pub job_template: Option<String>,
+    /// The agent's image: required, here or as `image:` in the template file.
     #[arg(long, env = "TASKRUN_IMAGE")]
     pub image: Option<String>,
+    /// imagePullPolicy of the agent's container (default: Kubernetes' own).
     #[arg(long, env = "TASKRUN_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
     /// The agent's command (repeat for each element).
@@ -80,6 +85,7 @@ pub struct Args {
     /// The agent's arguments (repeat for each element).
     #[arg(long = "arg", allow_hyphen_values = true)]
     pub args: Vec<String>,
+    /// The ServiceAccount the agent's pod runs as; its token is mounted only when one is set.
     #[arg(long, env = "TASKRUN_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// An env var from a Secret key: NAME=SECRET:KEY (repeatable). The value is never read.
@@ -88,20 +94,31 @@ pub struct Args {
     /// All keys of a Secret as env vars (repeatable).
     #[arg(long = "env-from-secret")]
     pub env_from_secret: Vec<String>,
+    /// backoffLimit of each version's Job: pod failures retried before the version fails
+    /// (default: Kubernetes' own, 6).
     #[arg(long, env = "TASKRUN_BACKOFF_LIMIT")]
     pub backoff_limit: Option<i32>,
+    /// activeDeadlineSeconds of each version's Job: how long it may run (default: no limit).
     #[arg(long, env = "TASKRUN_ACTIVE_DEADLINE_SECONDS")]
     pub active_deadline_seconds: Option<i64>,
+    /// ttlSecondsAfterFinished of each version's Job: how long a finished Job and its pods'
+    /// logs are kept (default: until the TaskRun is deleted).
     #[arg(long, env = "TASKRUN_TTL_SECONDS_AFTER_FINISHED")]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// Where the markdown files are mounted in the agent's container, an absolute path
+    /// (default /context); the agent gets it as CONTEXT_DIR.
     #[arg(long, env = "TASKRUN_CONTEXT_DIR")]
     pub context_dir: Option<String>,
+    /// The agent container's CPU request (a quantity: 500m).
     #[arg(long)]
     pub cpu_request: Option<String>,
+    /// The agent container's memory request (a quantity: 512Mi).
     #[arg(long)]
     pub memory_request: Option<String>,
+    /// The agent container's CPU limit.
     #[arg(long)]
     pub cpu_limit: Option<String>,
+    /// The agent container's memory limit.
     #[arg(long)]
     pub memory_limit: Option<String>,
 }
@@ -258,5 +275,8 @@ mod tests {
     fn leader_election_can_be_turned_off() {
         assert!(parse(&[]).leader_elect);
         assert!(!parse(&["--leader-elect=false"]).leader_elect);
+        assert!(!parse(&["--leader-elect", "false"]).leader_elect);
+        // Given bare, as a switch, it turns it on.
+        assert!(parse(&["--leader-elect", "--concurrency=2"]).leader_elect);
     }
 }
