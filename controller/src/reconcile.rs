@@ -193,19 +193,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     }
 
     if !cm_ours {
-        let source = with_files(tr, &api).await?;
-        if !still_to_run(tr, &source) {
-            if source.meta().uid == tr.meta().uid
-                && status::is_final_for(source.status.as_ref(), version)
-            {
-                // Another writer (a former leader's late write) ended this version: what was
-                // last written here is not the truth any more, and the cache will show that.
-                ctx.written.forget(uid.unwrap_or_default());
-                ctx.starting.settled(uid.unwrap_or_default());
-            }
-            // Looked at again once the cache has caught up with what was read.
+        let Some(source) = fresh_to_run(tr, ctx, &api).await? else {
             return Ok(Action::requeue(LOOK_AGAIN));
-        }
+        };
         let desired = job::config_map(&source, owner.clone());
         let claimed = match claim(&config_maps, &api, tr, desired).await {
             Ok(claimed) => claimed,
@@ -279,6 +269,13 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
                 None => {
                     if let Some(older) = older_still_running(tr, ctx, &jobs, &job_name).await? {
                         return wait_for_older(&api, tr, ctx, &prev, &seen, &older).await;
+                    }
+                    // The ConfigMap was made by an earlier reconcile (this Job's create refused,
+                    // or waiting for an older version's Job or a name's previous owner): the
+                    // TaskRun is read afresh here instead, for the cache may lag (a watch
+                    // listing again) behind a raise or a deletion since.
+                    if cm_ours && fresh_to_run(tr, ctx, &api).await?.is_none() {
+                        return Ok(Action::requeue(LOOK_AGAIN));
                     }
                     claim(&jobs, &api, tr, job::job(tr, owner, &ctx.base.template)).await
                 }
@@ -409,7 +406,7 @@ async fn wait_for_older(
 /// a status written since). Then nothing is made or ended here: a deletion, a new object or a
 /// new version brings its own event, and an ended version needs nothing more. This decides
 /// whether a Job the status names and the API server no longer has ends the version as
-/// `JobLost`, and whether children are made at all (after `with_files`).
+/// `JobLost`, and whether children are made at all (`fresh_to_run`).
 fn still_to_run(tr: &TaskRun, fresh: &TaskRun) -> bool {
     let version = tr.spec.context_version;
     fresh.meta().deletion_timestamp.is_none()
@@ -419,19 +416,39 @@ fn still_to_run(tr: &TaskRun, fresh: &TaskRun) -> bool {
 }
 
 /// The TaskRun with its markdown files, read from the API server (the cache drops them,
-/// `cache::trim_taskrun`). No child is made from it unless it is [`still_to_run`]: not for a
-/// TaskRun being deleted, another object, another version or a version that has ended.
+/// `cache::trim_taskrun`), if children may be made for `tr` ([`still_to_run`]); `None` for a
+/// TaskRun being deleted, another object, another version or a version that has ended, which
+/// is looked at again once the cache has caught up with what was read. Every child is made
+/// after such a read in the same reconcile: the cached `tr` may lag behind a raise or a
+/// deletion.
 ///
 /// Read at the cached resourceVersion ("not older than"): the API server answers from its
 /// watch cache once that has caught up with what this controller's watch has shown (at once
 /// when both come from the same API server), instead of a quorum read from etcd
 /// (docs/benchmarks.md).
-async fn with_files(tr: &TaskRun, api: &Api<TaskRun>) -> Result<TaskRun, Error> {
+async fn fresh_to_run(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    api: &Api<TaskRun>,
+) -> Result<Option<TaskRun>, Error> {
     let params = match tr.meta().resource_version.as_deref() {
         Some(rv) => GetParams::at(rv),
         None => GetParams::default(),
     };
-    Ok(api.get_with(&tr.name_any(), &params).await?)
+    let fresh = api.get_with(&tr.name_any(), &params).await?;
+    if still_to_run(tr, &fresh) {
+        return Ok(Some(fresh));
+    }
+    if fresh.meta().uid == tr.meta().uid
+        && status::is_final_for(fresh.status.as_ref(), tr.spec.context_version)
+    {
+        // Another writer (a former leader's late write) ended this version: what was last
+        // written here is not the truth any more, and the cache will show that.
+        let uid = tr.meta().uid.as_deref().unwrap_or_default();
+        ctx.written.forget(uid);
+        ctx.starting.settled(uid);
+    }
+    Ok(None)
 }
 
 /// The status when a child's name is held by someone else, or (Duplicate) the task by an
@@ -959,7 +976,7 @@ mod tests {
     }
 
     /// Read fresh, the TaskRun decides whether a Job the status names and the API server
-    /// lacks ends the version (`JobLost`), and whether children are made (`with_files`).
+    /// lacks ends the version (`JobLost`), and whether children are made (`fresh_to_run`).
     #[test]
     fn only_the_live_taskrun_at_an_unended_version_is_still_to_run() {
         let tr = taskrun("t", 100, "svc", 7);

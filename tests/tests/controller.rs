@@ -2151,6 +2151,75 @@ async fn refused_job_is_shown_and_made_once_allowed(ns: &str, reason: &str) {
     assert!(jobs.get_opt("capped-1-v1").await.expect("get").is_some());
 }
 
+/// A Job made by a later reconcile than its ConfigMap (here its create was refused, then
+/// allowed) is made only for the TaskRun as the API server has it then, not as the cache had
+/// it: raised meanwhile while the controller's TaskRun watch lagged, the old version's Job is
+/// never made (and so never started, then stopped), and the new version runs once the watch
+/// shows it.
+// Multi-threaded: the proxy in front of the controller is served on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_made_after_its_config_map_is_made_for_the_version_the_api_server_has() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-late-job").await;
+    let refusal = Refusal::of_job_creates(&client, &ns, "Forbidden", "jobs are capped here").await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    let args = ["--leader-elect=false", "--backoff-max-seconds=1"];
+    let ctrl = proxy.controller("late-job-controller", &ns, &args);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let tr = create(&api, &taskrun("t", "late", 1, 1, &[("task.md", "x")])).await;
+    wait_status(&api, "t", "the refusal in the status", |tr| {
+        condition(tr, "Succeeded").is_some_and(|(_, reason)| reason == "CreateRefused")
+    })
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        config_maps
+            .get_opt("late-1-v1-files")
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    // The controller's TaskRun watch lags from now on: its cache keeps version 1.
+    proxy.hold_requests_to(&[&format!("/namespaces/{ns}/taskruns?"), "watch=true"]);
+    wait_for("the TaskRun watch to be held", WAIT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+    let raise = json!({"spec": {"contextVersion": 2}});
+    api.patch("t", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .expect("raise contextVersion");
+    refusal.lift().await;
+    // Reconciles retried after the lift (at most a second apart) find version 2 and make no Job.
+    let reconciles = async || {
+        controller_metric(&ctrl, "taskrun_controller_reconciles_total")
+            .await
+            .unwrap_or_default()
+    };
+    let lifted = reconciles().await;
+    wait_for("two reconciles after the lift", WAIT, || async {
+        (reconciles().await >= lifted + 2.0).then_some(())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        jobs.get_opt("late-1-v1").await.expect("get").is_none(),
+        "version 1's Job was made for a TaskRun at version 2"
+    );
+
+    proxy.release_held();
+    wait_status(&api, "t", "version 2's Job", |tr| {
+        tr.status.as_ref().and_then(|s| s.job_name.as_deref()) == Some("late-1-v2")
+    })
+    .await;
+    let uid = tr.uid().expect("uid");
+    let events = events_of(&client, &ns, &uid).await.expect("list Events");
+    assert_eq!(count_reasons(&events).get("Superseded"), None, "{events:?}");
+    assert!(jobs.get_opt("late-1-v1").await.expect("get").is_none());
+}
+
 /// The ConfigMap of a running version removed by hand, and its re-creation refused: the
 /// status keeps naming the version's Job. A status without it (CreateRefused) could have the
 /// Job made again once its TTL removed it.
