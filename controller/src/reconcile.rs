@@ -192,23 +192,26 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         return settle_unclaimed(&api, tr, ctx, &prev, &seen, duplicate, HOLDS_FIRST).await;
     }
 
+    // A ConfigMap missing once the status names this version's Job (removed by hand) is made
+    // again for the Job's next pod; failing that, the Job's outcome is still read and written,
+    // and the failure returned after (retried with backoff).
+    let job_named = prev.observed_context_version == Some(version) && prev.job_name.is_some();
+    let mut config_map_failed = None;
     if !cm_ours {
         let Some(source) = fresh_to_run(tr, ctx, &api).await? else {
             return Ok(Action::requeue(LOOK_AGAIN));
         };
         let desired = job::config_map(&source, owner.clone());
-        let claimed = match claim(&config_maps, &api, tr, desired).await {
-            Ok(claimed) => claimed,
+        match claim(&config_maps, &api, tr, desired).await {
+            Ok(Claim::Created(_) | Claim::Ours(_)) => {}
+            Ok(other) => {
+                return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_CONFIG_MAP).await;
+            }
+            Err(e) if job_named => config_map_failed = Some(e),
             Err(e) => {
                 return Err(
                     refused(&api, tr, ctx, &prev, &seen, Refused::Create("ConfigMap"), e).await,
                 );
-            }
-        };
-        match claimed {
-            Claim::Created(_) | Claim::Ours(_) => {}
-            other => {
-                return settle_unclaimed(&api, tr, ctx, &prev, &seen, other, OWNS_CONFIG_MAP).await;
             }
         }
     }
@@ -322,6 +325,9 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let next = status::next_status(&prev, &seen, &outcome, &now());
     write_status(&api, tr, ctx, &prev, &next).await?;
     ctx.children.written_from_job(&ns, &job_name);
+    if let Some(e) = config_map_failed {
+        return Err(e);
+    }
     // A decided end whose pods have not stopped yet: reported at the limit if they never do.
     if let Some(left) = stopping_left {
         return Ok(Action::requeue(left));
@@ -571,9 +577,8 @@ enum Refused<'a> {
 /// admission policy, a namespace being deleted, missing RBAC; or an admission webhook or
 /// policy answering 400 or 422), the status says so meanwhile: the TaskRun would otherwise show
 /// nothing at all, and the reason only the controller's log (and, for a delete, an Event). Not
-/// once the status names this version's Job (a ConfigMap removed by hand, then refused; an
-/// older Job the watch brought late): that status keeps the Job, so that it is never made
-/// again.
+/// once the status names this version's Job (an older Job the watch brought late): that status
+/// keeps the Job, so that it is never made again.
 async fn refused(
     api: &Api<TaskRun>,
     tr: &TaskRun,

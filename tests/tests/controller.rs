@@ -2221,8 +2221,9 @@ async fn a_job_made_after_its_config_map_is_made_for_the_version_the_api_server_
 }
 
 /// The ConfigMap of a running version removed by hand, and its re-creation refused: the
-/// status keeps naming the version's Job. A status without it (CreateRefused) could have the
-/// Job made again once its TTL removed it.
+/// status keeps naming the version's Job (a status without it, CreateRefused, could have the
+/// Job made again once its TTL removed it), and goes on following the Job: its end is reported
+/// while the refusal holds.
 #[tokio::test]
 async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_status() {
     let cp = ControlPlane::shared();
@@ -2272,6 +2273,14 @@ async fn a_refused_config_map_under_a_running_version_keeps_its_job_in_the_statu
         condition(&tr, "Succeeded").map(|(_, reason)| reason),
         Some("CreateRefused")
     );
+    let job = names::job_name("kept", 1, 1);
+    start_pod(&client, &ns, &job).await;
+    finish_pod(&client, &ns, &job, PodEnd::Succeeded).await;
+    let tr = wait_status(&api, "t", "Succeeded while the refusal holds", |tr| {
+        phase(tr) == Some(Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(condition(&tr, "Succeeded"), Some(("True", "Completed")));
     refusal.lift().await;
 }
 
