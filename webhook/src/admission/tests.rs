@@ -629,7 +629,7 @@ fn mutate_warns_when_it_corrects_a_label_the_request_set() {
     assert_eq!(
         r["warnings"],
         json!([
-            "label orchestrator.io/context-version is set by the webhook from the spec; leave it out of the manifest"
+            "label orchestrator.io/context-version is set by the webhook from the spec, which undid this value; leave it out of manifests and label commands"
         ])
     );
 

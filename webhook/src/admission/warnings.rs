@@ -31,7 +31,10 @@ pub(super) fn overridden_labels(
         .map(|key| key.decoded().into_owned())
         .filter(|key| old.is_none_or(|o| value(o.labels.as_ref(), key) != value(labels, key)))
         .map(|key| {
-            format!("label {key} is set by the webhook from the spec; leave it out of the manifest")
+            format!(
+                "label {key} is set by the webhook from the spec, which undid this value; \
+                 leave it out of manifests and label commands"
+            )
         })
         .collect()
 }
