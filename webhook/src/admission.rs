@@ -9,6 +9,7 @@ use serde_json::Value;
 use taskrun::validation::Reason;
 use taskrun::{Identity, TaskRunSpec, Violation, validate_create, validate_update};
 
+use crate::index::HeldBy;
 use crate::metrics::Outcome;
 use crate::mutate::{finalizer_patch, label_patch};
 
@@ -29,9 +30,16 @@ pub enum Hook {
 
 /// The one thing admission needs from the outside world: who else holds an identity.
 pub trait Duplicates {
-    /// A live TaskRun other than `name` holding `identity`, if any; `NotSynced` while the
-    /// answer cannot be trusted (before the first list, or re-listing after a watch error).
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced>;
+    /// Who holds `identity` against a create of `name`, if anyone but it: a live TaskRun, or
+    /// a create allowed a moment ago; `NotSynced` while the answer cannot be trusted (before
+    /// the first list, or re-listing after a watch error). With `claim` (the create is about
+    /// to be allowed, and is not a dry run), `name` holds the identity from now on.
+    fn holder(
+        &self,
+        identity: &Identity,
+        name: &str,
+        claim: bool,
+    ) -> Result<Option<HeldBy>, NotSynced>;
 }
 
 /// The duplicate index is not in step with the API server.
@@ -39,11 +47,16 @@ pub trait Duplicates {
 pub struct NotSynced;
 
 impl Duplicates for crate::index::Index {
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced> {
+    fn holder(
+        &self,
+        identity: &Identity,
+        name: &str,
+        claim: bool,
+    ) -> Result<Option<HeldBy>, NotSynced> {
         if !self.is_synced() {
             return Err(NotSynced);
         }
-        Ok(crate::index::Index::duplicate_of(self, identity, name))
+        Ok(self.holder_for_create(identity, name, claim))
     }
 }
 
@@ -167,7 +180,7 @@ fn decide(
         Hook::Mutate => mutate(allow, &req, object),
         Hook::Validate => match object.spec.as_ref() {
             Ok(spec) if req.operation == Operation::Create => {
-                validate_create_request(allow, spec, &namespace, &name, index)?
+                validate_create_request(allow, spec, &namespace, &name, req.dry_run, index)?
             }
             Ok(spec) => validate_update_request(allow, &req, spec, &namespace, &name),
             // A spec this binary cannot read (a CRD newer than it), left as it was: the update
@@ -223,27 +236,30 @@ fn mutate(allow: AdmissionResponse, req: &Request, object: &reviewed::Object) ->
     }
 }
 
-/// A new TaskRun: the rules, and no other live TaskRun of its identity.
+/// A new TaskRun: the rules, and no other live TaskRun of its identity (nor another create of
+/// it allowed a moment ago). A valid one that is not a dry run holds its identity from here on.
 fn validate_create_request(
     allow: AdmissionResponse,
     spec: &TaskRunSpec,
     namespace: &str,
     name: &str,
+    dry_run: bool,
     index: &dyn Duplicates,
 ) -> Result<AdmissionResponse, NotSynced> {
     let violations = validate_create(spec);
     let identity = Identity::new(namespace, &spec.service_name, spec.task_id);
+    let claim = violations.is_empty() && !dry_run;
     // An invalid TaskRun is refused for what is wrong with it even while the index cannot say
     // whether it is also a duplicate.
-    let existing = match index.duplicate_of(&identity, name) {
+    let holder = match index.holder(&identity, name, claim) {
         Err(NotSynced) if !violations.is_empty() => None,
         found => found?,
     };
-    if violations.is_empty() && existing.is_none() {
+    if violations.is_empty() && holder.is_none() {
         return Ok(allow);
     }
-    let dup = existing.map(|e| (identity, e));
-    Ok(deny(allow, namespace, name, dup.as_ref(), &violations))
+    let dup = holder.as_ref().map(|h| (&identity, h));
+    Ok(deny(allow, namespace, name, dup, &violations))
 }
 
 /// A changed TaskRun: the rules for the change (immutable fields, contextVersion never
@@ -280,20 +296,29 @@ fn deny(
     response: AdmissionResponse,
     namespace: &str,
     name: &str,
-    duplicate: Option<&(Identity, String)>,
+    duplicate: Option<(&Identity, &HeldBy)>,
     violations: &[Violation],
 ) -> AdmissionResponse {
     let mut parts = Vec::with_capacity(violations.len() + 1);
     let mut causes = Vec::with_capacity(violations.len() + 1);
-    if let Some((identity, existing)) = duplicate {
-        let message = format!(
-            "TaskRun {namespace}/{existing} already holds {identity}; add context to it with \
-             \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete it \
-             first with \"kubectl delete taskrun {existing} -n {namespace}\" (a duplicate task, \
-             not a field-manager conflict: --force-conflicts does not help; renamed in git? \
-             Flux and Argo CD's PruneLast create the new name before they prune the old, so \
-             delete {existing} first)"
-        );
+    if let Some((identity, holder)) = duplicate {
+        let message = match holder {
+            HeldBy::Stored(existing) => format!(
+                "TaskRun {namespace}/{existing} already holds {identity}; add context to it with \
+                 \"kubectl taskrun context add {existing} -n {namespace} -f FILE.md\", or delete \
+                 it first with \"kubectl delete taskrun {existing} -n {namespace}\" (a duplicate \
+                 task, not a field-manager conflict: --force-conflicts does not help; renamed in \
+                 git? Flux and Argo CD's PruneLast create the new name before they prune the old, \
+                 so delete {existing} first)"
+            ),
+            HeldBy::JustAllowed(existing) => format!(
+                "TaskRun {namespace}/{existing} of {identity} was allowed a moment ago, created \
+                 at the same time as this one; keep one TaskRun per task (two manifests of one \
+                 task in git?) and add context to {existing} with \"kubectl taskrun context add \
+                 {existing} -n {namespace} -f FILE.md\"; if {existing} was not created after \
+                 all, try again in a few seconds"
+            ),
+        };
         causes.push(StatusCause {
             reason: "FieldValueDuplicate".into(),
             message: message.clone(),

@@ -4,9 +4,11 @@
 //! it is being deleted and whether it has run; not specs or files): the release binary serves
 //! 10,000 TaskRuns in about 25 MiB RSS, all of it included (docs/benchmarks.md).
 //!
-//! The index lags the API server by a watch event, so two creates racing past it can both be
-//! admitted; deterministic Job names make the API server refuse the second Job of a version,
-//! and the controller's duplicate rule holds back one of another version (DESIGN 3).
+//! The index lags the API server by a watch event: a create this replica allowed counts as a
+//! holder until the watch shows it (`admitted`), so of two creates of one identity at once
+//! only the first passes here. Two answered by different replicas can both pass;
+//! deterministic Job names make the API server refuse the second Job of a version, and the
+//! controller's duplicate rule holds back one of another version (DESIGN 3).
 //!
 //! It fails closed while it may be stale. [`Index::is_synced`] (which gates creates on /validate
 //! with a 503; /readyz follows [`Index::is_ready`]) is false from the start of every list until
@@ -35,11 +37,15 @@ use serde::Deserialize;
 use taskrun::{Existing, Identity, Phase, TaskRun, find_duplicate};
 use tokio::time::Instant;
 
+use crate::admitted::Admitted;
 use crate::metrics::Metrics;
 
 #[derive(Default)]
 pub struct Index {
     inner: RwLock<Inner>,
+    /// Creates allowed here that the watch has not shown yet. Locked before `inner` when both
+    /// are (`holder_for_create`); the watch's updates take it only after `inner` is released.
+    admitted: Mutex<Admitted>,
     synced: AtomicBool,
     /// Since when a watch failure has kept the index, synced before, from being so again;
     /// cleared when a list completes. None before the first list.
@@ -72,6 +78,15 @@ struct Holder {
     has_run: bool,
     created: Option<i64>,
     uid: Box<str>,
+}
+
+/// Who holds an identity against a create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// A live TaskRun the index holds.
+    Stored(String),
+    /// A create of that name this replica allowed a moment ago, which the watch has not shown.
+    JustAllowed(String),
 }
 
 /// What the index needs of one TaskRun: its identity and name, whether it is being deleted,
@@ -136,6 +151,32 @@ impl Index {
         .map(str::to_owned)
     }
 
+    /// Who holds `identity` against a create of `name`: a live TaskRun other than it, or a
+    /// create of another name allowed here a moment ago that the watch has not shown yet. With
+    /// `claim` (the create is about to be allowed, and is not a dry run) and neither, `name` is
+    /// noted as allowed. The note's lock is held across both looks, and the watch ends a note
+    /// only once it has indexed the TaskRun, so a create looked at meanwhile finds the other
+    /// in one of the two.
+    pub fn holder_for_create(
+        &self,
+        identity: &Identity,
+        name: &str,
+        claim: bool,
+    ) -> Option<HeldBy> {
+        let now = std::time::Instant::now();
+        let mut admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stored) = self.duplicate_of(identity, name) {
+            return Some(HeldBy::Stored(stored));
+        }
+        if let Some(other) = admitted.other_than(identity, name, now) {
+            return Some(HeldBy::JustAllowed(other.to_owned()));
+        }
+        if claim {
+            admitted.note(identity, name, now);
+        }
+        None
+    }
+
     /// True once a full list has been indexed and no watch error came after it: only then
     /// can a missing identity be trusted to be free.
     pub fn is_synced(&self) -> bool {
@@ -166,11 +207,14 @@ impl Index {
     }
 
     pub fn apply(&self, e: Entry) {
+        let noted = self.noted(&e);
         self.write_lock().live.upsert(e);
+        self.seen(noted);
     }
 
     pub fn delete(&self, e: &Entry) {
         self.write_lock().live.remove(e);
+        self.seen(self.noted(e));
     }
 
     /// A (re-)list begins: not synced until its [`init_done`](Self::init_done).
@@ -180,8 +224,28 @@ impl Index {
     }
 
     pub fn init_apply(&self, e: Entry) {
+        let noted = self.noted(&e);
         if let Some(relist) = self.write_lock().relist.as_mut() {
             relist.upsert(e);
+        }
+        self.seen(noted);
+    }
+
+    /// The identity and name of `e` when a create of it is noted as allowed (`holder_for_create`).
+    fn noted(&self, e: &Entry) -> Option<(Identity, String)> {
+        let admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        admitted
+            .is_noted(&e.identity, &e.name)
+            .then(|| (e.identity.clone(), e.name.clone()))
+    }
+
+    /// The watch has indexed a TaskRun whose create was noted: the index holds it now.
+    fn seen(&self, noted: Option<(Identity, String)>) {
+        if let Some((identity, name)) = noted {
+            self.admitted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .seen(&identity, &name);
         }
     }
 

@@ -3,6 +3,7 @@
 //! drive the same admission code.
 
 pub mod admission;
+mod admitted;
 mod budget;
 pub mod config;
 mod idle;

@@ -17,7 +17,12 @@ impl Fake {
 }
 
 impl Duplicates for Fake {
-    fn duplicate_of(&self, identity: &Identity, name: &str) -> Result<Option<String>, NotSynced> {
+    fn holder(
+        &self,
+        identity: &Identity,
+        name: &str,
+        _claim: bool,
+    ) -> Result<Option<HeldBy>, NotSynced> {
         let Some(holders) = self.0.get(identity) else {
             return Ok(None);
         };
@@ -29,7 +34,7 @@ impl Duplicates for Fake {
                 ..taskrun::Existing::default()
             }),
         )
-        .map(str::to_owned))
+        .map(|n| HeldBy::Stored(n.to_owned())))
     }
 }
 
@@ -37,7 +42,7 @@ impl Duplicates for Fake {
 struct Unsynced;
 
 impl Duplicates for Unsynced {
-    fn duplicate_of(&self, _: &Identity, _: &str) -> Result<Option<String>, NotSynced> {
+    fn holder(&self, _: &Identity, _: &str, _: bool) -> Result<Option<HeldBy>, NotSynced> {
         Err(NotSynced)
     }
 }
@@ -275,6 +280,60 @@ fn not_a_duplicate_of_itself_elsewhere_or_of_a_terminating_holder() {
     assert_eq!(
         call(Hook::Validate, &create(spec()), &going).1["allowed"],
         true
+    );
+}
+
+/// The webhook's own index, synced and empty.
+fn synced_index() -> crate::index::Index {
+    let index = crate::index::Index::default();
+    index.init();
+    index.init_done();
+    index
+}
+
+fn create_named(name: &str, spec: Value) -> Value {
+    let mut body = review("CREATE", Some(taskrun(name, spec)), None);
+    body["request"]["name"] = json!(name);
+    body
+}
+
+#[test]
+fn of_two_creates_of_one_task_at_once_the_second_is_a_duplicate_of_the_first() {
+    let index = synced_index();
+    // Neither a dry run nor an invalid create holds the task.
+    let mut dry = create_named("dry", spec());
+    dry["request"]["dryRun"] = json!(true);
+    assert_eq!(call(Hook::Validate, &dry, &index).1["allowed"], true);
+    let mut invalid = spec();
+    invalid["markdownFiles"][1]["content"] = json!(" ");
+    let invalid = create_named("invalid", invalid);
+    assert_eq!(call(Hook::Validate, &invalid, &index).1["allowed"], false);
+
+    let first = create_named("first", spec());
+    assert_eq!(call(Hook::Validate, &first, &index).1["allowed"], true);
+    // The watch has not shown "first" yet.
+    let (answer, r) = call(Hook::Validate, &create_named("second", spec()), &index);
+    assert_eq!(answer.outcome, Outcome::denied);
+    assert_eq!(r["status"]["code"], 409);
+    assert!(
+        message(&r).starts_with("TaskRun team-a/first of task 42 of service billing in namespace team-a was allowed a moment ago"),
+        "{r}"
+    );
+    // A retry of the first create (its answer lost, say) is still allowed.
+    assert_eq!(call(Hook::Validate, &first, &index).1["allowed"], true);
+    // Once the watch shows it, the index names it as any holder.
+    index.apply(crate::index::Entry {
+        identity: Identity::new("team-a", "billing", 42),
+        name: "first".into(),
+        terminating: false,
+        has_run: false,
+        created: Some(1),
+        uid: "u1".into(),
+    });
+    let (_, r) = call(Hook::Validate, &create_named("second", spec()), &index);
+    assert!(
+        message(&r).starts_with("TaskRun team-a/first already holds"),
+        "{r}"
     );
 }
 
