@@ -330,22 +330,14 @@ async fn run_controller(
         .inspect_err(watch_failed(base, watched::JOBS))
         .modify(cache::trim_job);
     let departed = Arc::new(Departed::new(DEPARTED_TTL));
-    let job_events = relist::with_vanished(job_events, job_reader.clone())
-        .inspect_ok({
-            let (departed, superseded) = (departed.clone(), superseded.clone());
-            let taskruns = reader.clone();
-            move |event| match event {
-                watcher::Event::Delete(job) => {
-                    departed.record(job, &taskruns);
-                    superseded.gone(job);
-                }
-                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
-                    superseded.record(job, &taskruns)
-                }
-                _ => {}
-            }
-        })
-        .reflect(job_writer);
+    let job_events = cache::job_events(
+        job_events,
+        job_reader.clone(),
+        reader.clone(),
+        departed.clone(),
+        superseded.clone(),
+    )
+    .reflect(job_writer);
     let job_stream = relist::when_listed(job_events, job_reader.clone()).touched_objects();
     let (cm_reader, cm_writer) = reflector::store();
     let cm_events = watcher(config_maps, children)

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use futures::FutureExt;
+use futures::{FutureExt, Stream, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -20,11 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 use serde::Deserialize;
 use taskrun::TaskRun;
 use tokio::sync::watch;
 
-use crate::status;
+use crate::{relist, status};
 
 mod departed;
 #[cfg(test)]
@@ -35,6 +36,36 @@ mod written;
 pub use departed::Departed;
 pub use superseded::Superseded;
 pub use written::WrittenStatus;
+
+/// The Job watch's events, with what the caches beside its store learn of them, and a delete
+/// for each cached Job a re-list leaves out (`relist::with_vanished`). `Departed` keeps the
+/// finished ones deleted, those a re-list finds gone too. `Superseded` notes Jobs of older
+/// versions as they come, and ends its note of a Job deleted here only on a delete the watch
+/// itself reports: a re-list at any resourceVersion may come from an API server whose cache
+/// lags behind that Job, and the note is what keeps the next version waiting for it (the
+/// reconcile asks the API server about a noted Job its cache does not hold, and forgets it only
+/// once it is gone: `older_still_running`).
+pub fn job_events<E>(
+    events: impl Stream<Item = Result<Event<CachedJob>, E>>,
+    jobs: Store<CachedJob>,
+    taskruns: Store<TaskRun>,
+    departed: Arc<Departed>,
+    superseded: Arc<Superseded>,
+) -> impl Stream<Item = Result<Event<CachedJob>, E>> {
+    let reported = {
+        let superseded = superseded.clone();
+        move |event: &Event<CachedJob>| {
+            if let Event::Delete(job) = event {
+                superseded.gone(job);
+            }
+        }
+    };
+    relist::with_vanished(events.inspect_ok(reported), jobs).inspect_ok(move |event| match event {
+        Event::Delete(job) => departed.record(job, &taskruns),
+        Event::Apply(job) | Event::InitApply(job) => superseded.record(job, &taskruns),
+        _ => {}
+    })
+}
 
 /// The children this controller has seen, by their watches (Jobs as metadata and status,
 /// ConfigMaps as metadata only).
@@ -321,7 +352,7 @@ fn trim_unread(meta: &mut ObjectMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::fixtures::{job, taskrun};
+    use crate::cache::fixtures::{job, owner_at, taskrun};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
     use k8s_openapi::jiff::Timestamp;
 
@@ -396,5 +427,62 @@ mod tests {
         assert!(!may(&job("svc-1-v1", Some("Failed"))));
         deleting.status = job("svc-1-v1", Some("Complete")).status;
         assert!(!may(&deleting), "finished, removed by its TTL");
+    }
+
+    /// The Job watch's events through `job_events`: the names of the Jobs deleted they bring,
+    /// and the Jobs of the TaskRun "u" deleted here and still waited for after them.
+    async fn through_job_events(
+        events: Vec<Event<CachedJob>>,
+        jobs: &Store<CachedJob>,
+        superseded: &Arc<Superseded>,
+    ) -> (Vec<String>, Vec<String>) {
+        let departed = Arc::new(Departed::new(std::time::Duration::from_secs(300)));
+        let events = futures::stream::iter(events.into_iter().map(Ok::<_, ()>));
+        let out = job_events(
+            events,
+            jobs.clone(),
+            owner_at(2, false),
+            departed,
+            superseded.clone(),
+        );
+        let gone = out
+            .try_filter_map(|e| async move {
+                Ok(match e {
+                    Event::Delete(job) => job.metadata.name,
+                    _ => None,
+                })
+            })
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_or_default();
+        let waited = superseded
+            .deleted_of("u")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        (gone, waited)
+    }
+
+    #[tokio::test]
+    async fn a_job_deleted_here_is_waited_for_until_its_own_watch_reports_it_gone() {
+        let (jobs, mut writer) = kube::runtime::reflector::store();
+        let old = job("svc-1-v1", None);
+        writer.apply_watcher_event(&Event::Apply(old.clone()));
+        let superseded = Arc::new(Superseded::default());
+        superseded.deleted("u", "svc-1-v1", "uid-svc-1-v1");
+        // A re-list that leaves it out (an API server whose cache lags behind it, say): its
+        // TaskRun hears of it, and its next version still waits for it.
+        let relist = vec![
+            Event::Init,
+            Event::InitApply(job("svc-1-v2", None)),
+            Event::InitDone,
+        ];
+        let (gone, waited) = through_job_events(relist, &jobs, &superseded).await;
+        assert_eq!(gone, ["svc-1-v1"]);
+        assert_eq!(waited, ["svc-1-v1"]);
+        // Its delete, as the watch reports it: waited for no longer.
+        let (gone, waited) = through_job_events(vec![Event::Delete(old)], &jobs, &superseded).await;
+        assert_eq!(gone, ["svc-1-v1"]);
+        assert!(waited.is_empty());
     }
 }
