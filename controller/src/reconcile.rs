@@ -137,16 +137,28 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
         attempts: ran_before,
         started_at: None,
     };
+    let (job_name, cm_name) = job::child_names(tr);
     // Any Job of an older version still running is stopped, whether or not the status ever
     // named it (a status write lost after a Job was created leaves no trace of that Job
-    // there): until the status records this version, each one the cache holds; after that,
-    // finished or not, each one the Job watch brings late or that was cached when this term
-    // began (`cache::Superseded`). Version 1 has nothing older.
+    // there): until the status records this version and no older version's ConfigMap, each
+    // one the cache holds; after that, finished or not, each one the Job watch brings late,
+    // that was cached when this term began, or whose stop failed (`cache::Superseded`).
+    // Version 1 has nothing older.
     if version > 1 {
-        let scan = prev.observed_context_version != Some(version);
+        let scan = prev.observed_context_version != Some(version)
+            || prev
+                .config_map_name
+                .as_deref()
+                .is_some_and(|n| n != cm_name);
         if let Err(NotStopped { job, error }) = stop_superseded(tr, ctx, &jobs, &prev, scan).await {
+            // The status keeps naming the older version's ConfigMap: removed (below) once its
+            // Job is stopped, which the scan goes on for until then.
+            let waiting = Observed {
+                config_map_name: prev.config_map_name.clone(),
+                ..seen.clone()
+            };
             let refused_delete = Refused::DeleteOlder(&job);
-            return Err(refused(&api, tr, ctx, &prev, &seen, refused_delete, error).await);
+            return Err(refused(&api, tr, ctx, &prev, &waiting, refused_delete, error).await);
         }
         if scan {
             drop_superseded_config_map(tr, ctx, &ns, &prev).await;
@@ -169,7 +181,6 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     let owner = job::owner_reference(tr).ok_or(Error::MissingField("metadata.uid"))?;
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.base.client.clone(), &ns);
 
-    let (job_name, cm_name) = job::child_names(tr);
     // Children are looked up in the caches first: a reconcile that finds them in place makes
     // no API call (most reconciles are echoes of this controller's own writes).
     let cm_ours = ctx

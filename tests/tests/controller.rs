@@ -1604,6 +1604,10 @@ async fn a_raised_version_whose_older_job_may_not_be_deleted_says_so_and_runs_on
     })
     .await;
     wait_gone("version 2's Job", WAIT, &jobs, &old).await;
+    // And its ConfigMap, which no Job mounts again, as after any raise.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let old_files = names::config_map_name("frozen", 2, 2);
+    wait_gone("version 2's ConfigMap", WAIT, &config_maps, &old_files).await;
 }
 
 /// Makes a ConfigMap that no TaskRun controls under the name of version 1's ConfigMap of the

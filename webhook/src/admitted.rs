@@ -38,7 +38,16 @@ impl Admitted {
 
     /// Notes that a create of `name` was allowed for `identity` at `now`.
     pub fn note(&mut self, identity: &Identity, name: &str, now: Instant) {
-        if self.by_identity.len() >= MAX_NOTED && !self.by_identity.contains_key(identity) {
+        // Noted already (a retry of the create, or a held one expired): held from now, with
+        // no new entry.
+        if let Some(noted) = self.by_identity.get_mut(identity) {
+            if *noted.0 != *name {
+                noted.0 = name.into();
+            }
+            noted.1 = now;
+            return;
+        }
+        if self.by_identity.len() >= MAX_NOTED {
             if self.next_expiry.is_some_and(|t| now < t) {
                 return;
             }

@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 pub struct Index {
     inner: RwLock<Inner>,
     /// Creates allowed here that the watch has not shown yet. Locked before `inner` when both
-    /// are (`holder_for_create`); the watch's updates take it only after `inner` is released.
+    /// are (`holder_for_create`); the watch's updates never take it while they hold `inner`.
     admitted: Mutex<Admitted>,
     synced: AtomicBool,
     /// Since when a watch failure has kept the index, synced before, from being so again;
@@ -79,6 +79,10 @@ struct Holder {
     created: Option<i64>,
     uid: Box<str>,
 }
+
+/// The index is not in step with the API server (`Index::is_synced`).
+#[derive(Debug)]
+pub struct NotSynced;
 
 /// Who holds an identity against a create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,25 +160,30 @@ impl Index {
     /// `claim` (the create is about to be allowed, and is not a dry run) and neither, `name` is
     /// noted as allowed. The note's lock is held across both looks, and the watch ends a note
     /// only once it has indexed the TaskRun, so a create looked at meanwhile finds the other
-    /// in one of the two.
+    /// in one of the two. `NotSynced` while the index cannot be trusted.
     pub fn holder_for_create(
         &self,
         identity: &Identity,
         name: &str,
         claim: bool,
-    ) -> Option<HeldBy> {
+    ) -> Result<Option<HeldBy>, NotSynced> {
         let now = std::time::Instant::now();
         let mut admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        // Asked under the note's lock: a re-list that has begun ends the notes of TaskRuns its
+        // list brought before they are indexed.
+        if !self.is_synced() {
+            return Err(NotSynced);
+        }
         if let Some(stored) = self.duplicate_of(identity, name) {
-            return Some(HeldBy::Stored(stored));
+            return Ok(Some(HeldBy::Stored(stored)));
         }
         if let Some(other) = admitted.other_than(identity, name, now) {
-            return Some(HeldBy::JustAllowed(other.to_owned()));
+            return Ok(Some(HeldBy::JustAllowed(other.to_owned())));
         }
         if claim {
             admitted.note(identity, name, now);
         }
-        None
+        Ok(None)
     }
 
     /// True once a full list has been indexed and no watch error came after it: only then
@@ -595,6 +604,25 @@ mod tests {
         index.delete(&entry("a", "first", 1, true));
         assert_eq!(index.len(), 0);
         assert_eq!(index.duplicate_of(&id("a", 1), "second"), None);
+    }
+
+    #[test]
+    fn a_create_allowed_holds_its_identity_and_a_relist_begun_makes_creates_wait() {
+        let index = Index::default();
+        index.init();
+        index.init_done();
+        let held = |name: &str| index.holder_for_create(&id("a", 1), name, true).ok();
+        assert_eq!(held("first"), Some(None));
+        assert_eq!(
+            held("second"),
+            Some(Some(HeldBy::JustAllowed("first".into())))
+        );
+        // A re-list brings "first" (ending its note) before it is indexed: creates wait.
+        index.init();
+        index.init_apply(entry("a", "first", 1, false));
+        assert_eq!(held("second"), None, "answered while the index lacks first");
+        index.init_done();
+        assert_eq!(held("second"), Some(Some(HeldBy::Stored("first".into()))));
     }
 
     #[test]

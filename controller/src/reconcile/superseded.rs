@@ -54,64 +54,87 @@ pub(super) async fn stop_superseded(
             }
         }
     }
+    let ns = tr.namespace().unwrap_or_default();
+    let mut first_failure = None;
     for child in stop {
-        let not_stopped = |error: Error| {
-            ctx.children.to_stop(uid, &child);
-            NotStopped {
-                job: child.name.clone(),
-                error,
-            }
-        };
-        let name = child.name.clone();
-        let job_uid = match child.uid.clone() {
-            Some(job_uid) => job_uid,
-            // A Job named only by the status, which another writer may have set: deleted
-            // only if this TaskRun controls it, and only that Job (by uid).
-            None => match jobs
-                .get_metadata_opt(&name)
-                .await
-                .map_err(|e| not_stopped(e.into()))?
-            {
-                Some(j) if cache::controlled_by(&j.metadata, Some(uid)) => {
-                    j.metadata.uid.unwrap_or_default()
-                }
-                found => {
-                    if found.is_some() {
-                        tracing::warn!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "the status names a Job this TaskRun does not control; left alone");
-                    }
-                    continue;
-                }
-            },
-        };
-        let deleted =
-            writes::delete_child(jobs, &name, Some(&job_uid), PropagationPolicy::Foreground)
-                .await
-                .inspect_err(|e| {
-                    let waits = format!(
-                        "contextVersion {} runs once it is gone",
-                        tr.spec.context_version
-                    );
-                    super::delete_refused(ctx, tr, &format!("Job {name}"), e, &waits);
-                })
-                .map_err(|e| not_stopped(e.into()))?;
-        if !deleted {
-            ctx.children.stopped(uid, &name);
+        // Finished since it was noted (its watch event may come before a failed stop noted
+        // it again): kept with its pods' logs, nothing to stop.
+        if let Some(cached) = ctx.children.job(&ns, &child.name).await
+            && cached.metadata.uid == child.uid
+            && !cache::runs_another_version(&cached, &current)
+        {
+            ctx.children.stopped(uid, &child.name);
             continue;
         }
-        ctx.children.deleted(uid, &name, &job_uid);
-        tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopping the Job of a superseded version");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Superseded".into(),
-            note: Some(format!(
-                "stopping Job {name}: contextVersion {} replaces it",
-                tr.spec.context_version
-            )),
-            action: "StopJob".into(),
-            secondary: None,
-        };
-        record(ctx, tr, event);
+        if let Err(failure) = stop_one(tr, ctx, jobs, uid, child).await {
+            first_failure.get_or_insert(failure);
+        }
     }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Stops one Job of an older version (`stop_superseded`). A failure notes it to be stopped,
+/// with the uid found for it.
+async fn stop_one(
+    tr: &TaskRun,
+    ctx: &Ctx,
+    jobs: &Api<Job>,
+    uid: &str,
+    child: ChildRef,
+) -> Result<(), NotStopped> {
+    let name = child.name.clone();
+    let not_stopped = |job: &ChildRef, error: Error| {
+        ctx.children.to_stop(uid, job);
+        NotStopped {
+            job: job.name.clone(),
+            error,
+        }
+    };
+    let job_uid = match child.uid.clone() {
+        Some(job_uid) => job_uid,
+        // A Job named only by the status, which another writer may have set: deleted only if
+        // this TaskRun controls it, and only that Job (by uid).
+        None => match jobs.get_metadata_opt(&name).await {
+            Err(e) => return Err(not_stopped(&child, e.into())),
+            Ok(Some(j)) if cache::controlled_by(&j.metadata, Some(uid)) => {
+                j.metadata.uid.unwrap_or_default()
+            }
+            Ok(found) => {
+                if found.is_some() {
+                    tracing::warn!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "the status names a Job this TaskRun does not control; left alone");
+                }
+                ctx.children.stopped(uid, &name);
+                return Ok(());
+            }
+        },
+    };
+    let deleted = writes::delete_child(jobs, &name, Some(&job_uid), PropagationPolicy::Foreground)
+        .await
+        .inspect_err(|e| {
+            let waits = format!(
+                "contextVersion {} runs once it is gone",
+                tr.spec.context_version
+            );
+            super::delete_refused(ctx, tr, &format!("Job {name}"), e, &waits);
+        })
+        .map_err(|e| not_stopped(&ChildRef::new(&name, Some(&job_uid)), e.into()))?;
+    if !deleted {
+        ctx.children.stopped(uid, &name);
+        return Ok(());
+    }
+    ctx.children.deleted(uid, &name, &job_uid);
+    tracing::info!(taskrun = %tr.name_any(), namespace = tr.namespace().unwrap_or_default(), job = %name, "stopping the Job of a superseded version");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Superseded".into(),
+        note: Some(format!(
+            "stopping Job {name}: contextVersion {} replaces it",
+            tr.spec.context_version
+        )),
+        action: "StopJob".into(),
+        secondary: None,
+    };
+    record(ctx, tr, event);
     Ok(())
 }
 
