@@ -206,7 +206,7 @@ async fn reconcile_taskrun(tr: &TaskRun, ctx: &Ctx) -> Result<Action, Error> {
     // A ConfigMap missing once the status names this version's Job (removed by hand) is made
     // again for the Job's next pod; failing that, the Job's outcome is still read and written,
     // and the failure returned after (retried with backoff).
-    let job_named = prev.observed_context_version == Some(version) && prev.job_name.is_some();
+    let job_named = status::names_job_for(&prev, version);
     let mut config_map_failed = None;
     if !cm_ours {
         let Some(source) = fresh_to_run(tr, ctx, &api).await? else {
@@ -605,9 +605,7 @@ async fn refused(
     }) else {
         return e;
     };
-    let job_named =
-        prev.observed_context_version == Some(seen.context_version) && prev.job_name.is_some();
-    if job_named {
+    if status::names_job_for(prev, seen.context_version) {
         return e;
     }
     let o = match what {

@@ -454,12 +454,17 @@ pub fn is_final_for(status: Option<&TaskRunStatus>, context_version: i64) -> boo
     })
 }
 
+/// Whether the status names the Job of this context version: then that Job is never made
+/// again, and counts among the versions run.
+pub fn names_job_for(status: &TaskRunStatus, context_version: i64) -> bool {
+    status.observed_context_version == Some(context_version) && status.job_name.is_some()
+}
+
 /// How many versions ran before `context_version`, from `status.attempts`, which counts this
 /// version too once its Job is named. Another writer of the status may have set any number:
 /// the count is read between 0 and `u32::MAX`, so adding this version cannot overflow.
 pub fn runs_before(status: &TaskRunStatus, context_version: i64) -> i64 {
-    let counted_here =
-        status.observed_context_version == Some(context_version) && status.job_name.is_some();
+    let counted_here = names_job_for(status, context_version);
     status
         .attempts
         .unwrap_or(0)

@@ -28,25 +28,38 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// The name of a create other than `name` allowed for `identity` and still held at `now`.
-    pub fn other_than(&self, identity: &Identity, name: &str, now: Instant) -> Option<&str> {
-        self.by_identity
-            .get(identity)
-            .filter(|(noted, at)| **noted != *name && now.saturating_duration_since(*at) < HELD_FOR)
-            .map(|(noted, _)| &**noted)
+    /// For a create of `name` holding `identity` at `now`: the name of another create allowed
+    /// for it and still held, if any; else, with `note`, `name` is noted as allowed (a create of
+    /// that name again, or after a note expired, is held from now on, with no new entry).
+    pub fn held_by_another(
+        &mut self,
+        identity: &Identity,
+        name: &str,
+        note: bool,
+        now: Instant,
+    ) -> Option<String> {
+        if let Some((noted, at)) = self.by_identity.get_mut(identity) {
+            let held = now.saturating_duration_since(*at) < HELD_FOR;
+            if held && **noted != *name {
+                return Some(noted.to_string());
+            }
+            if note {
+                if **noted != *name {
+                    *noted = name.into();
+                }
+                *at = now;
+            }
+            return None;
+        }
+        if note {
+            self.insert(identity, name, now);
+        }
+        None
     }
 
-    /// Notes that a create of `name` was allowed for `identity` at `now`.
-    pub fn note(&mut self, identity: &Identity, name: &str, now: Instant) {
-        // Noted already (a retry of the create, or a held one expired): held from now, with
-        // no new entry.
-        if let Some(noted) = self.by_identity.get_mut(identity) {
-            if *noted.0 != *name {
-                noted.0 = name.into();
-            }
-            noted.1 = now;
-            return;
-        }
+    /// A new note, unless [`MAX_NOTED`] are held: a full map is pruned of expired notes first,
+    /// no sooner than the first of them expires.
+    fn insert(&mut self, identity: &Identity, name: &str, now: Instant) {
         if self.by_identity.len() >= MAX_NOTED {
             if self.next_expiry.is_some_and(|t| now < t) {
                 return;
@@ -92,18 +105,31 @@ mod tests {
         Identity::new("team-a", "billing", task)
     }
 
+    /// Another create's name holding `identity` against `name`, noting nothing.
+    fn other(
+        admitted: &mut Admitted,
+        identity: &Identity,
+        name: &str,
+        now: Instant,
+    ) -> Option<String> {
+        admitted.held_by_another(identity, name, false, now)
+    }
+
     #[test]
     fn a_create_allowed_holds_its_identity_until_seen_or_expired() {
         let t0 = Instant::now();
         let mut admitted = Admitted::default();
-        admitted.note(&id(1), "first", t0);
-        assert_eq!(admitted.other_than(&id(1), "second", t0), Some("first"));
+        assert_eq!(admitted.held_by_another(&id(1), "first", true, t0), None);
+        assert_eq!(
+            other(&mut admitted, &id(1), "second", t0).as_deref(),
+            Some("first")
+        );
         // Its own name again (a retry of the same create), another identity: free.
-        assert_eq!(admitted.other_than(&id(1), "first", t0), None);
-        assert_eq!(admitted.other_than(&id(2), "second", t0), None);
+        assert_eq!(other(&mut admitted, &id(1), "first", t0), None);
+        assert_eq!(other(&mut admitted, &id(2), "second", t0), None);
         // Expired: a create refused after admission keeps its identity no longer.
         let later = t0 + HELD_FOR;
-        assert_eq!(admitted.other_than(&id(1), "second", later), None);
+        assert_eq!(other(&mut admitted, &id(1), "second", later), None);
         // Seen by the watch under another name: not this note's end.
         admitted.seen(&id(1), "other");
         assert_eq!(admitted.by_identity.len(), 1);
@@ -116,15 +142,18 @@ mod tests {
         let t0 = Instant::now();
         let mut admitted = Admitted::default();
         for task in 0..MAX_NOTED as i64 {
-            admitted.note(&id(task), "n", t0);
+            admitted.held_by_another(&id(task), "n", true, t0);
         }
         let over = id(MAX_NOTED as i64);
-        admitted.note(&over, "n", t0 + Duration::from_secs(1));
+        admitted.held_by_another(&over, "n", true, t0 + Duration::from_secs(1));
         assert_eq!(admitted.by_identity.len(), MAX_NOTED);
-        assert_eq!(admitted.other_than(&over, "m", t0), None, "not noted");
+        assert_eq!(other(&mut admitted, &over, "m", t0), None, "not noted");
         // Once the first ones expire, the next note prunes them and is kept.
-        admitted.note(&over, "n", t0 + HELD_FOR);
+        admitted.held_by_another(&over, "n", true, t0 + HELD_FOR);
         assert_eq!(admitted.by_identity.len(), 1);
-        assert_eq!(admitted.other_than(&over, "m", t0 + HELD_FOR), Some("n"));
+        assert_eq!(
+            other(&mut admitted, &over, "m", t0 + HELD_FOR).as_deref(),
+            Some("n")
+        );
     }
 }

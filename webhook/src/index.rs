@@ -177,13 +177,9 @@ impl Index {
         if let Some(stored) = self.duplicate_of(identity, name) {
             return Ok(Some(HeldBy::Stored(stored)));
         }
-        if let Some(other) = admitted.other_than(identity, name, now) {
-            return Ok(Some(HeldBy::JustAllowed(other.to_owned())));
-        }
-        if claim {
-            admitted.note(identity, name, now);
-        }
-        Ok(None)
+        Ok(admitted
+            .held_by_another(identity, name, claim, now)
+            .map(HeldBy::JustAllowed))
     }
 
     /// True once a full list has been indexed and no watch error came after it: only then
