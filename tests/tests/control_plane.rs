@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use taskrun::TaskRun;
-use taskrun_tests::{ControlPlane, log_tail, spawn_logged, wait_for, workspace_bin};
+use taskrun_tests::{ControlPlane, log_tail, repo_root, spawn_logged, wait_for, workspace_bin};
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -547,4 +547,73 @@ async fn wait_for_names_what_it_waited_for() {
         None::<()>
     })
     .await;
+}
+
+/// docs/install.md's recipe for TaskRuns left Terminating once the operator is gone removes the
+/// operator's finalizer, wherever it is in the list, and no other.
+#[tokio::test]
+async fn the_documented_finalizer_removal_leaves_other_finalizers() {
+    let (_gate, cp) = cluster().await;
+    let ns = cp.namespace("unfinalize").await;
+    let api = Api::<TaskRun>::namespaced(cp.client().await, &ns);
+    let other = "example.com/keep";
+    for (name, finalizers) in [
+        ("ours-last", [other, taskrun::FINALIZER]),
+        ("ours-first", [taskrun::FINALIZER, other]),
+    ] {
+        let mut tr = task_run(name, valid_spec());
+        tr.metadata.finalizers = Some(finalizers.map(str::to_owned).to_vec());
+        api.create(&PostParams::default(), &tr)
+            .await
+            .expect("create");
+        api.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
+    let install = std::fs::read_to_string(repo_root().join("docs/install.md")).expect("install.md");
+    let (_, after) = install
+        .split_once("To finish by hand")
+        .expect("the recipe's paragraph");
+    let (_, block) = after.split_once("```sh\n").expect("its sh block");
+    let (recipe, _) = block.split_once("```").expect("the block's end");
+    // For this test's namespace only: the control plane is shared.
+    let all = "kubectl get taskruns -A ";
+    assert!(recipe.contains(all), "{recipe}");
+    let recipe = recipe.replace(all, &format!("kubectl get taskruns -n {ns} "));
+    let kubectl = cp.kubectl().get_program().to_owned();
+    let bin_dir = std::path::Path::new(&kubectl)
+        .parent()
+        .expect("kubectl's directory");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &recipe])
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for name in ["ours-last", "ours-first"] {
+        let tr = api
+            .get(name)
+            .await
+            .expect("still there, held by the other finalizer");
+        assert_eq!(tr.finalizers(), [other], "{name}");
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("let it go");
+    }
 }

@@ -352,6 +352,20 @@ async fn a_taskrun_runs_to_success_in_a_restricted_namespace_and_stays_succeeded
     assert_eq!(condition(&tr, "Succeeded"), Some(("True", "Completed")));
     assert_eq!(condition(&tr, "Ready"), Some(("True", "Completed")));
 
+    // `kubectl get` shows the phase, and `-o wide` the Job, from the printer columns.
+    let out = cp
+        .kubectl()
+        .args(["get", "taskruns", "-n", &ns, "-o", "wide", "--no-headers"])
+        .output()
+        .expect("kubectl get");
+    let row = String::from_utf8_lossy(&out.stdout);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.len() == 7 && cells[4] == "Succeeded" && cells[6] == "billing-42-v1",
+        "NAME TASK SERVICE VERSION PHASE AGE JOB expected, got: {row}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The Job goes (by hand, as its TTL would do): the TaskRun stays Succeeded, no new Job.
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.delete("billing-42-v1", &DeleteParams::background())
@@ -2043,6 +2057,12 @@ async fn a_job_the_api_server_refuses_fails_the_taskrun_as_invalid_template() {
         condition(&tr, "Succeeded"),
         Some(("False", "InvalidTemplate"))
     );
+    // The API server's own words, which name the resource that is out of bounds.
+    let said = message(&tr).unwrap_or_default();
+    assert!(
+        said.starts_with("the Job for this TaskRun was refused: ") && said.contains("memory"),
+        "{said}"
+    );
     let jobs = Api::<Job>::namespaced(client, &ns)
         .list(&ListParams::default())
         .await
@@ -2069,6 +2089,12 @@ async fn a_job_removed_before_its_end_was_seen_fails_the_version_for_good() {
         .expect("delete the Job");
     let tr = wait_status(&api, "t", "Failed", |tr| phase(tr) == Some(Phase::Failed)).await;
     assert_eq!(condition(&tr, "Succeeded"), Some(("False", "JobLost")));
+    let said = message(&tr).unwrap_or_default();
+    assert!(
+        said.contains("Job lost-1-v1 was removed before its end was seen")
+            && said.contains("raise contextVersion to run the task again"),
+        "{said}"
+    );
 
     let tr = look_again(&api, "t").await;
     assert_eq!(phase(&tr), Some(Phase::Failed));

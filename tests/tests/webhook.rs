@@ -506,6 +506,7 @@ async fn stamped_labels_come_back_and_other_labels_are_left_alone() {
         all.extend_from_slice(args);
         let run = kubectl(cp, &all, None);
         assert!(run.ok, "kubectl label {args:?}: {}", run.stderr);
+        run.stderr
     };
 
     // Removing or changing a stamped label is an update, and the update stamps it again.
@@ -517,7 +518,14 @@ async fn stamped_labels_come_back_and_other_labels_are_left_alone() {
             .map(String::as_str),
         Some("31")
     );
-    label(&["--overwrite", &format!("{CONTEXT_VERSION}=99")]);
+    // Changing one is undone, and kubectl prints why.
+    let said = label(&["--overwrite", &format!("{CONTEXT_VERSION}=99")]);
+    assert!(
+        said.contains(&format!(
+            "Warning: label {CONTEXT_VERSION} is set by the webhook from the spec"
+        )),
+        "{said}"
+    );
     assert_eq!(
         labels(cp, &ns, "labelled")
             .await
@@ -527,7 +535,8 @@ async fn stamped_labels_come_back_and_other_labels_are_left_alone() {
     );
 
     // Argo CD's tracking label is the user's: changed and removed as they say.
-    label(&["--overwrite", &format!("{ARGO_LABEL}=other-app")]);
+    let said = label(&["--overwrite", &format!("{ARGO_LABEL}=other-app")]);
+    assert!(!said.contains("Warning"), "{said}");
     assert_eq!(
         labels(cp, &ns, "labelled")
             .await

@@ -244,11 +244,11 @@ impl App {
             // them); at info they would cost a log write per rejected apply.
             Outcome::denied => tracing::debug!(
                 hook = ?hook, uid = %answer.uid, operation = answer.operation,
-                object = %answer.object, dry_run = answer.dry_run, message = %answer.message, "denied"
+                object = %answer.object, dry_run = answer.dry_run, detail = %answer.message, "denied"
             ),
             Outcome::error => tracing::warn!(
                 hook = ?hook, uid = %answer.uid, operation = answer.operation,
-                object = %answer.object, message = %answer.message, "bad admission request"
+                object = %answer.object, detail = %answer.message, "bad admission request"
             ),
         }
         let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::OK);
@@ -302,7 +302,8 @@ fn route_label(route: &'static str, method: &Method, listener: Listener) -> &'st
 /// a body too large, too slow or broken, no room to read it): logged at warn, as a review that
 /// cannot be judged is, so that the errors the metrics count can be found in the log.
 fn refused(hook: Hook, status: StatusCode, reason: &str, message: String) -> Reply {
-    tracing::warn!(hook = ?hook, status = status.as_u16(), %message, "bad admission request");
+    // `detail`, not `message`: that is the line's own text in a JSON log, which has one of each.
+    tracing::warn!(hook = ?hook, status = status.as_u16(), detail = %message, "bad admission request");
     error(status, reason, message)
 }
 

@@ -53,11 +53,14 @@ fn service_name_must_be_a_short_dns_label() {
     ] {
         let mut s = valid();
         s.service_name = bad.into();
-        assert_eq!(
-            fields(&validate_create(&s)),
-            ["spec.serviceName"],
-            "{bad:?}"
-        );
+        let v = validate_create(&s);
+        assert_eq!(fields(&v), ["spec.serviceName"], "{bad:?}");
+        let hint = match bad.len() {
+            0 => "serviceName is required",
+            41 => "at most 40 characters, got 41",
+            _ => "must be a DNS-1123 label: lowercase letters, digits and '-'",
+        };
+        assert!(v[0].message.contains(hint), "{bad:?}: {}", v[0]);
     }
     let mut s = valid();
     s.service_name = "a".repeat(40);
@@ -68,7 +71,15 @@ fn service_name_must_be_a_short_dns_label() {
 fn agent_name_must_be_a_dns_label_when_set() {
     let mut s = valid();
     s.agent_name = Some("Claude Code".into());
-    assert_eq!(fields(&validate_create(&s)), ["spec.agentName"]);
+    let v = validate_create(&s);
+    assert_eq!(fields(&v), ["spec.agentName"]);
+    assert!(
+        v[0].message
+            .starts_with("agentName \"Claude Code\" must be a DNS-1123 label")
+            && v[0].message.ends_with("or leave it out"),
+        "{}",
+        v[0]
+    );
     s.agent_name = None;
     assert_eq!(validate_create(&s), vec![]);
 }
@@ -101,6 +112,12 @@ fn more_than_64_files_are_refused() {
     let v = validate_create(&s);
     assert_eq!(fields(&v), ["spec.markdownFiles"]);
     assert_eq!(v[0].reason, Reason::TooMany);
+    assert!(
+        v[0].message
+            .ends_with("at most 64 are allowed; merge some of them"),
+        "{}",
+        v[0]
+    );
     s.markdown_files.pop();
     assert_eq!(validate_create(&s), vec![]);
 }
@@ -172,6 +189,10 @@ fn filenames_must_be_unique() {
     let v = validate_create(&s);
     assert_eq!(fields(&v), ["spec.markdownFiles[2].filename"]);
     assert_eq!(v[0].reason, Reason::Duplicate);
+    assert_eq!(
+        v[0].message,
+        "filename \"task.md\" appears more than once; each file needs its own name"
+    );
 }
 
 #[test]
@@ -194,6 +215,12 @@ fn the_total_size_must_fit_a_config_map() {
     let v = validate_create(&s);
     assert_eq!(fields(&v), ["spec.markdownFiles"]);
     assert_eq!(v[0].reason, Reason::TooLong);
+    assert!(
+        v[0].message
+            .contains("fit in one ConfigMap; move large material elsewhere"),
+        "{}",
+        v[0]
+    );
     s.markdown_files.pop();
     assert_eq!(validate_create(&s), vec![]);
     // Bytes, not characters: 'é' takes two bytes in a ConfigMap.

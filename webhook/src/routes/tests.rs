@@ -505,3 +505,77 @@ async fn a_panic_while_answering_becomes_a_500() {
         "{metrics}"
     );
 }
+
+/// A writer of log lines into a buffer the test reads.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("unpoisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_json_log_line_of_a_refused_or_denied_review_has_one_message() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // As `taskrun_telemetry::init` logs under --log-format=json.
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = app(true);
+    // Refused before reading, a review that cannot be read, and a denial.
+    call(
+        &app,
+        post("/validate", Some("text/plain"), review()),
+        Listener::Tls,
+    )
+    .await;
+    call(
+        &app,
+        post("/validate", Some("application/json"), b"{}".to_vec()),
+        Listener::Tls,
+    )
+    .await;
+    let mut empty: Value = serde_json::from_slice(&review()).expect("json");
+    empty["request"]["object"]["spec"]["markdownFiles"][0]["content"] = json!("");
+    let denied = serde_json::to_vec(&empty).expect("json");
+    call(
+        &app,
+        post("/validate", Some("application/json"), denied),
+        Listener::Tls,
+    )
+    .await;
+
+    let log = String::from_utf8(captured.0.lock().expect("unpoisoned").clone()).expect("UTF-8");
+    let mut headlines = Vec::new();
+    for line in log.lines() {
+        // Two keys of one name are legal to write but not to read: most readers keep the last.
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+        let fields: Value = serde_json::from_str(line).expect("a JSON line");
+        headlines.push((
+            fields["message"].as_str().unwrap_or_default().to_owned(),
+            fields["detail"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let said = |headline: &str, detail: &str| {
+        headlines
+            .iter()
+            .any(|(h, d)| h == headline && d.contains(detail))
+    };
+    assert!(
+        said("bad admission request", "Content-Type: application/json"),
+        "{log}"
+    );
+    assert!(said("bad admission request", "AdmissionReview"), "{log}");
+    assert!(said("denied", "task.md"), "{log}");
+}
