@@ -14,10 +14,14 @@ if obj.metadata.generation ~= nil and status.observedGeneration ~= nil
   return hs
 end
 local message = status.message or ""
+local reason = ""
 if status.conditions ~= nil then
   for _, condition in ipairs(status.conditions) do
-    if condition.type == "Succeeded" and condition.message ~= nil and condition.message ~= "" then
-      message = condition.message
+    if condition.type == "Succeeded" then
+      reason = condition.reason or ""
+      if condition.message ~= nil and condition.message ~= "" then
+        message = condition.message
+      end
     end
   end
 end
@@ -25,6 +29,9 @@ if status.phase == "Succeeded" then
   hs.status = "Healthy"
 elseif status.phase == "Failed" then
   hs.status = "Degraded"
+elseif reason == "Suspended" then
+  -- Its Job was suspended by hand: nothing progresses until it is resumed.
+  hs.status = "Suspended"
 else
   hs.status = "Progressing"
 end

@@ -16,7 +16,7 @@ local function condition(type_, status_, reason, message)
   return { type = type_, status = status_, reason = reason, message = message }
 end
 
-local failures = 0
+local failures, passed = 0, 0
 local function expect(name, o, want, message_part)
   local got = health(o)
   local ok = got.status == want and (message_part == nil or string.find(got.message, message_part, 1, true) ~= nil)
@@ -24,6 +24,7 @@ local function expect(name, o, want, message_part)
     failures = failures + 1
     print("FAIL " .. name .. ": want " .. want .. ", got " .. tostring(got.status) .. " (" .. tostring(got.message) .. ")")
   else
+    passed = passed + 1
     print("ok   " .. name)
   end
 end
@@ -37,10 +38,12 @@ expect("succeeded", taskrun(1, { phase = "Succeeded", observedGeneration = 1,
   conditions = { condition("Ready", "True", "Completed", ""), condition("Succeeded", "True", "Completed", "Job completed") } }), "Healthy", "Succeeded")
 expect("failed", taskrun(2, { phase = "Failed", observedGeneration = 2,
   conditions = { condition("Succeeded", "False", "BackoffLimitExceeded", "Job has reached the specified backoff limit") } }), "Degraded", "backoff limit")
+expect("its Job suspended", taskrun(1, { phase = "Pending", observedGeneration = 1,
+  conditions = { condition("Succeeded", "Unknown", "Suspended", "Job t-1-v1 is suspended") } }), "Suspended", "suspended")
 expect("succeeded but a newer generation not yet observed", taskrun(3, { phase = "Succeeded", observedGeneration = 2 }), "Progressing", "generation 3")
 
 if failures > 0 then
   print(failures .. " failed")
   os.exit(1)
 end
-print("6 passed, 0 failed")
+print(passed .. " passed, 0 failed")
