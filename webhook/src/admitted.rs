@@ -88,7 +88,7 @@ impl Admitted {
             .is_some_and(|(noted, _)| **noted == *name)
     }
 
-    /// The watch showed `name` holding `identity` (made, changed or gone): the index knows of
+    /// The watch showed `name` holding `identity` (made or changed; a delete may be of an earlier TaskRun of that name): the index knows of
     /// it now, and a note of it is done.
     pub fn seen(&mut self, identity: &Identity, name: &str) {
         if self.is_noted(identity, name) {

@@ -217,9 +217,11 @@ impl Index {
         self.seen(noted);
     }
 
+    /// A delete ends no note: a create noted under the name of a TaskRun just deleted (deleted
+    /// and made again, as `kubectl replace --force` and GitOps replaces do) is the new one, which
+    /// the watch shows only after the old one's delete.
     pub fn delete(&self, e: &Entry) {
         self.write_lock().live.remove(e);
-        self.seen(self.noted(e));
     }
 
     /// A (re-)list begins: not synced until its [`init_done`](Self::init_done).
@@ -619,6 +621,25 @@ mod tests {
         assert_eq!(held("second"), None, "answered while the index lacks first");
         index.init_done();
         assert_eq!(held("second"), Some(Some(HeldBy::Stored("first".into()))));
+    }
+
+    #[test]
+    fn the_delete_of_a_taskrun_made_again_under_its_name_leaves_the_new_create_noted() {
+        let index = Index::default();
+        index.init();
+        index.init_apply(entry("a", "x", 1, false));
+        index.init_done();
+        let held = |name: &str| index.holder_for_create(&id("a", 1), name, true).ok();
+        // x is deleted and created again: the create is allowed before the delete is seen.
+        assert_eq!(held("x"), Some(None), "no duplicate of itself");
+        index.delete(&entry("a", "x", 1, false));
+        assert_eq!(
+            held("y"),
+            Some(Some(HeldBy::JustAllowed("x".into()))),
+            "the new x is not indexed yet, and is still noted"
+        );
+        index.apply(entry("a", "x", 1, false));
+        assert_eq!(held("y"), Some(Some(HeldBy::Stored("x".into()))));
     }
 
     #[test]
