@@ -88,8 +88,8 @@ impl Admitted {
             .is_some_and(|(noted, _)| **noted == *name)
     }
 
-    /// The watch showed `name` holding `identity` (made or changed; a delete may be of an earlier TaskRun of that name): the index knows of
-    /// it now, and a note of it is done.
+    /// The watch showed `name` holding `identity` (made or changed; not gone, which may be an
+    /// earlier TaskRun of that name): the index knows of it now, and a note of it is done.
     pub fn seen(&mut self, identity: &Identity, name: &str) {
         if self.is_noted(identity, name) {
             self.by_identity.remove(identity);
