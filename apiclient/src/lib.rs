@@ -10,6 +10,8 @@
 //! answer reaches the caller, whose own backoff (per TaskRun, per watch, per release) decides.
 //! A retried list page stays where it was instead of the whole list starting over.
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use kube::Resource;
 use kube::config::{Config, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use taskrun::TaskRun;
+use taskrun_apiclient::proxy;
 
 use crate::args::Connection;
 use crate::error::Error;
@@ -164,16 +165,30 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
                 source,
             })?;
             let context = pick_context(&kubeconfig, conn.context.as_deref(), &files)?.to_owned();
+            let explicit = proxy_url_of(&kubeconfig, &context);
             let options = KubeConfigOptions {
                 context: Some(context),
                 ..KubeConfigOptions::default()
             };
-            Config::from_custom_kubeconfig(kubeconfig, &options)
+            let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|source| Error::Kubeconfig {
-                    files: shown_paths(&files),
-                    source,
-                })?
+                .map_err(|source| match source {
+                    // kube reads NO_PROXY whenever a proxy is set, and more strictly than
+                    // kubectl (which skips an empty entry) or `proxy::from_env`.
+                    KubeconfigError::ParseNoProxy(e) => Error::Connection(format!(
+                        "kube cannot read NO_PROXY (or no_proxy): {e}; remove its empty or malformed entries (a trailing comma, say)"
+                    )),
+                    source => Error::Kubeconfig {
+                        files: shown_paths(&files),
+                        source,
+                    },
+                })?;
+            // As kubectl: the cluster's proxy-url, else the proxy variables for this server.
+            config.proxy_url = match explicit {
+                Some(url) => Some(proxy::parse("proxy-url", &url)?),
+                None => proxy::from_env(&config.cluster_url, |name| std::env::var(name).ok())?,
+            };
+            config
         }
         Source::InCluster => Config::incluster().map_err(|source| Error::InCluster {
             default: default.map_or_else(|| "~/.kube/config".into(), |p| p.display().to_string()),
@@ -186,6 +201,21 @@ pub async fn connect(conn: &Connection) -> Result<(kube::Client, String), Error>
     let namespace = namespace(conn.namespace.as_deref(), &config.default_namespace);
     let client = taskrun_apiclient::client(config).map_err(Error::Client)?;
     Ok((client, namespace))
+}
+
+/// The `proxy-url` the kubeconfig sets for the cluster of `context`, if any.
+fn proxy_url_of(kubeconfig: &Kubeconfig, context: &str) -> Option<String> {
+    let named = kubeconfig.contexts.iter().find(|c| c.name == context)?;
+    let cluster = &named.context.as_ref()?.cluster;
+    kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == *cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .clone()
+        .filter(|url| !url.is_empty())
 }
 
 /// The namespace to work in: the flag (never empty, args refuses that), else the context's, else

@@ -37,6 +37,9 @@ pub enum Error {
         source: kube::config::InClusterError,
     },
 
+    #[error("cannot reach the API server through a proxy: {0}")]
+    Proxy(#[from] taskrun_apiclient::proxy::ProxyError),
+
     #[error("cannot make a client from the configuration: {0}")]
     Client(#[source] kube::Error),
 

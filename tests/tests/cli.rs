@@ -2129,3 +2129,128 @@ async fn an_uninstall_deletes_only_the_releases_own_records() {
         ]
     );
 }
+
+// ---- proxies -------------------------------------------------------------------------------
+
+/// An HTTP CONNECT proxy on a port of its own, tunnelling each connection to the address it is
+/// asked for (on threads: the plugin runs in a blocking subprocess call), noting each address.
+struct ConnectProxy {
+    url: String,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let noted = asked.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let noted = noted.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().expect("clone"));
+                    let mut line = String::new();
+                    reader.read_line(&mut line).expect("request line");
+                    let target = line
+                        .strip_prefix("CONNECT ")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned);
+                    // The rest of the head.
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut client = client;
+                    let Some(target) = target else {
+                        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n");
+                        return;
+                    };
+                    noted.lock().expect("unpoisoned").push(target.clone());
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                        return;
+                    };
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut up_read, mut up_write) =
+                        (upstream.try_clone().expect("clone"), upstream);
+                    let mut down_write = client.try_clone().expect("clone");
+                    std::thread::spawn(move || std::io::copy(&mut up_read, &mut down_write));
+                    let _ = std::io::copy(&mut reader, &mut up_write);
+                });
+            }
+        });
+        ConnectProxy { url, asked }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("unpoisoned").clone()
+    }
+}
+
+/// The plugin reaches the API server as kubectl would: through the cluster's `proxy-url`, and
+/// never through `HTTPS_PROXY` for a server on a loopback address (kube's client alone refused
+/// to start with `HTTPS_PROXY` set at all).
+#[tokio::test]
+async fn the_plugin_uses_a_proxy_as_kubectl_does() {
+    let cp = cluster().await;
+    let ns = cp.namespace("cli-proxy").await;
+    let server = cp.config().await.cluster_url;
+    let api_address = format!(
+        "{}:{}",
+        server.host().expect("host"),
+        server.port_u16().expect("port")
+    );
+    let nothing =
+        format!("No Helm releases of the legacy claude-code chart found in namespace {ns}");
+
+    // A proxy variable set for the internet, where nothing listens: not used for 127.0.0.1.
+    let dead = format!("http://127.0.0.1:{}", taskrun_tests::free_port());
+    let mut cmd = plugin(cp);
+    cmd.args(["migrate-helm", "-n", &ns])
+        .env("HTTPS_PROXY", &dead)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&nothing), "{out}{err}");
+
+    // The kubeconfig's proxy-url for the cluster is used, whatever the server's address.
+    let proxy = ConnectProxy::start();
+    let mut kubeconfig =
+        kube::config::Kubeconfig::read_from(cp.kubeconfig()).expect("the test kubeconfig");
+    for named in &mut kubeconfig.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            cluster.proxy_url = Some(proxy.url.clone());
+        }
+    }
+    let proxied = work_dir().join(format!("{ns}-proxied.kubeconfig"));
+    std::fs::write(&proxied, serde_json::to_vec(&kubeconfig).expect("JSON")).expect("write");
+    let mut cmd = plugin_with(&proxied);
+    cmd.args(["migrate-helm", "-n", &ns])
+        .env_remove("HTTPS_PROXY");
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&nothing), "{out}{err}");
+    let asked = proxy.asked();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|a| *a == api_address),
+        "tunnels asked for: {asked:?}, the API server is {api_address}"
+    );
+
+    // A proxy variable kube cannot read is named, with what to do.
+    let mut cmd = plugin(cp);
+    cmd.args(["migrate-helm", "-n", &ns])
+        .env("HTTPS_PROXY", &dead)
+        .env("NO_PROXY", "example.com,,localhost");
+    let (code, _, err) = run(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("kube cannot read NO_PROXY")
+            && err.contains("remove its empty or malformed entries"),
+        "{err}"
+    );
+}
