@@ -1218,6 +1218,60 @@ async fn deleting_a_taskrun_removes_its_children_and_its_finalizer() {
     assert_ne!(phase(&tr), Some(Phase::Failed));
 }
 
+/// An orphaning delete of a TaskRun (`kubectl delete --cascade=orphan`, Argo CD's
+/// `PrunePropagationPolicy=orphan`) whose children the garbage collector has already let go of
+/// (here while the controller is down): the controller still stops the agent's Job and removes
+/// the ConfigMap before the finalizer goes, so the task created again runs rather than failing
+/// on the names (`NameConflict`).
+#[tokio::test]
+async fn an_orphaning_delete_of_a_taskrun_still_removes_its_children() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-orphan").await;
+    let args = [format!("--namespace={ns}")];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut ctrl = Controller::start(cp, &args);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    let (job_name, cm_name) = (
+        names::job_name("orphan", 3, 1),
+        names::config_map_name("orphan", 3, 1),
+    );
+    create(&api, &taskrun("t", "orphan", 3, 1, &[("task.md", "x")])).await;
+    start_pod(&client, &ns, &job_name).await;
+    wait_status(&api, "t", "Running", |tr| phase(tr) == Some(Phase::Running)).await;
+
+    ctrl.kill();
+    api.delete("t", &DeleteParams::orphan())
+        .await
+        .expect("delete, orphaning");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        "the garbage collector to orphan both children",
+        WAIT,
+        || async {
+            let job = jobs.get_opt(&job_name).await.ok()??;
+            let cm = cms.get_opt(&cm_name).await.ok()??;
+            (job.owner_references().is_empty() && cm.owner_references().is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    let _restarted = Controller::start(cp, &args);
+    wait_gone("the TaskRun to be gone", WAIT, &api, "t").await;
+    wait_gone("the orphaned Job to be gone", WAIT, &jobs, &job_name).await;
+    wait_gone("the orphaned ConfigMap to be gone", WAIT, &cms, &cm_name).await;
+
+    create(&api, &taskrun("t", "orphan", 3, 1, &[("task.md", "again")])).await;
+    let tr = wait_status(&api, "t", "the recreated task's Job", |tr| {
+        tr.status
+            .as_ref()
+            .is_some_and(|s| s.job_name.as_deref() == Some(job_name.as_str()))
+    })
+    .await;
+    assert_ne!(phase(&tr), Some(Phase::Failed), "{:?}", tr.status);
+}
+
 /// A task recreated while the old TaskRun and its Job are still going away: the new TaskRun
 /// waits for the name (Pending, `WaitingForPreviousOwner`) rather than failing as a duplicate
 /// or a name conflict, and runs once they are gone.

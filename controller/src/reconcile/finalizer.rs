@@ -3,15 +3,16 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
-use taskrun::{FINALIZER, TaskRun};
+use taskrun::{FINALIZER, TaskRun, labels};
 
 use super::Error;
 use crate::cache;
 use crate::controller::Ctx;
 use crate::status::{self, Deletion};
-use crate::writes;
+use crate::{job, writes};
 
 /// On delete: the TaskRun's Jobs (with their pods) and ConfigMaps go, then the finalizer. The
 /// Jobs in the foreground: each keeps its name until its pods have stopped, so that the task
@@ -30,23 +31,56 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
             super::delete_refused(ctx, tr, &child, e, &meanwhile);
         }
     };
-    let cached = ctx.children.jobs_of(uid).await;
-    // The TaskRun deleted right after its Job was made, or while the Job watch is down or
-    // re-listing: the garbage collector would delete that Job in the background, freeing its
-    // name at once, and the task created again would run beside the old pod.
-    let named = ctx.written.latest(uid, tr.status.as_ref()).job_name;
-    let uncached = match named.filter(|n| !cached.iter().any(|j| j.name_any() == *n)) {
-        Some(name) => jobs
-            .get_metadata_opt(&name)
-            .await?
-            .filter(|j| cache::controlled_by(&j.metadata, Some(uid))),
-        None => None,
+    let latest = ctx.written.latest(uid, tr.status.as_ref());
+    let (current_job, current_config_map) = job::child_names(tr);
+    // Besides the children it controls, those an orphaning delete of the TaskRun left without
+    // an owner (`kubectl delete --cascade=orphan`, Argo CD's `PrunePropagationPolicy=orphan`):
+    // the garbage collector takes their owner references off, often before this runs. The
+    // latest version's Job would run on with no TaskRun, and its names would hold up the task
+    // created again for good (`NameConflict`), so they go all the same, found by their names
+    // (of this identity's latest versions, and made by this controller: the caches watch no
+    // other), as an orphaning delete of a Job is made a foreground one below.
+    let ours = |meta: &ObjectMeta, made_here: bool| {
+        cache::controlled_by(meta, Some(uid))
+            || (cache::controller_ref(meta).is_none() && made_here)
     };
+    let mut job_metas: Vec<ObjectMeta> = ctx
+        .children
+        .jobs_of(uid)
+        .await
+        .iter()
+        .map(|j| j.metadata.clone())
+        .collect();
+    let named = latest.job_name.clone();
+    for name in names([Some(current_job), latest.job_name]) {
+        if job_metas
+            .iter()
+            .any(|m| m.name.as_deref() == Some(name.as_str()))
+        {
+            continue;
+        }
+        let found = match ctx.children.job(ns, &name).await {
+            Some(cached) => Some(cached.metadata.clone()).filter(|m| ours(m, true)),
+            // The status names a Job the watch has not shown: the TaskRun deleted right after
+            // its Job was made, or while the Job watch is down or re-listing. The garbage
+            // collector would delete that Job in the background, freeing its name at once, and
+            // the task created again would run beside the old pod.
+            None if named.as_deref() == Some(name.as_str()) => jobs
+                .get_metadata_opt(&name)
+                .await?
+                .map(|j| j.metadata)
+                .filter(|m| {
+                    let label = m.labels.as_ref().and_then(|l| l.get(labels::MANAGED_BY));
+                    ours(m, label.is_some_and(|v| v == labels::MANAGED_BY_VALUE))
+                }),
+            None => None,
+        };
+        job_metas.extend(found);
+    }
     // One being deleted with its pods already (by an earlier pass whose finalizer write was
     // stale, say) is left to go; one whose pods an orphaning delete left running is deleted
     // again, in the foreground, which stops them.
-    let found = cached.iter().map(|j| &j.metadata);
-    for meta in found.chain(uncached.as_ref().map(|j| &j.metadata)) {
+    for meta in &job_metas {
         if status::deletion(meta) == Deletion::StoppingPods {
             continue;
         }
@@ -60,7 +94,18 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
         .await
         .inspect_err(held(format!("Job {name}")))?;
     }
-    for cm in ctx.children.config_maps_of(uid).await {
+    let mut config_maps_left = ctx.children.config_maps_of(uid).await;
+    for name in names([Some(current_config_map), latest.config_map_name]) {
+        if config_maps_left.iter().any(|cm| cm.name_any() == name) {
+            continue;
+        }
+        if let Some(cm) = ctx.children.config_map(ns, &name).await
+            && cache::controller_ref(&cm.metadata).is_none()
+        {
+            config_maps_left.push(cm);
+        }
+    }
+    for cm in config_maps_left {
         let (name, cm_uid) = (cm.name_any(), cm.metadata.uid.as_deref());
         writes::delete_child(&config_maps, &name, cm_uid, PropagationPolicy::Background)
             .await
@@ -71,6 +116,17 @@ pub(super) async fn cleanup(tr: &TaskRun, ctx: &Ctx, ns: &str) -> Result<(), Err
     ctx.children.forget_superseded(uid);
     tracing::info!(taskrun = %tr.name_any(), namespace = ns, "removed the children of a deleted TaskRun");
     Ok(())
+}
+
+/// The names given, each once.
+fn names<const N: usize>(names: [Option<String>; N]) -> Vec<String> {
+    let mut once: Vec<String> = Vec::with_capacity(N);
+    for name in names.into_iter().flatten() {
+        if !once.contains(&name) {
+            once.push(name);
+        }
+    }
+    once
 }
 
 /// How a finalizer write went.
