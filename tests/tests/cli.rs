@@ -788,6 +788,21 @@ fn install_task(
     agent: &str,
     files: &[(&str, &str)],
 ) -> TaskRunSpec {
+    install_task_with(cp, ns, verb, service, id, agent, files, &[])
+}
+
+/// `install_task` with more arguments for helm (`--set` of other values, say).
+#[allow(clippy::too_many_arguments)]
+fn install_task_with(
+    cp: &ControlPlane,
+    ns: &str,
+    verb: &str,
+    service: &str,
+    id: i64,
+    agent: &str,
+    files: &[(&str, &str)],
+    more: &[&str],
+) -> TaskRunSpec {
     let chart = repo_root().join("tests/fixtures/legacy-chart");
     let values = json!({
         "serviceName": service,
@@ -803,7 +818,9 @@ fn install_task(
     );
     let chart = chart.to_string_lossy();
     let path = path.to_string_lossy();
-    helm(cp, ns, &[verb, &name, &chart, "-f", &path]);
+    let mut args = vec![verb, &name, &chart, "-f", &path];
+    args.extend_from_slice(more);
+    helm(cp, ns, &args);
     let files: BTreeMap<&str, &str> = files.iter().copied().collect();
     TaskRunSpec {
         task_id: id,
@@ -946,6 +963,32 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
         &[("task.md", "# New\n"), ("more.md", "# More\n")],
     );
     expected.insert("ledger-task-3".into(), spec);
+    // Given values a TaskRun has no place for: migrated, and said.
+    let spec = install_task_with(
+        cp,
+        &ns,
+        "install",
+        "extra",
+        11,
+        "",
+        &[("task.md", "# Task\n")],
+        &["--set", "image=registry.example/claude:pinned,attempt=2"],
+    );
+    expected.insert("extra-task-11".into(), spec);
+    let told = |out: &str, made: &str| {
+        for name in expected.keys() {
+            let line = row(out, name);
+            assert!(
+                line.contains(made)
+                    && line.contains(&format!(
+                        "its Job {name} had completed: the TaskRun runs the task again"
+                    )),
+                "{line}"
+            );
+            let extra = line.contains("given values a TaskRun does not carry (attempt, image)");
+            assert_eq!(extra, name == "extra-task-11", "{line}");
+        }
+    };
     // Cannot be migrated: its ConfigMap holds an empty file; its ConfigMap is gone; a TaskRun
     // of another name already holds its identity (the webhook refuses the duplicate).
     install_task(
@@ -1096,7 +1139,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     finish_legacy_jobs(cp, &ns, &["live-task-6", "busy-task-4"]).await;
 
     let releases_before = helm_releases(cp, &ns);
-    assert_eq!(releases_before.len(), 12, "{releases_before:?}");
+    assert_eq!(releases_before.len(), 13, "{releases_before:?}");
     assert_eq!(releases_before["ledger-task-3"], "2");
     let migrated = || async {
         let list = taskruns
@@ -1129,6 +1172,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
             "{line}"
         );
     }
+    told(&out, "would create");
     assert_failures(&out);
     // Across all namespaces, this namespace's rows are the same. The other tests, running
     // meanwhile, install and delete releases of their own (some of the same names), so neither
@@ -1157,6 +1201,7 @@ async fn migrate_helm_turns_releases_into_admitted_task_runs() {
     assert_eq!(code, 3, "some releases fail");
     running(&out);
     busy(&out, " kept");
+    told(&out, "created");
     for (name, spec) in &expected {
         assert!(row(&out, name).contains("created"), "{out}");
         let tr = taskruns.get(name).await.expect("migrated TaskRun");

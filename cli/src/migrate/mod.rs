@@ -126,6 +126,7 @@ async fn not_picked(
         taskrun: "-".into(),
         outcome,
         helm: Helm::Kept,
+        notes: Vec::new(),
     })
 }
 
@@ -144,6 +145,7 @@ async fn migrate_one(
         taskrun: name.to_owned(),
         outcome: Outcome::WouldCreate,
         helm: Helm::Kept,
+        notes: Vec::new(),
     };
     let release = match read_release(client, ns, &revision.secret).await {
         Ok(release) if release.chart.metadata.name != LEGACY_CHART => {
@@ -178,7 +180,18 @@ async fn migrate_one(
         }
     };
     let uninstalling = args.delete_releases && !args.dry_run;
-    row.outcome = migrate_release(client, &release, args.dry_run, uninstalling).await;
+    let mut completed = None;
+    row.outcome =
+        migrate_release(client, &release, args.dry_run, uninstalling, &mut completed).await;
+    // Made now: what the person running this should know of it.
+    if matches!(row.outcome, Outcome::Created | Outcome::WouldCreate) {
+        if let Some(job) = completed {
+            row.notes.push(format!(
+                "its Job {job} had completed: the TaskRun runs the task again"
+            ));
+        }
+        row.notes.extend(release.not_carried());
+    }
     let eligible = row.verified() || (args.dry_run && row.outcome == Outcome::WouldCreate);
     if args.delete_releases && eligible {
         row.helm = match uninstall::uninstall(client, &release, args.dry_run).await {
@@ -229,12 +242,14 @@ fn unread(action: &str, e: &kube::Error) -> Outcome {
 }
 
 /// Migrates one release: creates its TaskRun, or verifies the one there. `uninstalling`: the
-/// release is to be uninstalled once its TaskRun is verified.
+/// release is to be uninstalled once its TaskRun is verified. `completed` is set to the name of
+/// the release's Job when it completed, and a TaskRun is (to be) made: it runs the task again.
 async fn migrate_release(
     client: &kube::Client,
     release: &Release,
     dry_run: bool,
     uninstalling: bool,
+    completed: &mut Option<String>,
 ) -> Outcome {
     let ns = release.namespace.as_str();
     let name = release.name.as_str();
@@ -285,12 +300,14 @@ async fn migrate_release(
     }
     // The controller runs every new TaskRun's Job: beside a legacy Job still running, that
     // would be the same task run twice at once.
-    match uninstall::unfinished_job(client, &objects, ns).await {
-        Ok(None) => {}
-        Ok(Some(job)) => {
-            return Outcome::Postponed(format!(
-                "its Job {job} has not finished, and the TaskRun would run the task again beside it; run this again once the Job has finished (or delete the Job to stop that run)"
-            ));
+    match uninstall::legacy_jobs(client, &objects, ns).await {
+        Ok(jobs) => {
+            if let Some(job) = jobs.unfinished {
+                return Outcome::Postponed(format!(
+                    "its Job {job} has not finished, and the TaskRun would run the task again beside it; run this again once the Job has finished (or delete the Job to stop that run)"
+                ));
+            }
+            *completed = jobs.completed;
         }
         Err(not_done) => return not_done.into(),
     }
@@ -529,11 +546,23 @@ fn judge(desired: &taskrun::TaskRunSpec, live: &TaskRun, ok: Outcome) -> Outcome
         ));
     }
     match plan::compare(desired, &live.spec) {
-        Verdict::Differs(why) => Outcome::Failed(format!(
-            "TaskRun {name} already exists and differs from the release: {why}"
-        )),
+        Verdict::Differs(why) => {
+            // A file the release got after the TaskRun was made from it (`helm upgrade` by the
+            // old system): added with a raised version, the TaskRun counts as moved on.
+            let hint = if why.starts_with(plan::LACKS_FILE) {
+                format!(
+                    "; if the release got it after the TaskRun was made, `kubectl taskrun \
+                     context add {name} -f FILE` adds it"
+                )
+            } else {
+                String::new()
+            };
+            Outcome::Failed(format!(
+                "TaskRun {name} already exists and differs from the release: {why}{hint}"
+            ))
+        }
         Verdict::Same | Verdict::MovedOn if !plan::admitted(live) => {
-            Outcome::Failed(not_admitted())
+            Outcome::Failed(not_admitted_yet(live))
         }
         Verdict::Same | Verdict::MovedOn => runs(live, ok),
     }
@@ -563,7 +592,7 @@ fn judge_made_earlier(live: &TaskRun) -> Outcome {
         ));
     }
     if !plan::admitted(live) {
-        return Outcome::Failed(not_admitted());
+        return Outcome::Failed(not_admitted_yet(live));
     }
     runs(live, Outcome::AlreadyMigrated)
 }
@@ -572,6 +601,19 @@ fn not_admitted() -> String {
     "the TaskRun lacks the labels the mutating webhook stamps: is the taskrun webhook registered, \
      with a namespaceSelector that takes in this namespace?"
         .into()
+}
+
+/// Why `live`, already there, is not taken as admitted, and what to do when it was made before
+/// the webhook was installed: any update of it has the labels stamped.
+fn not_admitted_yet(live: &TaskRun) -> String {
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    let ns = live.metadata.namespace.as_deref().unwrap_or_default();
+    format!(
+        "{}; if it is, TaskRun {name} was made before it was, and any update has them stamped: \
+         `kubectl annotate taskrun {name} -n {ns} orchestrator.io/relabelled=true`, then run this \
+         again",
+        not_admitted()
+    )
 }
 
 #[cfg(test)]
@@ -711,9 +753,15 @@ mod tests {
 
     #[test]
     fn an_unlabelled_task_run_is_not_verified() {
-        let tr = TaskRun::new("billing-task-7", spec());
+        let mut tr = TaskRun::new("billing-task-7", spec());
+        tr.metadata.namespace = Some("team-a".into());
         let outcome = judge(&spec(), &tr, Outcome::Created);
-        assert!(matches!(outcome, Outcome::Failed(why) if why.contains("webhook")));
+        // Made before the webhook was installed, it gets the labels from any update.
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.contains("is the taskrun webhook registered")
+                && why.contains("made before it was, and any update has them stamped: `kubectl annotate taskrun billing-task-7 -n team-a ")),
+            "{outcome:?}"
+        );
     }
 
     #[test]
@@ -721,7 +769,23 @@ mod tests {
         let mut other = spec();
         other.markdown_files[0].content = "else".into();
         let outcome = judge(&spec(), &admitted(other), Outcome::AlreadyMigrated);
-        assert!(matches!(outcome, Outcome::Failed(why) if why.contains("differs")));
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.contains("differs") && !why.contains("context add")),
+            "{outcome:?}"
+        );
+        // A file the release has and the TaskRun lacks: it may have come since.
+        let mut fewer = spec();
+        let lacked = fewer.markdown_files.remove(0).filename;
+        fewer.markdown_files.push(taskrun::MarkdownFile {
+            filename: "other.md".into(),
+            content: "x".into(),
+            file_type: None,
+        });
+        let outcome = judge(&spec(), &admitted(fewer), Outcome::AlreadyMigrated);
+        assert!(
+            matches!(&outcome, Outcome::Failed(why) if why.contains(&format!("it lacks the file {lacked}; if the release got it after the TaskRun was made, `kubectl taskrun context add billing-task-7 -f FILE` adds it"))),
+            "{outcome:?}"
+        );
 
         let mut going = admitted(spec());
         going.metadata.deletion_timestamp = Some(Time(Default::default()));

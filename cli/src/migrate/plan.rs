@@ -177,6 +177,9 @@ pub fn in_progress_reason(namespace: &str, release: &str, newest: &Revision) -> 
     )
 }
 
+/// How a verdict that a TaskRun lacks one of the release's files begins.
+pub const LACKS_FILE: &str = "it lacks the file";
+
 /// The TaskRun spec equivalent to a legacy release and its files ConfigMap, or every reason
 /// it cannot be built (each a sentence naming the release or the ConfigMap). `rendered` is
 /// the `data` the release's revision rendered into that ConfigMap, when its chart renders it:
@@ -246,12 +249,23 @@ pub fn desired_spec(
         context_version: 1,
         markdown_files,
     };
-    if files.is_some() {
-        problems.extend(
-            validate_create(&spec)
-                .iter()
-                .map(|v| format!("{v} (ConfigMap {cm_name})")),
-        );
+    // Each problem is put down to where it comes from, and what can be done there.
+    let (release_name, ns) = (&release.name, &release.namespace);
+    for v in validate_create(&spec) {
+        if v.field.starts_with("spec.markdownFiles") {
+            // With no ConfigMap, its absence is the problem already said.
+            if files.is_some() {
+                problems.push(format!("{v} (ConfigMap {cm_name})"));
+            }
+        } else if v.field == "spec.agentName" {
+            problems.push(format!(
+                "{v} (the release's value agentName: `helm upgrade {release_name} CHART -n {ns} --reuse-values --set agentName=NAME` gives it one a TaskRun can hold, or `--set agentName=` none; then run this again)"
+            ));
+        } else {
+            problems.push(format!(
+                "{v} (from the release's name {release_name}: no TaskRun can hold that, so this release cannot be migrated as it is; apply a TaskRun for the task by hand, then `helm uninstall {release_name} -n {ns}`)"
+            ));
+        }
     }
     if problems.is_empty() {
         Ok(spec)
@@ -375,7 +389,7 @@ pub fn compare(desired: &TaskRunSpec, live: &TaskRunSpec) -> Verdict {
             .iter()
             .find(|f| f.filename == file.filename)
         {
-            None => return Verdict::Differs(format!("it lacks the file {}", file.filename)),
+            None => return Verdict::Differs(format!("{LACKS_FILE} {}", file.filename)),
             Some(f) if f.content != file.content => {
                 return Verdict::Differs(format!("its file {} has other content", file.filename));
             }
@@ -406,6 +420,15 @@ pub fn unfinished(job: &Job) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+}
+
+/// True for a Job that completed (its `Complete` condition true): its task was done.
+pub fn completed(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_deref());
+    conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Complete" && c.status == "True")
 }
 
 /// True when the mutating webhook has admitted the TaskRun: it carries the project's labels
@@ -752,7 +775,42 @@ mod tests {
     fn a_bad_agent_name_is_reported() {
         let rel = release(json!({"agentName": "Claude Agent"}));
         let problems = desired_spec(&rel, Some(&good_cm()), None).expect_err("bad agent");
-        assert!(problems[0].contains("agentName"), "{problems:?}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // Put down to the value, with how to change it, and not to the files' ConfigMap.
+        assert!(
+            problems[0].starts_with("spec.agentName: agentName \"Claude Agent\" must be")
+                && problems[0].contains("(the release's value agentName: `helm upgrade billing-task-7 CHART -n team-a --reuse-values --set agentName=NAME`")
+                && !problems[0].contains("ConfigMap"),
+            "{problems:?}"
+        );
+        // Reported with the files missing too, with that.
+        let problems = desired_spec(&rel, None, None).expect_err("bad agent, no files");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].starts_with("spec.agentName"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_service_name_too_long_for_a_taskrun_is_put_down_to_the_release_name() {
+        // Helm allows release names of up to 53 characters; a serviceName at most 40.
+        let service = "a".repeat(41);
+        let mut record = rel::record();
+        record["name"] = json!(format!("{service}-task-7"));
+        record["config"] = json!({});
+        let rel = decode(&rel::encode(&record)).expect("decodes");
+        let problems = desired_spec(&rel, Some(&good_cm()), None).expect_err("too long");
+        let said = problems
+            .iter()
+            .find(|p| p.starts_with("spec.serviceName"))
+            .expect("the serviceName reported");
+        assert!(
+            said.starts_with("spec.serviceName: serviceName must be at most 40 characters")
+                && said.contains(&format!(
+                    "(from the release's name {service}-task-7: no TaskRun can hold that"
+                ))
+                && said.contains("apply a TaskRun for the task by hand, then `helm uninstall")
+                && !said.contains("(ConfigMap"),
+            "{problems:?}"
+        );
     }
 
     fn spec() -> TaskRunSpec {
@@ -894,5 +952,13 @@ mod tests {
             ("FailureTarget", "True"),
             ("Failed", "True")
         ])));
+        // Completed: its task was done (a failed one was not).
+        assert!(completed(&job(&[
+            ("SuccessCriteriaMet", "True"),
+            ("Complete", "True")
+        ])));
+        assert!(!completed(&job(&[("SuccessCriteriaMet", "True")])));
+        assert!(!completed(&job(&[("Failed", "True")])));
+        assert!(!completed(&Job::default()));
     }
 }

@@ -120,7 +120,15 @@ struct Keys {
     service_name: Option<Scalar>,
     task_id: Option<Scalar>,
     agent_name: Option<Scalar>,
+    /// The names (not the values, which may be secrets) of the other keys but `files`, the
+    /// first [`MAX_OTHER_KEYS`] of them, each cut to [`MAX_KEY_CHARS`]; and how many there are.
+    others: Vec<String>,
+    other_count: usize,
 }
+
+/// How many names of values a TaskRun does not carry a report lists.
+const MAX_OTHER_KEYS: usize = 8;
+const MAX_KEY_CHARS: usize = 64;
 
 /// A value under one of the read keys.
 #[derive(Clone, PartialEq)]
@@ -188,6 +196,29 @@ impl Release {
         }
     }
 
+    /// The values given at install or upgrade that a TaskRun does not carry (all but
+    /// `serviceName`, `taskId`, `agentName` and `files`), as a sentence naming them; `None`
+    /// when there are none. A TaskRun runs with the controller's Job template instead.
+    pub fn not_carried(&self) -> Option<String> {
+        let Layer::Map(given) = &self.config.0 else {
+            return None;
+        };
+        if given.other_count == 0 {
+            return None;
+        }
+        let more = given.other_count.saturating_sub(given.others.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "the release was given values a TaskRun does not carry ({}{more}): its task runs \
+             with the controller's Job template (its --image and the other flags) instead",
+            given.others.join(", ")
+        ))
+    }
+
     /// The merged value of `key`: the given one when the given values have it, else the
     /// default. A missing or null layer (Helm omits an empty one) lets the other show through;
     /// a given layer that is not a map replaces the defaults whole.
@@ -221,11 +252,19 @@ impl<'de> Deserialize<'de> for Values {
                 let mut keys = Keys::default();
                 // A repeated key: the last one counts, as in a JSON object read whole.
                 while let Some(key) = map.next_key::<KeyName>()? {
-                    let slot = match key.0 {
-                        Some(Key::ServiceName) => &mut keys.service_name,
-                        Some(Key::TaskId) => &mut keys.task_id,
-                        Some(Key::AgentName) => &mut keys.agent_name,
-                        None => {
+                    let slot = match key {
+                        KeyName::Read(Key::ServiceName) => &mut keys.service_name,
+                        KeyName::Read(Key::TaskId) => &mut keys.task_id,
+                        KeyName::Read(Key::AgentName) => &mut keys.agent_name,
+                        KeyName::Files => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                        KeyName::Other(name) => {
+                            keys.other_count += 1;
+                            if keys.others.len() < MAX_OTHER_KEYS && !keys.others.contains(&name) {
+                                keys.others.push(name);
+                            }
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
@@ -257,8 +296,13 @@ impl<'de> Deserialize<'de> for Values {
     }
 }
 
-/// A key of a values map: one of the read ones, or `None`.
-struct KeyName(Option<Key>);
+/// A key of a values map: one of the read ones, `files` (rendered into the files ConfigMap,
+/// which the migration reads), or another (its name, cut).
+enum KeyName {
+    Read(Key),
+    Files,
+    Other(String),
+}
 
 impl<'de> Deserialize<'de> for KeyName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -269,12 +313,13 @@ impl<'de> Deserialize<'de> for KeyName {
                 f.write_str("a key")
             }
             fn visit_str<E>(self, key: &str) -> Result<KeyName, E> {
-                Ok(KeyName(match key {
-                    "serviceName" => Some(Key::ServiceName),
-                    "taskId" => Some(Key::TaskId),
-                    "agentName" => Some(Key::AgentName),
-                    _ => None,
-                }))
+                Ok(match key {
+                    "serviceName" => KeyName::Read(Key::ServiceName),
+                    "taskId" => KeyName::Read(Key::TaskId),
+                    "agentName" => KeyName::Read(Key::AgentName),
+                    "files" => KeyName::Files,
+                    other => KeyName::Other(other.chars().take(MAX_KEY_CHARS).collect()),
+                })
             }
         }
         d.deserialize_identifier(KeyVisitor)
@@ -616,18 +661,62 @@ pub mod tests {
                     service_name: Some(Scalar::Str("billing".to_owned())),
                     task_id: Some(Scalar::Num(7.into())),
                     agent_name: None,
+                    others: vec!["junk".into(), "nested".into()],
+                    other_count: 2,
                 }))
         );
-        assert!(
-            release.chart.values
-                == Values(Layer::Map(Keys {
-                    agent_name: Some(Scalar::Str("claude-1".to_owned())),
-                    ..Keys::default()
-                }))
-        );
+        // Of the 100,000 other keys, the first names and their number.
+        let Values(Layer::Map(defaults)) = &release.chart.values else {
+            panic!("a map of defaults");
+        };
+        assert!(defaults.agent_name == Some(Scalar::Str("claude-1".to_owned())));
+        assert_eq!(defaults.others.len(), MAX_OTHER_KEYS);
+        assert_eq!(defaults.other_count, 100_000);
         assert_eq!(
             release.values(),
             task_values(Some("billing"), Some("7"), Some("claude-1"))
+        );
+    }
+
+    #[test]
+    fn values_a_taskrun_does_not_carry_are_named_and_never_shown() {
+        let with_config = |config: &str| {
+            let json = format!(
+                r#"{{"name":"billing-task-7","version":2,"info":{{"status":"deployed"}},
+                "chart":{{"metadata":{{"name":"claude-code"}},"values":{{"image":"legacy","attempt":"1"}}}},
+                "config":{config}}}"#
+            );
+            decode(&encode_json(json.as_bytes())).expect("decodes")
+        };
+        // The chart's own defaults are not the release's choice; the read values and the
+        // files (carried in the files ConfigMap) are carried.
+        for carried in [
+            "null",
+            "{}",
+            r#"{"serviceName":"billing","taskId":7,"agentName":"a","files":{"task.md":"x"}}"#,
+        ] {
+            assert_eq!(with_config(carried).not_carried(), None, "{carried}");
+        }
+        let said = with_config(r#"{"image":"r/c:pinned","apiKey":"s3cret","taskId":7}"#)
+            .not_carried()
+            .expect("told");
+        assert!(
+            said.starts_with(
+                "the release was given values a TaskRun does not carry (image, apiKey):"
+            ),
+            "{said}"
+        );
+        assert!(
+            !said.contains("s3cret") && !said.contains("pinned"),
+            "{said}"
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("\"v{i}\":{i}")).collect();
+        let said = with_config(&format!("{{{}}}", many.join(",")))
+            .not_carried()
+            .expect("told");
+        assert!(
+            said.contains("(v0, v1, v2, v3, v4, v5, v6, v7 and 12 more)"),
+            "{said}"
         );
     }
 

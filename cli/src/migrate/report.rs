@@ -96,6 +96,9 @@ pub struct Row {
     pub taskrun: String,
     pub outcome: Outcome,
     pub helm: Helm,
+    /// What to know of a TaskRun made (or to be made) from the release: that it runs a task
+    /// the release had done, that values were left behind. Shown in DETAIL.
+    pub notes: Vec<String>,
 }
 
 impl Row {
@@ -172,9 +175,9 @@ pub fn render(rows: &[Row]) -> String {
                 Helm::Failed(why) => ("UNINSTALL FAILED", why.as_str()),
             };
             let detail = [why, helm_why]
-                .iter()
+                .into_iter()
+                .chain(row.notes.iter().map(String::as_str))
                 .filter(|s| !s.is_empty())
-                .copied()
                 .collect::<Vec<_>>()
                 .join("; ");
             [
@@ -227,7 +230,12 @@ fn summary(rows: &[Row]) -> String {
     let would_uninstall = count(&|r| matches!(r.helm, Helm::WouldUninstall(_)));
     let uninstall_postponed = count(&|r| matches!(r.helm, Helm::Postponed(_)));
     let uninstall_failed = count(&|r| matches!(r.helm, Helm::Failed(_)));
-    let mut parts = vec![format!("{} release(s)", rows.len())];
+    // Found in Helm's default storage only: a team that used another would read the summary as
+    // the whole migration.
+    let mut parts = vec![format!(
+        "{} release(s) in Helm's Secrets (HELM_DRIVER=configmap and sql are not looked in)",
+        rows.len()
+    )];
     for (n, what) in [
         (created, "created"),
         (existing, "already migrated"),
@@ -259,6 +267,7 @@ mod tests {
             taskrun: name.into(),
             outcome,
             helm,
+            notes: Vec::new(),
         }
     }
 
@@ -290,7 +299,10 @@ mod tests {
             lines[2].contains("FAILED") && lines[2].ends_with("file x.md is empty"),
             "{text}"
         );
-        assert_eq!(lines[3], "2 release(s), 1 created, 1 failed, 1 uninstalled");
+        assert_eq!(
+            lines[3],
+            "2 release(s) in Helm's Secrets (HELM_DRIVER=configmap and sql are not looked in), 1 created, 1 failed, 1 uninstalled"
+        );
     }
 
     #[test]
@@ -351,7 +363,7 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "3 release(s), 1 already migrated, 1 not yet migrated (run again later), 1 skipped, 1 not yet uninstalled (run again later)"
+            "3 release(s) in Helm's Secrets (HELM_DRIVER=configmap and sql are not looked in), 1 already migrated, 1 not yet migrated (run again later), 1 skipped, 1 not yet uninstalled (run again later)"
         );
     }
 

@@ -130,13 +130,20 @@ pub fn delete_hooks(release: &Release) -> Vec<&str> {
     release.delete_hooks.iter().map(String::as_str).collect()
 }
 
-/// The first Job (`batch/v1`) among a release's manifest objects that exists and has not
-/// finished.
-pub async fn unfinished_job(
+/// The Jobs (`batch/v1`) among a release's manifest objects that exist: the first that has not
+/// finished, and the first that completed.
+#[derive(Debug, Default)]
+pub struct LegacyJobs {
+    pub unfinished: Option<String>,
+    pub completed: Option<String>,
+}
+
+pub async fn legacy_jobs(
     client: &kube::Client,
     objects: &[ManifestObject],
     release_namespace: &str,
-) -> Result<Option<String>, NotDone> {
+) -> Result<LegacyJobs, NotDone> {
+    let mut found = LegacyJobs::default();
     let jobs = objects
         .iter()
         .filter(|o| o.kind == "Job" && o.api_version == "batch/v1");
@@ -144,7 +151,13 @@ pub async fn unfinished_job(
         let ns = object.namespace.as_deref().unwrap_or(release_namespace);
         let api: Api<Job> = Api::namespaced(client.clone(), ns);
         match api.get_opt(&object.name).await {
-            Ok(Some(job)) if plan::unfinished(&job) => return Ok(Some(object.name.clone())),
+            Ok(Some(job)) if plan::unfinished(&job) => {
+                found.unfinished = Some(object.name.clone());
+                return Ok(found);
+            }
+            Ok(Some(job)) if plan::completed(&job) && found.completed.is_none() => {
+                found.completed = Some(object.name.clone());
+            }
             Ok(_) => {}
             Err(e) => {
                 let action = format!("reading the release's Job {}", shown(&object.name));
@@ -152,7 +165,7 @@ pub async fn unfinished_job(
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// What an uninstall would do or did: resources deleted and revision Secrets deleted.
@@ -186,7 +199,10 @@ pub async fn uninstall(
     }
     let objects = manifest_objects(&release.manifest)?;
     let owned = owned_objects(&objects, &release.name, &release.namespace)?;
-    if let Some(job) = unfinished_job(client, &objects, &release.namespace).await? {
+    if let Some(job) = legacy_jobs(client, &objects, &release.namespace)
+        .await?
+        .unfinished
+    {
         return Err(NotDone::Postponed(format!(
             "its Job {job} has not finished, and uninstalling would delete it mid-run; run this again once the Job has finished"
         )));
