@@ -1382,6 +1382,72 @@ async fn the_plugin_reports_a_throttled_api_server_after_a_few_brief_retries() {
     assert!(!err.contains("kube_client"), "{err}");
 }
 
+/// A context add whose apply gets no clear answer (503 after its retries: a server error, which
+/// may come after the write) says the change may have been applied and that running the same
+/// command again is safe; and that run adds the file once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_add_without_a_clear_answer_says_it_may_have_been_applied() {
+    let _turn = TURN.lock().await;
+    let cp = ControlPlane::shared();
+    registered_webhook(cp).await;
+    let client = cp.client().await;
+    let ns = cp.namespace("fault-maybe").await;
+    let api: Api<TaskRun> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &taskrun("t", "maybe", 1))
+        .await
+        .expect("create");
+    let file = taskrun_tests::work_dir().join(format!("{ns}-more.md"));
+    std::fs::write(&file, "# more\n").expect("write a context file");
+    let proxy = FaultProxy::start_as(cp, "maybe-plugin", &["system:masters"]).await;
+    let add = || {
+        Command::new(workspace_bin("kubectl-taskrun"))
+            .arg("--kubeconfig")
+            .arg(&proxy.kubeconfig)
+            .args(["-n", &ns, "context", "add", "t", "-f"])
+            .arg(&file)
+            .output()
+            .expect("kubectl-taskrun runs")
+    };
+    // Refused 429 and 503 in turn: its last answer, after the retries, is the 503.
+    proxy.refuse_requests_to(&["PATCH", "/taskruns/t?"]);
+    let out = add();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(
+        proxy.refused(),
+        1 + taskrun_apiclient::RETRIES as usize,
+        "{err}"
+    );
+    assert!(
+        err.contains("error: applying to TaskRun t: ")
+            && err.contains("(503)")
+            && err.contains(
+                "the change may have been applied all the same: running the same command again is safe"
+            ),
+        "{err}"
+    );
+
+    proxy.close_window();
+    let out = add();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tr = api.get("t").await.expect("get");
+    assert_eq!(tr.spec.context_version, 2);
+    let more = format!("{ns}-more.md");
+    assert_eq!(
+        tr.spec
+            .markdown_files
+            .iter()
+            .filter(|f| f.filename == more)
+            .count(),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_for_a_while_bring_backoff_not_a_hot_loop_then_recovery() {
     const WINDOW: Duration = Duration::from_secs(20);
