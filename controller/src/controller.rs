@@ -32,6 +32,17 @@ use crate::{outage, relist};
 /// How long queued reconciles may still run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the release of the Lease may take at the end.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a controller runs on after SIGTERM with `args`: its reconciles' grace, the
+/// Lease grace when it dropped some, and the Lease's release. The pod's
+/// `terminationGracePeriodSeconds` must cover it, or the kubelet kills the leader before it
+/// lets the Lease go, and a successor waits the Lease out.
+pub fn longest_shutdown(args: &Args) -> Duration {
+    SHUTDOWN_GRACE + Duration::from_secs(args.lease_grace_seconds) + RELEASE_TIMEOUT
+}
+
 /// How long the last state of a finished Job deleted by the API server is kept for its
 /// TaskRun's reconcile (`cache::Departed`): far longer than a reconcile waits in the queue.
 const DEPARTED_TTL: Duration = Duration::from_secs(300);
@@ -240,7 +251,7 @@ pub async fn run(args: Args, template: JobTemplate, client: Client) -> Result<()
     }
     // The Lease task lets go once every receiver is gone.
     drop(leading);
-    if tokio::time::timeout(Duration::from_secs(5), leadership.release())
+    if tokio::time::timeout(RELEASE_TIMEOUT, leadership.release())
         .await
         .is_err()
     {

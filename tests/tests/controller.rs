@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use taskrun::{Phase, TaskRun, labels, names};
-use taskrun_tests::controller::Controller;
+use taskrun_tests::controller::{Controller, LEASE_NAMESPACE};
 use taskrun_tests::fault_proxy::FaultProxy;
 use taskrun_tests::kubelet::{PodEnd, bind_pod, confirm_stopped, finish_pod, start_pod};
 use taskrun_tests::policy::Refusal;
@@ -1450,6 +1450,71 @@ async fn a_task_deleted_before_the_job_watch_showed_its_job_still_stops_it_in_th
     proxy.release_held();
     confirm_stopped(&client, &ns, &job_name, &pod).await;
     wait_gone("the old Job", WAIT, &jobs, &job_name).await;
+}
+
+/// SIGTERM while a reconcile is stuck (its Job's create held in the proxy): after the shutdown
+/// grace the reconcile is dropped, and the leader lets the Lease go only the Lease grace later,
+/// since a write it sent may still land; it says so, and holds the Lease meanwhile.
+// Multi-threaded: the proxy in front of the controller is served on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_drops_a_reconcile_at_sigterm_holds_the_lease_a_grace_longer() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-dropped").await;
+    let proxy = FaultProxy::for_the_controller(cp).await;
+    let lease = format!("dropped-{ns}");
+    let mut ctrl = proxy.controller(
+        "dropping-controller",
+        &ns,
+        &[
+            &format!("--lease-name={lease}"),
+            "--lease-grace-seconds=3",
+            "--identity=dropper",
+        ],
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let holder = || async {
+        leases
+            .get_opt(&lease)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    wait_for("the controller to lead", WAIT, || async {
+        (holder().await.as_deref() == Some("dropper")).then_some(())
+    })
+    .await;
+    proxy.hold_requests_to(&["POST", &format!("/namespaces/{ns}/jobs?")]);
+    let api: Api<TaskRun> = Api::namespaced(client.clone(), &ns);
+    create(&api, &taskrun("t", "dropped", 1, 1, &[("task.md", "x")])).await;
+    wait_for("the Job's create to be held", WAIT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+
+    let log_path = ctrl.log_path().to_owned();
+    let terminated = tokio::task::spawn_blocking(move || ctrl.terminate());
+    const WAITS: &str = "reconciles were dropped: waiting before releasing the Lease";
+    wait_for("the leader to say it waits", WAIT, || async {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        log.contains(WAITS).then_some(())
+    })
+    .await;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("dropper"),
+        "the Lease was let go before the grace"
+    );
+    let ended = terminated.await.expect("terminate");
+    assert!(!ended.killed, "SIGKILLed: {ended:?}");
+    let log = std::fs::read_to_string(&log_path).expect("the log");
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not in:\n{log}"))
+    };
+    assert!(at(WAITS) < at("released the leader Lease"), "{log}");
+    proxy.release_held();
 }
 
 /// A reconcile that finds everything in place asks the API server nothing and writes nothing

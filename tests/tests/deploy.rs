@@ -285,6 +285,26 @@ fn every_overlay_builds() {
         controller["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
         template["metadata"]["name"]
     );
+    // Its SIGKILL comes after all a leader does after SIGTERM with the Deployment's flags, the
+    // release of the Lease last (README: 10 s plus --lease-grace-seconds).
+    let args: Vec<&str> = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let flags = <taskrun_controller::config::Args as clap::Parser>::try_parse_from(
+        std::iter::once("taskrun-controller").chain(args.iter().copied()),
+    )
+    .expect("the Deployment's args parse");
+    let after_sigterm = taskrun_controller::controller::longest_shutdown(&flags);
+    let grace = controller["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    assert!(
+        Duration::from_secs(grace) >= after_sigterm + Duration::from_secs(5),
+        "the controller's terminationGracePeriodSeconds {grace} leaves no margin over {after_sigterm:?}"
+    );
 
     let cert_manager = build(cp, "manifests/overlays/cert-manager");
     assert!(kinds(&cert_manager).is_superset(&expected));
