@@ -935,12 +935,23 @@ async fn a_silently_dead_watch_is_replaced_within_about_a_minute() {
             .metric("taskrun_webhook_index_taskruns")
             .unwrap_or(0.0)
     };
-    // Ready means listed; give the watch that follows the list a moment to be sent.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Ready means listed; the watch that follows the list is open once a TaskRun created
+    // after it reaches the index.
+    let api: Api<TaskRun> = Api::namespaced(client, &ns);
+    let listed = indexed();
+    api.create(
+        &PostParams::default(),
+        &taskrun("before-freeze", "dead-watch", 2),
+    )
+    .await
+    .expect("create");
+    wait_for("the index's watch to bring a TaskRun", WAIT, || async {
+        (indexed() > listed).then_some(())
+    })
+    .await;
     let before = indexed();
     proxy.freeze_open_connections();
 
-    let api: Api<TaskRun> = Api::namespaced(client, &ns);
     api.create(
         &PostParams::default(),
         &taskrun("after-freeze", "dead-watch", 1),
