@@ -89,6 +89,17 @@ fn build_self_signed(cp: &ControlPlane) -> (tempfile::TempDir, String) {
 }
 
 /// An object's Argo CD sync wave (0 unless annotated).
+/// A Deployment's container args, parsed as its binary parses them.
+fn flags_of<F: clap::Parser>(deployment: &Value) -> F {
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    F::try_parse_from(std::iter::once("binary").chain(args))
+        .unwrap_or_else(|e| panic!("the Deployment's args do not parse: {e}"))
+}
+
 fn wave(object: &Value) -> i64 {
     object["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
         .as_str()
@@ -218,16 +229,7 @@ fn every_overlay_builds() {
     // The kubelet's SIGKILL comes after everything the webhook may still do after SIGTERM,
     // with the Deployment's flags: answering during the delay, finishing in-flight requests,
     // blocking work.
-    let args: Vec<&str> = webhook["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let flags = <taskrun_webhook::config::Config as clap::Parser>::try_parse_from(
-        std::iter::once("taskrun-webhook").chain(args.iter().copied()),
-    )
-    .expect("the Deployment's args parse");
+    let flags: taskrun_webhook::config::Config = flags_of(webhook);
     let after_sigterm =
         flags.shutdown_delay + flags.shutdown_timeout + taskrun_webhook::server::BLOCKING_GRACE;
     let grace = webhook["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -287,16 +289,7 @@ fn every_overlay_builds() {
     );
     // Its SIGKILL comes after all a leader does after SIGTERM with the Deployment's flags, the
     // release of the Lease last (README: 10 s plus --lease-grace-seconds).
-    let args: Vec<&str> = controller["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let flags = <taskrun_controller::config::Args as clap::Parser>::try_parse_from(
-        std::iter::once("taskrun-controller").chain(args.iter().copied()),
-    )
-    .expect("the Deployment's args parse");
+    let flags: taskrun_controller::config::Args = flags_of(controller);
     let after_sigterm = taskrun_controller::controller::longest_shutdown(&flags);
     let grace = controller["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
